@@ -1,0 +1,1 @@
+//! kaon core (pure).
