@@ -7,6 +7,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={proto_root}/{f}");
     }
     let fds = protox::compile(files, [proto_root])?;
-    prost_build::Config::new().compile_fds(fds)?;
+    let mut config = prost_build::Config::new();
+    // State embeds these enums and is hashed via serde (State::digest).
+    for e in ["TaskState", "KillCause", "FailureCause"] {
+        config.type_attribute(
+            format!(".kaon.events.v1.{e}"),
+            "#[derive(serde::Serialize)]",
+        );
+    }
+    config.compile_fds(fds)?;
     Ok(())
 }

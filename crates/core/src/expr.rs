@@ -60,9 +60,13 @@ pub fn compile(source: &str, limits: &Limits) -> Result<Expression, String> {
     if source.trim().is_empty() {
         return Err("expression is empty".to_string());
     }
-    let program = env().compile(source).map_err(|e| {
-        let text = e.to_string();
-        format!("invalid CEL expression {source:?}: {}", text.trim())
+    let program = env().compile(source).map_err(|e| match e.errors.first() {
+        Some(first) => format!(
+            "invalid CEL expression {source:?}: {} (at column {})",
+            first.msg.trim(),
+            first.pos.1
+        ),
+        None => format!("invalid CEL expression {source:?}"),
     })?;
     let mut walk = Walk::default();
     walk.visit(program.expression(), 0);

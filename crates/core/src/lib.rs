@@ -16,3 +16,10 @@ pub mod validate;
 pub use limits::Limits;
 pub use plan::Plan;
 pub use validate::{SpecError, compile, compile_source};
+pub mod events;
+pub mod ids;
+pub mod state;
+
+pub use state::State;
+pub mod decide;
+pub mod sim;

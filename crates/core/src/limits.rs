@@ -37,6 +37,8 @@ pub struct Limits {
     /// Step instances (all attempts' owners, including foreach children and
     /// loop iterations) one run may create.
     pub instances_per_run_max: u32,
+    /// Runs not yet finished, cluster-wide; more submissions are refused.
+    pub active_runs_max: usize,
     /// Length of a step, group, parameter or workflow name.
     pub name_bytes_max: usize,
     /// Length of an idempotency key.
@@ -76,6 +78,7 @@ impl Default for Limits {
             params_bytes_max: 64 * 1024,
             retries_per_kind_max: 100,
             instances_per_run_max: 200_000,
+            active_runs_max: 10_000,
             name_bytes_max: 63,
             idempotency_key_bytes_max: 128,
             schedules_per_workflow_max: 16,

@@ -17,7 +17,73 @@ use crate::validate::SpecError;
 pub const API_VERSION: &str = "kaon/v1";
 
 /// Ordered map from step name to node, in the order the user wrote them.
-pub type Steps = IndexMap<String, NodeSpec>;
+pub type Steps = UniqueMap<NodeSpec>;
+
+/// A string-keyed map that keeps the user's order and refuses duplicate
+/// keys (YAML parsers otherwise let the last one silently win).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct UniqueMap<V>(pub IndexMap<String, V>);
+
+impl<V> Default for UniqueMap<V> {
+    fn default() -> Self {
+        UniqueMap(IndexMap::new())
+    }
+}
+
+impl<V> std::ops::Deref for UniqueMap<V> {
+    type Target = IndexMap<String, V>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<V> std::ops::DerefMut for UniqueMap<V> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<'a, V> IntoIterator for &'a UniqueMap<V> {
+    type Item = (&'a String, &'a V);
+    type IntoIter = indexmap::map::Iter<'a, String, V>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl<V> FromIterator<(String, V)> for UniqueMap<V> {
+    fn from_iter<I: IntoIterator<Item = (String, V)>>(iter: I) -> Self {
+        UniqueMap(iter.into_iter().collect())
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visit<V> {
+            type Value = UniqueMap<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map with unique keys")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut out = IndexMap::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    if out.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format!("duplicate name {k:?}")));
+                    }
+                    let v = map.next_value()?;
+                    out.insert(k, v);
+                }
+                Ok(UniqueMap(out))
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
 
 /// A whole workflow definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,14 +101,14 @@ pub struct WorkflowSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Typed parameters, overridable at submit.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub params: BTreeMap<String, ParamSpec>,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub params: UniqueMap<ParamSpec>,
     /// Defaults every step inherits unless it says otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defaults: Option<StepDefaults>,
     /// Reusable group definitions, referenced by `uses:`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub templates: BTreeMap<String, TemplateSpec>,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub templates: UniqueMap<TemplateSpec>,
     /// The workflow's top-level nodes.
     pub steps: Steps,
     /// Exit handler: steps that always run after the body ends.
@@ -106,8 +172,8 @@ pub struct StepDefaults {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     /// Environment added to every step (a step's own entries win).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub env: UniqueMap<String>,
 }
 
 /// A reusable group definition.
@@ -141,8 +207,8 @@ pub struct NodeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shell: Option<String>,
     /// Environment variables; values may use `${{ expr }}`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub env: UniqueMap<String>,
     /// Files fetched into the task sandbox before it starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileSpec>,
@@ -390,10 +456,15 @@ pub fn parse(source: &str, limits: &Limits) -> Result<WorkflowSpec, SpecError> {
             let inner = err.into_inner();
             let location = inner.location();
             let mut message = inner.to_string();
-            // serde_yaml_ng appends " at line L column C"; we report it as
-            // fields of the error instead.
+            // serde_yaml_ng appends " at line L column C" and may prefix a
+            // path; we report both as fields of the error instead.
             if let Some(pos) = message.find(" at line ") {
                 message.truncate(pos);
+            }
+            if let Some((prefix, rest)) = message.split_once(": ") {
+                if !prefix.contains(' ') && path.starts_with(prefix) {
+                    message = rest.to_string();
+                }
             }
             let mut e = SpecError::new(&path, message);
             if let Some(loc) = location {

@@ -197,7 +197,11 @@ pub fn compile(spec: &WorkflowSpec, limits: &Limits) -> Result<Plan, Vec<SpecErr
         nodes,
         root,
         on_exit,
-        params: spec.params.clone(),
+        params: spec
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         timeout_ms,
         schedules,
         task_count: tasks,

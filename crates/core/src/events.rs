@@ -1,0 +1,86 @@
+//! The event schema (generated from `proto/kaon/events/v1/events.proto`)
+//! and small helpers around it.
+
+#![allow(missing_docs, clippy::all)]
+
+/// Generated protobuf types.
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/kaon.events.v1.rs"));
+}
+
+pub use pb::event::Body;
+pub use pb::{Event, FailureCause, KillCause, NodeOutcome, RunOutcome, SkipReason, TaskState};
+
+use prost::Message;
+
+/// Encodes an event to the bytes stored in the log and hashed into the chain.
+pub fn encode(e: &Event) -> Vec<u8> {
+    e.encode_to_vec()
+}
+
+/// Decodes an event; a malformed record is an error naming the index.
+pub fn decode(bytes: &[u8]) -> Result<Event, prost::DecodeError> {
+    Event::decode(bytes)
+}
+
+impl TaskState {
+    /// Terminal per Mesos' `isTerminalState` (TASK_LOST counts as terminal).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Finished
+                | TaskState::Failed
+                | TaskState::Killed
+                | TaskState::Error
+                | TaskState::Lost
+                | TaskState::Dropped
+                | TaskState::Gone
+                | TaskState::GoneByOperator
+        )
+    }
+
+    /// Parses a Mesos state name such as `TASK_RUNNING`.
+    pub fn from_mesos(name: &str) -> Option<TaskState> {
+        Some(match name {
+            "TASK_STAGING" => TaskState::Staging,
+            "TASK_STARTING" => TaskState::Starting,
+            "TASK_RUNNING" => TaskState::Running,
+            "TASK_KILLING" => TaskState::Killing,
+            "TASK_FINISHED" => TaskState::Finished,
+            "TASK_FAILED" => TaskState::Failed,
+            "TASK_KILLED" => TaskState::Killed,
+            "TASK_ERROR" => TaskState::Error,
+            "TASK_LOST" => TaskState::Lost,
+            "TASK_DROPPED" => TaskState::Dropped,
+            "TASK_UNREACHABLE" => TaskState::Unreachable,
+            "TASK_GONE" => TaskState::Gone,
+            "TASK_GONE_BY_OPERATOR" => TaskState::GoneByOperator,
+            "TASK_UNKNOWN" => TaskState::Unknown,
+            _ => return None,
+        })
+    }
+}
+
+/// Short name of an event body, for logs and golden files.
+pub fn body_name(b: &Body) -> &'static str {
+    match b {
+        Body::WorkflowRegistered(_) => "WorkflowRegistered",
+        Body::RunSubmitted(_) => "RunSubmitted",
+        Body::NodeStarted(_) => "NodeStarted",
+        Body::ForeachExpanded(_) => "ForeachExpanded",
+        Body::LoopIterationStarted(_) => "LoopIterationStarted",
+        Body::TaskLaunchRequested(_) => "TaskLaunchRequested",
+        Body::TaskStatusObserved(_) => "TaskStatusObserved",
+        Body::RetryScheduled(_) => "RetryScheduled",
+        Body::TaskKillRequested(_) => "TaskKillRequested",
+        Body::NodeFinished(_) => "NodeFinished",
+        Body::NodeSkipped(_) => "NodeSkipped",
+        Body::ProgressReported(_) => "ProgressReported",
+        Body::RunCancelRequested(_) => "RunCancelRequested",
+        Body::RunFinished(_) => "RunFinished",
+        Body::FrameworkRegistered(_) => "FrameworkRegistered",
+        Body::ScheduleFired(_) => "ScheduleFired",
+        Body::SchedulePauseChanged(_) => "SchedulePauseChanged",
+        Body::LeaderStarted(_) => "LeaderStarted",
+    }
+}
