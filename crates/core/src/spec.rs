@@ -461,8 +461,15 @@ pub fn parse(source: &str, limits: &Limits) -> Result<WorkflowSpec, SpecError> {
             if let Some(pos) = message.find(" at line ") {
                 message.truncate(pos);
             }
+            // The YAML layer may know a deeper path than serde does.
+            let mut path = path;
             if let Some((prefix, rest)) = message.split_once(": ") {
-                if !prefix.contains(' ') && path.starts_with(prefix) {
+                let prefix = clean_path(prefix);
+                if !prefix.contains(' ') && (path.starts_with(&prefix) || prefix.starts_with(&path))
+                {
+                    if prefix.len() > path.len() {
+                        path = prefix;
+                    }
                     message = rest.to_string();
                 }
             }
@@ -478,7 +485,11 @@ pub fn parse(source: &str, limits: &Limits) -> Result<WorkflowSpec, SpecError> {
 
 /// serde_path_to_error writes `.` for the root and `?` for unknown parts.
 fn clean_path(p: &str) -> String {
-    if p == "." {
+    let mut p = p;
+    while let Some(rest) = p.strip_suffix(".?") {
+        p = rest;
+    }
+    if p == "." || p == "?" {
         String::new()
     } else {
         p.to_string()
