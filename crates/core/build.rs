@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for e in ["TaskState", "KillCause", "FailureCause"] {
         config.type_attribute(
             format!(".kaon.events.v1.{e}"),
-            "#[derive(serde::Serialize)]",
+            "#[derive(serde::Serialize, serde::Deserialize)]",
         );
     }
     config.compile_fds(fds)?;

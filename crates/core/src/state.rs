@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::events::{
@@ -68,7 +68,7 @@ pub enum ApplyError {
 }
 
 /// Life of a node instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeStatus {
     /// Created, not started.
     Pending,
@@ -102,7 +102,7 @@ impl NodeStatus {
 }
 
 /// What an instance is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InstKind {
     /// A step: attempts are Mesos tasks.
     Task,
@@ -117,7 +117,7 @@ pub enum InstKind {
 }
 
 /// One attempt of a step.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Attempt {
     /// 1-based.
     pub number: u32,
@@ -146,7 +146,7 @@ pub struct Attempt {
 }
 
 /// One instance of a plan node within a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Instance {
     /// Plan node.
     pub node: NodeId,
@@ -238,7 +238,7 @@ impl Instance {
 }
 
 /// Run status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RunStatus {
     /// In progress.
     Running,
@@ -251,7 +251,7 @@ pub enum RunStatus {
 }
 
 /// Why a run is winding down.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ending {
     /// A step failed under fail_fast: running tasks are killed.
     FailFast(String),
@@ -267,7 +267,7 @@ pub enum Ending {
 }
 
 /// One run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Run {
     /// Run id (log index of its submission).
     pub id: RunId,
@@ -295,8 +295,9 @@ pub struct Run {
     pub instances: Vec<Instance>,
     /// Attempts not yet terminal.
     pub live_tasks: u32,
-    /// The compiled plan (shared by all runs of the version).
-    #[serde(skip)]
+    /// The compiled plan (shared by all runs of the version); relinked
+    /// from the workflow's versions when a snapshot is restored.
+    #[serde(skip, default = "empty_plan")]
     pub plan: Arc<Plan>,
 }
 
@@ -308,7 +309,7 @@ impl Run {
 }
 
 /// A registered version.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkflowVersion {
     /// 1-based version.
     pub version: u32,
@@ -318,13 +319,13 @@ pub struct WorkflowVersion {
     pub spec_sha256: String,
     /// When it was registered.
     pub registered_ms: i64,
-    /// Compiled plan.
-    #[serde(skip)]
+    /// Compiled plan; recompiled from `spec_json` when a snapshot is restored.
+    #[serde(skip, default = "empty_plan")]
     pub plan: Arc<Plan>,
 }
 
 /// Per-schedule bookkeeping.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ScheduleState {
     /// Latest fire time handled.
     pub last_fire_ms: Option<i64>,
@@ -339,7 +340,7 @@ pub struct ScheduleState {
 }
 
 /// A workflow and its versions.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Workflow {
     /// Versions in order (version n at index n-1).
     pub versions: Vec<WorkflowVersion>,
@@ -348,7 +349,7 @@ pub struct Workflow {
 }
 
 /// The whole replicated state.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct State {
     /// Index of the last applied event (0 = none).
     pub applied_index: u64,
@@ -385,6 +386,25 @@ impl Default for State {
         }
     }
 }
+
+fn empty_plan() -> Arc<Plan> {
+    Arc::new(Plan {
+        name: String::new(),
+        nodes: Vec::new(),
+        root: 0,
+        on_exit: None,
+        params: BTreeMap::new(),
+        timeout_ms: None,
+        schedules: Vec::new(),
+        task_count: 0,
+        group_count: 0,
+    })
+}
+
+/// A snapshot could not be restored.
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot: {0}")]
+pub struct SnapshotError(String);
 
 /// Limits used when a replica compiles a spec it reads from the log: the
 /// leader already validated it, so replay must not reject it under a
@@ -462,6 +482,41 @@ impl State {
         self.applied_index = index;
         self.last_event_ms = self.last_event_ms.max(now);
         Ok(())
+    }
+
+    /// Serializes the whole state (plans are rebuilt from the stored specs
+    /// on restore). Snapshot + the log suffix after `applied_index` equals a
+    /// full replay (property-tested).
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("state serializes (only plain data)")
+    }
+
+    /// Restores a snapshot made by [`State::to_snapshot`].
+    pub fn from_snapshot(bytes: &[u8]) -> Result<State, SnapshotError> {
+        let mut s: State =
+            serde_json::from_slice(bytes).map_err(|e| SnapshotError(e.to_string()))?;
+        for (name, wf) in &mut s.workflows {
+            for v in &mut wf.versions {
+                v.plan = Arc::new(
+                    plan_from_json(&v.spec_json)
+                        .map_err(|m| SnapshotError(format!("{name}@{}: {m}", v.version)))?,
+                );
+            }
+        }
+        for run in s.runs.values_mut() {
+            run.plan = s
+                .workflows
+                .get(&run.workflow)
+                .and_then(|w| w.versions.get((run.version as usize).wrapping_sub(1)))
+                .map(|v| v.plan.clone())
+                .ok_or_else(|| {
+                    SnapshotError(format!(
+                        "run {} refers to unknown {}@{}",
+                        run.id, run.workflow, run.version
+                    ))
+                })?;
+        }
+        Ok(s)
     }
 
     /// Stable SHA-256 of the whole state (equal on every replica that
