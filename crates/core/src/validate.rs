@@ -298,7 +298,7 @@ pub fn did_you_mean<'a>(name: &str, candidates: impl Iterator<Item = &'a String>
     let mut best: Option<(usize, &String)> = None;
     for c in candidates {
         let d = strsim::levenshtein(name, c);
-        if d <= (name.len() / 3).max(1) && best.is_none_or(|(bd, _)| d < bd) {
+        if d <= (name.len() / 3).max(1) && d < name.len() && best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, c));
         }
     }

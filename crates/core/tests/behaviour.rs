@@ -1,0 +1,501 @@
+//! Focused tests of apply's and decide's contracts: loud failure on unknown
+//! or out-of-order events, the hash chain, idempotent submits, Mesos update
+//! handling (acknowledge only after commit, unknown tasks, oversized
+//! outputs), progress rate limits, leader start, and cron schedules.
+
+use std::collections::BTreeMap;
+
+use kaon_core::Limits;
+use kaon_core::decide::{
+    Command, Effect, Input, Progress, Rejection, SubmitTarget, TaskUpdate, TimerKey, decide,
+};
+use kaon_core::events::{self, Body, Event, TaskState, pb};
+use kaon_core::sim::{Outcome, Sim};
+use kaon_core::state::{ApplyError, RunStatus, State};
+
+const ONE_STEP: &str = "apiVersion: kaon/v1\nname: one\nsteps:\n  a: {run: [./a]}\n";
+
+fn finish_all(_: &str, _: u32) -> Outcome {
+    Outcome::Finish("{}".into())
+}
+
+#[test]
+fn unknown_event_kind_fails_loudly() {
+    let mut s = State::default();
+    // An event whose body uses a field number this version does not know.
+    let mut bytes = events::encode(&Event {
+        index: 1,
+        time_unix_ms: 5,
+        body: None,
+    });
+    bytes.extend_from_slice(&[0xfa, 0x07, 0x00]); // field 1000, length-delimited, empty
+    let err = s.apply_bytes(1, &bytes).unwrap_err();
+    assert_eq!(err, ApplyError::UnknownEvent { index: 1 });
+    assert_eq!(s.applied_index, 0, "nothing applied");
+    let err = s.apply_bytes(1, &[0xff, 0xff, 0xff]).unwrap_err();
+    assert!(matches!(err, ApplyError::Decode { index: 1, .. }), "{err}");
+}
+
+#[test]
+fn events_apply_in_order_only() {
+    let mut sim = Sim::new(Limits::default());
+    sim.submit(ONE_STEP, BTreeMap::new()).unwrap();
+    let mut s = State::default();
+    let err = s.apply(&sim.log[1]).unwrap_err();
+    assert_eq!(
+        err,
+        ApplyError::OutOfOrder {
+            index: 2,
+            expected: 1
+        }
+    );
+}
+
+#[test]
+fn hash_chain_detects_any_change_to_history() {
+    let mut sim = Sim::new(Limits::default());
+    sim.submit(ONE_STEP, BTreeMap::new()).unwrap();
+    sim.run_to_quiet(&mut finish_all, 100);
+    let honest = sim.replay();
+    let mut log = sim.log.clone();
+    if let Some(Body::TaskStatusObserved(o)) = &mut log
+        .iter_mut()
+        .find(|e| matches!(e.body, Some(Body::TaskStatusObserved(_))))
+        .unwrap()
+        .body
+    {
+        o.message = "edited".into();
+    }
+    let mut tampered = State::default();
+    for e in &log {
+        tampered.apply(e).unwrap();
+    }
+    assert_ne!(
+        tampered.chain, honest.chain,
+        "an edited event must change the chain head"
+    );
+    assert_ne!(tampered.digest(), honest.digest());
+}
+
+#[test]
+fn idempotent_submit_returns_the_same_run() {
+    let mut sim = Sim::new(Limits::default());
+    let cmd = || Command::SubmitRun {
+        target: SubmitTarget::Inline {
+            source: ONE_STEP.into(),
+        },
+        params: BTreeMap::new(),
+        idempotency_key: "client-42".into(),
+    };
+    sim.command(cmd()).unwrap();
+    let first = sim.state.idempotency["client-42"];
+    let again = sim.command(cmd()).unwrap();
+    assert_eq!(again.existing_run, Some(first));
+    assert!(again.events.is_empty(), "a retried submit proposes nothing");
+    assert_eq!(sim.state.runs.len(), 1);
+    // Even if two submits race past decide, apply keeps one run.
+    let d = decide(
+        &State::default(),
+        Input::Command(cmd()),
+        0,
+        &Limits::default(),
+    )
+    .unwrap();
+    let run_submitted = d
+        .events
+        .into_iter()
+        .find(|b| matches!(b, Body::RunSubmitted(_)))
+        .unwrap();
+    sim.propose(vec![run_submitted]);
+    assert_eq!(sim.state.runs.len(), 1, "duplicate key applied as a no-op");
+}
+
+#[test]
+fn commands_are_rejected_with_domain_errors() {
+    let s = State::default();
+    let l = Limits::default();
+    let submit = |name: &str| Command::SubmitRun {
+        target: SubmitTarget::Registered {
+            name: name.into(),
+            version: None,
+        },
+        params: BTreeMap::new(),
+        idempotency_key: String::new(),
+    };
+    assert!(matches!(
+        decide(&s, Input::Command(submit("nope")), 0, &l),
+        Err(Rejection::NotFound(_))
+    ));
+    let bad = decide(
+        &s,
+        Input::Command(Command::RegisterWorkflow {
+            source: "apiVersion: kaon/v1\nname: x\nsteps: {}\n".into(),
+        }),
+        0,
+        &l,
+    );
+    match bad {
+        Err(Rejection::InvalidSpec(errs)) => assert_eq!(
+            errs[0].to_string(),
+            "steps: a workflow needs at least one step"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let r = decide(
+        &s,
+        Input::Command(Command::CancelRun {
+            run_id: 9,
+            reason: "x".into(),
+        }),
+        0,
+        &l,
+    );
+    assert_eq!(r, Err(Rejection::NotFound("run 9".into())));
+    // Parameters are type-checked, unknown ones named.
+    let mut sim = Sim::new(l.clone());
+    let src = "apiVersion: kaon/v1\nname: p\nparams:\n  n: {type: int}\nsteps:\n  a: {run: [x]}\n";
+    let err = sim
+        .submit(
+            src,
+            BTreeMap::from([
+                ("n".into(), serde_json::json!("x")),
+                ("m".into(), serde_json::json!(1)),
+            ]),
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid argument: params.m: unknown parameter; params.n: expected int, got string \"x\""
+    );
+    // Active runs are bounded.
+    let mut sim = Sim::new(Limits {
+        active_runs_max: 1,
+        ..Limits::default()
+    });
+    sim.submit(ONE_STEP, BTreeMap::new()).unwrap();
+    let err = sim.submit(ONE_STEP, BTreeMap::new()).unwrap_err();
+    assert!(matches!(err, Rejection::LimitExceeded(_)), "{err}");
+}
+
+#[test]
+fn updates_are_acknowledged_only_after_their_event_commits() {
+    let mut sim = Sim::new(Limits::default());
+    let run = sim.submit(ONE_STEP, BTreeMap::new()).unwrap();
+    let task_id = sim.launched[0].clone();
+    let update = TaskUpdate {
+        task_id: task_id.clone(),
+        state: TaskState::Running,
+        agent_id: "ag".into(),
+        uuid: vec![7; 16],
+        ..TaskUpdate::default()
+    };
+    let d = decide(
+        &sim.state,
+        Input::TaskUpdate(update.clone()),
+        sim.now,
+        &sim.limits,
+    )
+    .unwrap();
+    assert!(
+        d.effects
+            .iter()
+            .all(|e| !matches!(e, Effect::Acknowledge { .. })),
+        "no ack before commit: {:?}",
+        d.effects
+    );
+    assert!(matches!(d.events[0], Body::TaskStatusObserved(_)));
+    let committed_index = sim.log.len() as u64 + 1;
+    sim.propose(d.events);
+    let ev = sim.log.last().unwrap().clone();
+    assert_eq!(ev.index, committed_index);
+    let after = decide(&sim.state, Input::Committed(&ev), sim.now, &sim.limits).unwrap();
+    assert!(after.effects.contains(&Effect::Acknowledge {
+        task_id: task_id.clone(),
+        agent_id: "ag".into(),
+        uuid: vec![7; 16]
+    }));
+    // A redelivery of the same update: acknowledged, no new event.
+    let again = decide(&sim.state, Input::TaskUpdate(update), sim.now, &sim.limits).unwrap();
+    assert!(again.events.is_empty());
+    assert_eq!(again.effects.len(), 1);
+    assert_eq!(sim.state.run(run).unwrap().status, RunStatus::Running);
+}
+
+#[test]
+fn unknown_tasks_are_acknowledged_and_killed() {
+    let s = State::default();
+    let u = TaskUpdate {
+        task_id: "r5-i1-a1:ghost".into(),
+        state: TaskState::Running,
+        uuid: vec![1; 16],
+        agent_id: "ag".into(),
+        ..TaskUpdate::default()
+    };
+    let d = decide(&s, Input::TaskUpdate(u), 0, &Limits::default()).unwrap();
+    assert!(d.events.is_empty());
+    assert_eq!(d.effects.len(), 2);
+    assert!(
+        matches!(&d.effects[1], Effect::KillTask { task_id, .. } if task_id == "r5-i1-a1:ghost")
+    );
+}
+
+#[test]
+fn oversized_or_invalid_outputs_fail_the_step() {
+    let limits = Limits {
+        outputs_bytes_max: 16,
+        ..Limits::default()
+    };
+    for (outputs, reason) in [
+        (
+            r#"{"x": "0123456789abcdef"}"#,
+            "REASON_KAON_OUTPUTS_TOO_LARGE",
+        ),
+        ("[1]", "REASON_KAON_OUTPUTS_INVALID"),
+    ] {
+        let mut sim = Sim::new(limits.clone());
+        sim.submit(ONE_STEP, BTreeMap::new()).unwrap();
+        let u = TaskUpdate {
+            task_id: sim.launched[0].clone(),
+            state: TaskState::Finished,
+            outputs_json: Some(outputs.into()),
+            exit_code: Some(0),
+            ..TaskUpdate::default()
+        };
+        let d = decide(&sim.state, Input::TaskUpdate(u), sim.now, &sim.limits).unwrap();
+        match &d.events[0] {
+            Body::TaskStatusObserved(o) => {
+                assert_eq!(o.state(), TaskState::Failed);
+                assert_eq!(o.reason, reason);
+                assert!(o.outputs_json.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn progress_is_recorded_at_a_bounded_rate() {
+    let mut sim = Sim::new(Limits::default());
+    sim.submit(ONE_STEP, BTreeMap::new()).unwrap();
+    let task = sim_task(&sim);
+    let p = |pct| {
+        Input::Progress(Progress {
+            task_id: task.clone(),
+            percent: pct,
+            text: "x".repeat(2000),
+        })
+    };
+    let d = decide(&sim.state, p(10), sim.now, &sim.limits).unwrap();
+    assert_eq!(d.events.len(), 1);
+    if let Body::ProgressReported(r) = &d.events[0] {
+        assert_eq!(
+            r.status_text.len(),
+            sim.limits.progress_text_bytes_max,
+            "text truncated to the limit"
+        );
+    }
+    sim.propose(d.events);
+    let soon = decide(&sim.state, p(20), sim.now + 500, &sim.limits).unwrap();
+    assert!(soon.events.is_empty(), "within progress_interval_ms_min");
+    let later = decide(&sim.state, p(250), sim.now + 1000, &sim.limits).unwrap();
+    match &later.events[0] {
+        Body::ProgressReported(r) => assert_eq!(r.percent, 100, "clamped"),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn sim_task(sim: &Sim) -> String {
+    sim.launched[0].clone()
+}
+
+#[test]
+fn leader_start_resubscribes_reconciles_and_rearms() {
+    let mut sim = Sim::new(Limits::default());
+    sim.command(Command::RecordFramework {
+        framework_id: "fw-1".into(),
+    })
+    .unwrap();
+    let src = "apiVersion: kaon/v1\nname: t\ntimeout: 1h\nsteps:\n  a: {run: [./a], timeout: 5m}\n";
+    let run = sim.submit(src, BTreeMap::new()).unwrap();
+    let d = decide(&sim.state, Input::LeaderStarted, sim.now, &sim.limits).unwrap();
+    let task = sim.launched[0].clone();
+    assert_eq!(
+        d.effects[0],
+        Effect::Subscribe {
+            framework_id: Some("fw-1".into())
+        }
+    );
+    assert_eq!(
+        d.effects[1],
+        Effect::Reconcile {
+            tasks: vec![(task, String::new())]
+        }
+    );
+    assert!(d.effects.iter().any(
+        |e| matches!(e, Effect::ArmTimer { key: TimerKey::RunTimeout { run: r }, .. } if *r == run)
+    ));
+    assert!(d.effects.iter().any(|e| matches!(
+        e,
+        Effect::ArmTimer {
+            key: TimerKey::StepTimeout { .. },
+            ..
+        }
+    )));
+    assert!(
+        d.effects
+            .iter()
+            .all(|e| !matches!(e, Effect::LaunchTask(_))),
+        "a new leader never relaunches"
+    );
+    assert!(d.events.is_empty(), "nothing to redo: {:?}", d.events);
+}
+
+#[test]
+fn workflow_timeout_cancels_and_fails_the_run() {
+    let mut sim = Sim::new(Limits::default());
+    let src = "apiVersion: kaon/v1\nname: t\ntimeout: 10m\nsteps:\n  a: {run: [./a]}\n";
+    let run = sim.submit(src, BTreeMap::new()).unwrap();
+    sim.run_to_quiet(&mut |_: &str, _: u32| Outcome::Hang, 1000);
+    let r = sim.state.run(run).unwrap();
+    assert_eq!(r.status, RunStatus::Failed);
+    assert!(r.message.contains("workflow timeout"), "{}", r.message);
+}
+
+const DAILY: &str = "apiVersion: kaon/v1\nname: nightly\nsteps:\n  a: {run: [./a]}\nschedules:\n  - cron: \"0 3 * * *\"\n    timezone: Europe/Amsterdam\n    overlap: OVERLAP\n    catchup_window: 3d\n";
+
+fn fires(sim: &Sim) -> Vec<(i64, i32)> {
+    sim.log
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::ScheduleFired(f)) => Some((f.fire_time_unix_ms, f.action)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn cron_fires_in_its_time_zone_and_catches_up_within_the_window() {
+    let mut sim = Sim::new(Limits::default());
+    sim.command(Command::RegisterWorkflow {
+        source: DAILY.replace("OVERLAP", "allow_all"),
+    })
+    .unwrap();
+    // The first fire is armed for 03:00 Amsterdam = 02:00 UTC in January.
+    let armed = sim.effects.iter().find_map(|e| match e {
+        Effect::ArmTimer {
+            key: TimerKey::Schedule { .. },
+            at_ms,
+        } => Some(*at_ms),
+        _ => None,
+    });
+    assert_eq!(armed, Some(1_767_225_600_000 + 2 * 3_600_000));
+    // The leader was away for 5 days: fires older than the 3-day window are
+    // recorded as missed (once), the rest start runs.
+    sim.now += 5 * 86_400_000 + 3 * 3_600_000;
+    sim.failover();
+    let f = fires(&sim);
+    let missed: Vec<_> = f
+        .iter()
+        .filter(|(_, a)| *a == pb::FireAction::Missed as i32)
+        .collect();
+    let started: Vec<_> = f
+        .iter()
+        .filter(|(_, a)| *a == pb::FireAction::Started as i32)
+        .collect();
+    assert_eq!(missed.len(), 1, "{f:?}");
+    assert_eq!(started.len(), 3, "{f:?}");
+    assert_eq!(sim.state.runs.len(), 3);
+    // Re-deciding after a failover does not start the same fires again.
+    sim.failover();
+    assert_eq!(sim.state.runs.len(), 3);
+}
+
+#[test]
+fn cron_overlap_policies() {
+    for (policy, runs, actions) in [
+        (
+            "skip",
+            1,
+            vec![pb::FireAction::Started, pb::FireAction::Skipped],
+        ),
+        (
+            "queue_one",
+            1,
+            vec![pb::FireAction::Started, pb::FireAction::Queued],
+        ),
+        (
+            "cancel_previous",
+            2,
+            vec![pb::FireAction::Started, pb::FireAction::Started],
+        ),
+        (
+            "allow_all",
+            2,
+            vec![pb::FireAction::Started, pb::FireAction::Started],
+        ),
+    ] {
+        let mut sim = Sim::new(Limits::default());
+        sim.command(Command::RegisterWorkflow {
+            source: DAILY.replace("OVERLAP", policy),
+        })
+        .unwrap();
+        // Tasks hang, so the first run is still active at the second fire.
+        let mut hang = |_: &str, _: u32| Outcome::Hang;
+        while sim.state.runs.len() < 1 {
+            assert!(sim.step(&mut hang));
+        }
+        sim.now += 86_400_000;
+        sim.failover();
+        let got: Vec<i32> = fires(&sim).iter().map(|(_, a)| *a).collect();
+        let want: Vec<i32> = actions.iter().map(|a| *a as i32).collect();
+        assert_eq!(got, want, "policy {policy}");
+        assert_eq!(sim.state.runs.len(), runs, "policy {policy}");
+        if policy == "cancel_previous" {
+            let first = sim.state.runs.values().next().unwrap();
+            assert!(first.ending.is_some(), "previous run is being cancelled");
+        }
+        if policy == "queue_one" {
+            // When the active run ends, the queued fire starts.
+            let first = *sim.state.runs.keys().next().unwrap();
+            sim.command(Command::CancelRun {
+                run_id: first,
+                reason: "done".into(),
+            })
+            .unwrap();
+            assert_eq!(
+                sim.state.runs.len(),
+                2,
+                "queued fire started after the active run ended"
+            );
+        }
+    }
+}
+
+#[test]
+fn paused_schedules_do_not_fire() {
+    let mut sim = Sim::new(Limits::default());
+    sim.command(Command::RegisterWorkflow {
+        source: DAILY.replace("OVERLAP", "skip"),
+    })
+    .unwrap();
+    sim.command(Command::SetSchedulePaused {
+        workflow: "nightly".into(),
+        index: 0,
+        paused: true,
+    })
+    .unwrap();
+    sim.now += 2 * 86_400_000;
+    sim.failover();
+    assert!(sim.state.runs.is_empty());
+    let err = sim
+        .command(Command::SetSchedulePaused {
+            workflow: "nightly".into(),
+            index: 3,
+            paused: true,
+        })
+        .unwrap_err();
+    assert_eq!(
+        err,
+        Rejection::NotFound("workflow \"nightly\" has no schedule 3".into())
+    );
+}
