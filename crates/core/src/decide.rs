@@ -326,10 +326,10 @@ impl<'s> Decider<'s> {
                 }
             }
             Body::LoopIterationStarted(e) => {
-                if let Some(run) = self.active_run(e.run_id) {
-                    if let Some(&it) = run.inst(e.instance).children.last() {
-                        self.start_ready_children(run, it);
-                    }
+                if let Some(run) = self.active_run(e.run_id)
+                    && let Some(&it) = run.inst(e.instance).children.last()
+                {
+                    self.start_ready_children(run, it);
                 }
             }
             Body::TaskLaunchRequested(e) => {
@@ -397,13 +397,12 @@ impl<'s> Decider<'s> {
                     .run(e.run_id)
                     .and_then(|r| r.instances.get(e.instance as usize))
                     .and_then(|i| i.attempts.iter().find(|a| a.number == e.attempt))
+                    && !a.state.is_terminal()
                 {
-                    if !a.state.is_terminal() {
-                        self.effect(Effect::KillTask {
-                            task_id: a.task_id.clone(),
-                            agent_id: a.agent_id.clone(),
-                        });
-                    }
+                    self.effect(Effect::KillTask {
+                        task_id: a.task_id.clone(),
+                        agent_id: a.agent_id.clone(),
+                    });
                 }
             }
             Body::NodeFinished(e) => {
@@ -1370,17 +1369,18 @@ impl<'s> Decider<'s> {
         self.sweep(run);
         for (idx, inst) in run.instances.iter().enumerate() {
             let i = idx as InstId;
-            if let Some(a) = inst.live_attempt() {
-                if a.timeout_ms > 0 && a.kill.is_none() {
-                    self.effect(Effect::ArmTimer {
-                        key: TimerKey::StepTimeout {
-                            run: run.id,
-                            inst: i,
-                            attempt: a.number,
-                        },
-                        at_ms: a.launched_ms + a.timeout_ms as i64,
-                    });
-                }
+            if let Some(a) = inst.live_attempt()
+                && a.timeout_ms > 0
+                && a.kill.is_none()
+            {
+                self.effect(Effect::ArmTimer {
+                    key: TimerKey::StepTimeout {
+                        run: run.id,
+                        inst: i,
+                        attempt: a.number,
+                    },
+                    at_ms: a.launched_ms + a.timeout_ms as i64,
+                });
             }
             if let Some((next, at)) = inst.retry {
                 self.effect(Effect::ArmTimer {
@@ -1398,15 +1398,13 @@ impl<'s> Decider<'s> {
             if inst.status == NodeStatus::Running
                 && inst.kind != InstKind::Task
                 && inst.open_children == 0
-            {
-                if inst.kind != InstKind::Loop
+                && (inst.kind != InstKind::Loop
                     || inst
                         .children
                         .last()
-                        .is_some_and(|&c| run.inst(c).status.is_terminal())
-                {
-                    self.finish_container(run, i);
-                }
+                        .is_some_and(|&c| run.inst(c).status.is_terminal()))
+            {
+                self.finish_container(run, i);
             }
             if inst.status == NodeStatus::Running
                 && matches!(
@@ -1479,11 +1477,11 @@ impl<'s> Decider<'s> {
                 // Too old: skip ahead to the window's start in one step.
                 missed_latest = Some(fire);
                 let window_start = self.now - window;
-                if let Some(prev) = prev_fire(sched, window_start) {
-                    if prev > cursor {
-                        missed_latest = Some(prev);
-                        cursor = prev;
-                    }
+                if let Some(prev) = prev_fire(sched, window_start)
+                    && prev > cursor
+                {
+                    missed_latest = Some(prev);
+                    cursor = prev;
                 }
                 continue;
             }

@@ -115,12 +115,12 @@ impl Walk {
         self.nodes += 1;
         match &e.expr {
             Expr::Select(sel) => {
-                if let Expr::Ident(name) = &sel.operand.expr {
-                    if name == "steps" {
-                        self.nodes += 1;
-                        self.step_refs.insert(sel.field.clone());
-                        return;
-                    }
+                if let Expr::Ident(name) = &sel.operand.expr
+                    && name == "steps"
+                {
+                    self.nodes += 1;
+                    self.step_refs.insert(sel.field.clone());
+                    return;
                 }
                 self.visit(&sel.operand, depth);
             }

@@ -63,12 +63,15 @@ pub struct Sim {
     pub effects: Vec<Effect>,
     /// Task ids launched, in order.
     pub launched: Vec<String>,
+    launched_set: BTreeSet<String>,
     queue: Vec<usize>,
     timers: BTreeMap<(i64, u64), TimerKey>,
     timer_seq: u64,
     tasks: BTreeMap<String, FakeTask>,
     acked: BTreeSet<Vec<u8>>,
     uuid_seq: u64,
+    committed_intents: BTreeSet<String>,
+    committed_uuids: BTreeSet<Vec<u8>>,
 }
 
 impl Sim {
@@ -81,12 +84,15 @@ impl Sim {
             limits,
             effects: Vec::new(),
             launched: Vec::new(),
+            launched_set: BTreeSet::new(),
             queue: Vec::new(),
             timers: BTreeMap::new(),
             timer_seq: 0,
             tasks: BTreeMap::new(),
             acked: BTreeSet::new(),
             uuid_seq: 0,
+            committed_intents: BTreeSet::new(),
+            committed_uuids: BTreeSet::new(),
         }
     }
 
@@ -101,6 +107,15 @@ impl Sim {
             self.state
                 .apply(&event)
                 .unwrap_or_else(|e| panic!("apply failed: {e}"));
+            match &event.body {
+                Some(Body::TaskLaunchRequested(l)) => {
+                    self.committed_intents.insert(l.task_id.clone());
+                }
+                Some(Body::TaskStatusObserved(o)) if !o.mesos_uuid.is_empty() => {
+                    self.committed_uuids.insert(o.mesos_uuid.clone());
+                }
+                _ => {}
+            }
             self.log.push(event);
             self.queue.push(self.log.len() - 1);
         }
@@ -118,7 +133,7 @@ impl Sim {
             Effect::LaunchTask(t) => {
                 // Intent before effect: the intent must be in the committed log.
                 assert!(
-                    self.log.iter().any(|ev| matches!(&ev.body, Some(Body::TaskLaunchRequested(l)) if l.task_id == t.task_id)),
+                    self.committed_intents.contains(&t.task_id),
                     "launch of {} without a committed intent",
                     t.task_id
                 );
@@ -148,11 +163,8 @@ impl Sim {
                 }
             }
             Effect::Acknowledge { uuid, .. } => {
-                let committed = self.log.iter().any(
-                    |ev| matches!(&ev.body, Some(Body::TaskStatusObserved(o)) if &o.mesos_uuid == uuid),
-                );
                 assert!(
-                    committed,
+                    self.committed_uuids.contains(uuid),
                     "acknowledged an update whose event is not committed"
                 );
                 self.acked.insert(uuid.clone());

@@ -349,7 +349,7 @@ pub struct Workflow {
 }
 
 /// The whole replicated state.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct State {
     /// Index of the last applied event (0 = none).
     pub applied_index: u64,
@@ -369,22 +369,6 @@ pub struct State {
     pub leader: Option<(u64, u64)>,
     /// Time of the last applied event.
     pub last_event_ms: i64,
-}
-
-impl Default for State {
-    fn default() -> Self {
-        State {
-            applied_index: 0,
-            chain: [0; 32],
-            workflows: BTreeMap::new(),
-            runs: BTreeMap::new(),
-            active_runs: BTreeSet::new(),
-            idempotency: BTreeMap::new(),
-            framework_id: None,
-            leader: None,
-            last_event_ms: 0,
-        }
-    }
 }
 
 fn empty_plan() -> Arc<Plan> {
@@ -594,10 +578,10 @@ impl State {
             Body::TaskKillRequested(e) => {
                 let run = self.run_mut(e.run_id)?;
                 let inst = inst_mut(run, e.instance)?;
-                if let Some(a) = inst.attempts.iter_mut().find(|a| a.number == e.attempt) {
-                    if a.kill.is_none() {
-                        a.kill = Some(e.cause());
-                    }
+                if let Some(a) = inst.attempts.iter_mut().find(|a| a.number == e.attempt)
+                    && a.kill.is_none()
+                {
+                    a.kill = Some(e.cause());
                 }
                 Ok(())
             }
@@ -795,16 +779,15 @@ impl State {
             ));
         }
         start_container(&mut run, 0, now)?;
-        if let Some((si, fire)) = schedule {
-            if let Some(s) = self
+        if let Some((si, fire)) = schedule
+            && let Some(s) = self
                 .workflows
                 .get_mut(&e.workflow)
                 .and_then(|w| w.schedules.get_mut(si as usize))
-            {
-                s.active_runs.insert(index);
-                if s.queued_fire_ms == Some(fire) {
-                    s.queued_fire_ms = None;
-                }
+        {
+            s.active_runs.insert(index);
+            if s.queued_fire_ms == Some(fire) {
+                s.queued_fire_ms = None;
             }
         }
         if !e.idempotency_key.is_empty() {
@@ -836,14 +819,13 @@ impl State {
         run.message = e.message.clone();
         let (wf, sched) = (run.workflow.clone(), run.schedule);
         self.active_runs.remove(&e.run_id);
-        if let Some((si, _)) = sched {
-            if let Some(s) = self
+        if let Some((si, _)) = sched
+            && let Some(s) = self
                 .workflows
                 .get_mut(&wf)
                 .and_then(|w| w.schedules.get_mut(si as usize))
-            {
-                s.active_runs.remove(&e.run_id);
-            }
+        {
+            s.active_runs.remove(&e.run_id);
         }
         Ok(())
     }
@@ -962,14 +944,14 @@ fn start_iteration(run: &mut Run, i: InstId, iteration: u32, now: i64) -> Result
     if inst.status.is_terminal() || iteration != inst.iteration + 1 {
         return Ok(());
     }
-    if let Some(&last) = inst.children.last() {
-        if !run.inst(last).status.is_terminal() {
-            return Err(format!(
-                "iteration {} of {} is still running",
-                run.inst(i).iteration,
-                run.inst(i).path
-            ));
-        }
+    if let Some(&last) = inst.children.last()
+        && !run.inst(last).status.is_terminal()
+    {
+        return Err(format!(
+            "iteration {} of {} is still running",
+            run.inst(i).iteration,
+            run.inst(i).path
+        ));
     }
     let inst = &mut run.instances[i as usize];
     inst.status = NodeStatus::Running;
@@ -1045,12 +1027,10 @@ fn launch(run: &mut Run, e: &pb::TaskLaunchRequested, now: i64) -> Result<(), St
     });
     let parent = inst.parent;
     run.live_tasks += 1;
-    if first {
-        if let Some(p) = parent {
-            let p = &mut run.instances[p as usize];
-            if p.kind == InstKind::Foreach {
-                p.started_children += 1;
-            }
+    if first && let Some(p) = parent {
+        let p = &mut run.instances[p as usize];
+        if p.kind == InstKind::Foreach {
+            p.started_children += 1;
         }
     }
     Ok(())

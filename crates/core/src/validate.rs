@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::rc::Rc;
 use std::str::FromStr;
 
 use petgraph::graphmap::DiGraphMap;
@@ -93,19 +94,19 @@ pub fn compile(spec: &WorkflowSpec, limits: &Limits) -> Result<Plan, Vec<SpecErr
             ),
         );
     }
-    if let Some(kind) = &spec.kind {
-        if kind != "Workflow" {
-            c.err("kind", format!("must be \"Workflow\", got {kind:?}"));
-        }
+    if let Some(kind) = &spec.kind
+        && kind != "Workflow"
+    {
+        c.err("kind", format!("must be \"Workflow\", got {kind:?}"));
     }
     c.check_name("name", &spec.name);
     for (name, p) in &spec.params {
         let path = format!("params.{name}");
         c.check_name(&path, name);
-        if let Some(d) = &p.default {
-            if let Err(m) = check_param_type(p.ty, d) {
-                c.err(&format!("{path}.default"), m);
-            }
+        if let Some(d) = &p.default
+            && let Err(m) = check_param_type(p.ty, d)
+        {
+            c.err(&format!("{path}.default"), m);
         }
     }
     let timeout_ms = spec.timeout.as_ref().and_then(|t| c.duration("timeout", t));
@@ -136,9 +137,8 @@ pub fn compile(spec: &WorkflowSpec, limits: &Limits) -> Result<Plan, Vec<SpecErr
         c.err("steps", "a workflow needs at least one step");
     }
     let ctx = Scope {
-        names: Vec::new(),
+        levels: Vec::new(),
         vars: vec!["params".into()],
-        upstream: None,
     };
     let root = c.group(
         None,
@@ -154,9 +154,8 @@ pub fn compile(spec: &WorkflowSpec, limits: &Limits) -> Result<Plan, Vec<SpecErr
     );
     let on_exit = spec.on_exit.as_ref().map(|steps| {
         let ctx = Scope {
-            names: Vec::new(),
+            levels: Vec::new(),
             vars: vec!["params".into(), "run".into()],
-            upstream: None,
         };
         c.group(
             None,
@@ -171,13 +170,15 @@ pub fn compile(spec: &WorkflowSpec, limits: &Limits) -> Result<Plan, Vec<SpecErr
             &mut Vec::new(),
         )
     });
-    if c.nodes.len() > limits.steps_per_workflow_max {
+    // Steps and groups the user wrote (the synthetic body and exit handler
+    // groups do not count).
+    let user_nodes = c.tasks + c.groups;
+    if user_nodes > limits.steps_per_workflow_max {
         c.err(
             "steps",
             format!(
                 "workflow has {} nodes, over the limit steps_per_workflow_max = {}",
-                c.nodes.len(),
-                limits.steps_per_workflow_max
+                user_nodes, limits.steps_per_workflow_max
             ),
         );
     }
@@ -308,15 +309,48 @@ pub fn did_you_mean<'a>(name: &str, candidates: impl Iterator<Item = &'a String>
     }
 }
 
+/// One level of sibling names, shared (not copied) by every node in it so
+/// that validation stays linear in the number of steps.
+#[derive(Clone)]
+struct Level {
+    /// Sibling names in order.
+    names: Rc<Vec<String>>,
+    /// Dependencies by sibling position (valid only when `acyclic`).
+    deps: Rc<Vec<Vec<u32>>>,
+    acyclic: bool,
+    /// Position of the node whose subtree is being checked; `None` when every
+    /// sibling is visible (a loop's `until` sees the whole iteration).
+    at: Option<usize>,
+}
+
+impl Level {
+    /// Is sibling `target` upstream of the node at `at`? (Search on demand:
+    /// references are rare, transitive closures for 10,000 steps are not.)
+    fn is_upstream(&self, target: usize) -> bool {
+        let Some(at) = self.at else { return true };
+        if !self.acyclic {
+            return true; // the cycle is already reported
+        }
+        let mut seen = BTreeSet::new();
+        let mut stack = self.deps[at].clone();
+        while let Some(d) = stack.pop() {
+            if d as usize == target {
+                return true;
+            }
+            if seen.insert(d) {
+                stack.extend(self.deps[d as usize].iter().copied());
+            }
+        }
+        false
+    }
+}
+
 /// Names visible from inside a group, innermost last.
 struct Scope {
-    /// Sibling name sets per enclosing level, outermost first, each with the
-    /// set of names upstream of the enclosing node at that level (None = all).
-    names: Vec<(Vec<String>, Option<BTreeSet<String>>)>,
+    /// Enclosing levels, outermost first.
+    levels: Vec<Level>,
     /// Variables bound (params, item, index, iteration, run).
     vars: Vec<String>,
-    /// Upstream set for the current level while checking one node.
-    upstream: Option<BTreeSet<String>>,
 }
 
 struct Compiler<'a> {
@@ -447,29 +481,18 @@ impl Compiler<'_> {
         let Some(refs) = &e.step_refs else { return };
         'refs: for r in refs {
             // Innermost level first: the current siblings, then outer levels.
-            let mut levels: Vec<(&Vec<String>, Option<&BTreeSet<String>>)> = Vec::new();
-            for (i, (names, up)) in scope.names.iter().enumerate() {
-                let up = if i + 1 == scope.names.len() {
-                    scope.upstream.as_ref()
-                } else {
-                    up.as_ref()
-                };
-                levels.push((names, up));
-            }
-            for (names, up) in levels.iter().rev() {
-                if names.contains(r) {
-                    if let Some(up) = up {
-                        if !up.contains(r) {
-                            self.err(path, format!("refers to steps.{r}, which is not upstream of this node: add it to depends_on (directly or through another step)"));
-                        }
+            for level in scope.levels.iter().rev() {
+                if let Some(pos) = level.names.iter().position(|n| n == r) {
+                    if !level.is_upstream(pos) {
+                        self.err(path, format!("refers to steps.{r}, which is not upstream of this node: add it to depends_on (directly or through another step)"));
                     }
                     continue 'refs;
                 }
             }
             let all: Vec<String> = scope
-                .names
+                .levels
                 .iter()
-                .flat_map(|(n, _)| n.iter().cloned())
+                .flat_map(|l| l.names.iter().cloned())
                 .collect();
             self.err(
                 path,
@@ -558,46 +581,31 @@ impl Compiler<'_> {
                 self.err(path, format!("dependency cycle: {}", shown.join(" -> ")));
             }
         }
-        // Transitive upstream sets (only meaningful without cycles).
-        let upstream: Vec<BTreeSet<String>> = (0..steps.len())
-            .map(|i| {
-                let mut seen = BTreeSet::new();
-                if acyclic {
-                    let mut stack = deps[i].clone();
-                    while let Some(d) = stack.pop() {
-                        if seen.insert(names[d as usize].clone()) {
-                            stack.extend(deps[d as usize].iter().copied());
-                        }
-                    }
-                }
-                seen
-            })
-            .collect();
+        let level = Level {
+            names: Rc::new(names),
+            deps: Rc::new(deps),
+            acyclic,
+            at: None,
+        };
         let mut children = Vec::new();
         for (i, (sname, node)) in steps.iter().enumerate() {
             let npath = format!("{path}.{sname}");
             self.check_name(&npath, sname);
             let mut scope = Scope {
-                names: outer
-                    .names
-                    .iter()
-                    .map(|(n, u)| (n.clone(), u.clone()))
-                    .collect(),
+                levels: outer.levels.clone(),
                 vars: outer.vars.clone(),
-                upstream: if acyclic {
-                    Some(upstream[i].clone())
-                } else {
-                    None
-                },
             };
-            scope.names.push((names.clone(), None));
+            scope.levels.push(Level {
+                at: Some(i),
+                ..level.clone()
+            });
             let child = self.node(
                 id, i as u32, sname, node, &npath, defaults, on_failure, &mut scope, depth, using,
             );
-            self.nodes[child as usize].depends_on = deps[i].clone();
+            self.nodes[child as usize].depends_on = level.deps[i].clone();
             children.push(child);
         }
-        for (i, d) in deps.iter().enumerate() {
+        for (i, d) in level.deps.iter().enumerate() {
             for &k in d {
                 let target = children[k as usize];
                 self.nodes[target as usize].dependents.push(i as u32);
@@ -798,13 +806,9 @@ impl Compiler<'_> {
         }
         // Everything in this node's scope is upstream for its children.
         let mut inner = Scope {
-            names: scope.names.clone(),
+            levels: scope.levels.clone(),
             vars: scope.vars.clone(),
-            upstream: None,
         };
-        if let Some(last) = inner.names.last_mut() {
-            last.1 = scope.upstream.clone();
-        }
         if let Some(t) = &n.uses {
             using.push(t.clone());
         }
@@ -834,7 +838,12 @@ impl Compiler<'_> {
                     ),
                 );
             }
-            inner.names.push((steps.keys().cloned().collect(), None));
+            inner.levels.push(Level {
+                names: Rc::new(steps.keys().cloned().collect()),
+                deps: Rc::new(Vec::new()),
+                acyclic: true,
+                at: None,
+            });
             let until = self.expression(&format!("{rpath}.until"), &r.until, &inner)?;
             Some(Repeat {
                 until,
@@ -848,6 +857,7 @@ impl Compiler<'_> {
         id
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn task(
         &mut self,
         parent: NodeId,
@@ -1039,42 +1049,40 @@ impl Compiler<'_> {
                 out.cpus = c;
             }
         }
-        if let Some(src) = pick(|x| x.mem.is_some()) {
-            if let Some(m) = src
+        if let Some(src) = pick(|x| x.mem.is_some())
+            && let Some(m) = src
                 .mem
                 .as_ref()
                 .and_then(|q| self.quantity_mb(&format!("{rpath}.mem"), q))
-            {
-                if m <= 0.0 || m > self.limits.task_mem_mb_max {
-                    self.err(
-                        &format!("{rpath}.mem"),
-                        format!(
-                            "mem must be > 0 and at most task_mem_mb_max = {} MB, got {m} MB",
-                            self.limits.task_mem_mb_max
-                        ),
-                    );
-                } else {
-                    out.mem_mb = m;
-                }
+        {
+            if m <= 0.0 || m > self.limits.task_mem_mb_max {
+                self.err(
+                    &format!("{rpath}.mem"),
+                    format!(
+                        "mem must be > 0 and at most task_mem_mb_max = {} MB, got {m} MB",
+                        self.limits.task_mem_mb_max
+                    ),
+                );
+            } else {
+                out.mem_mb = m;
             }
         }
-        if let Some(src) = pick(|x| x.disk.is_some()) {
-            if let Some(m) = src
+        if let Some(src) = pick(|x| x.disk.is_some())
+            && let Some(m) = src
                 .disk
                 .as_ref()
                 .and_then(|q| self.quantity_mb(&format!("{rpath}.disk"), q))
-            {
-                if m > self.limits.task_disk_mb_max {
-                    self.err(
-                        &format!("{rpath}.disk"),
-                        format!(
-                            "disk must be at most task_disk_mb_max = {} MB, got {m} MB",
-                            self.limits.task_disk_mb_max
-                        ),
-                    );
-                } else {
-                    out.disk_mb = m;
-                }
+        {
+            if m > self.limits.task_disk_mb_max {
+                self.err(
+                    &format!("{rpath}.disk"),
+                    format!(
+                        "disk must be at most task_disk_mb_max = {} MB, got {m} MB",
+                        self.limits.task_disk_mb_max
+                    ),
+                );
+            } else {
+                out.disk_mb = m;
             }
         }
         if let Some(src) = pick(|x| x.gpus.is_some()) {
@@ -1137,7 +1145,7 @@ impl Compiler<'_> {
                     .unwrap_or(p.max_ms);
             }
             if let Some(f) = b.factor {
-                if !f.is_finite() || f < 1.0 || f > 100.0 {
+                if !f.is_finite() || !(1.0..=100.0).contains(&f) {
                     self.err(
                         &format!("{path}.backoff.factor"),
                         format!("factor must be between 1 and 100, got {f}"),

@@ -441,7 +441,7 @@ fn cron_overlap_policies() {
         .unwrap();
         // Tasks hang, so the first run is still active at the second fire.
         let mut hang = |_: &str, _: u32| Outcome::Hang;
-        while sim.state.runs.len() < 1 {
+        while sim.state.runs.is_empty() {
             assert!(sim.step(&mut hang));
         }
         sim.now += 86_400_000;

@@ -81,7 +81,7 @@ fn spec_of(steps: &[StepGen]) -> String {
 
 fn outcome_of(code: u8) -> Outcome {
     match code % 8 {
-        0..=3 => Outcome::Finish(json!({"ok": code % 2 == 0}).to_string()),
+        0..=3 => Outcome::Finish(json!({"ok": code.is_multiple_of(2)}).to_string()),
         4 | 5 => Outcome::Fail(1),
         6 => Outcome::Lost,
         _ => Outcome::Hang,
@@ -161,21 +161,19 @@ proptest! {
                 prop_assert!(inst.attempts.len() as u32 <= 1 + t.retry.user_errors + t.retry.platform_errors + t.retry.timeouts);
             }
             // foreach: exactly one child per element, indexed in order.
-            if inst.kind == InstKind::Foreach {
-                if let Some(items) = &inst.items {
+            if inst.kind == InstKind::Foreach
+                && let Some(items) = &inst.items {
                     prop_assert_eq!(inst.children.len(), items.len());
                     for (k, &c) in inst.children.iter().enumerate() {
                         prop_assert_eq!(run.inst(c).element, Some(k as u32));
                     }
                 }
-            }
             // Loops stop at max_iterations.
-            if inst.kind == InstKind::Loop {
-                if let PlanBody::Group { repeat: Some(r), .. } = &run.plan.node(inst.node).body {
+            if inst.kind == InstKind::Loop
+                && let PlanBody::Group { repeat: Some(r), .. } = &run.plan.node(inst.node).body {
                     prop_assert!(inst.iteration <= r.max_iterations, "{}: {} iterations > {}", inst.path, inst.iteration, r.max_iterations);
                     prop_assert_eq!(inst.children.len() as u32, inst.iteration);
                 }
-            }
         }
         // Replaying the same events gives the same digest, with every
         // invariant holding at every index.

@@ -55,7 +55,7 @@ fn spec_size_limit() {
 #[test]
 fn steps_per_workflow_limit() {
     let limits = Limits {
-        steps_per_workflow_max: 3,
+        steps_per_workflow_max: 2,
         ..Limits::default()
     };
     let src =
@@ -63,7 +63,7 @@ fn steps_per_workflow_limit() {
     let errs = compile_source(src, &limits).unwrap_err();
     assert_eq!(
         errs[0].to_string(),
-        "steps: workflow has 4 nodes, over the limit steps_per_workflow_max = 3"
+        "steps: workflow has 3 nodes, over the limit steps_per_workflow_max = 2"
     );
 }
 
