@@ -138,7 +138,7 @@ impl Sim {
                     t.task_id
                 );
                 assert!(
-                    !self.launched.contains(&t.task_id),
+                    self.launched_set.insert(t.task_id.clone()),
                     "task {} launched twice",
                     t.task_id
                 );
