@@ -343,7 +343,9 @@ impl<'s> Decider<'s> {
                     .last()
                     .is_some_and(|a| a.number == e.attempt && a.task_id == e.task_id);
                 if accepted && !inst.attempts.last().is_some_and(|a| a.state.is_terminal()) {
-                    self.effect(Effect::LaunchTask(e.clone()));
+                    let mut launch = e.clone();
+                    launch.env.extend(kaon_env(&run.workflow, e));
+                    self.effect(Effect::LaunchTask(launch));
                     if e.timeout_ms > 0 {
                         self.effect(Effect::ArmTimer {
                             key: TimerKey::StepTimeout {
@@ -694,18 +696,6 @@ impl<'s> Decider<'s> {
             }
         }
         let tid = task_id(run.id, i, attempt, &inst.path);
-        for (k, v) in [
-            ("KAON_WORKFLOW", run.workflow.clone()),
-            ("KAON_RUN_ID", run.id.to_string()),
-            ("KAON_STEP_PATH", inst.path.clone()),
-            ("KAON_ATTEMPT", attempt.to_string()),
-            ("KAON_TASK_ID", tid.clone()),
-        ] {
-            env.push(pb::EnvVar {
-                name: k.into(),
-                value: v,
-            });
-        }
         self.emit(Body::TaskLaunchRequested(pb::TaskLaunchRequested {
             run_id: run.id,
             instance: i,
@@ -1725,6 +1715,25 @@ impl<'s> Decider<'s> {
         }));
         Ok(())
     }
+}
+
+/// Variables kaon adds to every step's environment. They are derived from
+/// the launch intent, so the event does not repeat them; the launch effect
+/// carries them.
+pub fn kaon_env(workflow: &str, l: &pb::TaskLaunchRequested) -> Vec<pb::EnvVar> {
+    [
+        ("KAON_WORKFLOW", workflow.to_string()),
+        ("KAON_RUN_ID", l.run_id.to_string()),
+        ("KAON_STEP_PATH", l.step_path.clone()),
+        ("KAON_ATTEMPT", l.attempt.to_string()),
+        ("KAON_TASK_ID", l.task_id.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| pb::EnvVar {
+        name: k.to_string(),
+        value: v,
+    })
+    .collect()
 }
 
 fn describe_failure(a: &crate::state::Attempt, cause: FailureCause) -> String {

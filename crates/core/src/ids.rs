@@ -16,14 +16,43 @@ pub fn task_id(run: RunId, inst: InstId, attempt: u32, path: &str) -> String {
     format!("r{run}-i{inst}-a{attempt}:{}", path.replace('/', ":"))
 }
 
+/// A decimal number written the one way [`task_id`] writes it (no sign, no
+/// leading zeros), so every id has exactly one spelling.
+fn canonical(digits: &str) -> Option<u64> {
+    let ok = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits.len() == 1 || !digits.starts_with('0'));
+    if ok { digits.parse().ok() } else { None }
+}
+
+/// True if `id` is exactly `task_id(run, inst, attempt, path)`, checked
+/// without allocating (apply verifies every launch intent with it).
+pub fn is_task_id(id: &str, run: RunId, inst: InstId, attempt: u32, path: &str) -> bool {
+    let Some((head, tail)) = id.split_once(':') else {
+        return false;
+    };
+    if parse_task_id(head) != Some((run, inst, attempt)) {
+        return false;
+    }
+    tail.len() == path.len()
+        && tail
+            .bytes()
+            .zip(path.bytes())
+            .all(|(a, b)| a == if b == b'/' { b':' } else { b })
+}
+
 /// Parses the numeric part of a task id made by [`task_id`]; the caller
 /// checks the path part against state. `None` for ids kaon did not make.
 pub fn parse_task_id(id: &str) -> Option<(RunId, InstId, u32)> {
     let head = id.split(':').next()?;
     let mut parts = head.split('-');
-    let run = parts.next()?.strip_prefix('r')?.parse().ok()?;
-    let inst = parts.next()?.strip_prefix('i')?.parse().ok()?;
-    let attempt = parts.next()?.strip_prefix('a')?.parse().ok()?;
+    let run = canonical(parts.next()?.strip_prefix('r')?)?;
+    let inst = canonical(parts.next()?.strip_prefix('i')?)?
+        .try_into()
+        .ok()?;
+    let attempt = canonical(parts.next()?.strip_prefix('a')?)?
+        .try_into()
+        .ok()?;
     if parts.next().is_some() {
         return None;
     }
@@ -40,6 +69,16 @@ mod tests {
         assert_eq!(id, "r17-i42-a3:block#2:region-model[1]");
         assert!(!id.contains('/'));
         assert_eq!(parse_task_id(&id), Some((17, 42, 3)));
+        assert!(is_task_id(&id, 17, 42, 3, "block#2/region-model[1]"));
+        assert!(!is_task_id(&id, 17, 42, 3, "block#2/region-model[2]"));
+        assert!(!is_task_id(&id, 17, 42, 4, "block#2/region-model[1]"));
+        assert!(!is_task_id(
+            "r017-i42-a3:block#2:region-model[1]",
+            17,
+            42,
+            3,
+            "block#2/region-model[1]"
+        ));
         for bad in [
             "",
             "x",

@@ -606,12 +606,12 @@ impl State {
                     inst.retry = None;
                     inst.message = e.message.clone();
                 }
-                let (in_exit, node, path) = {
+                let (in_exit, node) = {
                     let i = run.inst(e.instance);
-                    (i.in_exit, i.node, i.path.clone())
+                    (i.in_exit, i.node)
                 };
                 if status == NodeStatus::Failed && !in_exit && run.ending.is_none() {
-                    let why = format!("{path} failed: {}", e.message);
+                    let why = format!("{} failed: {}", run.inst(e.instance).path, e.message);
                     run.ending = Some(match run.plan.node(node).on_failure {
                         crate::spec::FailureMode::FinishRunning => Ending::FinishRunning(why),
                         _ => Ending::FailFast(why),
@@ -999,8 +999,8 @@ fn launch(run: &mut Run, e: &pb::TaskLaunchRequested, now: i64) -> Result<(), St
             inst.attempts.len()
         ));
     }
-    let expected = task_id(run_id, e.instance, e.attempt, &inst.path);
-    if e.task_id != expected {
+    if !crate::ids::is_task_id(&e.task_id, run_id, e.instance, e.attempt, &inst.path) {
+        let expected = task_id(run_id, e.instance, e.attempt, &inst.path);
         return Err(format!(
             "task id {:?} is not the derived id {expected:?}",
             e.task_id

@@ -548,22 +548,28 @@ impl Compiler<'_> {
         // Dependencies and cycles among siblings.
         let mut graph = DiGraphMap::<u32, ()>::new();
         let mut deps: Vec<Vec<u32>> = Vec::new();
+        let index_of: BTreeMap<&str, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
         for (i, (sname, node)) in steps.iter().enumerate() {
             graph.add_node(i as u32);
             let mut mine = Vec::new();
             for (j, d) in node.depends_on.iter().enumerate() {
-                let dpath = format!("{path}.{sname}.depends_on[{j}]");
-                match names.iter().position(|n| n == d) {
+                match index_of.get(d.as_str()).copied() {
                     None => self.err(
-                        &dpath,
+                        &format!("{path}.{sname}.depends_on[{j}]"),
                         format!("unknown step {d:?}{}", did_you_mean(d, names.iter())),
                     ),
-                    Some(k) if k == i => {
-                        self.err(&dpath, format!("step {sname:?} depends on itself"))
-                    }
-                    Some(k) if mine.contains(&(k as u32)) => {
-                        self.err(&dpath, format!("duplicate dependency {d:?}"))
-                    }
+                    Some(k) if k == i => self.err(
+                        &format!("{path}.{sname}.depends_on[{j}]"),
+                        format!("step {sname:?} depends on itself"),
+                    ),
+                    Some(k) if mine.contains(&(k as u32)) => self.err(
+                        &format!("{path}.{sname}.depends_on[{j}]"),
+                        format!("duplicate dependency {d:?}"),
+                    ),
                     Some(k) => {
                         mine.push(k as u32);
                         graph.add_edge(k as u32, i as u32, ());
