@@ -149,24 +149,6 @@ fn bench_replay(n: usize) {
     }
     let hash_rate = n as f64 / t.elapsed().as_secs_f64();
     std::hint::black_box((sink, chain));
-    // Breakdown: decode alone, hash chain alone.
-    let t = Instant::now();
-    let mut sink = 0usize;
-    for b in &encoded {
-        sink += events::decode(b).expect("decodes").index as usize;
-    }
-    let decode_rate = n as f64 / t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let mut chain = [0u8; 32];
-    for b in &encoded {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        h.update(chain);
-        h.update(b);
-        chain = h.finalize().into();
-    }
-    let hash_rate = n as f64 / t.elapsed().as_secs_f64();
-    std::hint::black_box((sink, chain));
     println!("  decode only                {decode_rate:>12.0} events/s");
     println!("  sha-256 chain only         {hash_rate:>12.0} events/s");
     let (s, heap) = final_state.expect("ran");

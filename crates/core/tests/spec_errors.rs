@@ -79,8 +79,12 @@ fn readme_and_example_specs_are_valid() {
     let readme = include_str!("../../../README.md");
     let start = readme.find("```yaml\n").expect("README has a yaml example") + 8;
     let end = start + readme[start..].find("```").expect("closed");
-    let plan = compile_source(&readme[start..end], &Limits::default()).unwrap_or_else(|e| panic!("README example: {e:?}"));
-    assert_eq!(plan.summary(), "workflow train-models: 5 steps, 1 groups, 1 schedules, exit handler");
+    let plan = compile_source(&readme[start..end], &Limits::default())
+        .unwrap_or_else(|e| panic!("README example: {e:?}"));
+    assert_eq!(
+        plan.summary(),
+        "workflow train-models: 5 steps, 1 groups, 1 schedules, exit handler"
+    );
     let example = include_str!("../../../examples/reference-pipeline/pipeline.yaml");
     compile_source(example, &Limits::default()).expect("reference pipeline is valid");
 }
