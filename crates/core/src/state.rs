@@ -183,7 +183,7 @@ pub struct Instance {
     /// A terminal failed attempt waits for decide to retry or fail the step.
     pub awaiting_decision: bool,
     /// Outputs (JSON object text) of a succeeded step.
-    pub outputs: Option<Arc<str>>,
+    pub outputs: Option<String>,
     /// Last reported percent complete.
     pub percent: u32,
     /// Last reported status text.
@@ -432,16 +432,19 @@ impl State {
                 expected: index,
             });
         }
-        self.apply_decoded(&event, bytes)
+        self.apply_owned(event, bytes)
     }
 
     /// Applies one event (encodes it for the hash chain).
     pub fn apply(&mut self, event: &Event) -> Result<(), ApplyError> {
         let bytes = events::encode(event);
-        self.apply_decoded(event, &bytes)
+        self.apply_owned(event.clone(), &bytes)
     }
 
-    fn apply_decoded(&mut self, event: &Event, bytes: &[u8]) -> Result<(), ApplyError> {
+    /// Applies an event together with its encoding (the bytes hashed into
+    /// the chain). Takes the event by value so strings move into state
+    /// without copies: replay speed matters for restarts and audits.
+    pub fn apply_owned(&mut self, event: Event, bytes: &[u8]) -> Result<(), ApplyError> {
         let index = event.index;
         if index != self.applied_index + 1 {
             return Err(ApplyError::OutOfOrder {
@@ -449,14 +452,15 @@ impl State {
                 expected: self.applied_index + 1,
             });
         }
-        let Some(body) = &event.body else {
+        let now = event.time_unix_ms;
+        let Some(body) = event.body else {
             return Err(ApplyError::UnknownEvent { index });
         };
-        let now = event.time_unix_ms;
+        let kind = events::body_name(&body);
         self.fold(index, now, body)
             .map_err(|message| ApplyError::Inconsistent {
                 index,
-                kind: events::body_name(body),
+                kind,
                 message,
             })?;
         let mut h = Sha256::new();
@@ -532,10 +536,10 @@ impl State {
             .ok_or_else(|| format!("unknown run {id}"))
     }
 
-    fn fold(&mut self, index: u64, now: i64, body: &Body) -> Result<(), String> {
+    fn fold(&mut self, index: u64, now: i64, body: Body) -> Result<(), String> {
         match body {
-            Body::WorkflowRegistered(e) => self.workflow_registered(now, e),
-            Body::RunSubmitted(e) => self.run_submitted(index, now, e),
+            Body::WorkflowRegistered(e) => self.workflow_registered(now, &e),
+            Body::RunSubmitted(e) => self.run_submitted(index, now, &e),
             Body::NodeStarted(e) => {
                 let run = self.run_mut(e.run_id)?;
                 start_container(run, e.instance, now)
@@ -652,7 +656,7 @@ impl State {
                 }
                 Ok(())
             }
-            Body::RunFinished(e) => self.run_finished(now, e),
+            Body::RunFinished(e) => self.run_finished(now, &e),
             Body::FrameworkRegistered(e) => {
                 self.framework_id = Some(e.framework_id.clone());
                 Ok(())
@@ -973,7 +977,7 @@ fn start_iteration(run: &mut Run, i: InstId, iteration: u32, now: i64) -> Result
     Ok(())
 }
 
-fn launch(run: &mut Run, e: &pb::TaskLaunchRequested, now: i64) -> Result<(), String> {
+fn launch(run: &mut Run, e: pb::TaskLaunchRequested, now: i64) -> Result<(), String> {
     let run_id = run.id;
     let inst = inst_mut(run, e.instance)?;
     if inst.kind != InstKind::Task {
@@ -1013,7 +1017,7 @@ fn launch(run: &mut Run, e: &pb::TaskLaunchRequested, now: i64) -> Result<(), St
     inst.awaiting_decision = false;
     inst.attempts.push(Attempt {
         number: e.attempt,
-        task_id: e.task_id.clone(),
+        task_id: e.task_id,
         state: TaskState::Staging,
         launched_ms: now,
         ended_ms: None,
@@ -1055,7 +1059,7 @@ pub fn classify(state: TaskState, reason: &str, kill: Option<KillCause>) -> Fail
     }
 }
 
-fn observe(run: &mut Run, e: &pb::TaskStatusObserved, now: i64) -> Result<(), String> {
+fn observe(run: &mut Run, e: pb::TaskStatusObserved, now: i64) -> Result<(), String> {
     let inst_id = e.instance;
     let inst = inst_mut(run, inst_id)?;
     let Some(a) = inst.attempts.iter_mut().find(|a| a.number == e.attempt) else {
@@ -1066,11 +1070,11 @@ fn observe(run: &mut Run, e: &pb::TaskStatusObserved, now: i64) -> Result<(), St
     }
     let state = e.state();
     a.state = state;
-    if !e.agent_id.is_empty() {
-        a.agent_id.clone_from(&e.agent_id);
+    if !e.agent_id.is_empty() && a.agent_id != e.agent_id {
+        a.agent_id = e.agent_id;
     }
     if !e.message.is_empty() {
-        a.message.clone_from(&e.message);
+        a.message = e.message;
     }
     if e.exit_code.is_some() {
         a.exit_code = e.exit_code;
@@ -1084,11 +1088,11 @@ fn observe(run: &mut Run, e: &pb::TaskStatusObserved, now: i64) -> Result<(), St
     if state == TaskState::Finished {
         let a = inst.attempts.last_mut().expect("attempt exists");
         a.cause = None;
-        inst.outputs = Some(Arc::from(if e.outputs_json.is_empty() {
-            "{}"
+        inst.outputs = Some(if e.outputs_json.is_empty() {
+            "{}".to_string()
         } else {
-            e.outputs_json.as_str()
-        }));
+            e.outputs_json
+        });
         inst.percent = 100;
         finish(run, inst_id, NodeStatus::Succeeded, now);
     } else {
