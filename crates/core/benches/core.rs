@@ -217,7 +217,10 @@ fn layered_spec(layers: usize, width: usize) -> String {
 fn chain_spec(n: usize) -> String {
     let mut out = String::from("apiVersion: kaon/v1\nname: chain\nsteps:\n  s0: {run: [./t]}\n");
     for k in 1..n {
-        out.push_str(&format!("  s{k}: {{run: [./t], depends_on: [s{}]}}\n", k - 1));
+        out.push_str(&format!(
+            "  s{k}: {{run: [./t], depends_on: [s{}]}}\n",
+            k - 1
+        ));
     }
     out
 }
@@ -229,7 +232,10 @@ fn bench_decide_on(name: &str, src: &str) {
     let limits = Limits::default();
     let t = Instant::now();
     kaon_core::compile_source(src, &limits).expect("valid 10,000-step spec");
-    println!("{name}: validate + compile the 10,000-step spec: {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "{name}: validate + compile the 10,000-step spec: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let mut sim = Sim::new(limits.clone());
     sim.submit(src, BTreeMap::new()).expect("submits");
     let mut policy = |_: &str, _: u32| Outcome::Finish("{}".into());
@@ -256,18 +262,47 @@ fn bench_decide_on(name: &str, src: &str) {
         update_us.push(t.elapsed().as_secs_f64() * 1e6);
         let mut s = sim.state.clone();
         let body = d.events.into_iter().next().expect("one event");
-        let ev = Event { index: s.applied_index + 1, time_unix_ms: sim.now, body: Some(body) };
+        let ev = Event {
+            index: s.applied_index + 1,
+            time_unix_ms: sim.now,
+            body: Some(body),
+        };
         s.apply(&ev).expect("applies");
         let t = Instant::now();
         let d2 = decide(&s, Input::Committed(&ev), sim.now, &limits).expect("decides");
         committed_us.push(t.elapsed().as_secs_f64() * 1e6);
-        launched += d2.events.iter().filter(|b| matches!(b, Body::TaskLaunchRequested(_))).count();
+        launched += d2
+            .events
+            .iter()
+            .filter(|b| matches!(b, Body::TaskLaunchRequested(_)))
+            .count();
     }
-    let mut total: Vec<f64> = update_us.iter().zip(&committed_us).map(|(a, b)| a + b).collect();
-    println!("{name}: decide when one of {} running steps finishes ({} samples, {} launches decided):", live.len(), update_us.len(), launched);
-    println!("  TaskUpdate -> TaskStatusObserved      median {:>7.2} us  p99 {:>7.2} us", median(&mut update_us.clone()), pct(&mut update_us, 0.99));
-    println!("  Committed(finished) -> next launches  median {:>7.2} us  p99 {:>7.2} us", median(&mut committed_us.clone()), pct(&mut committed_us, 0.99));
-    println!("  both                                  median {:>7.2} us  p99 {:>7.2} us", median(&mut total.clone()), pct(&mut total, 0.99));
+    let mut total: Vec<f64> = update_us
+        .iter()
+        .zip(&committed_us)
+        .map(|(a, b)| a + b)
+        .collect();
+    println!(
+        "{name}: decide when one of {} running steps finishes ({} samples, {} launches decided):",
+        live.len(),
+        update_us.len(),
+        launched
+    );
+    println!(
+        "  TaskUpdate -> TaskStatusObserved      median {:>7.2} us  p99 {:>7.2} us",
+        median(&mut update_us.clone()),
+        pct(&mut update_us, 0.99)
+    );
+    println!(
+        "  Committed(finished) -> next launches  median {:>7.2} us  p99 {:>7.2} us",
+        median(&mut committed_us.clone()),
+        pct(&mut committed_us, 0.99)
+    );
+    println!(
+        "  both                                  median {:>7.2} us  p99 {:>7.2} us",
+        median(&mut total.clone()),
+        pct(&mut total, 0.99)
+    );
 }
 
 fn bench_decide() {

@@ -499,3 +499,57 @@ fn paused_schedules_do_not_fire() {
         Rejection::NotFound("workflow \"nightly\" has no schedule 3".into())
     );
 }
+
+#[test]
+fn versions_increase_and_runs_stay_pinned() {
+    let mut sim = Sim::new(Limits::default());
+    let v1 = "apiVersion: kaon/v1\nname: wf\nsteps:\n  a: {run: [./v1]}\n";
+    let v2 = "apiVersion: kaon/v1\nname: wf\nsteps:\n  a: {run: [./v2]}\n  b: {run: [./b]}\n";
+    sim.command(Command::RegisterWorkflow { source: v1.into() })
+        .unwrap();
+    let submit = |version| Command::SubmitRun {
+        target: SubmitTarget::Registered {
+            name: "wf".into(),
+            version,
+        },
+        params: BTreeMap::new(),
+        idempotency_key: String::new(),
+    };
+    sim.command(submit(None)).unwrap();
+    sim.command(Command::RegisterWorkflow { source: v2.into() })
+        .unwrap();
+    // Registering an identical spec again is not a new version.
+    let again = sim
+        .command(Command::RegisterWorkflow { source: v2.into() })
+        .unwrap();
+    assert_eq!(again.existing_version, Some(("wf".into(), 2)));
+    assert_eq!(sim.state.workflows["wf"].versions.len(), 2);
+    sim.command(submit(None)).unwrap();
+    sim.command(submit(Some(1))).unwrap();
+    let versions: Vec<u32> = sim.state.runs.values().map(|r| r.version).collect();
+    assert_eq!(versions, vec![1, 2, 1]);
+    // The first run keeps running version 1's one step after version 2 exists.
+    let first = sim.state.runs.values().next().unwrap();
+    assert_eq!(first.instances.len(), 2, "body + step a of version 1");
+    let launches: Vec<Vec<String>> = sim
+        .log
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::TaskLaunchRequested(l)) if l.step_path == "a" => Some(l.argv.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        launches,
+        vec![
+            vec!["./v1".to_string()],
+            vec!["./v2".to_string()],
+            vec!["./v1".to_string()]
+        ]
+    );
+    let err = sim.command(submit(Some(7))).unwrap_err();
+    assert_eq!(
+        err,
+        Rejection::NotFound("workflow \"wf\" version Some(7)".into())
+    );
+}
