@@ -338,10 +338,7 @@ impl<'s> Decider<'s> {
                 };
                 let inst = run.inst(e.instance);
                 // Only the intent that apply accepted becomes an effect.
-                let accepted = inst
-                    .attempts
-                    .last()
-                    .is_some_and(|a| a.number == e.attempt && a.task_id == e.task_id);
+                let accepted = inst.attempts.last().is_some_and(|a| a.number == e.attempt);
                 if accepted && !inst.attempts.last().is_some_and(|a| a.state.is_terminal()) {
                     let mut launch = e.clone();
                     launch.env.extend(kaon_env(&run.workflow, e));
@@ -360,16 +357,23 @@ impl<'s> Decider<'s> {
             }
             Body::TaskStatusObserved(e) => {
                 if !e.mesos_uuid.is_empty() {
-                    let task_id = self
+                    let (task_id, agent_id) = self
                         .state
                         .run(e.run_id)
-                        .and_then(|r| r.instances.get(e.instance as usize))
-                        .and_then(|i| i.attempts.iter().find(|a| a.number == e.attempt))
-                        .map(|a| a.task_id.clone())
+                        .filter(|r| (e.instance as usize) < r.instances.len())
+                        .map(|r| {
+                            let agent = r
+                                .inst(e.instance)
+                                .attempts
+                                .iter()
+                                .find(|a| a.number == e.attempt)
+                                .map(|a| a.agent_id.clone());
+                            (r.task_id(e.instance, e.attempt), agent.unwrap_or_default())
+                        })
                         .unwrap_or_default();
                     self.effect(Effect::Acknowledge {
                         task_id,
-                        agent_id: e.agent_id.clone(),
+                        agent_id,
                         uuid: e.mesos_uuid.clone(),
                     });
                 }
@@ -394,15 +398,15 @@ impl<'s> Decider<'s> {
                 });
             }
             Body::TaskKillRequested(e) => {
-                if let Some(a) = self
-                    .state
-                    .run(e.run_id)
-                    .and_then(|r| r.instances.get(e.instance as usize))
-                    .and_then(|i| i.attempts.iter().find(|a| a.number == e.attempt))
+                if let Some(r) = self.state.run(e.run_id)
+                    && let Some(a) = r
+                        .instances
+                        .get(e.instance as usize)
+                        .and_then(|i| i.attempts.iter().find(|a| a.number == e.attempt))
                     && !a.state.is_terminal()
                 {
                     self.effect(Effect::KillTask {
-                        task_id: a.task_id.clone(),
+                        task_id: r.task_id(e.instance, e.attempt),
                         agent_id: a.agent_id.clone(),
                     });
                 }
@@ -725,7 +729,11 @@ impl<'s> Decider<'s> {
                     },
                 })
                 .collect(),
-            kind: t.kind.clone(),
+            kind: if t.kind == "command" {
+                String::new()
+            } else {
+                t.kind.clone()
+            },
             container_image: t.image.clone().unwrap_or_default(),
             uris: t
                 .files
@@ -1134,7 +1142,8 @@ impl<'s> Decider<'s> {
                 .attempts
                 .iter()
                 .find(|a| a.number == attempt)?;
-            (a.task_id == u.task_id).then_some((run, inst, a))
+            crate::ids::is_task_id(&u.task_id, rid, inst, attempt, &run.inst(inst).path)
+                .then_some((run, inst, a))
         });
         let Some((run, inst, a)) = found else {
             // Not a task this state knows (a leftover of an older log, or
@@ -1159,7 +1168,7 @@ impl<'s> Decider<'s> {
             // Already recorded: acknowledging is safe (rule 4 holds).
             if !u.uuid.is_empty() {
                 self.effect(Effect::Acknowledge {
-                    task_id: u.task_id,
+                    task_id: u.task_id.clone(),
                     agent_id: u.agent_id,
                     uuid: u.uuid,
                 });
@@ -1167,7 +1176,7 @@ impl<'s> Decider<'s> {
             if a.state.is_terminal() && !u.state.is_terminal() {
                 // Mesos thinks a task runs that kaon recorded as ended.
                 self.effect(Effect::KillTask {
-                    task_id: a.task_id.clone(),
+                    task_id: u.task_id,
                     agent_id: a.agent_id.clone(),
                 });
             }
@@ -1202,10 +1211,20 @@ impl<'s> Decider<'s> {
             state: state as i32,
             reason,
             message,
-            source: u.source,
+            source_kind: match u.source.as_str() {
+                "SOURCE_MASTER" => pb::TaskSource::Master,
+                "SOURCE_AGENT" => pb::TaskSource::Agent,
+                "SOURCE_EXECUTOR" => pb::TaskSource::Executor,
+                _ => pb::TaskSource::Unspecified,
+            } as i32,
             exit_code: u.exit_code,
             outputs_json: outputs,
-            agent_id: u.agent_id,
+            // Only when it changed: most updates repeat the agent.
+            agent_id: if u.agent_id == a.agent_id {
+                String::new()
+            } else {
+                u.agent_id
+            },
             mesos_uuid: u.uuid,
         }));
     }
@@ -1221,10 +1240,9 @@ impl<'s> Decider<'s> {
         else {
             return;
         };
-        let Some(a) = inst
-            .live_attempt()
-            .filter(|a| a.number == attempt && a.task_id == p.task_id)
-        else {
+        let Some(a) = inst.live_attempt().filter(|a| {
+            a.number == attempt && crate::ids::is_task_id(&p.task_id, rid, i, attempt, &inst.path)
+        }) else {
             return;
         };
         if self.now.saturating_sub(a.last_progress_ms) < self.limits.progress_interval_ms_min {
@@ -1333,7 +1351,12 @@ impl<'s> Decider<'s> {
             self.effect(Effect::Reconcile {
                 tasks: live
                     .iter()
-                    .map(|(_, _, a)| (a.task_id.clone(), a.agent_id.clone()))
+                    .map(|(rid, i, a)| {
+                        (
+                            self.state.runs[rid].task_id(*i, a.number),
+                            a.agent_id.clone(),
+                        )
+                    })
                     .collect(),
             });
         }

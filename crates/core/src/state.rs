@@ -121,9 +121,7 @@ pub enum InstKind {
 pub struct Attempt {
     /// 1-based.
     pub number: u32,
-    /// Mesos task id.
-    pub task_id: String,
-    /// Latest observed Mesos state.
+    /// Latest observed Mesos state (the task id is derived: [`Run::task_id`]).
     pub state: TaskState,
     /// When the launch intent was committed.
     pub launched_ms: i64,
@@ -305,6 +303,12 @@ impl Run {
     /// Instance `i`.
     pub fn inst(&self, i: InstId) -> &Instance {
         &self.instances[i as usize]
+    }
+
+    /// The Mesos task id of attempt `attempt` of instance `i` (derived, not
+    /// stored: the launch event records it, state need not repeat it).
+    pub fn task_id(&self, i: InstId, attempt: u32) -> String {
+        task_id(self.id, i, attempt, &self.inst(i).path)
     }
 }
 
@@ -1017,7 +1021,6 @@ fn launch(run: &mut Run, e: pb::TaskLaunchRequested, now: i64) -> Result<(), Str
     inst.awaiting_decision = false;
     inst.attempts.push(Attempt {
         number: e.attempt,
-        task_id: e.task_id,
         state: TaskState::Staging,
         launched_ms: now,
         ended_ms: None,
