@@ -16,15 +16,6 @@ pub fn task_id(run: RunId, inst: InstId, attempt: u32, path: &str) -> String {
     format!("r{run}-i{inst}-a{attempt}:{}", path.replace('/', ":"))
 }
 
-/// A decimal number written the one way [`task_id`] writes it (no sign, no
-/// leading zeros), so every id has exactly one spelling.
-fn canonical(digits: &str) -> Option<u64> {
-    let ok = !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && (digits.len() == 1 || !digits.starts_with('0'));
-    if ok { digits.parse().ok() } else { None }
-}
-
 /// True if `id` is exactly `task_id(run, inst, attempt, path)`, checked
 /// without allocating (apply verifies every launch intent with it).
 pub fn is_task_id(id: &str, run: RunId, inst: InstId, attempt: u32, path: &str) -> bool {
@@ -44,18 +35,37 @@ pub fn is_task_id(id: &str, run: RunId, inst: InstId, attempt: u32, path: &str) 
 /// Parses the numeric part of a task id made by [`task_id`]; the caller
 /// checks the path part against state. `None` for ids kaon did not make.
 pub fn parse_task_id(id: &str) -> Option<(RunId, InstId, u32)> {
-    let head = id.split(':').next()?;
-    let mut parts = head.split('-');
-    let run = canonical(parts.next()?.strip_prefix('r')?)?;
-    let inst = canonical(parts.next()?.strip_prefix('i')?)?
-        .try_into()
-        .ok()?;
-    let attempt = canonical(parts.next()?.strip_prefix('a')?)?
-        .try_into()
-        .ok()?;
-    if parts.next().is_some() {
-        return None;
-    }
+    // Hand-rolled: apply checks every launch id, so this is on the replay path.
+    let b = id.as_bytes();
+    let end = b.iter().position(|&c| c == b':').unwrap_or(b.len());
+    let mut pos = 0;
+    let mut field = |tag: u8, last: bool| -> Option<u64> {
+        if b.get(pos) != Some(&tag) {
+            return None;
+        }
+        pos += 1;
+        let start = pos;
+        let mut v: u64 = 0;
+        while pos < end && b[pos].is_ascii_digit() {
+            v = v.checked_mul(10)?.checked_add(u64::from(b[pos] - b'0'))?;
+            pos += 1;
+        }
+        let len = pos - start;
+        if len == 0 || (len > 1 && b[start] == b'0') {
+            return None;
+        }
+        if last {
+            (pos == end).then_some(v)
+        } else if b.get(pos) == Some(&b'-') {
+            pos += 1;
+            Some(v)
+        } else {
+            None
+        }
+    };
+    let run = field(b'r', false)?;
+    let inst = field(b'i', false)?.try_into().ok()?;
+    let attempt = field(b'a', true)?.try_into().ok()?;
     Some((run, inst, attempt))
 }
 

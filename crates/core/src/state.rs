@@ -856,7 +856,11 @@ fn child_path(parent: &str, seg: &str) -> String {
     if parent.is_empty() {
         seg.to_string()
     } else {
-        format!("{parent}/{seg}")
+        let mut p = String::with_capacity(parent.len() + 1 + seg.len());
+        p.push_str(parent);
+        p.push('/');
+        p.push_str(seg);
+        p
     }
 }
 
@@ -1019,6 +1023,8 @@ fn launch(run: &mut Run, e: pb::TaskLaunchRequested, now: i64) -> Result<(), Str
     inst.started_ms.get_or_insert(now);
     inst.retry = None;
     inst.awaiting_decision = false;
+    // Most steps have one attempt: grow one at a time, not to four.
+    inst.attempts.reserve_exact(1);
     inst.attempts.push(Attempt {
         number: e.attempt,
         state: TaskState::Staging,
