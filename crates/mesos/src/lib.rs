@@ -5,5 +5,8 @@
 //! driver and executor be exercised over real HTTP exactly as against Mesos.
 #![warn(missing_docs)]
 
+pub mod driver;
+pub mod emulator;
 pub mod recordio;
+pub mod resources;
 pub mod types;
