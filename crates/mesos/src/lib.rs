@@ -7,6 +7,7 @@
 
 pub mod driver;
 pub mod emulator;
+pub mod executor;
 pub mod recordio;
 pub mod resources;
 pub mod types;

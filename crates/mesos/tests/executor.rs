@@ -1,0 +1,285 @@
+//! kaon-executor run by the emulator's agent, driven by the scheduler driver.
+
+mod common;
+
+use common::*;
+use kaon_mesos::driver::{DriverEvent, DriverHandle};
+use kaon_mesos::executor::{ExecutorMessage, StepResult, StepSpec, executor_info};
+use kaon_mesos::types::{B64, Id, Offer, TaskInfo, TaskState};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::Receiver;
+
+fn step_task(id: &str, offer: &Offer, spec: StepSpec) -> TaskInfo {
+    TaskInfo {
+        name: id.into(),
+        task_id: Id::new(id),
+        agent_id: offer.agent_id.clone(),
+        resources: resources(0.1, 32.0),
+        executor: Some(executor_info(
+            &format!("exec-{id}"),
+            "kaon-executor",
+            resources(0.05, 32.0),
+        )),
+        command: None,
+        kill_policy: None,
+        data: Some(B64(serde_json::to_vec(&spec).unwrap())),
+        labels: None,
+    }
+}
+
+fn shell(cmd: &str) -> StepSpec {
+    StepSpec {
+        shell: Some(cmd.into()),
+        ..Default::default()
+    }
+}
+
+fn result(status: &kaon_mesos::types::TaskStatus) -> StepResult {
+    serde_json::from_slice(&status.data.as_ref().expect("terminal status has data").0)
+        .expect("step result json")
+}
+
+async fn setup(
+    dir: &std::path::Path,
+) -> (
+    kaon_mesos::emulator::EmulatorHandle,
+    DriverHandle,
+    Receiver<DriverEvent>,
+    Offer,
+) {
+    let emu = start(dir).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    (emu, h, rx, offer)
+}
+
+/// Collects framework messages and acks updates until `task` reaches `state`.
+async fn run_until(
+    h: &DriverHandle,
+    rx: &mut Receiver<DriverEvent>,
+    task: &str,
+    state: TaskState,
+) -> (kaon_mesos::types::TaskStatus, Vec<ExecutorMessage>) {
+    let deadline = tokio::time::Instant::now() + EVENT_WAIT_MAX;
+    let mut messages = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("event in time")
+            .expect("driver alive")
+        {
+            DriverEvent::Message {
+                data, executor_id, ..
+            } => {
+                assert_eq!(executor_id.value, format!("exec-{task}"));
+                messages.push(serde_json::from_slice(&data).expect("executor message json"));
+            }
+            DriverEvent::Update(s) => {
+                if s.uuid.is_some() {
+                    h.acknowledge(&s).await.unwrap();
+                }
+                if s.task_id.value == task && s.state == state {
+                    return (s, messages);
+                }
+                assert!(
+                    !s.state.is_terminal() || s.task_id.value != task,
+                    "unexpected terminal {:?}: {:?}",
+                    s.state,
+                    s.message
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_and_progress_reach_the_scheduler() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    let spec = StepSpec {
+        heartbeat_seconds: Some(0.05),
+        ..shell(
+            r#"echo 'percent 50' >> "$KAON_PROGRESS_FILE"; echo 'status training hard' >> "$KAON_PROGRESS_FILE"; echo "$STEP_NAME" > out.txt; printf '{"loss": 0.25, "name": "%s"}' "$STEP_NAME" > "$KAON_OUTPUTS_FILE""#,
+        )
+    };
+    let mut spec = spec;
+    spec.env.insert("STEP_NAME".into(), "train".into());
+    launch(&h, &offer, vec![step_task("s1", &offer, spec)]).await;
+    let (done, messages) = run_until(&h, &mut rx, "s1", TaskState::Finished).await;
+    let r = result(&done);
+    assert_eq!(r.exit_code, Some(0));
+    assert_eq!(r.reason, "exited");
+    assert_eq!(
+        r.outputs,
+        Some(serde_json::json!({"loss": 0.25, "name": "train"}))
+    );
+    assert!(
+        messages.contains(&ExecutorMessage::Progress {
+            task_id: "s1".into(),
+            percent: 50.0
+        }),
+        "{messages:?}"
+    );
+    assert!(
+        messages.contains(&ExecutorMessage::Status {
+            task_id: "s1".into(),
+            text: "training hard".into()
+        }),
+        "{messages:?}"
+    );
+    assert_eq!(done.source, Some(kaon_mesos::types::Source::Executor));
+    // The executor exits once its work is acknowledged: FAILURE with status 0.
+    let failure = wait_for(&mut rx, "executor exit", |e| match e {
+        DriverEvent::Failure(f) => Some(f.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(failure.executor_id, Some(Id::new("exec-s1")));
+    assert_eq!(failure.status, Some(0));
+    eventually("executor reaped", || emu.live_processes() == 0).await;
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_step_reports_exit_code_and_oversized_outputs_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    let big = StepSpec {
+        outputs_bytes_max: Some(100),
+        ..shell(r#"printf '{"blob": "%0500d"}' 0 > "$KAON_OUTPUTS_FILE""#)
+    };
+    launch(
+        &h,
+        &offer,
+        vec![
+            step_task("fail7", &offer, shell("echo oops >&2; exit 7")),
+            step_task("big", &offer, big),
+        ],
+    )
+    .await;
+    let got = all_acking(
+        &h,
+        &mut rx,
+        &[("fail7", TaskState::Failed), ("big", TaskState::Failed)],
+    )
+    .await;
+    let r = result(&got[0]);
+    assert_eq!(
+        (r.exit_code, r.signal, r.reason.as_str()),
+        (Some(7), None, "nonzero_exit")
+    );
+    assert_eq!(got[0].message.as_deref(), Some("step exited with status 7"));
+    let r = result(&got[1]);
+    assert_eq!(r.reason, "outputs_too_large");
+    assert!(r.error.unwrap().contains("over the limit of 100 bytes"));
+    assert_eq!(r.outputs, None);
+    // stderr went to the sandbox log file.
+    let stderr = find_file(dir.path(), "stderr", "oops");
+    assert!(stderr.is_some(), "step stderr captured in the sandbox");
+    h.stop();
+    emu.shutdown().await;
+}
+
+fn find_file(root: &std::path::Path, name: &str, needle: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(root).ok()?.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            if let Some(found) = find_file(&p, name, needle) {
+                return Some(found);
+            }
+        } else if p.file_name().is_some_and(|n| n == name)
+            && std::fs::read_to_string(&p).is_ok_and(|s| s.contains(needle))
+        {
+            return Some(p);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_escalates_to_sigkill_after_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    let grace = Duration::from_millis(600);
+    let spec = StepSpec {
+        kill_grace_seconds: Some(grace.as_secs_f64()),
+        ..shell(r#"trap '' TERM; echo 'status ready' >> "$KAON_PROGRESS_FILE"; sleep 30"#)
+    };
+    launch(&h, &offer, vec![step_task("stubborn", &offer, spec)]).await;
+    let _ = update_acking(&h, &mut rx, "stubborn", TaskState::Running).await;
+    wait_for(&mut rx, "ready", |e| match e {
+        DriverEvent::Message { data, .. } => serde_json::from_slice::<ExecutorMessage>(data)
+            .ok()
+            .filter(|m| matches!(m, ExecutorMessage::Status { text, .. } if text == "ready")),
+        _ => None,
+    })
+    .await;
+    let asked = Instant::now();
+    h.kill(Id::new("stubborn"), Some(offer.agent_id.clone()))
+        .await
+        .unwrap();
+    let (killed, _) = run_until(&h, &mut rx, "stubborn", TaskState::Killed).await;
+    assert!(
+        asked.elapsed() >= grace,
+        "SIGKILL only after the grace period ({:?})",
+        asked.elapsed()
+    );
+    let r = result(&killed);
+    assert_eq!(r.reason, "killed");
+    assert_eq!(r.signal, Some(9));
+    eventually("executor exits after the kill", || {
+        emu.live_processes() == 0
+    })
+    .await;
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_scheduler_messages_and_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    let spec = StepSpec {
+        heartbeat_seconds: Some(0.05),
+        ..shell("sleep 30")
+    };
+    launch(&h, &offer, vec![step_task("hb", &offer, spec)]).await;
+    update_acking(&h, &mut rx, "hb", TaskState::Running).await;
+    wait_for(&mut rx, "heartbeat", |e| match e {
+        DriverEvent::Message { data, .. } => serde_json::from_slice::<ExecutorMessage>(data)
+            .ok()
+            .filter(|m| matches!(m, ExecutorMessage::Heartbeat { task_id } if task_id == "hb")),
+        _ => None,
+    })
+    .await;
+    h.message(
+        offer.agent_id.clone(),
+        Id::new("exec-hb"),
+        b"hello".to_vec(),
+    )
+    .await
+    .unwrap();
+    h.shutdown(Id::new("exec-hb"), offer.agent_id.clone())
+        .await
+        .unwrap();
+    let (_, _) = run_until(&h, &mut rx, "hb", TaskState::Killed).await;
+    eventually("executor gone", || emu.live_processes() == 0).await;
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_step_spec_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    let mut t = step_task("nospec", &offer, StepSpec::default());
+    t.data = Some(B64(b"not json".to_vec()));
+    launch(&h, &offer, vec![t]).await;
+    let s = update_acking(&h, &mut rx, "nospec", TaskState::Failed).await;
+    assert_eq!(result(&s).reason, "bad_step_spec");
+    h.stop();
+    emu.shutdown().await;
+}
