@@ -146,7 +146,7 @@ impl Resources {
                                         keep.push((b, rb - 1));
                                     }
                                     if re < e {
-                                        keep.push((re + 1, e));
+                                        keep.push((re.saturating_add(1), e));
                                     }
                                 }
                                 keep
@@ -169,8 +169,8 @@ impl Resources {
         let mut left = count;
         let mut out = Vec::new();
         for &(b, e) in self.ranges.get("ports").map(Vec::as_slice).unwrap_or(&[]) {
-            let n = (e - b + 1).min(left);
-            out.push((b, b + n - 1));
+            let n = (e - b).saturating_add(1).min(left);
+            out.push((b, b + (n - 1)));
             left -= n;
             if left == 0 {
                 return Some(out);
@@ -204,5 +204,13 @@ mod tests {
         assert_eq!(total.ranges["ports"], vec![(100, 110)]);
         assert_eq!(total.take_ports(12), None);
         assert_eq!(total.take_ports(2), Some(vec![(100, 101)]));
+        // Extreme ranges from the network must not overflow.
+        let mut huge = Resources::from_mesos(&[Resource::ranges("ports", &[(0, u64::MAX)])]);
+        assert_eq!(huge.take_ports(3), Some(vec![(0, 2)]));
+        huge.subtract(&Resources::from_mesos(&[Resource::ranges(
+            "ports",
+            &[(5, u64::MAX)],
+        )]));
+        assert_eq!(huge.ranges["ports"], vec![(0, 4)]);
     }
 }

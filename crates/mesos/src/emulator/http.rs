@@ -17,6 +17,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use axum::serve::ListenerExt as _;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -25,6 +26,14 @@ use tokio::sync::mpsc;
 
 const JSON: &str = "application/json";
 const PROTOBUF: &str = "application/x-protobuf";
+
+/// Event streams carry small records that must not wait for Nagle's
+/// algorithm (it adds ~40 ms per event on loopback).
+fn nodelay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+}
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
     (status, body.into()).into_response()
@@ -132,7 +141,7 @@ pub(crate) async fn serve_master(core: Arc<Core>, listener: tokio::net::TcpListe
         .route("/master/state", get(master_state))
         .route("/master/redirect", get(redirect))
         .with_state(core);
-    if let Err(e) = axum::serve(listener, app).await {
+    if let Err(e) = axum::serve(listener.tap_io(nodelay), app).await {
         tracing::error!(error = %e, "master server stopped");
     }
 }
@@ -471,7 +480,7 @@ pub(crate) async fn serve_agent(core: Arc<Core>, agent: usize, listener: tokio::
         .route("/slave(1)/state", get(agent_state))
         .route("/files/download", get(files_download))
         .with_state(AgentCtx { core, agent });
-    if let Err(e) = axum::serve(listener, app).await {
+    if let Err(e) = axum::serve(listener.tap_io(nodelay), app).await {
         tracing::error!(error = %e, agent, "agent server stopped");
     }
 }
