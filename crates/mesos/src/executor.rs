@@ -332,7 +332,17 @@ pub async fn run(env: ExecutorEnv) -> Result<i32, ExecutorError> {
                     return Err(e);
                 }
                 tracing::warn!(error = %e, "agent unreachable; retrying subscription");
-                tokio::time::sleep(backoff).await;
+                // Keep handling step exits and progress while the agent is
+                // away; updates that cannot be sent stay unacknowledged and
+                // travel in the next SUBSCRIBE.
+                let pause = tokio::time::sleep(backoff);
+                tokio::pin!(pause);
+                loop {
+                    tokio::select! {
+                        _ = &mut pause => break,
+                        Some(msg) = internal_rx.recv() => exe.on_internal(msg).await,
+                    }
+                }
                 backoff = (backoff * 2).min(exe.env.subscription_backoff_max);
                 continue;
             }

@@ -283,3 +283,79 @@ async fn bad_step_spec_fails_cleanly() {
     h.stop();
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_resubscribes_with_unacked_update_after_agent_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let mut info = framework(None, 60.0);
+    info.checkpoint = Some(true);
+    let (h, mut rx) = driver(&emu.master_url(), info);
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    // The step waits for a file the test creates while the agent is down.
+    let spec = shell(
+        r#"while [ ! -f go ]; do sleep 0.02; done; printf '{"ok": true}' > "$KAON_OUTPUTS_FILE""#,
+    );
+    launch(&h, &offer, vec![step_task("rs", &offer, spec)]).await;
+    update_acking(&h, &mut rx, "rs", TaskState::Running).await;
+    emu.restart_agent(0);
+    let task_dir = find_file(dir.path(), "progress", "")
+        .expect("task dir")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    std::fs::write(task_dir.join("go"), b"").unwrap();
+    eventually("the executor's terminal UPDATE is refused", || {
+        emu.agent_refused_updates(0) >= 1
+    })
+    .await;
+    assert_eq!(emu.live_processes(), 1, "executor waits for the agent");
+    emu.finish_agent_recovery(0);
+    let (done, _) = run_until(&h, &mut rx, "rs", TaskState::Finished).await;
+    assert_eq!(result(&done).outputs, Some(serde_json::json!({"ok": true})));
+    eventually(
+        "executor exits once its replayed update is acknowledged",
+        || emu.live_processes() == 0,
+    )
+    .await;
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_that_never_subscribes_or_crashes_fails_its_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.executor_registration_timeout = Duration::from_millis(300);
+    let emu = kaon_mesos::emulator::Emulator::start(cfg).await.unwrap();
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    let mut silent = step_task("silent", &offer, shell("true"));
+    silent.executor.as_mut().unwrap().command =
+        Some(kaon_mesos::types::CommandInfo::shell("sleep 30"));
+    let mut crash = step_task("crash", &offer, shell("true"));
+    crash.executor.as_mut().unwrap().command =
+        Some(kaon_mesos::types::CommandInfo::shell("exit 3"));
+    launch(&h, &offer, vec![silent, crash]).await;
+    let got = all_acking(
+        &h,
+        &mut rx,
+        &[("silent", TaskState::Failed), ("crash", TaskState::Failed)],
+    )
+    .await;
+    assert_eq!(
+        got[0].reason.as_deref(),
+        Some("REASON_EXECUTOR_REGISTRATION_TIMEOUT")
+    );
+    assert_eq!(got[1].reason.as_deref(), Some("REASON_EXECUTOR_TERMINATED"));
+    assert_eq!(got[1].source, Some(kaon_mesos::types::Source::Agent));
+    assert!(
+        got[1].uuid.is_some(),
+        "agent-generated failures are reliable"
+    );
+    eventually("both executors gone", || emu.live_processes() == 0).await;
+    h.stop();
+    emu.shutdown().await;
+}

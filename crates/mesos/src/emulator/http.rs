@@ -543,11 +543,25 @@ fn executor_inner(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Response> {
-    if ctx.core.lock().shutting_down {
-        return Err(text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Agent is shutting down",
-        ));
+    {
+        let mut st = ctx.core.lock();
+        if st.shutting_down {
+            return Err(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Agent is shutting down",
+            ));
+        }
+        if st.agents[ctx.agent].recovering {
+            let is_update = serde_json::from_slice::<serde_json::Value>(&body)
+                .is_ok_and(|v| v["type"] == "UPDATE");
+            if is_update {
+                st.agents[ctx.agent].refused_updates += 1;
+            }
+            return Err(text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Agent has not finished recovery",
+            ));
+        }
     }
     if method != Method::POST {
         return Err(Response::builder()

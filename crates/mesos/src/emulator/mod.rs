@@ -205,6 +205,9 @@ impl Emulator {
                 attributes: a.attributes.clone(),
                 executors: Default::default(),
                 updates: Default::default(),
+                seen_uuids: Default::default(),
+                recovering: false,
+                refused_updates: 0,
             });
             listeners.push(l);
         }
@@ -313,6 +316,28 @@ impl EmulatorHandle {
     /// finished recovery"), to exercise client retries.
     pub fn fail_next_requests(&self, n: u32) {
         self.core.lock().unavailable_next = n;
+    }
+
+    /// Simulates a restart of agent `index` with checkpointing: executor
+    /// streams are cut and the executor API answers 503 ("recovering")
+    /// until [`EmulatorHandle::finish_agent_recovery`]; tasks keep running.
+    pub fn restart_agent(&self, index: usize) {
+        self.core.restart_agent(index);
+    }
+
+    /// Ends a simulated agent restart; executors can re-subscribe.
+    pub fn finish_agent_recovery(&self, index: usize) {
+        self.core.finish_agent_recovery(index);
+    }
+
+    /// Executor UPDATE calls agent `index` refused while recovering.
+    pub fn agent_refused_updates(&self, index: usize) -> u64 {
+        self.core
+            .lock()
+            .agents
+            .get(index)
+            .map(|a| a.refused_updates)
+            .unwrap_or(0)
     }
 
     /// Number of task/executor processes currently alive.

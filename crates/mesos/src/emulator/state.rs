@@ -137,6 +137,12 @@ pub(crate) struct Agent {
     pub attributes: Vec<Attribute>,
     pub executors: BTreeMap<(String, String), ExecRec>,
     pub updates: BTreeMap<(String, String), UpdateStream>,
+    /// Uuids of every update recorded, to drop replays after a re-subscribe.
+    pub seen_uuids: std::collections::HashSet<Vec<u8>>,
+    /// Simulated agent restart in progress: the executor API answers 503.
+    pub recovering: bool,
+    /// Executor UPDATE calls refused while recovering (for tests).
+    pub refused_updates: u64,
 }
 
 impl Agent {
@@ -1099,6 +1105,12 @@ impl Core {
         mut status: TaskStatus,
     ) {
         let task_id = status.task_id.value.clone();
+        if let Some(u) = &status.uuid
+            && !st.agents[agent].seen_uuids.insert(u.0.clone())
+        {
+            tracing::debug!(task = %task_id, "duplicate status update dropped");
+            return;
+        }
         status.agent_id = Some(Id::new(&st.agents[agent].id));
         if status.timestamp.is_none() {
             status.timestamp = Some(now_secs());
@@ -1424,10 +1436,11 @@ impl Core {
         let agent_info = st.agents[agent].info();
         // Replay updates the executor never saw acknowledged (dedup by uuid).
         for u in &sub.unacknowledged_updates {
-            let dup = st.agents[agent]
-                .updates
-                .get(&(framework.to_owned(), u.status.task_id.value.clone()))
-                .is_some_and(|s| s.queue.iter().any(|q| q.uuid == u.status.uuid));
+            let dup = u
+                .status
+                .uuid
+                .as_ref()
+                .is_none_or(|id| st.agents[agent].seen_uuids.contains(&id.0));
             let known = st
                 .frameworks
                 .get(framework)
@@ -1457,6 +1470,17 @@ impl Core {
             let mut ev = ex::Event::bare(ex::EventType::Launch);
             ev.launch = Some(ex::Launch { task });
             let _ = tx.send(frame(&ev));
+        }
+        // Every replayed update is now recorded: let the executor forget it.
+        for u in &sub.unacknowledged_updates {
+            if let Some(uuid) = &u.status.uuid {
+                let mut ev = ex::Event::bare(ex::EventType::Acknowledged);
+                ev.acknowledged = Some(ex::Acknowledged {
+                    task_id: u.status.task_id.clone(),
+                    uuid: uuid.clone(),
+                });
+                let _ = tx.send(frame(&ev));
+            }
         }
         if e.shutting_down {
             let _ = tx.send(frame(&ex::Event::bare(ex::EventType::Shutdown)));
@@ -1508,6 +1532,25 @@ impl Core {
         });
         if !fw.send(&ev) {
             tracing::debug!(%framework, "executor message dropped: framework disconnected");
+        }
+    }
+
+    /// Simulates an agent restart: executor streams close and the executor
+    /// API answers 503 until [`Core::finish_agent_recovery`].
+    pub fn restart_agent(&self, agent: usize) {
+        let mut st = self.lock();
+        if let Some(a) = st.agents.get_mut(agent) {
+            a.recovering = true;
+            for e in a.executors.values_mut() {
+                e.sub = None;
+            }
+        }
+    }
+
+    /// Ends a simulated agent restart.
+    pub fn finish_agent_recovery(&self, agent: usize) {
+        if let Some(a) = self.lock().agents.get_mut(agent) {
+            a.recovering = false;
         }
     }
 
