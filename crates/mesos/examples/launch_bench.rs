@@ -22,7 +22,10 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).cloned().unwrap_or_else(|| "command".into());
     let total: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let inflight_max: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
+    let inflight_max: usize = args
+        .get(3)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(usize::MAX);
     let mut inflight = 0usize;
     let custom = mode == "executor";
     let dir = tempfile::tempdir()?;
@@ -33,9 +36,19 @@ async fn main() -> anyhow::Result<()> {
         ..EmulatorConfig::default()
     })
     .await?;
-    let info = FrameworkInfo { user: "bench".into(), name: "launch-bench".into(), failover_timeout: Some(60.0), ..Default::default() };
+    let info = FrameworkInfo {
+        user: "bench".into(),
+        name: "launch-bench".into(),
+        failover_timeout: Some(60.0),
+        ..Default::default()
+    };
     let (h, mut rx) = Driver::subscribe(DriverConfig::new(emu.master_url(), info));
-    let task_res = |cpus: f64| vec![Resource::scalar("cpus", cpus), Resource::scalar("mem", 32.0)];
+    let task_res = |cpus: f64| {
+        vec![
+            Resource::scalar("cpus", cpus),
+            Resource::scalar("mem", 32.0),
+        ]
+    };
     let mut pending: VecDeque<usize> = (0..total).collect();
     let mut accepted_at: HashMap<String, Instant> = HashMap::new();
     let mut latencies = Vec::with_capacity(total);
@@ -43,7 +56,9 @@ async fn main() -> anyhow::Result<()> {
     let mut failed = 0usize;
     let mut started: Option<Instant> = None;
     while done < total {
-        let ev = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await?.ok_or_else(|| anyhow::anyhow!("driver ended"))?;
+        let ev = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("driver ended"))?;
         match ev {
             DriverEvent::Offers(offers) => {
                 let views: Vec<OfferView> = offers.iter().map(OfferView::from_offer).collect();
@@ -53,7 +68,12 @@ async fn main() -> anyhow::Result<()> {
                     if custom {
                         r.add(&Resources::from_mesos(&task_res(0.01)));
                     }
-                    reqs.push(TaskRequest { id: format!("t{i}"), resources: r, ports: 0, constraints: vec![] });
+                    reqs.push(TaskRequest {
+                        id: format!("t{i}"),
+                        resources: r,
+                        ports: 0,
+                        constraints: vec![],
+                    });
                 }
                 let plan = match_offers(&reqs, &views);
                 started.get_or_insert_with(Instant::now);
@@ -65,10 +85,22 @@ async fn main() -> anyhow::Result<()> {
                             task_id: Id::new(&p.task_id),
                             agent_id: p.agent_id.clone(),
                             resources: task_res(0.01),
-                            executor: custom.then(|| executor_info(&format!("e-{}", p.task_id), "kaon-executor", task_res(0.01))),
+                            executor: custom.then(|| {
+                                executor_info(
+                                    &format!("e-{}", p.task_id),
+                                    "kaon-executor",
+                                    task_res(0.01),
+                                )
+                            }),
                             command: (!custom).then(|| CommandInfo::shell("true")),
                             kill_policy: None,
-                            data: custom.then(|| B64(serde_json::to_vec(&StepSpec { argv: vec!["true".into()], ..Default::default() }).unwrap_or_default())),
+                            data: custom.then(|| {
+                                B64(serde_json::to_vec(&StepSpec {
+                                    argv: vec!["true".into()],
+                                    ..Default::default()
+                                })
+                                .unwrap_or_default())
+                            }),
                             labels: None,
                         })
                         .collect();
@@ -78,7 +110,8 @@ async fn main() -> anyhow::Result<()> {
                         accepted_at.insert(t.task_id.value.clone(), now);
                     }
                     pending.retain(|i| !placements.iter().any(|p| p.task_id == format!("t{i}")));
-                    h.accept(vec![offer_id], vec![Operation::launch(tasks)], Some(0.0)).await?;
+                    h.accept(vec![offer_id], vec![Operation::launch(tasks)], Some(0.0))
+                        .await?;
                 }
                 if !plan.decline.is_empty() {
                     h.decline(plan.decline, Some(0.0)).await?;
@@ -90,10 +123,10 @@ async fn main() -> anyhow::Result<()> {
                     let (h, s) = (h.clone(), s.clone());
                     tokio::spawn(async move { h.acknowledge(&s).await });
                 }
-                if s.state == TaskState::Running {
-                    if let Some(t0) = accepted_at.get(&s.task_id.value) {
-                        latencies.push(t0.elapsed());
-                    }
+                if s.state == TaskState::Running
+                    && let Some(t0) = accepted_at.get(&s.task_id.value)
+                {
+                    latencies.push(t0.elapsed());
                 }
                 if s.state.is_terminal() {
                     done += 1;
@@ -108,7 +141,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let elapsed = started.map(|s| s.elapsed()).unwrap_or_default();
     latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
     println!(
         "mode={mode} tasks={total} failed={failed} wall={:.2}s throughput={:.1} tasks/s accept->RUNNING median={:.1}ms p99={:.1}ms",
         elapsed.as_secs_f64(),
