@@ -292,3 +292,34 @@ async fn emulator_standalone_config_parses_agents() {
     assert_eq!(st["slaves"][0]["attributes"]["rack"], "r1");
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuse_filter_delays_the_next_offer() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    let refuse = std::time::Duration::from_millis(400);
+    let declined_at = std::time::Instant::now();
+    h.decline(vec![offer.id.clone()], Some(refuse.as_secs_f64()))
+        .await
+        .unwrap();
+    let again = offers(&mut rx).await.remove(0);
+    assert!(
+        declined_at.elapsed() >= refuse,
+        "re-offered after {:?}",
+        declined_at.elapsed()
+    );
+    assert_eq!(again.agent_id, offer.agent_id);
+    // SUPPRESS then REVIVE: the revive clears filters and brings offers back at once.
+    h.decline(vec![again.id.clone()], Some(3600.0))
+        .await
+        .unwrap();
+    h.suppress(vec![]).await.unwrap();
+    h.revive(vec![]).await.unwrap();
+    let revived = offers(&mut rx).await.remove(0);
+    assert_ne!(revived.id, again.id);
+    h.stop();
+    emu.shutdown().await;
+}
