@@ -61,6 +61,17 @@ async fn run_until(
     task: &str,
     state: TaskState,
 ) -> (kaon_mesos::types::TaskStatus, Vec<ExecutorMessage>) {
+    run_until_seeing(h, rx, task, state, &mut Vec::new()).await
+}
+
+/// Like `run_until`, also keeping the FAILURE events seen on the way.
+async fn run_until_seeing(
+    h: &DriverHandle,
+    rx: &mut Receiver<DriverEvent>,
+    task: &str,
+    state: TaskState,
+    failures: &mut Vec<kaon_mesos::types::scheduler::Failure>,
+) -> (kaon_mesos::types::TaskStatus, Vec<ExecutorMessage>) {
     let deadline = tokio::time::Instant::now() + EVENT_WAIT_MAX;
     let mut messages = Vec::new();
     loop {
@@ -75,6 +86,7 @@ async fn run_until(
                 assert_eq!(executor_id.value, format!("exec-{task}"));
                 messages.push(serde_json::from_slice(&data).expect("executor message json"));
             }
+            DriverEvent::Failure(f) => failures.push(f),
             DriverEvent::Update(s) => {
                 if s.uuid.is_some() {
                     h.acknowledge(&s).await.unwrap();
@@ -107,7 +119,9 @@ async fn outputs_and_progress_reach_the_scheduler() {
     let mut spec = spec;
     spec.env.insert("STEP_NAME".into(), "train".into());
     launch(&h, &offer, vec![step_task("s1", &offer, spec)]).await;
-    let (done, messages) = run_until(&h, &mut rx, "s1", TaskState::Finished).await;
+    let mut failures = Vec::new();
+    let (done, messages) =
+        run_until_seeing(&h, &mut rx, "s1", TaskState::Finished, &mut failures).await;
     let r = result(&done);
     assert_eq!(r.exit_code, Some(0));
     assert_eq!(r.reason, "exited");
@@ -131,11 +145,17 @@ async fn outputs_and_progress_reach_the_scheduler() {
     );
     assert_eq!(done.source, Some(kaon_mesos::types::Source::Executor));
     // The executor exits once its work is acknowledged: FAILURE with status 0.
-    let failure = wait_for(&mut rx, "executor exit", |e| match e {
-        DriverEvent::Failure(f) => Some(f.clone()),
-        _ => None,
-    })
-    .await;
+    // (It may overtake TASK_FINISHED, which waits for the RUNNING ack.)
+    let failure = match failures.pop() {
+        Some(f) => f,
+        None => {
+            wait_for(&mut rx, "executor exit", |e| match e {
+                DriverEvent::Failure(f) => Some(f.clone()),
+                _ => None,
+            })
+            .await
+        }
+    };
     assert_eq!(failure.executor_id, Some(Id::new("exec-s1")));
     assert_eq!(failure.status, Some(0));
     eventually("executor reaped", || emu.live_processes() == 0).await;
