@@ -130,7 +130,15 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result
     })
 }
 
-pub(crate) async fn serve_master(core: Arc<Core>, listener: tokio::net::TcpListener) {
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|v| *v).await;
+}
+
+pub(crate) async fn serve_master(
+    core: Arc<Core>,
+    listener: tokio::net::TcpListener,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     let app = Router::new()
         .route("/api/v1/scheduler", any(scheduler))
         .route("/master/api/v1/scheduler", any(scheduler))
@@ -141,7 +149,10 @@ pub(crate) async fn serve_master(core: Arc<Core>, listener: tokio::net::TcpListe
         .route("/master/state", get(master_state))
         .route("/master/redirect", get(redirect))
         .with_state(core);
-    if let Err(e) = axum::serve(listener.tap_io(nodelay), app).await {
+    if let Err(e) = axum::serve(listener.tap_io(nodelay), app)
+        .with_graceful_shutdown(stopped(stop))
+        .await
+    {
         tracing::error!(error = %e, "master server stopped");
     }
 }
@@ -470,7 +481,12 @@ struct AgentCtx {
     agent: usize,
 }
 
-pub(crate) async fn serve_agent(core: Arc<Core>, agent: usize, listener: tokio::net::TcpListener) {
+pub(crate) async fn serve_agent(
+    core: Arc<Core>,
+    agent: usize,
+    listener: tokio::net::TcpListener,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     let app = Router::new()
         .route("/api/v1/executor", any(executor_api))
         .route("/slave(1)/api/v1/executor", any(executor_api))
@@ -480,7 +496,10 @@ pub(crate) async fn serve_agent(core: Arc<Core>, agent: usize, listener: tokio::
         .route("/slave(1)/state", get(agent_state))
         .route("/files/download", get(files_download))
         .with_state(AgentCtx { core, agent });
-    if let Err(e) = axum::serve(listener.tap_io(nodelay), app).await {
+    if let Err(e) = axum::serve(listener.tap_io(nodelay), app)
+        .with_graceful_shutdown(stopped(stop))
+        .await
+    {
         tracing::error!(error = %e, agent, "agent server stopped");
     }
 }

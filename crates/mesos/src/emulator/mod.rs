@@ -6,6 +6,7 @@
 //! ([`run_from_args`], used by `kaon mesos-emulator` and the
 //! `kaon-mesos-emulator` binary).
 
+pub mod checkpoint;
 mod http;
 pub mod process;
 mod state;
@@ -47,6 +48,9 @@ pub enum EmulatorError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The checkpoint could not be read.
+    #[error("cannot recover: {0}")]
+    Checkpoint(#[from] checkpoint::CheckpointError),
     /// Bad command-line arguments.
     #[error("invalid emulator arguments: {0}")]
     Args(String),
@@ -111,6 +115,13 @@ pub struct EmulatorConfig {
     pub work_dir: PathBuf,
     /// Path of `kaon-executor`; `None` = sibling of the current executable.
     pub executor_path: Option<PathBuf>,
+    /// Agent checkpointing: persist state to `<work_dir>/checkpoint.json`
+    /// and recover it (frameworks with `checkpoint: true`, their tasks,
+    /// pending updates and live executors) when started again on the same
+    /// work dir. Recovered master/agents bind their previous addresses.
+    pub checkpoint: bool,
+    /// How long a recovered executor has to re-subscribe (Mesos: 2 s).
+    pub executor_reregistration_timeout: Duration,
 }
 
 impl Default for EmulatorConfig {
@@ -128,6 +139,8 @@ impl Default for EmulatorConfig {
             command_kill_grace: Duration::from_secs(3),
             work_dir: std::env::temp_dir().join("kaon-mesos-emulator"),
             executor_path: None,
+            checkpoint: false,
+            executor_reregistration_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -157,6 +170,8 @@ pub struct EmulatorHandle {
     core: Arc<Core>,
     agent_addrs: Vec<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Emulator {
@@ -167,6 +182,20 @@ impl Emulator {
             path: config.work_dir.display().to_string(),
             source,
         })?;
+        let recovered = if config.checkpoint {
+            checkpoint::read(&config.work_dir)?
+        } else {
+            None
+        };
+        let mut config = config;
+        if let Some(ck) = &recovered {
+            let (master, agents) = checkpoint::recovered_addrs(ck);
+            config.master_addr = master;
+            for (a, addr) in config.agents.iter_mut().zip(agents) {
+                a.addr = addr;
+            }
+            tracing::info!(%master, "recovering from checkpoint");
+        }
         let master = tokio::net::TcpListener::bind(config.master_addr)
             .await
             .map_err(|source| EmulatorError::Bind {
@@ -236,9 +265,32 @@ impl Emulator {
             processes_changed: Notify::new(),
             executor_path,
         });
-        let mut tasks = vec![tokio::spawn(http::serve_master(core.clone(), master))];
+        if let Some(ck) = recovered {
+            let executors = {
+                let mut st = core.lock();
+                checkpoint::restore(ck, &mut st)
+            };
+            for (agent, framework, executor, pgid) in executors {
+                core.watch_recovered(agent, framework, executor, pgid);
+            }
+        }
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut servers = vec![tokio::spawn(http::serve_master(
+            core.clone(),
+            master,
+            stop_rx.clone(),
+        ))];
         for (i, l) in listeners.into_iter().enumerate() {
-            tasks.push(tokio::spawn(http::serve_agent(core.clone(), i, l)));
+            servers.push(tokio::spawn(http::serve_agent(
+                core.clone(),
+                i,
+                l,
+                stop_rx.clone(),
+            )));
+        }
+        let mut tasks = Vec::new();
+        if core.config.checkpoint {
+            tasks.push(tokio::spawn(checkpointer(Arc::downgrade(&core))));
         }
         tasks.push(tokio::spawn(allocator(Arc::downgrade(&core))));
         tasks.push(tokio::spawn(update_retrier(Arc::downgrade(&core))));
@@ -247,7 +299,25 @@ impl Emulator {
             core,
             agent_addrs,
             tasks,
+            servers,
+            stop: stop_tx,
         })
+    }
+}
+
+/// Period of the background checkpoint write (updates acknowledged to
+/// executors are additionally checkpointed synchronously).
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+async fn checkpointer(core: std::sync::Weak<Core>) {
+    loop {
+        tokio::time::sleep(CHECKPOINT_INTERVAL).await;
+        let Some(c) = core.upgrade() else { return };
+        let st = c.lock();
+        if st.shutting_down {
+            return;
+        }
+        c.persist(&st);
     }
 }
 
@@ -350,8 +420,57 @@ impl EmulatorHandle {
     pub async fn shutdown(self) {
         let process_reap_wait_max = Duration::from_secs(10);
         self.core.shutdown_all(process_reap_wait_max).await;
+        self.stop_servers().await;
+    }
+
+    /// Stops the emulator like a crashed-and-restarting Mesos agent with
+    /// checkpointing: state is checkpointed, streams close, servers stop,
+    /// but executors of checkpointing frameworks keep running so that
+    /// [`Emulator::start`] on the same work dir recovers them. Processes of
+    /// other frameworks are killed.
+    pub async fn stop_for_restart(self) {
+        let doomed = {
+            let mut st = self.core.lock();
+            self.core.persist(&st);
+            st.shutting_down = true;
+            st.offers.clear();
+            let keep: std::collections::BTreeSet<String> = st
+                .frameworks
+                .values()
+                .filter(|f| self.core.config.checkpoint && f.info.checkpoint == Some(true))
+                .map(|f| f.id.clone())
+                .collect();
+            for fw in st.frameworks.values_mut() {
+                fw.sub = None;
+            }
+            let mut doomed = Vec::new();
+            for a in st.agents.iter_mut() {
+                for ((f, _), e) in a.executors.iter_mut() {
+                    e.sub = None;
+                    if !keep.contains(f) {
+                        doomed.extend(e.pgid);
+                    }
+                }
+            }
+            doomed
+        };
+        for p in doomed {
+            process::signal_group(p, libc::SIGKILL);
+        }
+        self.stop_servers().await;
+    }
+
+    async fn stop_servers(self) {
+        let graceful_wait_max = Duration::from_secs(5);
+        let _ = self.stop.send(true);
         for t in &self.tasks {
             t.abort();
+        }
+        for s in self.servers {
+            let abort = s.abort_handle();
+            if tokio::time::timeout(graceful_wait_max, s).await.is_err() {
+                abort.abort();
+            }
         }
     }
 }
@@ -378,6 +497,10 @@ pub struct Args {
     /// Heartbeat interval in seconds.
     #[arg(long, default_value_t = 15.0)]
     pub heartbeat_secs: f64,
+    /// Checkpoint agent state in the work dir and recover it on start;
+    /// Ctrl-C then leaves checkpointed executors running for the next start.
+    #[arg(long)]
+    pub checkpoint: bool,
 }
 
 /// Parses one `--agent` spec.
@@ -440,6 +563,7 @@ where
         heartbeat_interval: Duration::from_secs_f64(args.heartbeat_secs.max(0.01)),
         work_dir: args.work_dir,
         executor_path: args.executor_path,
+        checkpoint: args.checkpoint,
         ..EmulatorConfig::default()
     };
     let handle = Emulator::start(config).await?;
@@ -448,6 +572,10 @@ where
         println!("agent http://{a}");
     }
     tokio::signal::ctrl_c().await?;
-    handle.shutdown().await;
+    if args.checkpoint {
+        handle.stop_for_restart().await;
+    } else {
+        handle.shutdown().await;
+    }
     Ok(())
 }

@@ -31,13 +31,15 @@ pub enum SpawnError {
 }
 
 /// Starts `cmd` in `sandbox` with `env` added to the inherited environment.
-/// The child leads its own process group (so `killpg` reaches its children)
-/// and gets SIGKILL if the spawning thread dies, so an emulator that crashes
-/// does not leave orphans behind.
+/// The child leads its own process group (so `killpg` reaches its children).
+/// With `die_with_parent` it gets SIGKILL if the spawning thread dies, so an
+/// emulator that crashes leaves no orphans; checkpointed executors are
+/// spawned without it so they survive an emulator restart.
 pub fn spawn(
     cmd: &CommandInfo,
     env: &[(String, String)],
     sandbox: &Path,
+    die_with_parent: bool,
 ) -> Result<tokio::process::Child, SpawnError> {
     let value = cmd.value.clone().ok_or(SpawnError::NoCommand)?;
     std::fs::create_dir_all(sandbox).map_err(|source| SpawnError::Sandbox {
@@ -79,12 +81,14 @@ pub fn spawn(
     for (k, v) in env {
         command.env(k, v);
     }
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
+    if die_with_parent {
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
     }
     command.spawn().map_err(|source| SpawnError::Exec {
         command: value,

@@ -791,7 +791,9 @@ impl Core {
             ));
             env.push((
                 "MESOS_SUBSCRIPTION_BACKOFF_MAX".into(),
-                stout_duration(Duration::from_secs(2)),
+                stout_duration(
+                    (self.config.executor_reregistration_timeout / 2).min(Duration::from_secs(2)),
+                ),
             ));
         }
         env
@@ -916,7 +918,12 @@ impl Core {
         if !command_task {
             rec.queued.push(task.clone());
         }
-        match process::spawn(&command, &env, &sandbox) {
+        let survive = self.config.checkpoint
+            && st
+                .frameworks
+                .get(framework)
+                .is_some_and(|f| f.info.checkpoint == Some(true));
+        match process::spawn(&command, &env, &sandbox, !survive) {
             Ok(child) => {
                 rec.pgid = child.id().map(|p| p as i32);
                 st.agents[agent].executors.insert(key, rec);
@@ -1506,6 +1513,8 @@ impl Core {
             .is_some();
         if known {
             self.status_update(&mut st, agent, framework, status);
+            // Checkpoint before acknowledging, as a Mesos agent does.
+            self.persist(&st);
         }
         if let (Some(e), Some(uuid)) = (
             st.agents[agent]
@@ -1533,6 +1542,52 @@ impl Core {
         if !fw.send(&ev) {
             tracing::debug!(%framework, "executor message dropped: framework disconnected");
         }
+    }
+
+    /// Watches an executor recovered from a checkpoint: it is not our child,
+    /// so liveness is polled; it must re-subscribe within the
+    /// re-registration timeout or it is destroyed.
+    pub fn watch_recovered(
+        self: &Arc<Self>,
+        agent: usize,
+        framework: String,
+        executor: String,
+        pgid: Option<i32>,
+    ) {
+        let poll_interval = Duration::from_millis(100);
+        let alive = pgid.is_some_and(super::checkpoint::alive);
+        self.lock().live_processes += 1;
+        if !alive {
+            self.process_exited(agent, &framework, &executor, None);
+            return;
+        }
+        let core = Arc::downgrade(self);
+        let deadline = tokio::time::Instant::now() + self.config.executor_reregistration_timeout;
+        tokio::spawn(async move {
+            let mut checked_registration = false;
+            loop {
+                tokio::time::sleep(poll_interval).await;
+                let Some(core) = core.upgrade() else { return };
+                let key = (framework.clone(), executor.clone());
+                let subscribed = match core.lock().agents[agent].executors.get(&key) {
+                    None => return,
+                    Some(e) => e.sub.is_some(),
+                };
+                if !pgid.is_some_and(super::checkpoint::alive) {
+                    core.process_exited(agent, &framework, &executor, None);
+                    return;
+                }
+                if !checked_registration && tokio::time::Instant::now() >= deadline {
+                    checked_registration = true;
+                    if !subscribed {
+                        tracing::warn!(%framework, %executor, "recovered executor did not re-subscribe; destroying it");
+                        if let Some(p) = pgid {
+                            process::signal_group(p, libc::SIGKILL);
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Simulates an agent restart: executor streams close and the executor
