@@ -297,6 +297,8 @@ struct Executor {
     internal_tx: mpsc::UnboundedSender<Internal>,
     launched_any: bool,
     shutting_down: bool,
+    /// The framework understands TASK_KILLING (from SUBSCRIBED).
+    killing_state: bool,
 }
 
 /// Runs the executor until it is shut down or its work is done. Returns the
@@ -312,6 +314,7 @@ pub async fn run(env: ExecutorEnv) -> Result<i32, ExecutorError> {
         internal_tx,
         launched_any: false,
         shutting_down: false,
+        killing_state: false,
     };
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -484,7 +487,12 @@ impl Executor {
 
     async fn on_event(&mut self, ev: Event) {
         match ev.kind {
-            EventType::Subscribed => tracing::info!("subscribed to agent"),
+            EventType::Subscribed => {
+                if let Some(sub) = ev.subscribed {
+                    self.killing_state = sub.framework_info.has_capability("TASK_KILLING_STATE");
+                }
+                tracing::info!("subscribed to agent");
+            }
             EventType::Launch => {
                 if let Some(l) = ev.launch {
                     self.launch(l.task).await;
@@ -496,7 +504,12 @@ impl Executor {
                         .kill_policy
                         .and_then(|p| p.grace_period)
                         .map(|g| g.to_std());
+                    let first = self.tasks.get(&k.task_id.value).is_some_and(|t| !t.killed);
                     self.kill(&k.task_id.value, grace);
+                    if first && self.killing_state {
+                        self.send_update(&k.task_id.value, TaskState::Killing, None, None)
+                            .await;
+                    }
                 }
             }
             EventType::Acknowledged => {

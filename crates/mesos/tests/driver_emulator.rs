@@ -323,3 +323,38 @@ async fn refuse_filter_delays_the_next_offer() {
     h.stop();
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_killing_state_for_capable_frameworks() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let mut info = framework(None, 60.0);
+    info.capabilities = vec![kaon_mesos::types::Capability {
+        kind: "TASK_KILLING_STATE".into(),
+    }];
+    let (h, mut rx) = driver(&emu.master_url(), info);
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    let mut t = command_task("k", &offer, "sleep 30");
+    t.kill_policy = Some(kaon_mesos::types::KillPolicy {
+        grace_period: Some(kaon_mesos::types::DurationInfo {
+            nanoseconds: 100_000_000,
+        }),
+    });
+    launch(&h, &offer, vec![t]).await;
+    update_acking(&h, &mut rx, "k", TaskState::Running).await;
+    h.kill(Id::new("k"), None).await.unwrap();
+    let got = all_acking(
+        &h,
+        &mut rx,
+        &[("k", TaskState::Killing), ("k", TaskState::Killed)],
+    )
+    .await;
+    assert!(
+        got[0].timestamp.unwrap() <= got[1].timestamp.unwrap(),
+        "KILLING before KILLED"
+    );
+    eventually("killed", || emu.live_processes() == 0).await;
+    h.stop();
+    emu.shutdown().await;
+}

@@ -222,7 +222,14 @@ fn find_file(root: &std::path::Path, name: &str, needle: &str) -> Option<std::pa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_escalates_to_sigkill_after_grace() {
     let dir = tempfile::tempdir().unwrap();
-    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    let emu = start(dir.path()).await;
+    let mut info = framework(None, 60.0);
+    info.capabilities = vec![kaon_mesos::types::Capability {
+        kind: "TASK_KILLING_STATE".into(),
+    }];
+    let (h, mut rx) = driver(&emu.master_url(), info);
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
     let grace = Duration::from_millis(600);
     let spec = StepSpec {
         kill_grace_seconds: Some(grace.as_secs_f64()),
@@ -241,6 +248,7 @@ async fn kill_escalates_to_sigkill_after_grace() {
     h.kill(Id::new("stubborn"), Some(offer.agent_id.clone()))
         .await
         .unwrap();
+    run_until(&h, &mut rx, "stubborn", TaskState::Killing).await;
     let (killed, _) = run_until(&h, &mut rx, "stubborn", TaskState::Killed).await;
     assert!(
         asked.elapsed() >= grace,

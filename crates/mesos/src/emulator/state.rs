@@ -1306,22 +1306,31 @@ impl Core {
             return;
         }
         let agent = task.agent;
-        let grace = k
-            .kill_policy
+        let policy = k.kill_policy.clone().or(task.info.kill_policy.clone());
+        let grace = policy
             .as_ref()
-            .or(task.info.kill_policy.as_ref())
             .and_then(|p| p.grace_period)
             .map(|g| g.to_std())
             .unwrap_or(self.config.command_kill_grace);
+        let killing_state = fw.info.has_capability("TASK_KILLING_STATE");
         let key = (framework.to_owned(), task.executor_id.clone());
         let Some(e) = st.agents[agent].executors.get_mut(&key) else {
             return;
         };
         if e.command_task {
+            let first = !e.kill_requested;
             e.kill_requested = true;
             if let Some(p) = e.pgid {
                 process::signal_group(p, libc::SIGTERM);
                 self.kill_after(p, grace);
+            }
+            if first && killing_state {
+                // The command executor reports TASK_KILLING to frameworks
+                // that understand it.
+                let mut s = TaskStatus::new(k.task_id.clone(), TaskState::Killing);
+                s.source = Some(Source::Executor);
+                s.uuid = Some(new_uuid());
+                self.status_update(&mut st, agent, framework, s);
             }
         } else if e.queued.iter().any(|t| t.task_id == k.task_id) || e.sub.is_none() {
             e.queued.retain(|t| t.task_id != k.task_id);
@@ -1335,7 +1344,7 @@ impl Core {
             let mut ev = ex::Event::bare(ex::EventType::Kill);
             ev.kill = Some(ex::Kill {
                 task_id: k.task_id.clone(),
-                kill_policy: k.kill_policy.clone(),
+                kill_policy: policy,
             });
             e.send(&ev);
         }
