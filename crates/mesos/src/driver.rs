@@ -651,6 +651,18 @@ impl DriverHandle {
         self.call(c).await
     }
 
+    /// The reconciliation round recommended after every SUBSCRIBED: one
+    /// explicit RECONCILE for the tasks the owner believes non-terminal
+    /// (with agent ids when known), then an implicit one to discover tasks
+    /// the owner does not know about. Answers arrive as UPDATE events with
+    /// `reason: REASON_RECONCILIATION` and no uuid (never acknowledge them).
+    pub async fn reconcile_round(&self, known: Vec<(Id, Option<Id>)>) -> Result<(), DriverError> {
+        if !known.is_empty() {
+            self.reconcile(known).await?;
+        }
+        self.reconcile(Vec::new()).await
+    }
+
     /// MESSAGE to an executor (best effort).
     pub async fn message(
         &self,

@@ -113,7 +113,10 @@ async fn reconcile_explicit_then_implicit() {
     assert!(r1.uuid.is_none() && r1.data.is_none());
     let ghost = update(&mut rx, "ghost", TaskState::Lost).await;
     assert_eq!(ghost.reason.as_deref(), Some("REASON_RECONCILIATION"));
-    h.reconcile(vec![]).await.unwrap();
+    h.reconcile_round(vec![(Id::new("ghost2"), None)])
+        .await
+        .unwrap();
+    update(&mut rx, "ghost2", TaskState::Lost).await;
     let implicit = update(&mut rx, "r1", TaskState::Running).await;
     assert_eq!(implicit.reason.as_deref(), Some("REASON_RECONCILIATION"));
     h.stop();
@@ -355,6 +358,79 @@ async fn task_killing_state_for_capable_frameworks() {
         "KILLING before KILLED"
     );
     eventually("killed", || emu.live_processes() == 0).await;
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_endpoints_and_teardown() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let url = emu.master_url();
+    let mut info = framework(Some("op-fw"), 60.0);
+    info.principal = Some("alice".into());
+    let (h, mut rx) = driver(&url, info.clone());
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    launch(&h, &offer, vec![command_task("op", &offer, "sleep 30")]).await;
+    update_acking(&h, &mut rx, "op", TaskState::Running).await;
+    let get = |path: &'static str| {
+        let url = url.clone();
+        async move {
+            serde_json::from_str::<serde_json::Value>(
+                &reqwest::get(format!("{url}{path}"))
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap(),
+            )
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        get("/master/frameworks").await["frameworks"][0]["id"],
+        "op-fw"
+    );
+    assert_eq!(
+        get("/master/tasks").await["tasks"][0]["state"],
+        "TASK_RUNNING"
+    );
+    assert_eq!(
+        get("/master/slaves").await["slaves"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // A re-subscription may not change the principal: ERROR, old one keeps going.
+    let mut other = info.clone();
+    other.principal = Some("mallory".into());
+    let (_h2, mut rx2) = driver(&url, other);
+    let err = wait_for(&mut rx2, "principal ERROR", |e| match e {
+        DriverEvent::Error(m) => Some(m.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(err.contains("principal"), "{err}");
+    h.revive(vec![])
+        .await
+        .expect("first subscription still valid");
+    let client = reqwest::Client::new();
+    let teardown = |id: &'static str| {
+        client
+            .post(format!("{url}/master/teardown"))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(format!("frameworkId={id}"))
+            .send()
+    };
+    assert_eq!(teardown("nobody").await.unwrap().status(), 400);
+    assert_eq!(teardown("op-fw").await.unwrap().status(), 200);
+    eventually("teardown kills the task", || emu.live_processes() == 0).await;
+    assert_eq!(
+        get("/master/frameworks").await["completed_frameworks"][0]["id"],
+        "op-fw"
+    );
     h.stop();
     emu.shutdown().await;
 }

@@ -148,6 +148,14 @@ pub(crate) async fn serve_master(
         .route("/state", get(master_state))
         .route("/master/state", get(master_state))
         .route("/master/redirect", get(redirect))
+        .route("/master/frameworks", get(master_frameworks))
+        .route("/frameworks", get(master_frameworks))
+        .route("/master/tasks", get(master_tasks))
+        .route("/tasks", get(master_tasks))
+        .route("/master/slaves", get(master_slaves))
+        .route("/slaves", get(master_slaves))
+        .route("/master/teardown", axum::routing::post(master_teardown))
+        .route("/teardown", axum::routing::post(master_teardown))
         .with_state(core);
     if let Err(e) = axum::serve(listener.tap_io(nodelay), app)
         .with_graceful_shutdown(stopped(stop))
@@ -192,7 +200,65 @@ async fn redirect(State(core): State<Arc<Core>>) -> Response {
     }
 }
 
+fn json_response(v: &serde_json::Value) -> Response {
+    ([(header::CONTENT_TYPE, JSON)], v.to_string()).into_response()
+}
+
+/// `/master/frameworks`: the frameworks part of `/master/state`.
+async fn master_frameworks(State(core): State<Arc<Core>>) -> Response {
+    let st = state_json(&core);
+    json_response(&serde_json::json!({
+        "frameworks": st["frameworks"], "completed_frameworks": st["completed_frameworks"],
+    }))
+}
+
+/// `/master/tasks`: every task of every framework.
+async fn master_tasks(State(core): State<Arc<Core>>) -> Response {
+    let st = state_json(&core);
+    let tasks: Vec<serde_json::Value> = st["frameworks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|f| f["tasks"].as_array().cloned().unwrap_or_default())
+        .collect();
+    json_response(&serde_json::json!({ "tasks": tasks }))
+}
+
+/// `/master/slaves`: the agents.
+async fn master_slaves(State(core): State<Arc<Core>>) -> Response {
+    let st = state_json(&core);
+    json_response(&serde_json::json!({ "slaves": st["slaves"] }))
+}
+
+/// `POST /master/teardown` with form body `frameworkId=<id>`.
+async fn master_teardown(State(core): State<Arc<Core>>, body: Bytes) -> Response {
+    let body = String::from_utf8_lossy(&body);
+    let id = body
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "frameworkId")
+        .map(|(_, v)| v.to_owned());
+    let Some(id) = id else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "Missing 'frameworkId' query parameter in the request body",
+        );
+    };
+    if !core.lock().frameworks.contains_key(&id) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "No framework found with specified ID",
+        );
+    }
+    core.remove_framework(&id);
+    StatusCode::OK.into_response()
+}
+
 async fn master_state(State(core): State<Arc<Core>>) -> Response {
+    json_response(&state_json(&core))
+}
+
+fn state_json(core: &Arc<Core>) -> serde_json::Value {
     let st = core.lock();
     let res = |r: &crate::resources::Resources| {
         let mut m = serde_json::Map::new();
@@ -255,8 +321,7 @@ async fn master_state(State(core): State<Arc<Core>>) -> Response {
         "frameworks": frameworks,
         "completed_frameworks": st.completed.iter().map(|id| serde_json::json!({"id": id})).collect::<Vec<_>>(),
     });
-    drop(st);
-    ([(header::CONTENT_TYPE, JSON)], body.to_string()).into_response()
+    body
 }
 
 async fn scheduler(

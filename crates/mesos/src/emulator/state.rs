@@ -250,6 +250,11 @@ impl Core {
                 "'FrameworkInfo.role' must not be set with the MULTI_ROLE capability".into(),
             );
         }
+        if let Some(existing) = info.id.as_ref().and_then(|id| st.frameworks.get(&id.value))
+            && existing.info.principal != info.principal
+        {
+            return Some("Changing framework's principal is not allowed".into());
+        }
         let mut seen = BTreeSet::new();
         if info.roles.iter().any(|r| !seen.insert(r)) {
             return Some("'FrameworkInfo.roles' contains duplicate entries".into());
