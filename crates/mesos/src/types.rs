@@ -125,6 +125,17 @@ pub struct Resource {
     /// Legacy role (`"*"` = unreserved).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Role the resource is allocated to (MULTI_ROLE frameworks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation_info: Option<AllocationInfo>,
+}
+
+/// `Resource.AllocationInfo` / `Offer.allocation_info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AllocationInfo {
+    /// The role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 impl Resource {
@@ -137,6 +148,7 @@ impl Resource {
             ranges: None,
             set: None,
             role: Some("*".into()),
+            allocation_info: None,
         }
     }
 
@@ -154,6 +166,7 @@ impl Resource {
             }),
             set: None,
             role: Some("*".into()),
+            allocation_info: None,
         }
     }
 }
@@ -609,6 +622,9 @@ pub struct Offer {
     /// Executors of this framework already on the agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub executor_ids: Vec<Id>,
+    /// Role the offer is allocated to (MULTI_ROLE frameworks only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation_info: Option<AllocationInfo>,
 }
 
 /// `AgentInfo` (sent to executors in SUBSCRIBED).

@@ -434,3 +434,39 @@ async fn operator_endpoints_and_teardown() {
     h.stop();
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_role_offers_carry_allocation_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let mut info = framework(None, 60.0);
+    info.roles = vec!["kaon".into()];
+    info.capabilities = vec![kaon_mesos::types::Capability {
+        kind: "MULTI_ROLE".into(),
+    }];
+    let (h, mut rx) = driver(&emu.master_url(), info);
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    assert_eq!(
+        offer
+            .allocation_info
+            .as_ref()
+            .and_then(|a| a.role.as_deref()),
+        Some("kaon")
+    );
+    assert!(
+        offer
+            .resources
+            .iter()
+            .all(|r| r.allocation_info == offer.allocation_info)
+    );
+    // Resources echoed back with allocation_info are accepted.
+    let mut t = command_task("mr", &offer, "true");
+    for r in t.resources.iter_mut() {
+        r.allocation_info = offer.allocation_info.clone();
+    }
+    launch(&h, &offer, vec![t]).await;
+    update_acking(&h, &mut rx, "mr", TaskState::Finished).await;
+    h.stop();
+    emu.shutdown().await;
+}

@@ -471,6 +471,13 @@ impl Core {
             });
             let Some(fw) = target else { continue };
             let fw_id = fw.id.clone();
+            // MULTI_ROLE frameworks see which role each offer is for.
+            let allocation =
+                fw.info
+                    .has_capability("MULTI_ROLE")
+                    .then(|| crate::types::AllocationInfo {
+                        role: Some(fw.info.roles.first().cloned().unwrap_or_else(|| "*".into())),
+                    });
             let executor_ids: Vec<Id> = st.agents[a]
                 .executors
                 .iter()
@@ -494,9 +501,17 @@ impl Core {
                     },
                     path: Some("/slave(1)".into()),
                 }),
-                resources: avail.to_mesos(),
+                resources: avail
+                    .to_mesos()
+                    .into_iter()
+                    .map(|mut r| {
+                        r.allocation_info = allocation.clone();
+                        r
+                    })
+                    .collect(),
                 attributes: agent.attributes.clone(),
                 executor_ids,
+                allocation_info: allocation,
             };
             st.offers.insert(
                 offer_id,
