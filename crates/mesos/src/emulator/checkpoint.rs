@@ -292,6 +292,8 @@ pub(crate) fn restore(ck: Checkpoint, st: &mut State) -> Vec<(usize, String, Str
                     sandbox: e.sandbox,
                     kill_requested: false,
                     shutting_down: false,
+                    // Recovered executors re-subscribe after the restart.
+                    subscribed_before: true,
                 },
             );
         }

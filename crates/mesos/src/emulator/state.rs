@@ -110,6 +110,9 @@ pub(crate) struct ExecRec {
     pub sandbox: PathBuf,
     pub kill_requested: bool,
     pub shutting_down: bool,
+    /// Whether the executor has subscribed before (a new SUBSCRIBE is a
+    /// re-subscription, e.g. after an agent restart).
+    pub subscribed_before: bool,
 }
 
 impl ExecRec {
@@ -934,6 +937,7 @@ impl Core {
             sandbox: sandbox.clone(),
             kill_requested: false,
             shutting_down: false,
+            subscribed_before: false,
         };
         if !command_task {
             rec.queued.push(task.clone());
@@ -1486,9 +1490,52 @@ impl Core {
                 self.status_update(&mut st, agent, framework, u.status.clone());
             }
         }
+        // On re-subscription, tasks delivered to the executor that are still
+        // STAGING and that it does not list were lost in transit.
+        let lost: Vec<String> = match st.agents[agent]
+            .executors
+            .get(&(framework.to_owned(), executor.to_owned()))
+        {
+            Some(e) if e.subscribed_before => e
+                .tasks
+                .iter()
+                .filter(|t| !e.queued.iter().any(|q| &q.task_id.value == *t))
+                .filter(|t| {
+                    !sub.unacknowledged_tasks
+                        .iter()
+                        .any(|u| &u.task_id.value == *t)
+                })
+                .filter(|t| {
+                    st.frameworks
+                        .get(framework)
+                        .and_then(|f| f.tasks.get(*t))
+                        .is_some_and(|r| r.status.state == TaskState::Staging)
+                })
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        let partition_aware = st
+            .frameworks
+            .get(framework)
+            .is_some_and(Framework::partition_aware);
+        for t in lost {
+            let state = if partition_aware {
+                TaskState::Dropped
+            } else {
+                TaskState::Lost
+            };
+            let mut s = TaskStatus::new(Id::new(&t), state);
+            s.source = Some(Source::Agent);
+            s.reason = Some("REASON_AGENT_RESTARTED".into());
+            s.message = Some("Task was not listed by the re-subscribing executor".into());
+            s.uuid = Some(new_uuid());
+            self.status_update(&mut st, agent, framework, s);
+        }
         let e = st.agents[agent]
             .executors
             .get_mut(&(framework.to_owned(), executor.to_owned()))?;
+        e.subscribed_before = true;
         let mut ev = ex::Event::bare(ex::EventType::Subscribed);
         ev.subscribed = Some(ex::Subscribed {
             executor_info: e.info.clone(),
