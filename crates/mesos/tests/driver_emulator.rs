@@ -470,3 +470,45 @@ async fn multi_role_offers_carry_allocation_info() {
     h.stop();
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unstartable_executor_fails_with_container_launch_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    let mut t = command_task("nope", &offer, "true");
+    t.command = None;
+    t.executor = Some(kaon_mesos::executor::executor_info(
+        "nope-exec",
+        "/nonexistent/kaon-executor",
+        resources(0.05, 32.0),
+    ));
+    launch(&h, &offer, vec![t]).await;
+    let failed = update_acking(&h, &mut rx, "nope", TaskState::Failed).await;
+    assert_eq!(
+        failed.reason.as_deref(),
+        Some("REASON_CONTAINER_LAUNCH_FAILED")
+    );
+    assert!(
+        failed
+            .message
+            .unwrap()
+            .contains("/nonexistent/kaon-executor")
+    );
+    // A task that fails validation gets TASK_ERROR without uuid.
+    let again = offers(&mut rx).await.remove(0);
+    let mut bad = command_task("bad", &again, "true");
+    bad.executor = Some(kaon_mesos::executor::executor_info(
+        "e",
+        "kaon-executor",
+        vec![],
+    ));
+    launch(&h, &again, vec![bad]).await;
+    let err = update(&mut rx, "bad", TaskState::Error).await;
+    assert_eq!(err.reason.as_deref(), Some("REASON_TASK_INVALID"));
+    assert!(err.uuid.is_none());
+    h.stop();
+    emu.shutdown().await;
+}

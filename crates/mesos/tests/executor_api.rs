@@ -78,7 +78,9 @@ async fn third_party_executor_protocol_and_lost_tasks_on_resubscribe() {
         kind: Some(ExecutorType::Custom),
         executor_id: Id::new("raw-exec"),
         framework_id: None,
-        command: Some(CommandInfo::shell("env > env.tmp && mv env.tmp env.txt; exec sleep 30")),
+        command: Some(CommandInfo::shell(
+            "env > env.tmp && mv env.tmp env.txt; exec sleep 30",
+        )),
         resources: resources(0.05, 32.0),
         name: None,
         data: None,

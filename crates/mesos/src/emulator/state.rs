@@ -160,6 +160,19 @@ impl Agent {
     }
 }
 
+/// A process start prepared under the lock and run outside it.
+pub(crate) struct SpawnJob {
+    agent: usize,
+    framework: String,
+    executor_id: String,
+    task_id: Id,
+    command: CommandInfo,
+    env: Vec<(String, String)>,
+    sandbox: PathBuf,
+    survive: bool,
+    command_task: bool,
+}
+
 pub(crate) struct OutstandingOffer {
     pub framework: String,
     pub agent: usize,
@@ -762,10 +775,14 @@ impl Core {
             launches.push((task, need));
         }
         Self::add_filter(&mut st, framework, agent, pool, a.filters.as_ref());
-        for (task, need) in launches {
-            self.launch(&mut st, framework, agent, task, need);
-        }
+        let jobs: Vec<SpawnJob> = launches
+            .into_iter()
+            .filter_map(|(task, need)| self.launch(&mut st, framework, agent, task, need))
+            .collect();
         drop(st);
+        for job in jobs {
+            self.run_spawn(job);
+        }
         self.allocate.notify_one();
     }
 
@@ -857,7 +874,7 @@ impl Core {
         agent: usize,
         task: TaskInfo,
         need: Resources,
-    ) {
+    ) -> Option<SpawnJob> {
         let task_id = task.task_id.value.clone();
         let executor_id = task
             .executor
@@ -896,7 +913,7 @@ impl Core {
             } else {
                 e.queued.push(task);
             }
-            return;
+            return None;
         }
         let sandbox = self.sandbox(st, framework, agent, &executor_id);
         let (command, info, command_task, exec_resources) = match &task.executor {
@@ -947,34 +964,86 @@ impl Core {
                 .frameworks
                 .get(framework)
                 .is_some_and(|f| f.info.checkpoint == Some(true));
-        match process::spawn(&command, &env, &sandbox, !survive) {
+        // Registered now (so more tasks for this executor queue up behind
+        // it); the fork/exec happens in `run_spawn`, outside the lock.
+        st.agents[agent].executors.insert(key, rec);
+        Some(SpawnJob {
+            agent,
+            framework: framework.to_owned(),
+            executor_id,
+            task_id: task.task_id.clone(),
+            command,
+            env,
+            sandbox,
+            survive,
+            command_task,
+        })
+    }
+
+    /// Starts the process of a launch prepared under the lock. Runs without
+    /// the state lock held, so acknowledgements and other calls interleave
+    /// with a large ACCEPT.
+    fn run_spawn(self: &Arc<Self>, job: SpawnJob) {
+        let spawned = process::spawn(&job.command, &job.env, &job.sandbox, !job.survive);
+        let mut st = self.lock();
+        let key = (job.framework.clone(), job.executor_id.clone());
+        match spawned {
             Ok(child) => {
-                rec.pgid = child.id().map(|p| p as i32);
-                st.agents[agent].executors.insert(key, rec);
+                let pgid = child.id().map(|p| p as i32);
                 st.live_processes += 1;
-                self.watch_child(child, agent, framework.to_owned(), executor_id.clone());
-                if command_task {
+                self.watch_child(
+                    child,
+                    job.agent,
+                    job.framework.clone(),
+                    job.executor_id.clone(),
+                );
+                let Some(e) = st.agents[job.agent].executors.get_mut(&key) else {
+                    // Removed while starting (teardown, shutdown): stop it.
+                    if let Some(p) = pgid {
+                        process::signal_group(p, libc::SIGKILL);
+                    }
+                    return;
+                };
+                e.pgid = pgid;
+                if e.kill_requested || e.shutting_down {
+                    // A KILL or SHUTDOWN arrived while the process started.
+                    if let Some(p) = pgid {
+                        process::signal_group(p, libc::SIGTERM);
+                        self.kill_after(p, self.config.command_kill_grace);
+                    }
+                }
+                if job.command_task {
                     for state in [TaskState::Starting, TaskState::Running] {
-                        let mut s = TaskStatus::new(task.task_id.clone(), state);
+                        let mut s = TaskStatus::new(job.task_id.clone(), state);
                         s.source = Some(Source::Executor);
                         s.uuid = Some(new_uuid());
-                        self.status_update(st, agent, framework, s);
+                        self.status_update(&mut st, job.agent, &job.framework, s);
                     }
                 } else {
-                    self.arm_registration_timeout(agent, framework.to_owned(), executor_id);
+                    self.arm_registration_timeout(
+                        job.agent,
+                        job.framework.clone(),
+                        job.executor_id.clone(),
+                    );
                 }
             }
             Err(err) => {
-                tracing::warn!(%err, task = %task_id, "task launch failed");
-                st.agents[agent].executors.insert(key.clone(), rec);
-                let mut s = TaskStatus::new(task.task_id.clone(), TaskState::Failed);
-                s.source = Some(Source::Agent);
-                s.reason = Some("REASON_CONTAINER_LAUNCH_FAILED".into());
-                s.message = Some(err.to_string());
-                s.uuid = Some(new_uuid());
-                self.status_update(st, agent, framework, s);
-                if let Some(e) = st.agents[agent].executors.remove(&key) {
-                    st.agents[agent].used.subtract(&e.resources);
+                tracing::warn!(%err, task = %job.task_id, "task launch failed");
+                let tasks: Vec<String> = st.agents[job.agent]
+                    .executors
+                    .get(&key)
+                    .map(|e| e.tasks.iter().cloned().collect())
+                    .unwrap_or_default();
+                for t in tasks {
+                    let mut s = TaskStatus::new(Id::new(&t), TaskState::Failed);
+                    s.source = Some(Source::Agent);
+                    s.reason = Some("REASON_CONTAINER_LAUNCH_FAILED".into());
+                    s.message = Some(err.to_string());
+                    s.uuid = Some(new_uuid());
+                    self.status_update(&mut st, job.agent, &job.framework, s);
+                }
+                if let Some(e) = st.agents[job.agent].executors.remove(&key) {
+                    st.agents[job.agent].used.subtract(&e.resources);
                 }
             }
         }
