@@ -1,0 +1,883 @@
+//! kaon's custom Mesos executor (the `kaon-executor` binary).
+//!
+//! It speaks the v1 executor HTTP API to the agent named in its environment,
+//! runs each step's command in its own process group with stdout/stderr
+//! going to files in the sandbox, relays progress and heartbeats as framework
+//! messages, and reports the step's outputs in the terminal status `data`.
+//! The step-facing contract is documented in the crate README.
+
+use crate::emulator::process::parse_stout_duration;
+use crate::recordio::{Decoder, RECORD_BYTES_MAX_DEFAULT};
+use crate::types::executor::{self as ex, Call, CallType, Event, EventType};
+use crate::types::{B64, Id, Source, TaskInfo, TaskState, TaskStatus};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+/// Default cap of the outputs file, in bytes (status `data` travels through
+/// the master and the scheduler's log, so it must stay small).
+pub const OUTPUTS_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// Default SIGTERM→SIGKILL grace for a killed step.
+pub const KILL_GRACE_DEFAULT: Duration = Duration::from_secs(3);
+/// Default period of heartbeat framework messages per running step.
+pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(10);
+/// How often the progress file is checked for new lines.
+pub const PROGRESS_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest progress line kept, in bytes; longer lines are truncated.
+pub const PROGRESS_LINE_BYTES_MAX: usize = 4096;
+/// Env var naming the file where the step writes its outputs (JSON object).
+pub const ENV_OUTPUTS_FILE: &str = "KAON_OUTPUTS_FILE";
+/// Env var naming the file where the step appends progress lines.
+pub const ENV_PROGRESS_FILE: &str = "KAON_PROGRESS_FILE";
+/// Env var carrying the task id to the step.
+pub const ENV_TASK_ID: &str = "KAON_TASK_ID";
+
+/// What to run, carried as JSON in `TaskInfo.data` of a custom-executor task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct StepSpec {
+    /// argv to exec directly (argv\[0\] is the program); takes precedence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+    /// Shell command run with `/bin/sh -c` when `argv` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// Extra environment for the step.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Cap of the outputs file in bytes (default [`OUTPUTS_BYTES_MAX_DEFAULT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs_bytes_max: Option<usize>,
+    /// SIGTERM→SIGKILL grace in seconds (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_grace_seconds: Option<f64>,
+    /// Heartbeat message period in seconds (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_seconds: Option<f64>,
+}
+
+/// JSON put in `TaskStatus.data` of the terminal update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepResult {
+    /// Exit code, when the step exited normally.
+    pub exit_code: Option<i32>,
+    /// Signal number, when the step was killed by a signal.
+    pub signal: Option<i32>,
+    /// The outputs object (absent on failure to read it).
+    pub outputs: Option<serde_json::Value>,
+    /// Machine-readable cause: `exited`, `nonzero_exit`, `signaled`,
+    /// `killed`, `outputs_too_large`, `outputs_invalid`, `spawn_failed`,
+    /// `bad_step_spec`.
+    pub reason: String,
+    /// Human-readable detail on failure.
+    pub error: Option<String>,
+}
+
+/// Framework message payloads (JSON) sent to the scheduler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExecutorMessage {
+    /// The step is alive.
+    Heartbeat {
+        /// Task.
+        task_id: String,
+    },
+    /// Percent complete reported by the step (0–100).
+    Progress {
+        /// Task.
+        task_id: String,
+        /// Percent.
+        percent: f64,
+    },
+    /// Free-text status reported by the step.
+    Status {
+        /// Task.
+        task_id: String,
+        /// Text.
+        text: String,
+    },
+}
+
+/// Why the executor could not run.
+#[derive(Debug, Error)]
+pub enum ExecutorError {
+    /// A required environment variable is missing.
+    #[error("environment variable {0} is not set; kaon-executor must be started by a Mesos agent")]
+    MissingEnv(&'static str),
+    /// The agent refused or could not be reached.
+    #[error("agent {endpoint}: {detail}")]
+    Agent {
+        /// Agent address.
+        endpoint: String,
+        /// What happened.
+        detail: String,
+    },
+}
+
+/// The executor's view of its environment (set by the agent).
+#[derive(Debug, Clone)]
+pub struct ExecutorEnv {
+    /// `http://<MESOS_AGENT_ENDPOINT>/api/v1/executor`.
+    pub agent_url: String,
+    /// Framework id.
+    pub framework_id: String,
+    /// Executor id.
+    pub executor_id: String,
+    /// Sandbox directory.
+    pub sandbox: PathBuf,
+    /// Whether the framework checkpoints (then reconnect after agent loss).
+    pub checkpoint: bool,
+    /// Total time to keep trying to reconnect (MESOS_RECOVERY_TIMEOUT).
+    pub recovery_timeout: Duration,
+    /// Max backoff between reconnects (MESOS_SUBSCRIPTION_BACKOFF_MAX).
+    pub subscription_backoff_max: Duration,
+    /// Grace for SHUTDOWN (MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD).
+    pub shutdown_grace: Duration,
+}
+
+impl ExecutorEnv {
+    /// Reads the Mesos executor environment.
+    pub fn from_env() -> Result<Self, ExecutorError> {
+        let get = |k: &'static str| std::env::var(k).map_err(|_| ExecutorError::MissingEnv(k));
+        let dur = |k: &str, d: Duration| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| parse_stout_duration(&v))
+                .unwrap_or(d)
+        };
+        Ok(ExecutorEnv {
+            agent_url: format!("http://{}/api/v1/executor", get("MESOS_AGENT_ENDPOINT")?),
+            framework_id: get("MESOS_FRAMEWORK_ID")?,
+            executor_id: get("MESOS_EXECUTOR_ID")?,
+            sandbox: PathBuf::from(get("MESOS_DIRECTORY")?),
+            checkpoint: std::env::var("MESOS_CHECKPOINT").is_ok_and(|v| v == "1"),
+            recovery_timeout: dur("MESOS_RECOVERY_TIMEOUT", Duration::from_secs(15 * 60)),
+            subscription_backoff_max: dur("MESOS_SUBSCRIPTION_BACKOFF_MAX", Duration::from_secs(2)),
+            shutdown_grace: dur(
+                "MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD",
+                Duration::from_secs(5),
+            ),
+        })
+    }
+}
+
+/// Reads and bounds the outputs file. `Ok(None)` when the step wrote none.
+pub fn read_outputs(
+    path: &Path,
+    outputs_bytes_max: usize,
+) -> Result<Option<serde_json::Value>, (String, String)> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err((
+                "outputs_invalid".into(),
+                format!("cannot stat outputs file {}: {e}", path.display()),
+            ));
+        }
+    };
+    if meta.len() > outputs_bytes_max as u64 {
+        return Err((
+            "outputs_too_large".into(),
+            format!(
+                "outputs file is {} bytes, over the limit of {outputs_bytes_max} bytes",
+                meta.len()
+            ),
+        ));
+    }
+    let bytes = std::fs::read(path).map_err(|e| {
+        (
+            "outputs_invalid".into(),
+            format!("cannot read outputs file: {e}"),
+        )
+    })?;
+    if bytes.len() > outputs_bytes_max {
+        return Err((
+            "outputs_too_large".into(),
+            format!(
+                "outputs file grew to {} bytes, over the limit of {outputs_bytes_max} bytes",
+                bytes.len()
+            ),
+        ));
+    }
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(Some(v)),
+        Ok(_) => Err((
+            "outputs_invalid".into(),
+            "outputs file must hold a JSON object".into(),
+        )),
+        Err(e) => Err((
+            "outputs_invalid".into(),
+            format!("outputs file is not valid JSON: {e}"),
+        )),
+    }
+}
+
+/// Parses one progress line (`percent 42`, `status some text`).
+pub fn parse_progress_line(task_id: &str, line: &str) -> Option<ExecutorMessage> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+    match word {
+        "percent" => {
+            let p: f64 = rest.trim().parse().ok()?;
+            (p.is_finite() && (0.0..=100.0).contains(&p)).then(|| ExecutorMessage::Progress {
+                task_id: task_id.into(),
+                percent: p,
+            })
+        }
+        "status" => Some(ExecutorMessage::Status {
+            task_id: task_id.into(),
+            text: rest.to_owned(),
+        }),
+        _ => None,
+    }
+}
+
+/// Incremental reader of a step's progress file (shared between the poller
+/// and the final drain when the step exits).
+struct ProgressReader {
+    path: PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl ProgressReader {
+    fn poll(&mut self, task_id: &str) -> Vec<ExecutorMessage> {
+        let mut out = Vec::new();
+        let Ok(bytes) = read_from(&self.path, self.offset) else {
+            return out;
+        };
+        self.offset += bytes.len() as u64;
+        for b in bytes {
+            if b == b'\n' {
+                let line = String::from_utf8_lossy(&self.partial).into_owned();
+                self.partial.clear();
+                match parse_progress_line(task_id, &line) {
+                    Some(m) => out.push(m),
+                    None => {
+                        tracing::info!(task = %task_id, %line, "unrecognised progress line ignored")
+                    }
+                }
+            } else if self.partial.len() < PROGRESS_LINE_BYTES_MAX {
+                self.partial.push(b);
+            }
+        }
+        out
+    }
+}
+
+type SharedProgress = std::sync::Arc<std::sync::Mutex<ProgressReader>>;
+
+enum Internal {
+    Exited {
+        task_id: String,
+        status: Option<std::process::ExitStatus>,
+    },
+    Message(ExecutorMessage),
+}
+
+struct Running {
+    pgid: i32,
+    progress: SharedProgress,
+    killed: bool,
+    spec: StepSpec,
+    dir: PathBuf,
+}
+
+struct Executor {
+    env: ExecutorEnv,
+    client: reqwest::Client,
+    tasks: HashMap<String, Running>,
+    /// Launched tasks with no acknowledged update yet.
+    unacked_tasks: BTreeMap<String, TaskInfo>,
+    /// Updates sent but not ACKNOWLEDGED, in send order.
+    unacked_updates: Vec<TaskStatus>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    launched_any: bool,
+    shutting_down: bool,
+    /// The framework understands TASK_KILLING (from SUBSCRIBED).
+    killing_state: bool,
+}
+
+/// Runs the executor until it is shut down or its work is done. Returns the
+/// process exit code.
+pub async fn run(env: ExecutorEnv) -> Result<i32, ExecutorError> {
+    let (internal_tx, mut internal_rx) = mpsc::unbounded_channel();
+    let mut exe = Executor {
+        env,
+        client: reqwest::Client::new(),
+        tasks: HashMap::new(),
+        unacked_tasks: BTreeMap::new(),
+        unacked_updates: Vec::new(),
+        internal_tx,
+        launched_any: false,
+        shutting_down: false,
+        killing_state: false,
+    };
+    let mut sigterm =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut disconnected_since: Option<Instant> = None;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let resp = exe.subscribe().await;
+        let mut resp = match resp {
+            Ok(r) => {
+                disconnected_since = None;
+                backoff = Duration::from_millis(50);
+                r
+            }
+            Err(e) => {
+                let since = *disconnected_since.get_or_insert_with(Instant::now);
+                if !exe.env.checkpoint || since.elapsed() > exe.env.recovery_timeout {
+                    exe.kill_all(Duration::ZERO);
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, "agent unreachable; retrying subscription");
+                // Keep handling step exits and progress while the agent is
+                // away; updates that cannot be sent stay unacknowledged and
+                // travel in the next SUBSCRIBE.
+                let pause = tokio::time::sleep(backoff);
+                tokio::pin!(pause);
+                loop {
+                    tokio::select! {
+                        _ = &mut pause => break,
+                        Some(msg) = internal_rx.recv() => exe.on_internal(msg).await,
+                    }
+                }
+                backoff = (backoff * 2).min(exe.env.subscription_backoff_max);
+                continue;
+            }
+        };
+        let mut decoder = Decoder::new(RECORD_BYTES_MAX_DEFAULT);
+        let stream_end = loop {
+            tokio::select! {
+                chunk = resp.chunk() => {
+                    let chunk = match chunk {
+                        Ok(Some(c)) => c,
+                        Ok(None) => break "agent closed the stream".to_string(),
+                        Err(e) => break format!("stream read failed: {e}"),
+                    };
+                    let records = match decoder.feed(&chunk) {
+                        Ok(r) => r,
+                        Err(e) => break e.to_string(),
+                    };
+                    for r in records {
+                        match serde_json::from_slice::<Event>(&r) {
+                            Ok(ev) => exe.on_event(ev).await,
+                            Err(e) => tracing::warn!(error = %e, "undecodable executor event ignored"),
+                        }
+                    }
+                }
+                Some(msg) = internal_rx.recv() => exe.on_internal(msg).await,
+                _ = async { match sigterm.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {
+                    tracing::info!("SIGTERM: shutting down");
+                    exe.shutdown();
+                }
+            }
+            if exe.done() {
+                return Ok(0);
+            }
+        };
+        tracing::warn!(reason = %stream_end, "lost the agent");
+        if !exe.env.checkpoint {
+            exe.kill_all(Duration::ZERO);
+            return Err(ExecutorError::Agent {
+                endpoint: exe.env.agent_url.clone(),
+                detail: stream_end,
+            });
+        }
+        disconnected_since.get_or_insert_with(Instant::now);
+    }
+}
+
+impl Executor {
+    fn done(&self) -> bool {
+        (self.launched_any || self.shutting_down)
+            && self.tasks.is_empty()
+            && self.unacked_updates.is_empty()
+    }
+
+    fn call(&self, kind: CallType) -> Call {
+        Call {
+            executor_id: Id::new(&self.env.executor_id),
+            framework_id: Id::new(&self.env.framework_id),
+            kind,
+            subscribe: None,
+            update: None,
+            message: None,
+        }
+    }
+
+    async fn post(&self, call: &Call) -> Result<reqwest::Response, ExecutorError> {
+        let err = |detail: String| ExecutorError::Agent {
+            endpoint: self.env.agent_url.clone(),
+            detail,
+        };
+        let resp = self
+            .client
+            .post(&self.env.agent_url)
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json")
+            .body(serde_json::to_vec(call).unwrap_or_default())
+            .send()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            return Err(err(format!(
+                "{status}: {}",
+                resp.text().await.unwrap_or_default()
+            )));
+        }
+        Ok(resp)
+    }
+
+    async fn subscribe(&self) -> Result<reqwest::Response, ExecutorError> {
+        let mut call = self.call(CallType::Subscribe);
+        call.subscribe = Some(ex::Subscribe {
+            unacknowledged_tasks: self.unacked_tasks.values().cloned().collect(),
+            unacknowledged_updates: self
+                .unacked_updates
+                .iter()
+                .map(|s| ex::UnackedUpdate { status: s.clone() })
+                .collect(),
+        });
+        self.post(&call).await
+    }
+
+    async fn send_update(
+        &mut self,
+        task_id: &str,
+        state: TaskState,
+        message: Option<String>,
+        data: Option<Vec<u8>>,
+    ) {
+        let mut status = TaskStatus::new(Id::new(task_id), state);
+        status.source = Some(Source::Executor);
+        status.executor_id = Some(Id::new(&self.env.executor_id));
+        status.message = message;
+        status.data = data.map(B64);
+        status.uuid = Some(B64(uuid::Uuid::new_v4().as_bytes().to_vec()));
+        status.timestamp = Some(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        );
+        self.unacked_updates.push(status.clone());
+        let mut call = self.call(CallType::Update);
+        call.update = Some(ex::Update { status });
+        if let Err(e) = self.post(&call).await {
+            // Kept in unacked_updates; resent with the next SUBSCRIBE.
+            tracing::warn!(error = %e, task = task_id, "status update not delivered yet");
+        }
+    }
+
+    async fn send_message(&self, msg: &ExecutorMessage) {
+        let mut call = self.call(CallType::Message);
+        call.message = Some(ex::Message {
+            data: B64(serde_json::to_vec(msg).unwrap_or_default()),
+        });
+        if let Err(e) = self.post(&call).await {
+            tracing::debug!(error = %e, "framework message dropped");
+        }
+    }
+
+    async fn on_event(&mut self, ev: Event) {
+        match ev.kind {
+            EventType::Subscribed => {
+                if let Some(sub) = ev.subscribed {
+                    self.killing_state = sub.framework_info.has_capability("TASK_KILLING_STATE");
+                }
+                tracing::info!("subscribed to agent");
+            }
+            EventType::Launch => {
+                if let Some(l) = ev.launch {
+                    self.launch(l.task).await;
+                }
+            }
+            EventType::Kill => {
+                if let Some(k) = ev.kill {
+                    let grace = k
+                        .kill_policy
+                        .and_then(|p| p.grace_period)
+                        .map(|g| g.to_std());
+                    let first = self.tasks.get(&k.task_id.value).is_some_and(|t| !t.killed);
+                    self.kill(&k.task_id.value, grace);
+                    if first && self.killing_state {
+                        self.send_update(&k.task_id.value, TaskState::Killing, None, None)
+                            .await;
+                    }
+                }
+            }
+            EventType::Acknowledged => {
+                if let Some(a) = ev.acknowledged {
+                    self.unacked_updates
+                        .retain(|s| s.uuid.as_ref() != Some(&a.uuid));
+                    self.unacked_tasks.remove(&a.task_id.value);
+                }
+            }
+            EventType::Message => tracing::info!("framework message from the scheduler ignored"),
+            EventType::Shutdown => self.shutdown(),
+            EventType::Error => {
+                tracing::warn!(message = ?ev.error.map(|e| e.message), "agent reported an error")
+            }
+            EventType::Heartbeat => {}
+            other => tracing::info!(event = ?other, "ignoring executor event type"),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.shutting_down = true;
+        self.kill_all(
+            self.env
+                .shutdown_grace
+                .saturating_sub(Duration::from_millis(500)),
+        );
+    }
+
+    fn kill_all(&mut self, grace: Duration) {
+        let ids: Vec<String> = self.tasks.keys().cloned().collect();
+        for id in ids {
+            self.kill(&id, Some(grace));
+        }
+    }
+
+    fn kill(&mut self, task_id: &str, grace: Option<Duration>) {
+        let Some(t) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        let grace = grace
+            .or(t
+                .spec
+                .kill_grace_seconds
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64))
+            .unwrap_or(KILL_GRACE_DEFAULT);
+        t.killed = true;
+        let pgid = t.pgid;
+        crate::emulator::process::signal_group(pgid, libc::SIGTERM);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            crate::emulator::process::signal_group(pgid, libc::SIGKILL);
+        });
+    }
+
+    async fn launch(&mut self, task: TaskInfo) {
+        let task_id = task.task_id.value.clone();
+        self.launched_any = true;
+        self.unacked_tasks.insert(task_id.clone(), task.clone());
+        let spec: StepSpec = match task
+            .data
+            .as_ref()
+            .map(|d| serde_json::from_slice::<StepSpec>(&d.0))
+        {
+            Some(Ok(s)) if !s.argv.is_empty() || s.shell.is_some() => s,
+            other => {
+                let detail = match other {
+                    Some(Err(e)) => format!("TaskInfo.data is not a kaon step spec: {e}"),
+                    _ => "TaskInfo.data must carry a step spec with 'argv' or 'shell'".into(),
+                };
+                let result = StepResult {
+                    exit_code: None,
+                    signal: None,
+                    outputs: None,
+                    reason: "bad_step_spec".into(),
+                    error: Some(detail.clone()),
+                };
+                self.send_update(
+                    &task_id,
+                    TaskState::Failed,
+                    Some(detail),
+                    serde_json::to_vec(&result).ok(),
+                )
+                .await;
+                return;
+            }
+        };
+        let dir = self.env.sandbox.join("tasks").join(sanitize(&task_id));
+        match self.spawn_step(&task_id, &spec, &dir) {
+            Ok(pgid) => {
+                let progress = std::sync::Arc::new(std::sync::Mutex::new(ProgressReader {
+                    path: dir.join("progress"),
+                    offset: 0,
+                    partial: Vec::new(),
+                }));
+                self.tasks.insert(
+                    task_id.clone(),
+                    Running {
+                        pgid,
+                        progress: progress.clone(),
+                        killed: false,
+                        spec: spec.clone(),
+                        dir: dir.clone(),
+                    },
+                );
+                self.send_update(&task_id, TaskState::Running, None, None)
+                    .await;
+                self.watch_progress(task_id, progress, &spec);
+            }
+            Err(detail) => {
+                let result = StepResult {
+                    exit_code: None,
+                    signal: None,
+                    outputs: None,
+                    reason: "spawn_failed".into(),
+                    error: Some(detail.clone()),
+                };
+                self.send_update(
+                    &task_id,
+                    TaskState::Failed,
+                    Some(detail),
+                    serde_json::to_vec(&result).ok(),
+                )
+                .await;
+            }
+        }
+    }
+
+    fn spawn_step(&self, task_id: &str, spec: &StepSpec, dir: &Path) -> Result<i32, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let file = |name: &str| {
+            std::fs::File::create(dir.join(name)).map_err(|e| format!("cannot create {name}: {e}"))
+        };
+        let (stdout, stderr) = (file("stdout")?, file("stderr")?);
+        file("progress")?;
+        let _ = std::fs::remove_file(dir.join("outputs.json"));
+        let mut cmd = match spec.argv.split_first() {
+            Some((prog, args)) => {
+                let mut c = tokio::process::Command::new(prog);
+                c.args(args);
+                c
+            }
+            None => {
+                let mut c = tokio::process::Command::new("/bin/sh");
+                c.arg("-c").arg(spec.shell.clone().unwrap_or_default());
+                c
+            }
+        };
+        cmd.current_dir(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .envs(&spec.env)
+            .env(ENV_OUTPUTS_FILE, dir.join("outputs.json"))
+            .env(ENV_PROGRESS_FILE, dir.join("progress"))
+            .env(ENV_TASK_ID, task_id)
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe; the step dies with the executor.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start step: {e}"))?;
+        let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+        let tx = self.internal_tx.clone();
+        let task_id = task_id.to_owned();
+        tokio::spawn(async move {
+            let status = child.wait().await.ok();
+            let _ = tx.send(Internal::Exited { task_id, status });
+        });
+        Ok(pgid)
+    }
+
+    fn watch_progress(&self, task_id: String, progress: SharedProgress, spec: &StepSpec) {
+        let tx = self.internal_tx.clone();
+        let heartbeat = spec
+            .heartbeat_seconds
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(Duration::from_secs_f64)
+            .unwrap_or(HEARTBEAT_DEFAULT);
+        tokio::spawn(async move {
+            let mut next_heartbeat = tokio::time::Instant::now() + heartbeat;
+            loop {
+                tokio::time::sleep(PROGRESS_POLL_INTERVAL).await;
+                let msgs = progress
+                    .lock()
+                    .map(|mut p| p.poll(&task_id))
+                    .unwrap_or_default();
+                for m in msgs {
+                    if tx.send(Internal::Message(m)).is_err() {
+                        return;
+                    }
+                }
+                if tokio::time::Instant::now() >= next_heartbeat {
+                    next_heartbeat += heartbeat;
+                    if tx
+                        .send(Internal::Message(ExecutorMessage::Heartbeat {
+                            task_id: task_id.clone(),
+                        }))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                if std::sync::Arc::strong_count(&progress) == 1 {
+                    return; // the task is gone
+                }
+            }
+        });
+    }
+
+    async fn on_internal(&mut self, msg: Internal) {
+        match msg {
+            Internal::Message(m) => {
+                let task = match &m {
+                    ExecutorMessage::Heartbeat { task_id }
+                    | ExecutorMessage::Progress { task_id, .. }
+                    | ExecutorMessage::Status { task_id, .. } => task_id,
+                };
+                if self.tasks.contains_key(task) {
+                    self.send_message(&m).await;
+                }
+            }
+            Internal::Exited { task_id, status } => {
+                use std::os::unix::process::ExitStatusExt;
+                let Some(t) = self.tasks.remove(&task_id) else {
+                    return;
+                };
+                // Relay progress written just before exit, before the terminal update.
+                let last = t
+                    .progress
+                    .lock()
+                    .map(|mut p| p.poll(&task_id))
+                    .unwrap_or_default();
+                for m in &last {
+                    self.send_message(m).await;
+                }
+                // Give any leftover children of the step's group the same end.
+                crate::emulator::process::signal_group(t.pgid, libc::SIGKILL);
+                let code = status.and_then(|s| s.code());
+                let signal = status.and_then(|s| s.signal());
+                let limit = t
+                    .spec
+                    .outputs_bytes_max
+                    .unwrap_or(OUTPUTS_BYTES_MAX_DEFAULT);
+                let (state, reason, error, outputs) = if t.killed {
+                    (
+                        TaskState::Killed,
+                        "killed".to_string(),
+                        Some("step killed on request".to_string()),
+                        None,
+                    )
+                } else if let Some(sig) = signal {
+                    (
+                        TaskState::Failed,
+                        "signaled".into(),
+                        Some(format!("step terminated by signal {sig}")),
+                        None,
+                    )
+                } else if code != Some(0) {
+                    (
+                        TaskState::Failed,
+                        "nonzero_exit".into(),
+                        Some(format!("step exited with status {}", code.unwrap_or(-1))),
+                        None,
+                    )
+                } else {
+                    match read_outputs(&t.dir.join("outputs.json"), limit) {
+                        Ok(outputs) => (TaskState::Finished, "exited".into(), None, outputs),
+                        Err((reason, detail)) => (TaskState::Failed, reason, Some(detail), None),
+                    }
+                };
+                let result = StepResult {
+                    exit_code: code,
+                    signal,
+                    outputs,
+                    reason,
+                    error: error.clone(),
+                };
+                self.send_update(&task_id, state, error, serde_json::to_vec(&result).ok())
+                    .await;
+            }
+        }
+    }
+}
+
+fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    f.take(1 << 20).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+fn sanitize(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// An `ExecutorInfo` that runs `kaon-executor` (a bare name the emulator
+/// resolves, or an absolute path on real Mesos).
+pub fn executor_info(
+    executor_id: &str,
+    executor_path: &str,
+    resources: Vec<crate::types::Resource>,
+) -> crate::types::ExecutorInfo {
+    crate::types::ExecutorInfo {
+        kind: Some(crate::types::ExecutorType::Custom),
+        executor_id: Id::new(executor_id),
+        framework_id: None,
+        command: Some(crate::types::CommandInfo {
+            shell: Some(false),
+            value: Some(executor_path.into()),
+            arguments: vec!["kaon-executor".into()],
+            ..Default::default()
+        }),
+        resources,
+        name: Some("kaon executor".into()),
+        data: None,
+        shutdown_grace_period: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines() {
+        assert_eq!(
+            parse_progress_line("t", "percent 42\n"),
+            Some(ExecutorMessage::Progress {
+                task_id: "t".into(),
+                percent: 42.0
+            })
+        );
+        assert_eq!(
+            parse_progress_line("t", "status loading data"),
+            Some(ExecutorMessage::Status {
+                task_id: "t".into(),
+                text: "loading data".into()
+            })
+        );
+        assert_eq!(parse_progress_line("t", "percent 420"), None);
+        assert_eq!(parse_progress_line("t", "percent NaN"), None);
+        assert_eq!(parse_progress_line("t", "bogus"), None);
+    }
+
+    #[test]
+    fn outputs_are_bounded_and_must_be_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("o.json");
+        assert_eq!(read_outputs(&p, 10), Ok(None));
+        std::fs::write(&p, r#"{"a":1}"#).unwrap();
+        assert_eq!(read_outputs(&p, 100), Ok(Some(serde_json::json!({"a":1}))));
+        assert_eq!(read_outputs(&p, 3).unwrap_err().0, "outputs_too_large");
+        std::fs::write(&p, "[1]").unwrap();
+        assert_eq!(read_outputs(&p, 100).unwrap_err().0, "outputs_invalid");
+    }
+}

@@ -1,0 +1,514 @@
+//! Scheduler driver against the emulator over real HTTP on loopback.
+
+mod common;
+
+use common::*;
+use kaon_mesos::driver::{DriverError, DriverEvent};
+use kaon_mesos::emulator::{Emulator, Leadership};
+use kaon_mesos::types::{Id, TaskState};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_task_updates_are_ordered_retried_and_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    let fw = subscribed(&mut rx).await;
+    assert!(fw.value.ends_with("-0000"), "framework id {fw}");
+    assert!(h.stream_id().is_some());
+    let offer = offers(&mut rx).await.remove(0);
+    assert_eq!(offer.framework_id, fw);
+    launch(
+        &h,
+        &offer,
+        vec![command_task("t1", &offer, "echo hello; exit 0")],
+    )
+    .await;
+
+    // STARTING is retried (same uuid) until acknowledged; RUNNING waits behind it.
+    let first = update(&mut rx, "t1", TaskState::Starting).await;
+    let again = wait_for(&mut rx, "retry of STARTING", |e| match e {
+        DriverEvent::Update(s) if s.task_id.value == "t1" => Some(s.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        again.state,
+        TaskState::Starting,
+        "next update must wait for the ack"
+    );
+    assert_eq!(again.uuid, first.uuid);
+    assert_eq!(first.uuid.as_ref().unwrap().0.len(), 16);
+    h.acknowledge(&first).await.unwrap();
+    let running = update_acking(&h, &mut rx, "t1", TaskState::Running).await;
+    assert_eq!(running.agent_id, Some(offer.agent_id.clone()));
+    let done = update_acking(&h, &mut rx, "t1", TaskState::Finished).await;
+    assert_eq!(
+        done.message.as_deref(),
+        Some("Command exited with status 0")
+    );
+    eventually("process reaped", || emu.live_processes() == 0).await;
+    let stdout = std::fs::read_dir(dir.path()).unwrap().count();
+    assert!(stdout > 0);
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_command_reports_exit_code_and_kill_uses_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    launch(
+        &h,
+        &offer,
+        vec![
+            command_task("bad", &offer, "exit 3"),
+            command_task("long", &offer, "sleep 30"),
+        ],
+    )
+    .await;
+    let got = all_acking(
+        &h,
+        &mut rx,
+        &[("bad", TaskState::Failed), ("long", TaskState::Running)],
+    )
+    .await;
+    assert_eq!(
+        got[0].message.as_deref(),
+        Some("Command exited with status 3")
+    );
+    h.kill(Id::new("long"), Some(offer.agent_id.clone()))
+        .await
+        .unwrap();
+    let killed = update_acking(&h, &mut rx, "long", TaskState::Killed).await;
+    assert!(killed.uuid.is_some());
+    eventually("sleep killed", || emu.live_processes() == 0).await;
+    // Killing an unknown task answers like reconciliation (TASK_LOST).
+    h.kill(Id::new("nope"), None).await.unwrap();
+    let lost = update(&mut rx, "nope", TaskState::Lost).await;
+    assert!(lost.uuid.is_none());
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_explicit_then_implicit() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    launch(&h, &offer, vec![command_task("r1", &offer, "sleep 30")]).await;
+    update_acking(&h, &mut rx, "r1", TaskState::Running).await;
+    h.reconcile(vec![
+        (Id::new("r1"), Some(offer.agent_id.clone())),
+        (Id::new("ghost"), Some(offer.agent_id.clone())),
+    ])
+    .await
+    .unwrap();
+    let r1 = update(&mut rx, "r1", TaskState::Running).await;
+    assert_eq!(r1.reason.as_deref(), Some("REASON_RECONCILIATION"));
+    assert!(r1.uuid.is_none() && r1.data.is_none());
+    let ghost = update(&mut rx, "ghost", TaskState::Lost).await;
+    assert_eq!(ghost.reason.as_deref(), Some("REASON_RECONCILIATION"));
+    h.reconcile_round(vec![(Id::new("ghost2"), None)])
+        .await
+        .unwrap();
+    update(&mut rx, "ghost2", TaskState::Lost).await;
+    let implicit = update(&mut rx, "r1", TaskState::Running).await;
+    assert_eq!(implicit.reason.as_deref(), Some("REASON_RECONCILIATION"));
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubscribe_with_same_id_keeps_tasks_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (h1, mut rx1) = driver(&emu.master_url(), framework(Some("kaon-fw-1"), 60.0));
+    assert_eq!(subscribed(&mut rx1).await, Id::new("kaon-fw-1"));
+    let offer = offers(&mut rx1).await.remove(0);
+    launch(&h1, &offer, vec![command_task("keep", &offer, "sleep 30")]).await;
+    update_acking(&h1, &mut rx1, "keep", TaskState::Running).await;
+    h1.stop();
+    drop(rx1);
+    let url = emu.master_url();
+    let deadline = std::time::Instant::now() + EVENT_WAIT_MAX;
+    loop {
+        let st = master_state(&url).await;
+        if st["frameworks"][0]["connected"] == false {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "framework never seen disconnected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        emu.live_processes(),
+        1,
+        "task keeps running while the scheduler is away"
+    );
+    let (h2, mut rx2) = driver(&url, framework(Some("kaon-fw-1"), 60.0));
+    assert_eq!(subscribed(&mut rx2).await, Id::new("kaon-fw-1"));
+    h2.reconcile(vec![(Id::new("keep"), None)]).await.unwrap();
+    update(&mut rx2, "keep", TaskState::Running).await;
+    assert_eq!(emu.live_processes(), 1);
+    h2.teardown().await.unwrap();
+    eventually("teardown kills the task", || emu.live_processes() == 0).await;
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_subscription_fences_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (a, mut rxa) = driver(&emu.master_url(), framework(Some("ha-fw"), 60.0));
+    subscribed(&mut rxa).await;
+    let old_stream = a.stream_id().unwrap();
+    let (b, mut rxb) = driver(&emu.master_url(), framework(Some("ha-fw"), 60.0));
+    subscribed(&mut rxb).await;
+    let err = wait_for(&mut rxa, "ERROR on old stream", |e| match e {
+        DriverEvent::Error(m) => Some(m.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(err, "Framework failed over");
+    assert_ne!(b.stream_id().unwrap(), old_stream);
+    // The old instance's stream id is fenced off with 400.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/scheduler", emu.master_url()))
+        .header("Content-Type", "application/json")
+        .header("Mesos-Stream-Id", &old_stream)
+        .body(r#"{"type":"REVIVE","framework_id":{"value":"ha-fw"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(matches!(
+        a.revive(vec![]).await,
+        Err(DriverError::NotSubscribed { .. })
+    ));
+    b.revive(vec![]).await.unwrap();
+    b.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_redirect_and_retries_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = start(&dir.path().join("leader")).await;
+    let standby = start(&dir.path().join("standby")).await;
+    standby.set_leadership(Leadership::Standby {
+        leader: Some(leader.master_addr().to_string()),
+    });
+    leader.fail_next_requests(3);
+    let (h, mut rx) = driver(&standby.master_url(), framework(None, 60.0));
+    let master = wait_for(&mut rx, "SUBSCRIBED", |e| match e {
+        DriverEvent::Subscribed { master_url, .. } => Some(master_url.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(master, leader.master_url());
+    assert_eq!(h.master_url(), leader.master_url());
+    leader.fail_next_requests(2);
+    h.revive(vec![]).await.expect("call survives two 503s");
+    // A standby without a leader answers 503 to everything.
+    standby.set_leadership(Leadership::Standby { leader: None });
+    let resp = reqwest::get(format!("{}/api/v1/scheduler", standby.master_url()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    h.stop();
+    leader.shutdown().await;
+    standby.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_timeout_removes_framework_and_kills_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(Some("short-fw"), 0.3));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    launch(&h, &offer, vec![command_task("doomed", &offer, "sleep 30")]).await;
+    update_acking(&h, &mut rx, "doomed", TaskState::Running).await;
+    h.stop();
+    drop(rx);
+    eventually("failover timeout kills the task", || {
+        emu.live_processes() == 0
+    })
+    .await;
+    let (_h2, mut rx2) = driver(&emu.master_url(), framework(Some("short-fw"), 0.3));
+    let err = wait_for(&mut rx2, "ERROR", |e| match e {
+        DriverEvent::Error(m) => Some(m.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(err, "Framework has been removed");
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decline_filters_and_revive() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    h.decline(vec![offer.id.clone()], Some(3600.0))
+        .await
+        .unwrap();
+    h.revive(vec![]).await.unwrap();
+    let again = offers(&mut rx).await.remove(0);
+    assert_ne!(again.id, offer.id);
+    // Accepting a used offer id makes the tasks TASK_LOST (no uuid).
+    launch(&h, &again, vec![command_task("x", &again, "true")]).await;
+    update_acking(&h, &mut rx, "x", TaskState::Finished).await;
+    launch(&h, &again, vec![command_task("y", &again, "true")]).await;
+    let lost = update(&mut rx, "y", TaskState::Lost).await;
+    assert_eq!(lost.reason.as_deref(), Some("REASON_INVALID_OFFERS"));
+    assert!(lost.uuid.is_none());
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulator_standalone_config_parses_agents() {
+    let a = kaon_mesos::emulator::parse_agent_spec(
+        "127.0.0.1:0;cpus=2;mem=1024;ports=31000-31010;attr.rack=r1",
+    )
+    .unwrap();
+    assert_eq!(a.resources.len(), 3);
+    assert_eq!(a.attributes[0].value_text(), "r1");
+    assert!(kaon_mesos::emulator::parse_agent_spec("127.0.0.1:0;cpus=lots").is_err());
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.agents = vec![a.clone(), a];
+    let emu = Emulator::start(cfg).await.unwrap();
+    assert_eq!(emu.agent_addrs().len(), 2);
+    let st = master_state(&emu.master_url()).await;
+    assert_eq!(st["slaves"].as_array().unwrap().len(), 2);
+    assert_eq!(st["slaves"][0]["attributes"]["rack"], "r1");
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuse_filter_delays_the_next_offer() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    let refuse = std::time::Duration::from_millis(400);
+    let declined_at = std::time::Instant::now();
+    h.decline(vec![offer.id.clone()], Some(refuse.as_secs_f64()))
+        .await
+        .unwrap();
+    let again = offers(&mut rx).await.remove(0);
+    assert!(
+        declined_at.elapsed() >= refuse,
+        "re-offered after {:?}",
+        declined_at.elapsed()
+    );
+    assert_eq!(again.agent_id, offer.agent_id);
+    // SUPPRESS then REVIVE: the revive clears filters and brings offers back at once.
+    h.decline(vec![again.id.clone()], Some(3600.0))
+        .await
+        .unwrap();
+    h.suppress(vec![]).await.unwrap();
+    h.revive(vec![]).await.unwrap();
+    let revived = offers(&mut rx).await.remove(0);
+    assert_ne!(revived.id, again.id);
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_killing_state_for_capable_frameworks() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let mut info = framework(None, 60.0);
+    info.capabilities = vec![kaon_mesos::types::Capability {
+        kind: "TASK_KILLING_STATE".into(),
+    }];
+    let (h, mut rx) = driver(&emu.master_url(), info);
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    let mut t = command_task("k", &offer, "sleep 30");
+    t.kill_policy = Some(kaon_mesos::types::KillPolicy {
+        grace_period: Some(kaon_mesos::types::DurationInfo {
+            nanoseconds: 100_000_000,
+        }),
+    });
+    launch(&h, &offer, vec![t]).await;
+    update_acking(&h, &mut rx, "k", TaskState::Running).await;
+    h.kill(Id::new("k"), None).await.unwrap();
+    let got = all_acking(
+        &h,
+        &mut rx,
+        &[("k", TaskState::Killing), ("k", TaskState::Killed)],
+    )
+    .await;
+    assert!(
+        got[0].timestamp.unwrap() <= got[1].timestamp.unwrap(),
+        "KILLING before KILLED"
+    );
+    eventually("killed", || emu.live_processes() == 0).await;
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_endpoints_and_teardown() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let url = emu.master_url();
+    let mut info = framework(Some("op-fw"), 60.0);
+    info.principal = Some("alice".into());
+    let (h, mut rx) = driver(&url, info.clone());
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    launch(&h, &offer, vec![command_task("op", &offer, "sleep 30")]).await;
+    update_acking(&h, &mut rx, "op", TaskState::Running).await;
+    let get = |path: &'static str| {
+        let url = url.clone();
+        async move {
+            serde_json::from_str::<serde_json::Value>(
+                &reqwest::get(format!("{url}{path}"))
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap(),
+            )
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        get("/master/frameworks").await["frameworks"][0]["id"],
+        "op-fw"
+    );
+    assert_eq!(
+        get("/master/tasks").await["tasks"][0]["state"],
+        "TASK_RUNNING"
+    );
+    assert_eq!(
+        get("/master/slaves").await["slaves"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // A re-subscription may not change the principal: ERROR, old one keeps going.
+    let mut other = info.clone();
+    other.principal = Some("mallory".into());
+    let (_h2, mut rx2) = driver(&url, other);
+    let err = wait_for(&mut rx2, "principal ERROR", |e| match e {
+        DriverEvent::Error(m) => Some(m.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(err.contains("principal"), "{err}");
+    h.revive(vec![])
+        .await
+        .expect("first subscription still valid");
+    let client = reqwest::Client::new();
+    let teardown = |id: &'static str| {
+        client
+            .post(format!("{url}/master/teardown"))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(format!("frameworkId={id}"))
+            .send()
+    };
+    assert_eq!(teardown("nobody").await.unwrap().status(), 400);
+    assert_eq!(teardown("op-fw").await.unwrap().status(), 200);
+    eventually("teardown kills the task", || emu.live_processes() == 0).await;
+    assert_eq!(
+        get("/master/frameworks").await["completed_frameworks"][0]["id"],
+        "op-fw"
+    );
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_role_offers_carry_allocation_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let mut info = framework(None, 60.0);
+    info.roles = vec!["kaon".into()];
+    info.capabilities = vec![kaon_mesos::types::Capability {
+        kind: "MULTI_ROLE".into(),
+    }];
+    let (h, mut rx) = driver(&emu.master_url(), info);
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    assert_eq!(
+        offer
+            .allocation_info
+            .as_ref()
+            .and_then(|a| a.role.as_deref()),
+        Some("kaon")
+    );
+    assert!(
+        offer
+            .resources
+            .iter()
+            .all(|r| r.allocation_info == offer.allocation_info)
+    );
+    // Resources echoed back with allocation_info are accepted.
+    let mut t = command_task("mr", &offer, "true");
+    for r in t.resources.iter_mut() {
+        r.allocation_info = offer.allocation_info.clone();
+    }
+    launch(&h, &offer, vec![t]).await;
+    update_acking(&h, &mut rx, "mr", TaskState::Finished).await;
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unstartable_executor_fails_with_container_launch_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    let mut t = command_task("nope", &offer, "true");
+    t.command = None;
+    t.executor = Some(kaon_mesos::executor::executor_info(
+        "nope-exec",
+        "/nonexistent/kaon-executor",
+        resources(0.05, 32.0),
+    ));
+    launch(&h, &offer, vec![t]).await;
+    let failed = update_acking(&h, &mut rx, "nope", TaskState::Failed).await;
+    assert_eq!(
+        failed.reason.as_deref(),
+        Some("REASON_CONTAINER_LAUNCH_FAILED")
+    );
+    assert!(
+        failed
+            .message
+            .unwrap()
+            .contains("/nonexistent/kaon-executor")
+    );
+    // A task that fails validation gets TASK_ERROR without uuid.
+    let again = offers(&mut rx).await.remove(0);
+    let mut bad = command_task("bad", &again, "true");
+    bad.executor = Some(kaon_mesos::executor::executor_info(
+        "e",
+        "kaon-executor",
+        vec![],
+    ));
+    launch(&h, &again, vec![bad]).await;
+    let err = update(&mut rx, "bad", TaskState::Error).await;
+    assert_eq!(err.reason.as_deref(), Some("REASON_TASK_INVALID"));
+    assert!(err.uuid.is_none());
+    h.stop();
+    emu.shutdown().await;
+}

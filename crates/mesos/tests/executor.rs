@@ -1,0 +1,389 @@
+//! kaon-executor run by the emulator's agent, driven by the scheduler driver.
+
+mod common;
+
+use common::*;
+use kaon_mesos::driver::{DriverEvent, DriverHandle};
+use kaon_mesos::executor::{ExecutorMessage, StepResult, StepSpec, executor_info};
+use kaon_mesos::types::{B64, Id, Offer, TaskInfo, TaskState};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::Receiver;
+
+fn step_task(id: &str, offer: &Offer, spec: StepSpec) -> TaskInfo {
+    TaskInfo {
+        name: id.into(),
+        task_id: Id::new(id),
+        agent_id: offer.agent_id.clone(),
+        resources: resources(0.1, 32.0),
+        executor: Some(executor_info(
+            &format!("exec-{id}"),
+            "kaon-executor",
+            resources(0.05, 32.0),
+        )),
+        command: None,
+        kill_policy: None,
+        data: Some(B64(serde_json::to_vec(&spec).unwrap())),
+        labels: None,
+    }
+}
+
+fn shell(cmd: &str) -> StepSpec {
+    StepSpec {
+        shell: Some(cmd.into()),
+        ..Default::default()
+    }
+}
+
+fn result(status: &kaon_mesos::types::TaskStatus) -> StepResult {
+    serde_json::from_slice(&status.data.as_ref().expect("terminal status has data").0)
+        .expect("step result json")
+}
+
+async fn setup(
+    dir: &std::path::Path,
+) -> (
+    kaon_mesos::emulator::EmulatorHandle,
+    DriverHandle,
+    Receiver<DriverEvent>,
+    Offer,
+) {
+    let emu = start(dir).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    (emu, h, rx, offer)
+}
+
+/// Collects framework messages and acks updates until `task` reaches `state`.
+async fn run_until(
+    h: &DriverHandle,
+    rx: &mut Receiver<DriverEvent>,
+    task: &str,
+    state: TaskState,
+) -> (kaon_mesos::types::TaskStatus, Vec<ExecutorMessage>) {
+    run_until_seeing(h, rx, task, state, &mut Vec::new()).await
+}
+
+/// Like `run_until`, also keeping the FAILURE events seen on the way.
+async fn run_until_seeing(
+    h: &DriverHandle,
+    rx: &mut Receiver<DriverEvent>,
+    task: &str,
+    state: TaskState,
+    failures: &mut Vec<kaon_mesos::types::scheduler::Failure>,
+) -> (kaon_mesos::types::TaskStatus, Vec<ExecutorMessage>) {
+    let deadline = tokio::time::Instant::now() + EVENT_WAIT_MAX;
+    let mut messages = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("event in time")
+            .expect("driver alive")
+        {
+            DriverEvent::Message {
+                data, executor_id, ..
+            } => {
+                assert_eq!(executor_id.value, format!("exec-{task}"));
+                messages.push(serde_json::from_slice(&data).expect("executor message json"));
+            }
+            DriverEvent::Failure(f) => failures.push(f),
+            DriverEvent::Update(s) => {
+                if s.uuid.is_some() {
+                    h.acknowledge(&s).await.unwrap();
+                }
+                if s.task_id.value == task && s.state == state {
+                    return (s, messages);
+                }
+                assert!(
+                    !s.state.is_terminal() || s.task_id.value != task,
+                    "unexpected terminal {:?}: {:?}",
+                    s.state,
+                    s.message
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_and_progress_reach_the_scheduler() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    let spec = StepSpec {
+        heartbeat_seconds: Some(0.05),
+        ..shell(
+            r#"echo 'percent 50' >> "$KAON_PROGRESS_FILE"; echo 'status training hard' >> "$KAON_PROGRESS_FILE"; echo "$STEP_NAME" > out.txt; printf '{"loss": 0.25, "name": "%s"}' "$STEP_NAME" > "$KAON_OUTPUTS_FILE""#,
+        )
+    };
+    let mut spec = spec;
+    spec.env.insert("STEP_NAME".into(), "train".into());
+    launch(&h, &offer, vec![step_task("s1", &offer, spec)]).await;
+    let mut failures = Vec::new();
+    let (done, messages) =
+        run_until_seeing(&h, &mut rx, "s1", TaskState::Finished, &mut failures).await;
+    let r = result(&done);
+    assert_eq!(r.exit_code, Some(0));
+    assert_eq!(r.reason, "exited");
+    assert_eq!(
+        r.outputs,
+        Some(serde_json::json!({"loss": 0.25, "name": "train"}))
+    );
+    assert!(
+        messages.contains(&ExecutorMessage::Progress {
+            task_id: "s1".into(),
+            percent: 50.0
+        }),
+        "{messages:?}"
+    );
+    assert!(
+        messages.contains(&ExecutorMessage::Status {
+            task_id: "s1".into(),
+            text: "training hard".into()
+        }),
+        "{messages:?}"
+    );
+    assert_eq!(done.source, Some(kaon_mesos::types::Source::Executor));
+    // The executor exits once its work is acknowledged: FAILURE with status 0.
+    // (It may overtake TASK_FINISHED, which waits for the RUNNING ack.)
+    let failure = match failures.pop() {
+        Some(f) => f,
+        None => {
+            wait_for(&mut rx, "executor exit", |e| match e {
+                DriverEvent::Failure(f) => Some(f.clone()),
+                _ => None,
+            })
+            .await
+        }
+    };
+    assert_eq!(failure.executor_id, Some(Id::new("exec-s1")));
+    assert_eq!(failure.status, Some(0));
+    eventually("executor reaped", || emu.live_processes() == 0).await;
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_step_reports_exit_code_and_oversized_outputs_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    let big = StepSpec {
+        outputs_bytes_max: Some(100),
+        ..shell(r#"printf '{"blob": "%0500d"}' 0 > "$KAON_OUTPUTS_FILE""#)
+    };
+    launch(
+        &h,
+        &offer,
+        vec![
+            step_task("fail7", &offer, shell("echo oops >&2; exit 7")),
+            step_task("big", &offer, big),
+        ],
+    )
+    .await;
+    let got = all_acking(
+        &h,
+        &mut rx,
+        &[("fail7", TaskState::Failed), ("big", TaskState::Failed)],
+    )
+    .await;
+    let r = result(&got[0]);
+    assert_eq!(
+        (r.exit_code, r.signal, r.reason.as_str()),
+        (Some(7), None, "nonzero_exit")
+    );
+    assert_eq!(got[0].message.as_deref(), Some("step exited with status 7"));
+    let r = result(&got[1]);
+    assert_eq!(r.reason, "outputs_too_large");
+    assert!(r.error.unwrap().contains("over the limit of 100 bytes"));
+    assert_eq!(r.outputs, None);
+    // stderr went to the sandbox log file.
+    let stderr = find_file(dir.path(), "stderr", "oops");
+    assert!(stderr.is_some(), "step stderr captured in the sandbox");
+    h.stop();
+    emu.shutdown().await;
+}
+
+fn find_file(root: &std::path::Path, name: &str, needle: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(root).ok()?.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            if let Some(found) = find_file(&p, name, needle) {
+                return Some(found);
+            }
+        } else if p.file_name().is_some_and(|n| n == name)
+            && std::fs::read_to_string(&p).is_ok_and(|s| s.contains(needle))
+        {
+            return Some(p);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_escalates_to_sigkill_after_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let mut info = framework(None, 60.0);
+    info.capabilities = vec![kaon_mesos::types::Capability {
+        kind: "TASK_KILLING_STATE".into(),
+    }];
+    let (h, mut rx) = driver(&emu.master_url(), info);
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    let grace = Duration::from_millis(600);
+    let spec = StepSpec {
+        kill_grace_seconds: Some(grace.as_secs_f64()),
+        ..shell(r#"trap '' TERM; echo 'status ready' >> "$KAON_PROGRESS_FILE"; sleep 30"#)
+    };
+    launch(&h, &offer, vec![step_task("stubborn", &offer, spec)]).await;
+    let _ = update_acking(&h, &mut rx, "stubborn", TaskState::Running).await;
+    wait_for(&mut rx, "ready", |e| match e {
+        DriverEvent::Message { data, .. } => serde_json::from_slice::<ExecutorMessage>(data)
+            .ok()
+            .filter(|m| matches!(m, ExecutorMessage::Status { text, .. } if text == "ready")),
+        _ => None,
+    })
+    .await;
+    let asked = Instant::now();
+    h.kill(Id::new("stubborn"), Some(offer.agent_id.clone()))
+        .await
+        .unwrap();
+    run_until(&h, &mut rx, "stubborn", TaskState::Killing).await;
+    let (killed, _) = run_until(&h, &mut rx, "stubborn", TaskState::Killed).await;
+    assert!(
+        asked.elapsed() >= grace,
+        "SIGKILL only after the grace period ({:?})",
+        asked.elapsed()
+    );
+    let r = result(&killed);
+    assert_eq!(r.reason, "killed");
+    assert_eq!(r.signal, Some(9));
+    eventually("executor exits after the kill", || {
+        emu.live_processes() == 0
+    })
+    .await;
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_scheduler_messages_and_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    let spec = StepSpec {
+        heartbeat_seconds: Some(0.05),
+        ..shell("sleep 30")
+    };
+    launch(&h, &offer, vec![step_task("hb", &offer, spec)]).await;
+    update_acking(&h, &mut rx, "hb", TaskState::Running).await;
+    wait_for(&mut rx, "heartbeat", |e| match e {
+        DriverEvent::Message { data, .. } => serde_json::from_slice::<ExecutorMessage>(data)
+            .ok()
+            .filter(|m| matches!(m, ExecutorMessage::Heartbeat { task_id } if task_id == "hb")),
+        _ => None,
+    })
+    .await;
+    h.message(
+        offer.agent_id.clone(),
+        Id::new("exec-hb"),
+        b"hello".to_vec(),
+    )
+    .await
+    .unwrap();
+    h.shutdown(Id::new("exec-hb"), offer.agent_id.clone())
+        .await
+        .unwrap();
+    let (_, _) = run_until(&h, &mut rx, "hb", TaskState::Killed).await;
+    eventually("executor gone", || emu.live_processes() == 0).await;
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_step_spec_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    let mut t = step_task("nospec", &offer, StepSpec::default());
+    t.data = Some(B64(b"not json".to_vec()));
+    launch(&h, &offer, vec![t]).await;
+    let s = update_acking(&h, &mut rx, "nospec", TaskState::Failed).await;
+    assert_eq!(result(&s).reason, "bad_step_spec");
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_resubscribes_with_unacked_update_after_agent_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let mut info = framework(None, 60.0);
+    info.checkpoint = Some(true);
+    let (h, mut rx) = driver(&emu.master_url(), info);
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    // The step waits for a file the test creates while the agent is down.
+    let spec = shell(
+        r#"while [ ! -f go ]; do sleep 0.02; done; printf '{"ok": true}' > "$KAON_OUTPUTS_FILE""#,
+    );
+    launch(&h, &offer, vec![step_task("rs", &offer, spec)]).await;
+    update_acking(&h, &mut rx, "rs", TaskState::Running).await;
+    emu.restart_agent(0);
+    let task_dir = find_file(dir.path(), "progress", "")
+        .expect("task dir")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    std::fs::write(task_dir.join("go"), b"").unwrap();
+    eventually("the executor's terminal UPDATE is refused", || {
+        emu.agent_refused_updates(0) >= 1
+    })
+    .await;
+    assert_eq!(emu.live_processes(), 1, "executor waits for the agent");
+    emu.finish_agent_recovery(0);
+    let (done, _) = run_until(&h, &mut rx, "rs", TaskState::Finished).await;
+    assert_eq!(result(&done).outputs, Some(serde_json::json!({"ok": true})));
+    eventually(
+        "executor exits once its replayed update is acknowledged",
+        || emu.live_processes() == 0,
+    )
+    .await;
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_that_never_subscribes_or_crashes_fails_its_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.executor_registration_timeout = Duration::from_millis(300);
+    let emu = kaon_mesos::emulator::Emulator::start(cfg).await.unwrap();
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    let mut silent = step_task("silent", &offer, shell("true"));
+    silent.executor.as_mut().unwrap().command =
+        Some(kaon_mesos::types::CommandInfo::shell("sleep 30"));
+    let mut crash = step_task("crash", &offer, shell("true"));
+    crash.executor.as_mut().unwrap().command =
+        Some(kaon_mesos::types::CommandInfo::shell("exit 3"));
+    launch(&h, &offer, vec![silent, crash]).await;
+    let got = all_acking(
+        &h,
+        &mut rx,
+        &[("silent", TaskState::Failed), ("crash", TaskState::Failed)],
+    )
+    .await;
+    assert_eq!(
+        got[0].reason.as_deref(),
+        Some("REASON_EXECUTOR_REGISTRATION_TIMEOUT")
+    );
+    assert_eq!(got[1].reason.as_deref(), Some("REASON_EXECUTOR_TERMINATED"));
+    assert_eq!(got[1].source, Some(kaon_mesos::types::Source::Agent));
+    assert!(
+        got[1].uuid.is_some(),
+        "agent-generated failures are reliable"
+    );
+    eventually("both executors gone", || emu.live_processes() == 0).await;
+    h.stop();
+    emu.shutdown().await;
+}
