@@ -1,7 +1,9 @@
 //! `kaon`: the command-line front end.
 //!
-//! Today: `kaon validate FILE...` checks workflow specs offline. The server,
-//! submit, runs, watch and cluster commands arrive with the cluster issue.
+//! Today: `kaon validate FILE...` checks workflow specs offline; `kaon
+//! executor` is kaon's Mesos executor (agents start it); `kaon
+//! mesos-emulator` runs the Mesos 1.11 emulator. The server, submit, runs,
+//! watch and cluster commands arrive with the cluster issue.
 
 use std::process::ExitCode;
 
@@ -30,12 +32,72 @@ enum Cmd {
         #[arg(long, value_parser = ["text", "json"], default_value = "text")]
         output: String,
     },
+    /// kaon's Mesos executor (started by a Mesos agent with the Mesos
+    /// executor environment; not for interactive use).
+    Executor,
+    /// Run the Mesos 1.11 emulator (master + agents running local processes).
+    MesosEmulator {
+        /// Emulator options (`kaon mesos-emulator -- --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Validate { files, output } => validate(&files, output == "json"),
+        Cmd::Executor => executor(),
+        Cmd::MesosEmulator { args } => {
+            let mut argv = vec!["kaon mesos-emulator".to_string()];
+            argv.extend(args);
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("kaon mesos-emulator: cannot start runtime: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match rt.block_on(kaon_mesos::emulator::run_from_args(argv)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kaon mesos-emulator: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn executor() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // Single-threaded on purpose: steps get PR_SET_PDEATHSIG, which fires
+    // when the spawning thread exits (see kaon-mesos' executor).
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kaon executor: cannot start runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = rt.block_on(async {
+        let env = kaon_mesos::executor::ExecutorEnv::from_env()?;
+        kaon_mesos::executor::run(env).await
+    });
+    match code {
+        Ok(c) => std::process::exit(c),
+        Err(e) => {
+            tracing::error!(error = %e, "kaon executor failed");
+            ExitCode::FAILURE
+        }
     }
 }
 

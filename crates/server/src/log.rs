@@ -1,0 +1,55 @@
+//! The event log the runtime appends to.
+
+use std::sync::Mutex;
+
+use kaon_core::State;
+use kaon_core::events::{Body, Event};
+
+/// Where committed events live. `append` returns only after the events are
+/// committed and applied to state (so effects derived from them are safe).
+pub trait EventLog: Send + Sync + 'static {
+    /// Commits `bodies` in order, stamped with `now_ms`; returns them with
+    /// their indexes.
+    fn append(&self, bodies: Vec<Body>, now_ms: i64) -> anyhow::Result<Vec<Event>>;
+    /// Runs `f` on the applied state.
+    fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R
+    where
+        Self: Sized;
+}
+
+/// A single-node, in-memory log: the stand-in until the Raft log (redb +
+/// openraft) is wired in. Not durable.
+#[derive(Default)]
+pub struct LocalLog {
+    inner: Mutex<(State, Vec<Event>)>,
+}
+
+impl LocalLog {
+    /// Every committed event so far (for audits and tests).
+    pub fn events(&self) -> Vec<Event> {
+        self.inner.lock().expect("log lock").1.clone()
+    }
+}
+
+impl EventLog for LocalLog {
+    fn append(&self, bodies: Vec<Body>, now_ms: i64) -> anyhow::Result<Vec<Event>> {
+        let mut g = self.inner.lock().expect("log lock");
+        let (state, log) = &mut *g;
+        let mut out = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            let event = Event {
+                index: log.len() as u64 + 1,
+                time_unix_ms: now_ms,
+                body: Some(body),
+            };
+            state.apply(&event)?;
+            log.push(event.clone());
+            out.push(event);
+        }
+        Ok(out)
+    }
+
+    fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.inner.lock().expect("log lock").0)
+    }
+}

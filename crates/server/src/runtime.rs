@@ -1,0 +1,524 @@
+//! The leader's effect runtime: decide -> append -> perform effects.
+//!
+//! One task owns everything mutable (pending launches, unacknowledged
+//! updates, the Mesos driver) and processes one input at a time, so every
+//! decision sees the state its predecessors produced. Effects come only from
+//! committed events (the core guarantees it), so they are performed right
+//! after `append` returns.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kaon_core::Limits;
+use kaon_core::decide::{
+    self, Command, Decision, Effect, Input, Progress, Rejection, TaskUpdate, TimerKey,
+};
+use kaon_core::events::{Event, TaskState, pb};
+use kaon_mesos::driver::{Driver, DriverConfig, DriverEvent, DriverHandle};
+use kaon_mesos::executor::{ExecutorMessage, StepResult, StepSpec};
+use kaon_mesos::matching::{self, OfferView, TaskRequest};
+use kaon_mesos::resources::Resources;
+use kaon_mesos::types::scheduler::Operation;
+use kaon_mesos::types::{
+    B64, CommandInfo, ExecutorInfo, ExecutorType, FrameworkInfo, Id, Offer, Resource, TaskInfo,
+    TaskStatus,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::log::EventLog;
+
+/// How the runtime reaches Mesos and runs steps.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Mesos master base URL, e.g. `http://127.0.0.1:5050`.
+    pub master_url: String,
+    /// Framework name shown by Mesos.
+    pub framework_name: String,
+    /// Seconds Mesos keeps our tasks running while no scheduler is
+    /// subscribed (long, so a leader failover never loses tasks).
+    pub failover_timeout_secs: f64,
+    /// Path of the executor program on the agents and its argv.
+    pub executor_command: String,
+    /// Arguments (argv, including argv\[0\]) for the executor program.
+    pub executor_args: Vec<String>,
+    /// CPU reserved for each executor process besides its step.
+    pub executor_cpus: f64,
+    /// Memory reserved for each executor process, MB.
+    pub executor_mem_mb: f64,
+    /// Core limits used by decide.
+    pub limits: Limits,
+    /// Launches waiting for offers at most (more are refused by nothing:
+    /// they queue in state; this bounds the in-memory copy).
+    pub pending_launches_max: usize,
+}
+
+impl RuntimeConfig {
+    /// Defaults for a master at `master_url`, running `executor_command executor`.
+    pub fn new(master_url: impl Into<String>, executor_command: impl Into<String>) -> Self {
+        RuntimeConfig {
+            master_url: master_url.into(),
+            framework_name: "kaon".into(),
+            failover_timeout_secs: kaon_mesos::driver::FAILOVER_TIMEOUT_DEFAULT_SECS,
+            executor_command: executor_command.into(),
+            executor_args: vec!["kaon".into(), "executor".into()],
+            executor_cpus: 0.01,
+            executor_mem_mb: 16.0,
+            limits: Limits::default(),
+            pending_launches_max: 100_000,
+        }
+    }
+}
+
+enum Msg {
+    Command(Command, oneshot::Sender<Result<Decision, Rejection>>),
+    Timer(TimerKey),
+}
+
+/// Talks to a running runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct RuntimeHandle {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl RuntimeHandle {
+    /// Sends a client command; returns decide's answer once its events are
+    /// committed (for a submit: `existing_run` or the new run via state).
+    pub async fn command(&self, cmd: Command) -> anyhow::Result<Result<Decision, Rejection>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Command(cmd, tx))
+            .await
+            .map_err(|_| anyhow::anyhow!("runtime stopped"))?;
+        Ok(rx.await?)
+    }
+}
+
+/// Wall clock in ms: the leader stamps events with it.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Starts the runtime on the current tokio runtime.
+pub fn start<L: EventLog>(log: Arc<L>, config: RuntimeConfig) -> RuntimeHandle {
+    let (tx, rx) = mpsc::channel(1024);
+    let rt = Runtime {
+        log,
+        config,
+        tx: tx.clone(),
+        driver: None,
+        pending: BTreeMap::new(),
+        percent: BTreeMap::new(),
+    };
+    tokio::spawn(rt.run(rx));
+    RuntimeHandle { tx }
+}
+
+struct Runtime<L: EventLog> {
+    log: Arc<L>,
+    config: RuntimeConfig,
+    tx: mpsc::Sender<Msg>,
+    driver: Option<(DriverHandle, mpsc::Receiver<DriverEvent>)>,
+    /// Committed launch intents waiting for an offer, by task id.
+    pending: BTreeMap<String, pb::TaskLaunchRequested>,
+    /// Last percent per task (status texts keep it).
+    percent: BTreeMap<String, u32>,
+}
+
+impl<L: EventLog> Runtime<L> {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let _ = self.decide_and_do(Input::LeaderStarted).await;
+        loop {
+            let driver_event = async {
+                match &mut self.driver {
+                    Some((_, events)) => events.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    None => break,
+                    Some(Msg::Command(cmd, reply)) => {
+                        let r = self.decide_and_do(Input::Command(cmd)).await;
+                        let _ = reply.send(r);
+                    }
+                    Some(Msg::Timer(key)) => {
+                        let _ = self.decide_and_do(Input::TimerFired(key)).await;
+                    }
+                },
+                ev = driver_event => match ev {
+                    Some(ev) => self.on_driver_event(ev).await,
+                    None => {
+                        tracing::warn!("Mesos driver ended; re-subscribing");
+                        self.driver = None;
+                        let _ = self.decide_and_do(Input::LeaderStarted).await;
+                    }
+                },
+            }
+        }
+        if let Some((d, _)) = &self.driver {
+            d.stop();
+        }
+    }
+
+    /// decide -> append -> decide on each committed event -> ... ; effects
+    /// are performed as their decisions come back.
+    async fn decide_and_do(&mut self, input: Input<'_>) -> Result<Decision, Rejection> {
+        let limits = self.config.limits.clone();
+        let now = now_ms();
+        let first = self
+            .log
+            .with_state(|s| decide::decide(s, input, now, &limits))?;
+        let answer = Decision {
+            effects: Vec::new(),
+            ..first.clone()
+        };
+        let mut queue: VecDeque<Decision> = VecDeque::from([first]);
+        while let Some(d) = queue.pop_front() {
+            for e in d.effects {
+                self.perform(e).await;
+            }
+            if d.events.is_empty() {
+                continue;
+            }
+            let committed: Vec<Event> = match self.log.append(d.events, now_ms()) {
+                Ok(c) => c,
+                Err(e) => {
+                    // The log refused (apply error): stop acting, loudly.
+                    tracing::error!(error = %e, "appending events failed; the runtime stops deciding");
+                    return Err(Rejection::FailedPrecondition(format!(
+                        "log append failed: {e}"
+                    )));
+                }
+            };
+            for ev in &committed {
+                let now = now_ms();
+                match self
+                    .log
+                    .with_state(|s| decide::decide(s, Input::Committed(ev), now, &limits))
+                {
+                    Ok(next) => queue.push_back(next),
+                    Err(r) => {
+                        tracing::error!(rejection = %r, "decide rejected a committed event (bug)")
+                    }
+                }
+            }
+        }
+        Ok(answer)
+    }
+
+    async fn perform(&mut self, effect: Effect) {
+        match effect {
+            Effect::Subscribe { framework_id } => self.subscribe(framework_id),
+            Effect::LaunchTask(l) => {
+                if self.pending.len() >= self.config.pending_launches_max {
+                    tracing::error!(task = %l.task_id, limit = self.config.pending_launches_max, "pending_launches_max reached; the launch waits for a leader restart");
+                    return;
+                }
+                self.pending.insert(l.task_id.clone(), l);
+                if let Some((d, _)) = &self.driver {
+                    let d = d.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = d.revive(Vec::new()).await {
+                            tracing::debug!(error = %e, "revive failed");
+                        }
+                    });
+                }
+            }
+            Effect::KillTask { task_id, agent_id } => {
+                self.pending.remove(&task_id);
+                if let Some((d, _)) = &self.driver {
+                    let agent = (!agent_id.is_empty()).then(|| Id::new(agent_id));
+                    if let Err(e) = d.kill(Id::new(task_id.clone()), agent).await {
+                        tracing::warn!(task = %task_id, error = %e, "kill failed");
+                    }
+                }
+            }
+            Effect::Acknowledge {
+                task_id,
+                agent_id,
+                uuid,
+            } => {
+                if let Some((d, _)) = &self.driver {
+                    let mut st = TaskStatus::new(
+                        Id::new(task_id.clone()),
+                        kaon_mesos::types::TaskState::Running,
+                    );
+                    st.agent_id = Some(Id::new(agent_id));
+                    st.uuid = Some(B64(uuid));
+                    if let Err(e) = d.acknowledge(&st).await {
+                        tracing::warn!(task = %task_id, error = %e, "acknowledge failed (Mesos will resend)");
+                    }
+                }
+            }
+            Effect::ArmTimer { key, at_ms } => {
+                let tx = self.tx.clone();
+                let wait = Duration::from_millis((at_ms - now_ms()).max(0) as u64);
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = tx.send(Msg::Timer(key)).await;
+                });
+            }
+            Effect::Reconcile { tasks } => {
+                if let Some((d, _)) = &self.driver {
+                    let list = tasks
+                        .into_iter()
+                        .map(|(t, a)| (Id::new(t), (!a.is_empty()).then(|| Id::new(a))))
+                        .collect();
+                    if let Err(e) = d.reconcile_round(list).await {
+                        tracing::warn!(error = %e, "reconcile failed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn subscribe(&mut self, framework_id: Option<String>) {
+        if let Some((d, _)) = self.driver.take() {
+            d.stop();
+        }
+        let info = FrameworkInfo {
+            user: std::env::var("USER").unwrap_or_else(|_| "root".into()),
+            name: self.config.framework_name.clone(),
+            id: framework_id.map(Id::new),
+            failover_timeout: Some(self.config.failover_timeout_secs),
+            ..Default::default()
+        };
+        self.driver = Some(Driver::subscribe(DriverConfig::new(
+            self.config.master_url.clone(),
+            info,
+        )));
+    }
+
+    async fn on_driver_event(&mut self, ev: DriverEvent) {
+        match ev {
+            DriverEvent::Subscribed { framework_id, .. } => {
+                let _ = self
+                    .decide_and_do(Input::Command(Command::RecordFramework {
+                        framework_id: framework_id.value,
+                    }))
+                    .await;
+                if !self.pending.is_empty()
+                    && let Some((d, _)) = &self.driver
+                {
+                    let _ = d.revive(Vec::new()).await;
+                }
+            }
+            DriverEvent::Offers(offers) => self.on_offers(offers).await,
+            DriverEvent::Update(status) => {
+                let update = to_task_update(&status);
+                self.pending.remove(&update.task_id);
+                if status.state.is_terminal() {
+                    self.percent.remove(&update.task_id);
+                }
+                let _ = self.decide_and_do(Input::TaskUpdate(update)).await;
+            }
+            DriverEvent::Message { data, .. } => {
+                let Ok(msg) = serde_json::from_slice::<ExecutorMessage>(&data) else {
+                    return;
+                };
+                let progress = match msg {
+                    ExecutorMessage::Heartbeat { .. } => return, // liveness only, in memory
+                    ExecutorMessage::Progress { task_id, percent } => {
+                        let p = percent.clamp(0.0, 100.0) as u32;
+                        self.percent.insert(task_id.clone(), p);
+                        Progress {
+                            task_id,
+                            percent: p,
+                            text: String::new(),
+                        }
+                    }
+                    ExecutorMessage::Status { task_id, text } => {
+                        let p = self.percent.get(&task_id).copied().unwrap_or(0);
+                        Progress {
+                            task_id,
+                            percent: p,
+                            text,
+                        }
+                    }
+                };
+                let _ = self.decide_and_do(Input::Progress(progress)).await;
+            }
+            DriverEvent::Failure(f) => tracing::warn!(failure = ?f, "Mesos reported a failure"),
+            DriverEvent::Error(e) => {
+                tracing::error!(error = %e, "Mesos ended our subscription");
+                self.driver = None;
+            }
+            DriverEvent::Disconnected { reason } => {
+                tracing::warn!(%reason, "Mesos stream broke; the driver re-subscribes")
+            }
+            DriverEvent::Rescind(_) => {}
+        }
+    }
+
+    async fn on_offers(&mut self, offers: Vec<Offer>) {
+        let Some((driver, _)) = &self.driver else {
+            return;
+        };
+        let driver = driver.clone();
+        let views: Vec<OfferView> = offers.iter().map(OfferView::from_offer).collect();
+        let requests: Vec<TaskRequest> = self
+            .pending
+            .values()
+            .map(|l| {
+                let r = l.resources.unwrap_or_default();
+                let mut res = Resources::default();
+                res.scalars
+                    .insert("cpus".into(), r.cpus + self.config.executor_cpus);
+                res.scalars
+                    .insert("mem".into(), r.mem_mb + self.config.executor_mem_mb);
+                if r.disk_mb > 0.0 {
+                    res.scalars.insert("disk".into(), r.disk_mb);
+                }
+                if r.gpus > 0 {
+                    res.scalars.insert("gpus".into(), f64::from(r.gpus));
+                }
+                TaskRequest {
+                    id: l.task_id.clone(),
+                    resources: res,
+                    ports: 0,
+                    constraints: l
+                        .constraints
+                        .iter()
+                        .filter_map(|c| match &c.op {
+                            Some(pb::constraint::Op::Equals(v)) => {
+                                Some(matching::Constraint::AttributeEquals {
+                                    name: c.attribute.clone(),
+                                    value: v.clone(),
+                                })
+                            }
+                            // `like` needs regex matching in the matcher (not yet there).
+                            _ => None,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let plan = matching::match_offers(&requests, &views);
+        for (offer_id, placements) in plan.launches {
+            let mut infos = Vec::new();
+            for p in placements {
+                let Some(l) = self.pending.remove(&p.task_id) else {
+                    continue;
+                };
+                infos.push(self.task_info(&l, p.agent_id.clone()));
+            }
+            if let Err(e) = driver
+                .accept(vec![offer_id], vec![Operation::launch(infos)], Some(1.0))
+                .await
+            {
+                tracing::warn!(error = %e, "accept failed; Mesos will report the tasks lost");
+            }
+        }
+        if !plan.decline.is_empty() {
+            let refuse = if self.pending.is_empty() { 5.0 } else { 1.0 };
+            let _ = driver.decline(plan.decline, Some(refuse)).await;
+        }
+        if self.pending.is_empty() {
+            let _ = driver.suppress(Vec::new()).await;
+        }
+    }
+
+    fn task_info(&self, l: &pb::TaskLaunchRequested, agent_id: Id) -> TaskInfo {
+        let r = l.resources.unwrap_or_default();
+        let mut resources = vec![
+            Resource::scalar("cpus", r.cpus),
+            Resource::scalar("mem", r.mem_mb),
+        ];
+        if r.disk_mb > 0.0 {
+            resources.push(Resource::scalar("disk", r.disk_mb));
+        }
+        if r.gpus > 0 {
+            resources.push(Resource::scalar("gpus", f64::from(r.gpus)));
+        }
+        let spec = StepSpec {
+            argv: if l.shell { Vec::new() } else { l.argv.clone() },
+            shell: if l.shell {
+                l.argv.first().cloned()
+            } else {
+                None
+            },
+            env: l
+                .env
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect(),
+            ..StepSpec::default()
+        };
+        let executor = ExecutorInfo {
+            kind: Some(ExecutorType::Custom),
+            executor_id: Id::new(format!("kaon-exec-{}", l.task_id)),
+            framework_id: None,
+            command: Some(CommandInfo {
+                shell: Some(false),
+                value: Some(self.config.executor_command.clone()),
+                arguments: self.config.executor_args.clone(),
+                ..Default::default()
+            }),
+            resources: vec![
+                Resource::scalar("cpus", self.config.executor_cpus),
+                Resource::scalar("mem", self.config.executor_mem_mb),
+            ],
+            name: Some("kaon executor".into()),
+            data: None,
+            shutdown_grace_period: None,
+        };
+        TaskInfo {
+            name: l.step_path.clone(),
+            task_id: Id::new(l.task_id.clone()),
+            agent_id,
+            resources,
+            executor: Some(executor),
+            command: None,
+            kill_policy: None,
+            data: Some(B64(serde_json::to_vec(&spec).expect("step spec serializes"))),
+            labels: None,
+        }
+    }
+}
+
+/// A Mesos status as the core's input (the executor's result in `data`).
+pub fn to_task_update(s: &TaskStatus) -> TaskUpdate {
+    let result: Option<StepResult> = s
+        .data
+        .as_ref()
+        .and_then(|d| serde_json::from_slice(&d.0).ok());
+    let state = TaskState::from_mesos(&s.state.name()).unwrap_or(TaskState::Unknown);
+    let mut message = s.message.clone().unwrap_or_default();
+    // The core classifies: an executor-reported failure (no reason) is the
+    // step's own (user budget); agent/master reasons are the platform's.
+    let reason = s.reason.clone().unwrap_or_default();
+    if let Some(r) = &result {
+        if let Some(e) = &r.error
+            && message.is_empty()
+        {
+            message = e.clone();
+        }
+    }
+    TaskUpdate {
+        task_id: s.task_id.value.clone(),
+        state,
+        reason,
+        message,
+        source: s
+            .source
+            .map(|src| {
+                serde_json::to_value(src)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default(),
+        agent_id: s
+            .agent_id
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default(),
+        uuid: s.uuid.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
+        exit_code: result.as_ref().and_then(|r| r.exit_code),
+        outputs_json: result.and_then(|r| r.outputs).map(|o| o.to_string()),
+    }
+}
