@@ -491,12 +491,10 @@ pub fn to_task_update(s: &TaskStatus) -> TaskUpdate {
     // The core classifies: an executor-reported failure (no reason) is the
     // step's own (user budget); agent/master reasons are the platform's.
     let reason = s.reason.clone().unwrap_or_default();
-    if let Some(r) = &result {
-        if let Some(e) = &r.error
-            && message.is_empty()
-        {
-            message = e.clone();
-        }
+    if let Some(e) = result.as_ref().and_then(|r| r.error.as_ref())
+        && message.is_empty()
+    {
+        message = e.clone();
     }
     TaskUpdate {
         task_id: s.task_id.value.clone(),
