@@ -32,6 +32,19 @@ enum Cmd {
         #[arg(long, value_parser = ["text", "json"], default_value = "text")]
         output: String,
     },
+    /// Run a workflow once on this machine and wait for it: an embedded Mesos
+    /// emulator runs every step as a local process. Prints each step as it
+    /// starts and ends; exits 0 if the run succeeded.
+    Run {
+        /// Spec file (YAML or JSON).
+        file: String,
+        /// Parameter override `NAME=VALUE` (VALUE is JSON if it parses, else text).
+        #[arg(short = 'p', long = "param")]
+        params: Vec<String>,
+        /// Folder for task sandboxes (default: a temporary folder).
+        #[arg(long)]
+        work_dir: Option<std::path::PathBuf>,
+    },
     /// kaon's Mesos executor (started by a Mesos agent with the Mesos
     /// executor environment; not for interactive use).
     Executor,
@@ -48,6 +61,17 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Validate { files, output } => validate(&files, output == "json"),
         Cmd::Executor => executor(),
+        Cmd::Run {
+            file,
+            params,
+            work_dir,
+        } => match run_local(&file, &params, work_dir) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("kaon run: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Cmd::MesosEmulator { args } => {
             let mut argv = vec!["kaon mesos-emulator".to_string()];
             argv.extend(args);
@@ -155,4 +179,144 @@ fn validate(files: &[String], json: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// `kaon run`: emulator + leader runtime in this process, one run, plain
+/// progress lines.
+fn run_local(
+    file: &str,
+    params: &[String],
+    work_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    use kaon_core::decide::{Command, SubmitTarget};
+    use kaon_core::events::{Body, RunOutcome};
+    use kaon_server::log::{EventLog, LocalLog};
+    use std::sync::Arc;
+
+    let source = read(file).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+    let mut given = std::collections::BTreeMap::new();
+    for p in params {
+        let (k, v) = p
+            .split_once('=')
+            .with_context(|| format!("parameter {p:?}: expected NAME=VALUE"))?;
+        let value =
+            serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+        given.insert(k.to_string(), value);
+    }
+    let tmp;
+    let work = match work_dir {
+        Some(w) => w,
+        None => {
+            tmp = std::env::temp_dir().join(format!("kaon-run-{}", std::process::id()));
+            tmp.clone()
+        }
+    };
+    let exe =
+        std::env::current_exe().context("locating the kaon binary (it is also the executor)")?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let emu = kaon_mesos::emulator::Emulator::start(kaon_mesos::emulator::EmulatorConfig {
+            allocation_interval: std::time::Duration::from_millis(20),
+            status_update_retry_min: std::time::Duration::from_secs(1),
+            status_update_retry_max: std::time::Duration::from_secs(10),
+            work_dir: work.clone(),
+            executor_path: Some(exe.clone()),
+            ..Default::default()
+        })
+        .await
+        .context("starting the embedded Mesos emulator")?;
+        let log = Arc::new(LocalLog::default());
+        let handle = kaon_server::runtime::start(
+            log.clone(),
+            kaon_server::runtime::RuntimeConfig::new(emu.master_url(), exe.display().to_string()),
+        );
+        let submit = Command::SubmitRun {
+            target: SubmitTarget::Inline { source },
+            params: given,
+            idempotency_key: "kaon-run".into(),
+        };
+        if let Err(rejection) = handle.command(submit).await? {
+            emu.shutdown().await;
+            eprintln!("{file}: {rejection}");
+            return Ok(ExitCode::FAILURE);
+        }
+        let run_id = log.with_state(|s| s.idempotency["kaon-run"]);
+        println!("run {run_id} started (sandboxes in {})", work.display());
+        let mut printed = 0usize;
+        let outcome = loop {
+            let events = log.events();
+            let mut done = None;
+            for e in &events[printed..] {
+                let line = log.with_state(|s| {
+                    let path = |r: u64, i: u32| {
+                        s.run(r).map(|r| r.inst(i).path.clone()).unwrap_or_default()
+                    };
+                    match &e.body {
+                        Some(Body::TaskLaunchRequested(l)) => {
+                            Some(format!("  start   {} (attempt {})", l.step_path, l.attempt))
+                        }
+                        Some(Body::TaskStatusObserved(o)) if o.state().is_terminal() => {
+                            Some(format!(
+                                "  {:<7} {}{}",
+                                format!("{:?}", o.state()).to_lowercase(),
+                                path(o.run_id, o.instance),
+                                if o.message.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(": {}", o.message)
+                                }
+                            ))
+                        }
+                        Some(Body::NodeSkipped(k)) => Some(format!(
+                            "  skip    {}: {}",
+                            path(k.run_id, k.instance),
+                            k.message
+                        )),
+                        Some(Body::RetryScheduled(r)) => Some(format!(
+                            "  retry   {} as attempt {}",
+                            path(r.run_id, r.instance),
+                            r.next_attempt
+                        )),
+                        Some(Body::ProgressReported(p)) => Some(format!(
+                            "  {:>3}%    {} {}",
+                            p.percent,
+                            path(p.run_id, p.instance),
+                            p.status_text
+                        )),
+                        _ => None,
+                    }
+                });
+                if let Some(line) = line {
+                    println!("{line}");
+                }
+                if let Some(Body::RunFinished(f)) = &e.body {
+                    if f.run_id == run_id {
+                        done = Some((f.outcome(), f.message.clone()));
+                    }
+                }
+            }
+            printed = events.len();
+            if let Some(d) = done {
+                break d;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        emu.shutdown().await;
+        let (o, msg) = outcome;
+        println!(
+            "run {run_id} {}{}",
+            format!("{o:?}").to_lowercase(),
+            if msg.is_empty() {
+                String::new()
+            } else {
+                format!(": {msg}")
+            }
+        );
+        Ok(if o == RunOutcome::Succeeded {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
+    })
 }

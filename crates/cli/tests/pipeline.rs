@@ -110,3 +110,38 @@ async fn reference_pipeline_runs_on_one_node_with_real_processes() {
     assert_eq!(launches, 14);
     emu.shutdown().await;
 }
+
+/// `kaon run` as a user runs it: a failing step fails the run (exit 1) after
+/// its retry, and the dependent step is skipped.
+#[test]
+fn kaon_run_reports_failure_with_exit_code_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("flow.yaml");
+    std::fs::write(
+        &spec,
+        "apiVersion: kaon/v1\nname: failing\nsteps:\n  bad:\n    shell: 'echo oops >&2; exit 3'\n    retry: {user_errors: 1, backoff: {kind: fixed, initial: 100ms}}\n  after: {depends_on: [bad], run: [echo, never]}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kaon"))
+        .args(["run", spec.to_str().unwrap(), "--work-dir"])
+        .arg(dir.path().join("work"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("start   bad (attempt 2)"), "{stdout}");
+    assert_eq!(
+        stdout.matches("skip    after").count(),
+        1,
+        "skipped exactly once: {stdout}"
+    );
+    assert!(
+        stdout.contains("run 2 failed: bad failed: attempt 2 exited with code 3"),
+        "{stdout}"
+    );
+}

@@ -763,6 +763,10 @@ impl<'s> Decider<'s> {
         if owner.open_children == 0 {
             return self.finish_container(run, p);
         }
+        if run.ending.is_some() && !inst.in_exit {
+            // The sweep already skipped every pending sibling; nothing starts.
+            return;
+        }
         match owner.kind {
             InstKind::Foreach => self.start_foreach_children(run, p),
             InstKind::Group | InstKind::Iteration => {
