@@ -290,10 +290,10 @@ fn run_local(
                 if let Some(line) = line {
                     println!("{line}");
                 }
-                if let Some(Body::RunFinished(f)) = &e.body {
-                    if f.run_id == run_id {
-                        done = Some((f.outcome(), f.message.clone()));
-                    }
+                if let Some(Body::RunFinished(f)) = &e.body
+                    && f.run_id == run_id
+                {
+                    done = Some((f.outcome(), f.message.clone()));
                 }
             }
             printed = events.len();
