@@ -1,9 +1,12 @@
 //! `kaon`: the command-line front end.
 //!
-//! Today: `kaon validate FILE...` checks workflow specs offline; `kaon
-//! executor` is kaon's Mesos executor (agents start it); `kaon
-//! mesos-emulator` runs the Mesos 1.11 emulator. The server, submit, runs,
-//! watch and cluster commands arrive with the cluster issue.
+//! `kaon validate` checks specs offline; `kaon run-local` runs one workflow
+//! on this machine; `kaon server` is a (single-node, for now) kaon server
+//! with its gRPC API; `kaon submit`, `kaon runs`, `kaon run show|watch|cancel`
+//! and `kaon workflow register|list` are its clients; `kaon executor` is
+//! kaon's Mesos executor; `kaon mesos-emulator` runs the Mesos emulator.
+
+mod client;
 
 use std::process::ExitCode;
 
@@ -17,8 +20,52 @@ use kaon_core::Limits;
     about = "kaon: a workflow orchestrator for machine-learning pipelines"
 )]
 struct Cli {
+    /// kaon server address for client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "KAON_SERVER",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    server: String,
+    /// Output format of client commands.
+    #[arg(long = "output", global = true, value_parser = ["text", "json"], default_value = "text")]
+    output_format: String,
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum RunCmd {
+    /// Show a run and its steps.
+    Show {
+        /// Run id.
+        id: u64,
+    },
+    /// Follow a run live until it ends (exit 0 if it succeeded).
+    Watch {
+        /// Run id.
+        id: u64,
+    },
+    /// Cancel a run (its exit handler still runs).
+    Cancel {
+        /// Run id.
+        id: u64,
+        /// Why (recorded in the log).
+        #[arg(long, default_value = "cancelled from the CLI")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkflowCmd {
+    /// Register a spec as a new version.
+    Register {
+        /// Spec file.
+        file: String,
+    },
+    /// List registered workflows.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -28,14 +75,45 @@ enum Cmd {
         /// Spec files (YAML or JSON); `-` reads standard input.
         #[arg(required = true)]
         files: Vec<String>,
-        /// Print the result as JSON.
-        #[arg(long, value_parser = ["text", "json"], default_value = "text")]
-        output: String,
     },
+    /// Run a kaon server (single node, embedded Mesos emulator by default).
+    Server(client::ServerArgs),
+    /// Submit a run of a spec file.
+    Submit {
+        /// Spec file.
+        file: String,
+        /// Parameter `NAME=VALUE` (VALUE is JSON if it parses, else text).
+        #[arg(short = 'p', long = "param")]
+        params: Vec<String>,
+        /// Idempotency key: a retried submit with it returns the same run.
+        #[arg(long)]
+        key: Option<String>,
+        /// Follow the run until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List runs, newest first.
+    Runs {
+        /// Only this workflow.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only this status (running, succeeded, failed, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One run: show, watch, cancel.
+    #[command(subcommand)]
+    Run(RunCmd),
+    /// Workflow definitions: register, list.
+    #[command(subcommand)]
+    Workflow(WorkflowCmd),
     /// Run a workflow once on this machine and wait for it: an embedded Mesos
     /// emulator runs every step as a local process. Prints each step as it
     /// starts and ends; exits 0 if the run succeeded.
-    Run {
+    RunLocal {
         /// Spec file (YAML or JSON).
         file: String,
         /// Parameter override `NAME=VALUE` (VALUE is JSON if it parses, else text).
@@ -59,16 +137,61 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Validate { files, output } => validate(&files, output == "json"),
+        Cmd::Validate { files } => validate(&files, cli.output_format == "json"),
+        Cmd::Server(args) => report(client::server(args)),
+        Cmd::Submit {
+            file,
+            params,
+            key,
+            watch,
+        } => {
+            let json = cli.output_format == "json";
+            block(client::submit(
+                &cli.server,
+                &file,
+                &params,
+                key,
+                watch,
+                json,
+            ))
+        }
+        Cmd::Runs {
+            workflow,
+            status,
+            limit,
+        } => block(client::runs(
+            &cli.server,
+            workflow,
+            status,
+            limit,
+            cli.output_format == "json",
+        )),
+        Cmd::Run(RunCmd::Show { id }) => {
+            block(client::show(&cli.server, id, cli.output_format == "json"))
+        }
+        Cmd::Run(RunCmd::Watch { id }) => block(client::watch_run(
+            &cli.server,
+            id,
+            cli.output_format == "json",
+        )),
+        Cmd::Run(RunCmd::Cancel { id, reason }) => block(client::cancel(&cli.server, id, reason)),
+        Cmd::Workflow(WorkflowCmd::Register { file }) => block(client::register(
+            &cli.server,
+            &file,
+            cli.output_format == "json",
+        )),
+        Cmd::Workflow(WorkflowCmd::List) => {
+            block(client::workflows(&cli.server, cli.output_format == "json"))
+        }
         Cmd::Executor => executor(),
-        Cmd::Run {
+        Cmd::RunLocal {
             file,
             params,
             work_dir,
         } => match run_local(&file, &params, work_dir) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("kaon run: {e:#}");
+                eprintln!("kaon run-local: {e:#}");
                 ExitCode::from(2)
             }
         },
@@ -90,6 +213,28 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// Prints an operational error (with its causes) and exits 2.
+fn report(r: anyhow::Result<ExitCode>) -> ExitCode {
+    match r {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kaon: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs a client command on a small runtime.
+fn block(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => report(rt.block_on(f)),
+        Err(e) => report(Err(e.into())),
     }
 }
 

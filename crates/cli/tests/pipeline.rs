@@ -57,7 +57,7 @@ async fn reference_pipeline_runs_on_one_node_with_real_processes() {
     let run_id = log.with_state(|s| s.idempotency["e2e-1"]);
     // A retried submit returns the same run.
     let again = rt.command(submit).await.unwrap().expect("accepted");
-    assert_eq!(again.existing_run, Some(run_id));
+    assert_eq!(again.decision.existing_run, Some(run_id));
 
     let deadline = Instant::now() + RUN_DEADLINE;
     let status = loop {
@@ -123,7 +123,7 @@ fn kaon_run_reports_failure_with_exit_code_1() {
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kaon"))
-        .args(["run", spec.to_str().unwrap(), "--work-dir"])
+        .args(["run-local", spec.to_str().unwrap(), "--work-dir"])
         .arg(dir.path().join("work"))
         .output()
         .unwrap();

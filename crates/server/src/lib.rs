@@ -9,5 +9,6 @@
 //! Raft-replicated log replaces [`log::LocalLog`] without touching the
 //! runtime.
 
+pub mod grpc;
 pub mod log;
 pub mod runtime;

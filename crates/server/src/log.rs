@@ -15,13 +15,26 @@ pub trait EventLog: Send + Sync + 'static {
     fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R
     where
         Self: Sized;
+    /// Committed events with index > `after`, at most `max`.
+    fn events_after(&self, after: u64, max: usize) -> Vec<Event>;
+    /// Notifies the latest committed index.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
 /// A single-node, in-memory log: the stand-in until the Raft log (redb +
 /// openraft) is wired in. Not durable.
-#[derive(Default)]
 pub struct LocalLog {
     inner: Mutex<(State, Vec<Event>)>,
+    committed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for LocalLog {
+    fn default() -> Self {
+        LocalLog {
+            inner: Mutex::new((State::default(), Vec::new())),
+            committed: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 impl LocalLog {
@@ -46,7 +59,20 @@ impl EventLog for LocalLog {
             log.push(event.clone());
             out.push(event);
         }
+        let last = log.len() as u64;
+        drop(g);
+        self.committed.send_replace(last);
         Ok(out)
+    }
+
+    fn events_after(&self, after: u64, max: usize) -> Vec<Event> {
+        let g = self.inner.lock().expect("log lock");
+        let start = (after as usize).min(g.1.len());
+        g.1[start..].iter().take(max).cloned().collect()
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.subscribe()
     }
 
     fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {

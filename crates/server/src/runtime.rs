@@ -70,8 +70,18 @@ impl RuntimeConfig {
     }
 }
 
+/// What a command did: decide's answer and the events it committed.
+#[derive(Debug, Clone)]
+pub struct CommandOutcome {
+    /// Decide's answer (events proposed, `existing_run`, `existing_version`).
+    pub decision: Decision,
+    /// The events the command itself committed, with their indexes (a
+    /// submit's run id is the index of its `RunSubmitted`).
+    pub committed: Vec<Event>,
+}
+
 enum Msg {
-    Command(Command, oneshot::Sender<Result<Decision, Rejection>>),
+    Command(Command, oneshot::Sender<Result<CommandOutcome, Rejection>>),
     Timer(TimerKey),
 }
 
@@ -84,7 +94,7 @@ pub struct RuntimeHandle {
 impl RuntimeHandle {
     /// Sends a client command; returns decide's answer once its events are
     /// committed (for a submit: `existing_run` or the new run via state).
-    pub async fn command(&self, cmd: Command) -> anyhow::Result<Result<Decision, Rejection>> {
+    pub async fn command(&self, cmd: Command) -> anyhow::Result<Result<CommandOutcome, Rejection>> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Msg::Command(cmd, tx))
@@ -166,17 +176,22 @@ impl<L: EventLog> Runtime<L> {
 
     /// decide -> append -> decide on each committed event -> ... ; effects
     /// are performed as their decisions come back.
-    async fn decide_and_do(&mut self, input: Input<'_>) -> Result<Decision, Rejection> {
+    async fn decide_and_do(&mut self, input: Input<'_>) -> Result<CommandOutcome, Rejection> {
         let limits = self.config.limits.clone();
         let now = now_ms();
         let first = self
             .log
             .with_state(|s| decide::decide(s, input, now, &limits))?;
-        let answer = Decision {
+        let decision = Decision {
             effects: Vec::new(),
             ..first.clone()
         };
+        let mut answer = CommandOutcome {
+            decision,
+            committed: Vec::new(),
+        };
         let mut queue: VecDeque<Decision> = VecDeque::from([first]);
+        let mut first_round = true;
         while let Some(d) = queue.pop_front() {
             for e in d.effects {
                 self.perform(e).await;
@@ -194,6 +209,9 @@ impl<L: EventLog> Runtime<L> {
                     )));
                 }
             };
+            if std::mem::take(&mut first_round) {
+                answer.committed = committed.clone();
+            }
             for ev in &committed {
                 let now = now_ms();
                 match self

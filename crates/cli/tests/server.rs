@@ -1,0 +1,142 @@
+//! `kaon server` and its clients as a user runs them: a real server process
+//! (embedded Mesos emulator), the CLI over gRPC on loopback.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM for a clean shutdown (it stops the emulator's processes).
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(data: &std::path::Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kaon"))
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kaon server starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("server prints its address");
+    let addr = line
+        .split_whitespace()
+        .nth(4)
+        .expect("listening on ADDR")
+        .to_string();
+    Server {
+        child,
+        url: format!("http://{addr}"),
+    }
+}
+
+fn kaon(server: &Server, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kaon"))
+        .arg("--server")
+        .arg(&server.url)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn submit_watch_list_show_and_errors_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path());
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/reference-pipeline"
+    );
+    let spec = format!("{root}/pipeline.yaml");
+    let scripts = format!("scripts={root}/scripts");
+
+    let (code, out, err) = kaon(
+        &server,
+        &["submit", &spec, "-p", &scripts, "--key", "k1", "--watch"],
+    );
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let run_id: u64 = out
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(out.contains(&format!("run {run_id} succeeded")), "{out}");
+    assert!(out.contains("succeeded  train#2/validate"), "{out}");
+
+    // A retried submit with the same key is the same run.
+    let (code, out, _) = kaon(&server, &["submit", &spec, "-p", &scripts, "--key", "k1"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!("run {run_id} (existing: same idempotency key)")
+    );
+
+    let (code, out, _) = kaon(&server, &["--output", "json", "runs"]);
+    assert_eq!(code, 0);
+    let runs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(runs[0]["id"], run_id);
+    assert_eq!(runs[0]["status"], "succeeded");
+
+    let (code, out, _) = kaon(
+        &server,
+        &["run", "show", &run_id.to_string(), "--output", "json"],
+    );
+    assert_eq!(code, 0);
+    let run: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let validate = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["path"] == "train#2/validate")
+        .unwrap();
+    assert_eq!(validate["outputs"]["stable"], true);
+
+    // Bad requests name the problem, with the gRPC code.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: kaon/v1\nname: b\nsteps:\n  a: {run: [x]}\n  b: {depends_on: [aa], run: [y]}\n").unwrap();
+    let (code, _, err) = kaon(&server, &["submit", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("InvalidArgument: invalid spec: steps.b.depends_on[0]: unknown step \"aa\" (did you mean \"a\"?)"), "{err}");
+    let (code, _, err) = kaon(&server, &["run", "show", "999999"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("NotFound: run 999999"), "{err}");
+    let (code, _, err) = kaon(&server, &["run", "cancel", &run_id.to_string()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("FailedPrecondition"), "{err}");
+}
