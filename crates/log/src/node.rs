@@ -213,20 +213,22 @@ impl RaftNode {
         &self.sm
     }
 
-    /// Initialises a new cluster of this node and its peers (call on one
-    /// node, once; a no-op error if already initialised is reported).
+    /// Initialises a new cluster of this node and its configured peers
+    /// (call on one node, once).
     pub async fn initialize(&self) -> Result<(), NodeError> {
-        let mut members: BTreeMap<u64, BasicNode> = self
-            .peers
-            .iter()
-            .map(|(id, a)| (*id, BasicNode { addr: a.clone() }))
+        let mut members = self.peers.clone();
+        members.insert(self.id, self.addr.to_string());
+        self.initialize_with(members).await
+    }
+
+    /// Initialises a new cluster with exactly `members` (id → `host:port`,
+    /// this node included). Useful when peers listen on ports picked at
+    /// start.
+    pub async fn initialize_with(&self, members: BTreeMap<u64, String>) -> Result<(), NodeError> {
+        let members: BTreeMap<u64, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode { addr }))
             .collect();
-        members.insert(
-            self.id,
-            BasicNode {
-                addr: self.addr.to_string(),
-            },
-        );
         self.raft
             .initialize(members)
             .await

@@ -64,3 +64,12 @@ pub struct Applied {
     /// membership entries, which carry no event).
     pub event_index: Option<u64>,
 }
+
+/// Builds a committed log id (term, leader node, index); for tools and
+/// tests that write log entries directly.
+pub fn log_id(term: u64, node: u64, index: u64) -> alias::LogId {
+    use openraft::RaftTypeConfig;
+    use openraft::vote::RaftLeaderIdExt;
+    let leader = <TypeConfig as RaftTypeConfig>::LeaderId::new_committed(term, node);
+    openraft::LogId::new(leader, index)
+}
