@@ -23,6 +23,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use futures_util::{Stream, TryStreamExt};
@@ -97,6 +98,11 @@ struct Inner {
     db: Database,
     path: PathBuf,
     mem: RwLock<Mem>,
+    /// Events durably archived. The in-memory state may run ahead of it
+    /// by the batch being committed (those entries are already committed
+    /// in Raft); this is what [`StateMachineStore::applied_event_index`]
+    /// reports, so "event n applied" always implies "event n on disk".
+    durable_events: AtomicU64,
 }
 
 /// The kaon state machine store. Cloning is cheap (shared handle); openraft
@@ -207,6 +213,7 @@ impl StateMachineStore {
             inner: Arc::new(Inner {
                 db,
                 path,
+                durable_events: AtomicU64::new(applied.event_index),
                 mem: RwLock::new(Mem { state, applied }),
             }),
         })
@@ -229,9 +236,9 @@ impl StateMachineStore {
         f(&self.mem().state)
     }
 
-    /// Index of the last applied event (0 = none).
+    /// Index of the last event applied *and* durably archived (0 = none).
     pub fn applied_event_index(&self) -> u64 {
-        self.mem().state.applied_index
+        self.inner.durable_events.load(Ordering::Acquire)
     }
 
     /// [`State::digest`] of the current state.
@@ -533,8 +540,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             mem.applied.clone()
         };
         // Durable before anyone hears the entries are applied.
+        let durable = applied.event_index;
         self.blocking(move |s| s.write_applied(&new_events, &applied, None))
             .await?;
+        self.inner.durable_events.store(durable, Ordering::Release);
         for (responder, reply) in replies {
             if let Some(r) = responder {
                 r.send(reply);
@@ -641,6 +650,7 @@ impl StateMachineStore {
         self.write_applied(&new_events, &applied, Some(&stored))?;
         let mut mem = self.inner.mem.write().unwrap_or_else(|p| p.into_inner());
         *mem = Mem { state, applied };
+        self.inner.durable_events.store(n, Ordering::Release);
         Ok(())
     }
 }
