@@ -1,0 +1,38 @@
+//! kaon's replicated event log.
+//!
+//! kaon's state is `fold(events)`; this crate makes the sequence of events
+//! highly available by replicating it with Raft (openraft) and persisting it
+//! in redb. Everything that touches openraft lives here, so the rest of kaon
+//! sees only: propose an event body, get back the committed event index, read
+//! the folded [`kaon_core::State`], and read the full audit trail of events.
+//!
+//! - [`types`]: the openraft type configuration and the proposal/response types.
+//! - [`log_store`]: the durable Raft log (entries, vote, committed, purge).
+//! - [`state_machine`]: applies committed events into `kaon_core::State`,
+//!   keeps every event forever in a checksummed archive, builds and installs
+//!   snapshots (which carry the archive).
+//! - [`network`]: the Raft RPC transport over tonic.
+//! - [`node`]: [`RaftNode`], a small wrapper to run one replica.
+//!
+//! Design notes (event index mapping, archive) are in the crate README.
+
+pub mod error;
+pub mod log_store;
+pub mod network;
+pub mod node;
+mod record;
+pub mod state_machine;
+pub mod types;
+
+pub use error::StoreError;
+pub use log_store::LogStore;
+pub use node::{NodeConfig, ProposeError, RaftNode};
+pub use state_machine::StateMachineStore;
+pub use types::{Applied, Proposal, TypeConfig};
+
+/// Generated protobuf/tonic code for the internal Raft RPC
+/// (`proto/kaon/raft/v1/raft.proto`).
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("kaon.raft.v1");
+}

@@ -1,0 +1,281 @@
+//! Raft RPC over tonic (`proto/kaon/raft/v1/raft.proto`).
+//!
+//! openraft's requests and responses travel as bincode payloads inside
+//! protobuf messages: they are openraft's types, versioned with openraft,
+//! and both ends of this internal RPC run the same kaon-log. The kaon
+//! events inside log entries are protobuf bytes either way.
+//!
+//! Client side: one lazily connected, reconnecting tonic [`Channel`] per
+//! peer, cached by the factory and shared by every openraft client for that
+//! peer. Server side: [`RaftRpcServer`] forwards to the local [`Raft`].
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::impls::BasicNode;
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, RaftNetworkV2};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::pb::raft_service_client::RaftServiceClient;
+use crate::pb::raft_service_server::{RaftService, RaftServiceServer};
+use crate::pb::{RaftPayload, SnapshotChunk};
+use crate::record::{decode, encode};
+use crate::types::TypeConfig;
+use crate::types::alias::{Raft, Snapshot, SnapshotMeta, Vote};
+
+/// Largest RPC message either side accepts, in bytes (an AppendEntries
+/// batch of large events; snapshots are chunked below this).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Size of one snapshot chunk on the wire, in bytes.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+/// Largest snapshot a node accepts, in bytes (state + event archive).
+pub const MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024 * 1024;
+/// TCP connect timeout towards a peer; a LAN peer that does not answer in
+/// this time is treated as unreachable (openraft then backs off).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+type C = TypeConfig;
+
+/// Creates openraft network clients; caches one channel per peer.
+#[derive(Clone, Default)]
+pub struct NetworkFactory {
+    channels: Arc<Mutex<BTreeMap<u64, (String, Channel)>>>,
+}
+
+impl NetworkFactory {
+    fn channel(&self, target: u64, addr: &str) -> Result<Channel, String> {
+        let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((a, ch)) = map.get(&target)
+            && a == addr
+        {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("peer {target}: bad address {addr:?}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        map.insert(target, (addr.to_string(), ch.clone()));
+        Ok(ch)
+    }
+}
+
+impl RaftNetworkFactory<C> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        let client = self.channel(target, &node.addr).map(|ch| {
+            RaftServiceClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        });
+        PeerClient { target, client }
+    }
+}
+
+/// openraft's view of one peer.
+pub struct PeerClient {
+    target: u64,
+    client: Result<RaftServiceClient<Channel>, String>,
+}
+
+fn status_to_rpc(target: u64, s: Status) -> RPCError<C> {
+    let msg = format!("peer {target}: {s}");
+    if s.code() == tonic::Code::Unavailable {
+        RPCError::Unreachable(Unreachable::from_string(msg))
+    } else {
+        RPCError::Network(NetworkError::from_string(msg))
+    }
+}
+
+impl PeerClient {
+    fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError<C>> {
+        self.client
+            .clone()
+            .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))
+    }
+
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        req: &Req,
+        ttl: Duration,
+        call: F,
+    ) -> Result<Resp, RPCError<C>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: FnOnce(RaftServiceClient<Channel>, RaftPayload) -> Fut,
+        Fut: Future<Output = Result<Response<RaftPayload>, Status>>,
+    {
+        let target = self.target;
+        let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let fut = call(self.client()?, RaftPayload { data });
+        let resp = tokio::time::timeout(ttl, fut)
+            .await
+            .map_err(|_| {
+                RPCError::Network(NetworkError::from_string(format!(
+                    "peer {target}: no answer within {ttl:?}"
+                )))
+            })?
+            .map_err(|s| status_to_rpc(target, s))?;
+        decode(&resp.into_inner().data).map_err(|m| {
+            RPCError::Network(NetworkError::from_string(format!(
+                "peer {target}: bad response: {m}"
+            )))
+        })
+    }
+}
+
+impl RaftNetworkV2<C> for PeerClient {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
+        self.unary(&rpc, option.hard_ttl(), |mut c, p| async move {
+            c.append_entries(p).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.unary(&rpc, option.hard_ttl(), |mut c, p| async move {
+            c.vote(p).await
+        })
+        .await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        let target = self.target;
+        let meta =
+            encode(&(vote, snapshot.meta.clone())).map_err(|e| NetworkError::<C>::new(&e))?;
+        let mut chunks = vec![SnapshotChunk {
+            meta,
+            data: Vec::new(),
+        }];
+        chunks.extend(
+            snapshot
+                .snapshot
+                .chunks(SNAPSHOT_CHUNK_BYTES)
+                .map(|d| SnapshotChunk {
+                    meta: Vec::new(),
+                    data: d.to_vec(),
+                }),
+        );
+        let mut client = self.client()?;
+        let call = client.install_snapshot(futures_util::stream::iter(chunks));
+        let resp = tokio::select! {
+            r = call => r.map_err(|s| StreamingError::from(status_to_rpc(target, s)))?,
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        decode(&resp.into_inner().data).map_err(|m| {
+            StreamingError::Network(NetworkError::from_string(format!(
+                "peer {target}: bad snapshot response: {m}"
+            )))
+        })
+    }
+}
+
+/// The tonic service that feeds incoming Raft RPCs to the local node.
+pub struct RaftRpcServer {
+    raft: Raft,
+}
+
+impl RaftRpcServer {
+    /// Wraps `raft` in a tonic service with kaon's message size limits.
+    pub fn service(raft: Raft) -> RaftServiceServer<RaftRpcServer> {
+        RaftServiceServer::new(RaftRpcServer { raft })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+fn bad_request(what: &str, m: String) -> Status {
+    Status::invalid_argument(format!("{what}: cannot decode: {m}"))
+}
+
+fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
+    let data = encode(v).map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
+    Ok(Response::new(RaftPayload { data }))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftRpcServer {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: AppendEntriesRequest<C> =
+            decode(&req.into_inner().data).map_err(|m| bad_request("append entries", m))?;
+        let resp = self
+            .raft
+            .append_entries(rpc)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        reply(&resp)
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<C> =
+            decode(&req.into_inner().data).map_err(|m| bad_request("vote", m))?;
+        let resp = self
+            .raft
+            .vote(rpc)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        reply(&resp)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let mut stream = req.into_inner();
+        let mut head: Option<(Vote, SnapshotMeta)> = None;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            if head.is_none() {
+                head = Some(decode(&chunk.meta).map_err(|m| bad_request("snapshot meta", m))?);
+            }
+            if data.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "snapshot larger than {MAX_SNAPSHOT_BYTES} bytes"
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let (vote, meta) = head.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let resp = self
+            .raft
+            .install_full_snapshot(
+                vote,
+                Snapshot {
+                    meta,
+                    snapshot: data,
+                },
+            )
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        reply(&resp)
+    }
+}

@@ -1,0 +1,341 @@
+//! [`RaftNode`]: one kaon replica — stores, Raft, and the RPC server.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kaon_core::State;
+use kaon_core::events::{self, Body, Event};
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, RaftError};
+use openraft::impls::BasicNode;
+use openraft::{Config, SnapshotPolicy};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::error::StoreError;
+use crate::log_store::LogStore;
+use crate::network::{NetworkFactory, RaftRpcServer};
+use crate::state_machine::{ChainReport, StateMachineStore};
+use crate::types::Proposal;
+use crate::types::alias::Raft;
+
+/// How to run one replica. Timeouts default to values for a LAN.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id (unique in the cluster, > 0 by convention).
+    pub id: u64,
+    /// Address to listen on for Raft RPC; port 0 picks a free port (see
+    /// [`RaftNode::addr`]).
+    pub listen: SocketAddr,
+    /// The other members (id → `host:port`), used by [`RaftNode::initialize`].
+    pub peers: BTreeMap<u64, String>,
+    /// Directory for `raft-log.redb` and `state.redb`.
+    pub data_dir: PathBuf,
+    /// Leader heartbeat interval, ms.
+    pub heartbeat_ms: u64,
+    /// Election timeout range, ms: a follower that hears no leader for a
+    /// random time in this range starts an election. Several heartbeats
+    /// must fit in the minimum.
+    pub election_timeout_ms: (u64, u64),
+    /// Build a snapshot (and allow purging the Raft log) every this many
+    /// log entries.
+    pub snapshot_every_entries: u64,
+    /// Raft log entries kept after a snapshot (for followers slightly behind).
+    pub keep_entries_after_snapshot: u64,
+}
+
+impl NodeConfig {
+    /// A config with LAN defaults: heartbeat 50 ms, election 150–300 ms,
+    /// snapshot every 10 000 entries, keep 1 000.
+    pub fn new(id: u64, listen: SocketAddr, data_dir: PathBuf) -> NodeConfig {
+        NodeConfig {
+            id,
+            listen,
+            peers: BTreeMap::new(),
+            data_dir,
+            heartbeat_ms: 50,
+            election_timeout_ms: (150, 300),
+            snapshot_every_entries: 10_000,
+            keep_entries_after_snapshot: 1_000,
+        }
+    }
+}
+
+/// Why a node could not start or be initialised.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Opening a store failed (names the file).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The Raft configuration is invalid.
+    #[error("raft config: {0}")]
+    Config(String),
+    /// Binding the listen address failed.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// openraft failed.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Why a proposal was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader; retry on `leader` if known.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<u64>,
+        /// Its address.
+        leader_addr: Option<String>,
+    },
+    /// The entry was committed but carried no event (cannot happen for a
+    /// normal entry; reported rather than panicking).
+    #[error("committed entry {log_index} produced no event")]
+    NoEvent {
+        /// Raft log index.
+        log_index: u64,
+    },
+    /// Raft failed (shut down, storage error, ...).
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// One running replica.
+pub struct RaftNode {
+    id: u64,
+    addr: SocketAddr,
+    peers: BTreeMap<u64, String>,
+    raft: Raft,
+    sm: StateMachineStore,
+    log: LogStore,
+    server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+}
+
+impl RaftNode {
+    /// Opens the stores in `config.data_dir`, starts Raft and serves Raft
+    /// RPC on `config.listen`.
+    pub async fn start(config: NodeConfig) -> Result<RaftNode, NodeError> {
+        let raft_config = Config {
+            cluster_name: "kaon".into(),
+            heartbeat_interval: config.heartbeat_ms,
+            election_timeout_min: config.election_timeout_ms.0,
+            election_timeout_max: config.election_timeout_ms.1,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: config.keep_entries_after_snapshot,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+        let dir = config.data_dir.clone();
+        let (log, sm) = tokio::task::spawn_blocking(move || {
+            Ok::<_, StoreError>((LogStore::open(&dir)?, StateMachineStore::open(&dir)?))
+        })
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))??;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| NodeError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| NodeError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        let raft = Raft::new(
+            config.id,
+            Arc::new(raft_config),
+            NetworkFactory::default(),
+            log.clone(),
+            sm.clone(),
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let svc = RaftRpcServer::service(raft.clone());
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let id = config.id;
+        let server = tokio::spawn(async move {
+            let res = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            if let Err(e) = res {
+                tracing::error!(node = id, error = %e, "raft rpc server stopped");
+            }
+        });
+        Ok(RaftNode {
+            id: config.id,
+            addr,
+            peers: config.peers,
+            raft,
+            sm,
+            log,
+            server: Some((stop_tx, server)),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The address Raft RPC is served on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The openraft handle (metrics, triggers).
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The Raft log store.
+    pub fn log_store(&self) -> &LogStore {
+        &self.log
+    }
+
+    /// The state machine store (state, archive).
+    pub fn state_machine(&self) -> &StateMachineStore {
+        &self.sm
+    }
+
+    /// Initialises a new cluster of this node and its configured peers
+    /// (call on one node, once).
+    pub async fn initialize(&self) -> Result<(), NodeError> {
+        let mut members = self.peers.clone();
+        members.insert(self.id, self.addr.to_string());
+        self.initialize_with(members).await
+    }
+
+    /// Initialises a new cluster with exactly `members` (id → `host:port`,
+    /// this node included). Useful when peers listen on ports picked at
+    /// start.
+    pub async fn initialize_with(&self, members: BTreeMap<u64, String>) -> Result<(), NodeError> {
+        let members: BTreeMap<u64, BasicNode> = members
+            .into_iter()
+            .map(|(id, addr)| (id, BasicNode { addr }))
+            .collect();
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))
+    }
+
+    /// Proposes one event and waits until it is committed and applied
+    /// here; returns its event index. The leader stamps the time; the
+    /// index is stamped when the entry is applied.
+    pub async fn propose(&self, body: Body) -> Result<u64, ProposeError> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let event = Event {
+            index: 0,
+            time_unix_ms: now_ms,
+            body: Some(body),
+        };
+        let proposal = Proposal {
+            event: events::encode(&event),
+        };
+        match self.raft.client_write(proposal).await {
+            Ok(resp) => resp.data.event_index.ok_or(ProposeError::NoEvent {
+                log_index: resp.log_id.index,
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    leader: f.leader_id,
+                    leader_addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
+        }
+    }
+
+    /// The leader this node currently knows of.
+    pub fn current_leader(&self) -> Option<u64> {
+        // Copy out of the watch: never hold the borrow across an await.
+        self.raft.metrics().borrow_watched().current_leader
+    }
+
+    /// Waits until this node knows a leader, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<u64> {
+        self.raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "leader known")
+            .await
+            .ok()
+            .and_then(|m| m.current_leader)
+    }
+
+    /// Waits until this node applied at least `event_index` events.
+    pub async fn wait_for_event(&self, event_index: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.raft.metrics();
+        loop {
+            if self.sm.applied_event_index() >= event_index {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            // Woken by any metrics change (applied index moves with it).
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), rx.changed()).await;
+        }
+    }
+
+    /// Runs `f` on the current state.
+    pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        self.sm.with_state(f)
+    }
+
+    /// [`State::digest`] of this replica.
+    pub fn digest(&self) -> [u8; 32] {
+        self.sm.digest()
+    }
+
+    /// Archived events `from..=to` (complete from event 1).
+    pub fn read_events(&self, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
+        self.sm.read_events(from, to)
+    }
+
+    /// Recomputes the hash chain over the whole archive.
+    pub fn verify_chain(&self) -> Result<ChainReport, StoreError> {
+        self.sm.verify_chain()
+    }
+
+    /// Voters of the current membership.
+    pub fn voters(&self) -> BTreeSet<u64> {
+        self.raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    /// Stops Raft and the RPC server (as a crash would, minus the
+    /// unflushed writes: every write here is already durable).
+    pub async fn shutdown(mut self) {
+        let _ = self.raft.shutdown().await;
+        if let Some((stop, handle)) = self.server.take() {
+            let _ = stop.send(());
+            let _ = handle.await;
+        }
+    }
+}

@@ -1,0 +1,665 @@
+//! The replicated state machine: applies committed entries into
+//! [`kaon_core::State`] and keeps every event forever.
+//!
+//! One redb file per node (`state.redb`) holds:
+//!
+//! - `event_archive`: every committed event by event index (1, 2, 3, ...),
+//!   checksummed, never deleted — Raft log compaction does not touch it, so
+//!   auditors can always read the whole history from event 1.
+//! - `sm_meta/applied`: last applied Raft log id, last membership, event
+//!   count and hash-chain head, written in the same transaction as the
+//!   events it covers.
+//! - `sm_meta/snapshot`: the latest snapshot's metadata and `State` bytes.
+//!
+//! Each applied batch is one durable transaction, committed before openraft
+//! is told the entries are applied (and so before a client hears "ok").
+//! On open, the state is rebuilt from the stored snapshot plus the archive
+//! suffix (or from the archive alone) and checked against the stored chain
+//! head.
+//!
+//! Snapshots sent to other nodes carry the `State` bytes *and* the archive,
+//! so a node that joins or catches up by snapshot also holds the full audit
+//! trail (see the README).
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use futures_util::{Stream, TryStreamExt};
+use kaon_core::State;
+use kaon_core::events::{self, Event};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::StoreError;
+use crate::record::{DbCtx, begin_durable, create_or_open, make_record, open_record, seal, unseal};
+use crate::types::alias::{LogId, Snapshot, SnapshotMeta, StoredMembership};
+use crate::types::{Applied, TypeConfig};
+
+/// File name of the state machine database inside a node's data directory.
+pub const STATE_FILE: &str = "state.redb";
+
+/// Committed events by event index: `crc32c || kaon.events.v1.Event bytes`.
+const ARCHIVE: TableDefinition<u64, &[u8]> = TableDefinition::new("event_archive");
+const ARCHIVE_NAME: &str = "event_archive";
+/// Single records (applied position, snapshot).
+const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+const SM_META_NAME: &str = "sm_meta";
+const KEY_APPLIED: &str = "applied";
+const KEY_SNAPSHOT: &str = "snapshot";
+
+/// Where the state machine stands; stored with the events it covers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct AppliedRecord {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    /// Number of events applied (= index of the last one).
+    event_index: u64,
+    /// Hash-chain head after `event_index` events (as computed by the core).
+    chain: [u8; 32],
+}
+
+/// The latest snapshot kept locally (the archive is added when it is sent).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    event_index: u64,
+    state: Vec<u8>,
+}
+
+/// The bytes of a snapshot as shipped between nodes (sealed with a crc32c).
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotBody {
+    /// `State::to_snapshot()`.
+    state: Vec<u8>,
+    /// Every event 1..=n (encoded `Event`s): the audit archive.
+    events: Vec<Vec<u8>>,
+}
+
+/// Result of [`StateMachineStore::verify_chain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    /// Events checked (1..=events).
+    pub events: u64,
+    /// Recomputed hash-chain head.
+    pub head: [u8; 32],
+}
+
+struct Mem {
+    state: State,
+    applied: AppliedRecord,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    mem: RwLock<Mem>,
+    /// Events durably archived. The in-memory state may run ahead of it
+    /// by the batch being committed (those entries are already committed
+    /// in Raft); this is what [`StateMachineStore::applied_event_index`]
+    /// reports, so "event n applied" always implies "event n on disk".
+    durable_events: AtomicU64,
+}
+
+/// The kaon state machine store. Cloning is cheap (shared handle); openraft
+/// gets one clone, [`crate::RaftNode`] keeps another for reads.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Inner>,
+}
+
+fn event_key(index: u64) -> String {
+    format!("event index {index}")
+}
+
+/// `chain' = SHA-256(chain || event bytes)`, the core's hash chain.
+fn chain_step(chain: &[u8; 32], bytes: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(chain);
+    h.update(bytes);
+    h.finalize().into()
+}
+
+impl StateMachineStore {
+    /// Opens (or creates) the state machine in `dir`, verifies the archive
+    /// (checksums, consecutive indexes from 1) and rebuilds the state.
+    pub fn open(dir: &Path) -> Result<StateMachineStore, StoreError> {
+        let path = dir.join(STATE_FILE);
+        let db = create_or_open(&path, |txn| {
+            txn.open_table(ARCHIVE)?;
+            txn.open_table(SM_META)?;
+            Ok(())
+        })?;
+        let file = path.as_path();
+        let (applied, snapshot) = {
+            let txn = db.begin_read().ctx(file, "begin read")?;
+            let meta = txn.open_table(SM_META).ctx(file, "open table")?;
+            let applied: AppliedRecord = match meta.get(KEY_APPLIED).ctx(file, "read")? {
+                None => AppliedRecord::default(),
+                Some(v) => open_record(file, SM_META_NAME, "key applied", v.value())?,
+            };
+            let snapshot: Option<StoredSnapshot> = match meta.get(KEY_SNAPSHOT).ctx(file, "read")? {
+                None => None,
+                Some(v) => Some(open_record(file, SM_META_NAME, "key snapshot", v.value())?),
+            };
+            (applied, snapshot)
+        };
+        let corrupt = |table: &'static str, key: String, message: String| StoreError::Corrupt {
+            file: path.clone(),
+            table,
+            key,
+            message,
+        };
+        // Rebuild: snapshot (if any) + archive suffix, else the whole archive.
+        let mut state = match &snapshot {
+            Some(s) if s.event_index <= applied.event_index => State::from_snapshot(&s.state)
+                .map_err(|e| StoreError::Snapshot {
+                    file: path.clone(),
+                    message: e.to_string(),
+                })?,
+            _ => State::default(),
+        };
+        let mut expected = 1u64;
+        {
+            let txn = db.begin_read().ctx(file, "begin read")?;
+            let archive = txn.open_table(ARCHIVE).ctx(file, "open table")?;
+            for item in archive.iter().ctx(file, "scan")? {
+                let (k, v) = item.ctx(file, "read")?;
+                let index = k.value();
+                let bytes = unseal(file, ARCHIVE_NAME, event_key(index), v.value())?;
+                if index != expected {
+                    return Err(corrupt(
+                        ARCHIVE_NAME,
+                        event_key(index),
+                        format!("hole in the archive: expected event index {expected}"),
+                    ));
+                }
+                expected += 1;
+                if index > state.applied_index {
+                    state
+                        .apply_bytes(index, bytes)
+                        .map_err(|source| StoreError::Apply {
+                            file: path.clone(),
+                            source,
+                        })?;
+                }
+            }
+        }
+        let archived = expected - 1;
+        if archived != applied.event_index
+            || state.applied_index != applied.event_index
+            || state.chain != applied.chain
+        {
+            return Err(corrupt(
+                SM_META_NAME,
+                "key applied".into(),
+                format!(
+                    "records {} events, archive holds {archived}, rebuilt state is at {} (chain {})",
+                    applied.event_index,
+                    state.applied_index,
+                    if state.chain == applied.chain {
+                        "matches"
+                    } else {
+                        "differs"
+                    }
+                ),
+            ));
+        }
+        Ok(StateMachineStore {
+            inner: Arc::new(Inner {
+                db,
+                path,
+                durable_events: AtomicU64::new(applied.event_index),
+                mem: RwLock::new(Mem { state, applied }),
+            }),
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn mem(&self) -> RwLockReadGuard<'_, Mem> {
+        // A poisoned lock means a panic elsewhere; the data is still the
+        // last consistent state, so keep serving it.
+        self.inner.mem.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the current state (never hold this across an await: it
+    /// is a synchronous closure for that reason).
+    pub fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        f(&self.mem().state)
+    }
+
+    /// Index of the last event applied *and* durably archived (0 = none).
+    pub fn applied_event_index(&self) -> u64 {
+        self.inner.durable_events.load(Ordering::Acquire)
+    }
+
+    /// [`State::digest`] of the current state.
+    pub fn digest(&self) -> [u8; 32] {
+        self.mem().state.digest()
+    }
+
+    /// Reads archived events `from..=to` (encoded), checking each record.
+    /// Indexes past the last event are simply absent.
+    pub fn read_event_bytes(&self, from: u64, to: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let file = self.path();
+        let txn = self.inner.db.begin_read().ctx(file, "begin read")?;
+        let archive = txn.open_table(ARCHIVE).ctx(file, "open table")?;
+        let mut out = Vec::new();
+        if from > to {
+            return Ok(out);
+        }
+        for item in archive.range(from..=to).ctx(file, "range")? {
+            let (k, v) = item.ctx(file, "read")?;
+            let bytes = unseal(file, ARCHIVE_NAME, event_key(k.value()), v.value())?;
+            out.push((k.value(), bytes.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Reads and decodes archived events `from..=to`: the audit trail,
+    /// complete from event 1 even after Raft log compaction.
+    pub fn read_events(&self, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
+        self.read_event_bytes(from, to)?
+            .into_iter()
+            .map(|(i, b)| {
+                events::decode(&b).map_err(|e| StoreError::Corrupt {
+                    file: self.path().to_path_buf(),
+                    table: ARCHIVE_NAME,
+                    key: event_key(i),
+                    message: format!("cannot decode event: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    /// Recomputes the hash chain from event 1 over the archive and checks
+    /// it against the chain head the core computed when applying (stored
+    /// in the same transaction as the events), and that every event's own
+    /// index matches its position.
+    pub fn verify_chain(&self) -> Result<ChainReport, StoreError> {
+        let file = self.path();
+        let txn = self.inner.db.begin_read().ctx(file, "begin read")?;
+        let meta = txn.open_table(SM_META).ctx(file, "open table")?;
+        let applied: AppliedRecord = match meta.get(KEY_APPLIED).ctx(file, "read")? {
+            None => AppliedRecord::default(),
+            Some(v) => open_record(file, SM_META_NAME, "key applied", v.value())?,
+        };
+        let archive = txn.open_table(ARCHIVE).ctx(file, "open table")?;
+        let mut head = [0u8; 32];
+        let mut n = 0u64;
+        let corrupt = |key: String, message: String| StoreError::Corrupt {
+            file: file.to_path_buf(),
+            table: ARCHIVE_NAME,
+            key,
+            message,
+        };
+        for item in archive.iter().ctx(file, "scan")? {
+            let (k, v) = item.ctx(file, "read")?;
+            let index = k.value();
+            let bytes = unseal(file, ARCHIVE_NAME, event_key(index), v.value())?;
+            n += 1;
+            if index != n {
+                return Err(corrupt(
+                    event_key(index),
+                    format!("expected event index {n}"),
+                ));
+            }
+            let ev = events::decode(bytes)
+                .map_err(|e| corrupt(event_key(index), format!("cannot decode event: {e}")))?;
+            if ev.index != index {
+                return Err(corrupt(
+                    event_key(index),
+                    format!("event says index {}", ev.index),
+                ));
+            }
+            head = chain_step(&head, bytes);
+        }
+        if n != applied.event_index || head != applied.chain {
+            return Err(corrupt(
+                format!("event index {n}"),
+                format!(
+                    "recomputed chain over {n} events does not match the applied record ({} events)",
+                    applied.event_index
+                ),
+            ));
+        }
+        Ok(ChainReport { events: n, head })
+    }
+
+    fn write_applied(
+        &self,
+        new_events: &[(u64, Vec<u8>)],
+        applied: &AppliedRecord,
+        snapshot: Option<&StoredSnapshot>,
+    ) -> Result<(), StoreError> {
+        let file = self.path();
+        let applied_rec = make_record(file, SM_META_NAME, "key applied", applied)?;
+        let snap_rec = match snapshot {
+            Some(s) => Some(make_record(file, SM_META_NAME, "key snapshot", s)?),
+            None => None,
+        };
+        let txn = begin_durable(&self.inner.db, file)?;
+        {
+            let mut archive = txn.open_table(ARCHIVE).ctx(file, "open table")?;
+            for (i, bytes) in new_events {
+                archive
+                    .insert(*i, seal(bytes).as_slice())
+                    .ctx(file, "insert event")?;
+            }
+            let mut meta = txn.open_table(SM_META).ctx(file, "open table")?;
+            meta.insert(KEY_APPLIED, applied_rec.as_slice())
+                .ctx(file, "insert")?;
+            if let Some(r) = &snap_rec {
+                meta.insert(KEY_SNAPSHOT, r.as_slice())
+                    .ctx(file, "insert")?;
+            }
+        }
+        txn.commit().ctx(file, "commit apply")
+    }
+
+    fn write_snapshot_record(&self, s: &StoredSnapshot) -> Result<(), StoreError> {
+        let file = self.path();
+        let rec = make_record(file, SM_META_NAME, "key snapshot", s)?;
+        let txn = begin_durable(&self.inner.db, file)?;
+        {
+            let mut meta = txn.open_table(SM_META).ctx(file, "open table")?;
+            meta.insert(KEY_SNAPSHOT, rec.as_slice())
+                .ctx(file, "insert")?;
+        }
+        txn.commit().ctx(file, "commit snapshot")
+    }
+
+    fn read_snapshot_record(&self) -> Result<Option<StoredSnapshot>, StoreError> {
+        let file = self.path();
+        let txn = self.inner.db.begin_read().ctx(file, "begin read")?;
+        let meta = txn.open_table(SM_META).ctx(file, "open table")?;
+        match meta.get(KEY_SNAPSHOT).ctx(file, "read")? {
+            None => Ok(None),
+            Some(v) => Ok(Some(open_record(
+                file,
+                SM_META_NAME,
+                "key snapshot",
+                v.value(),
+            )?)),
+        }
+    }
+
+    /// Assembles the shipped form of a stored snapshot (state + archive).
+    fn snapshot_bytes(&self, s: &StoredSnapshot) -> Result<Vec<u8>, StoreError> {
+        let events = self
+            .read_event_bytes(1, s.event_index)?
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect::<Vec<_>>();
+        if events.len() as u64 != s.event_index {
+            return Err(StoreError::Snapshot {
+                file: self.path().to_path_buf(),
+                message: format!(
+                    "snapshot covers {} events, archive holds {}",
+                    s.event_index,
+                    events.len()
+                ),
+            });
+        }
+        let body = SnapshotBody {
+            state: s.state.clone(),
+            events,
+        };
+        make_record(self.path(), SM_META_NAME, "snapshot body", &body)
+    }
+
+    fn snapshot_err(&self, message: String) -> StoreError {
+        StoreError::Snapshot {
+            file: self.path().to_path_buf(),
+            message,
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&StateMachineStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, io::Error> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(io::Error::other)?
+            .map_err(io::Error::from)
+    }
+
+    /// Captures the current state for a snapshot. Called by openraft from
+    /// the state machine task between two `apply` calls, so the captured
+    /// state is exactly what the archive holds durably.
+    fn capture(&self) -> StoredSnapshot {
+        let mem = self.mem();
+        StoredSnapshot {
+            meta: SnapshotMeta {
+                last_log_id: mem.applied.last_applied,
+                last_membership: mem.applied.membership.clone(),
+            },
+            event_index: mem.state.applied_index,
+            state: mem.state.to_snapshot(),
+        }
+    }
+}
+
+/// Builds a snapshot from a state captured by
+/// `RaftStateMachine::get_snapshot_builder` (the build itself — storing the
+/// record and reading the archive — runs off the state machine task).
+pub struct SnapshotBuilder {
+    store: StateMachineStore,
+    captured: Option<StoredSnapshot>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let stored = match self.captured.take() {
+            Some(s) => s,
+            None => self.store.capture(),
+        };
+        self.store
+            .blocking(move |s| {
+                s.write_snapshot_record(&stored)?;
+                let data = s.snapshot_bytes(&stored)?;
+                Ok(Snapshot {
+                    meta: stored.meta,
+                    snapshot: data,
+                })
+            })
+            .await
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let mem = self.mem();
+        Ok((mem.applied.last_applied, mem.applied.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut batch = Vec::new();
+        while let Some(item) = entries.try_next().await? {
+            batch.push(item);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut new_events: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut replies = Vec::with_capacity(batch.len());
+        let applied = {
+            let mut mem = self.inner.mem.write().unwrap_or_else(|p| p.into_inner());
+            for (entry, responder) in batch {
+                let mut event_index = None;
+                match entry.payload {
+                    EntryPayload::Blank => {}
+                    EntryPayload::Membership(m) => {
+                        mem.applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                    }
+                    EntryPayload::Normal(p) => {
+                        // Stamp the event index: the next one after the
+                        // last applied event, identical on every replica.
+                        let index = mem.state.applied_index + 1;
+                        let bytes = stamp(&p.event, index).map_err(|message| {
+                            self.stop_loudly(StoreError::Corrupt {
+                                file: self.path().to_path_buf(),
+                                table: "raft_log",
+                                key: format!("log index {}", entry.log_id.index),
+                                message,
+                            })
+                        })?;
+                        mem.state.apply_bytes(index, &bytes).map_err(|source| {
+                            self.stop_loudly(StoreError::Apply {
+                                file: self.path().to_path_buf(),
+                                source,
+                            })
+                        })?;
+                        new_events.push((index, bytes));
+                        event_index = Some(index);
+                    }
+                }
+                mem.applied.last_applied = Some(entry.log_id);
+                replies.push((responder, Applied { event_index }));
+            }
+            mem.applied.event_index = mem.state.applied_index;
+            mem.applied.chain = mem.state.chain;
+            mem.applied.clone()
+        };
+        // Durable before anyone hears the entries are applied.
+        let durable = applied.event_index;
+        self.blocking(move |s| s.write_applied(&new_events, &applied, None))
+            .await?;
+        self.inner.durable_events.store(durable, Ordering::Release);
+        for (responder, reply) in replies {
+            if let Some(r) = responder {
+                r.send(reply);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            store: self.clone(),
+            captured: Some(self.capture()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
+        let meta = meta.clone();
+        self.blocking(move |s| s.install(meta, snapshot)).await
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        self.blocking(|s| {
+            let Some(stored) = s.read_snapshot_record()? else {
+                return Ok(None);
+            };
+            let data = s.snapshot_bytes(&stored)?;
+            Ok(Some(Snapshot {
+                meta: stored.meta,
+                snapshot: data,
+            }))
+        })
+        .await
+    }
+}
+
+impl StateMachineStore {
+    fn stop_loudly(&self, e: StoreError) -> io::Error {
+        tracing::error!(error = %e, "state machine cannot apply a committed entry; stopping this replica");
+        io::Error::from(e)
+    }
+
+    /// Installs a snapshot received from the leader: checks its checksum,
+    /// that the shipped archive hashes to the snapshot state's chain head,
+    /// and that it extends the local archive; then stores the missing
+    /// events, the applied position and the snapshot in one transaction.
+    fn install(&self, meta: SnapshotMeta, data: Vec<u8>) -> Result<(), StoreError> {
+        let payload = unseal(self.path(), SM_META_NAME, "received snapshot", &data)?;
+        let body: SnapshotBody = crate::record::decode(payload)
+            .map_err(|m| self.snapshot_err(format!("cannot decode: {m}")))?;
+        let state =
+            State::from_snapshot(&body.state).map_err(|e| self.snapshot_err(e.to_string()))?;
+        let n = body.events.len() as u64;
+        if state.applied_index != n {
+            return Err(self.snapshot_err(format!(
+                "state is at event {} but {n} events were shipped",
+                state.applied_index
+            )));
+        }
+        let mut head = [0u8; 32];
+        for b in &body.events {
+            head = chain_step(&head, b);
+        }
+        if head != state.chain {
+            return Err(
+                self.snapshot_err("shipped events do not hash to the state's chain head".into())
+            );
+        }
+        let local = self.read_event_bytes(1, n)?;
+        let local_n = self.mem().state.applied_index;
+        if local_n > n {
+            return Err(self.snapshot_err(format!(
+                "snapshot has {n} events but this node already applied {local_n}"
+            )));
+        }
+        for (i, b) in &local {
+            if body.events[(*i - 1) as usize] != *b {
+                return Err(self.snapshot_err(format!(
+                    "event index {i} differs from the local archive: histories diverged"
+                )));
+            }
+        }
+        let new_events: Vec<(u64, Vec<u8>)> = body
+            .events
+            .iter()
+            .enumerate()
+            .skip(local.len())
+            .map(|(i, b)| (i as u64 + 1, b.clone()))
+            .collect();
+        let applied = AppliedRecord {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            event_index: n,
+            chain: state.chain,
+        };
+        let stored = StoredSnapshot {
+            meta,
+            event_index: n,
+            state: body.state,
+        };
+        self.write_applied(&new_events, &applied, Some(&stored))?;
+        let mut mem = self.inner.mem.write().unwrap_or_else(|p| p.into_inner());
+        *mem = Mem { state, applied };
+        self.inner.durable_events.store(n, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Sets `index` on a proposed event and re-encodes it (prost encoding is
+/// deterministic, so every replica produces the same bytes).
+fn stamp(proposed: &[u8], index: u64) -> Result<Vec<u8>, String> {
+    let mut ev =
+        events::decode(proposed).map_err(|e| format!("proposed event does not decode: {e}"))?;
+    ev.index = index;
+    Ok(events::encode(&ev))
+}

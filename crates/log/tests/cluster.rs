@@ -1,0 +1,255 @@
+//! In-process clusters on loopback: election, replication, leader loss,
+//! restart, snapshot catch-up with the event archive.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kaon_core::events::{Body, pb};
+use kaon_log::node::NodeConfig;
+use kaon_log::{ProposeError, RaftNode};
+use openraft::async_runtime::WatchReceiver;
+
+/// Generous bound for anything that should take a few election timeouts.
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn fw(id: String) -> Body {
+    Body::FrameworkRegistered(pb::FrameworkRegistered { framework_id: id })
+}
+
+fn config(id: u64, dir: &Path, listen: SocketAddr) -> NodeConfig {
+    NodeConfig::new(id, listen, dir.join(format!("n{id}")))
+}
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Waits until `observer` sees a leader that is one of `alive`.
+async fn wait_leader(observer: &RaftNode, alive: &BTreeSet<u64>) -> u64 {
+    let m = observer
+        .raft()
+        .wait(Some(DEADLINE))
+        .metrics(
+            |m| matches!(m.current_leader, Some(l) if alive.contains(&l)),
+            "a live leader",
+        )
+        .await
+        .expect("a leader within the deadline");
+    m.current_leader.unwrap()
+}
+
+/// Proposes through whichever live node leads, retrying leader changes
+/// until the deadline.
+async fn propose(nodes: &BTreeMap<u64, RaftNode>, body: Body) -> u64 {
+    let alive: BTreeSet<u64> = nodes.keys().copied().collect();
+    let observer = nodes.values().next().unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let leader = wait_leader(observer, &alive).await;
+        match nodes[&leader].propose(body.clone()).await {
+            Ok(i) => return i,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "proposal not committed: {e}");
+                // Wait for the metrics to move (new term / leader) rather
+                // than sleeping.
+                let mut rx = observer.raft().metrics();
+                let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+            }
+        }
+    }
+}
+
+async fn wait_all(nodes: &BTreeMap<u64, RaftNode>, event_index: u64) {
+    for (id, n) in nodes {
+        assert!(
+            n.wait_for_event(event_index, DEADLINE).await,
+            "node {id} did not reach event {event_index} (at {})",
+            n.state_machine().applied_event_index()
+        );
+    }
+}
+
+fn assert_same_state(nodes: &BTreeMap<u64, RaftNode>, events: u64) {
+    let mut digests = BTreeSet::new();
+    let mut heads = BTreeSet::new();
+    let mut archives = BTreeSet::new();
+    for (id, n) in nodes {
+        digests.insert(n.digest());
+        let r = n
+            .verify_chain()
+            .unwrap_or_else(|e| panic!("node {id}: {e}"));
+        assert_eq!(r.events, events, "node {id}");
+        heads.insert(r.head);
+        let evs = n.read_events(1, events).unwrap();
+        assert_eq!(evs.len() as u64, events, "node {id}");
+        archives.insert(format!("{evs:?}"));
+    }
+    assert_eq!(digests.len(), 1, "State::digest differs between nodes");
+    assert_eq!(heads.len(), 1, "hash chains differ");
+    assert_eq!(archives.len(), 1, "archives differ");
+}
+
+async fn start_cluster(
+    dir: &Path,
+    ids: &[u64],
+    tune: impl Fn(&mut NodeConfig),
+) -> BTreeMap<u64, RaftNode> {
+    let mut nodes = BTreeMap::new();
+    for &id in ids {
+        let mut c = config(id, dir, any_port());
+        tune(&mut c);
+        nodes.insert(id, RaftNode::start(c).await.unwrap());
+    }
+    let members: BTreeMap<u64, String> = nodes
+        .iter()
+        .map(|(id, n)| (*id, n.addr().to_string()))
+        .collect();
+    nodes
+        .values()
+        .next()
+        .unwrap()
+        .initialize_with(members)
+        .await
+        .unwrap();
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_survive_leader_loss_and_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(dir.path(), &[1, 2, 3], |_| {}).await;
+    let all: BTreeSet<u64> = nodes.keys().copied().collect();
+    let leader = wait_leader(&nodes[&1], &all).await;
+
+    // Replication: event indexes are 1, 2, 3, ... with no gaps, even though
+    // the Raft log also holds the initial membership and blank entries.
+    for i in 1..=20u64 {
+        assert_eq!(propose(&nodes, fw(format!("fw-{i}"))).await, i);
+    }
+    let follower = *all.iter().find(|&&id| id != leader).unwrap();
+    match nodes[&follower].propose(fw("nope".into())).await {
+        Err(ProposeError::NotLeader { leader: l, .. }) => assert_eq!(l, Some(leader)),
+        other => panic!("follower accepted a proposal: {other:?}"),
+    }
+    wait_all(&nodes, 20).await;
+    assert_same_state(&nodes, 20);
+
+    // Kill the leader: the others elect a new one that commits in time.
+    let old = nodes.remove(&leader).unwrap();
+    let old_addr = old.addr();
+    old.shutdown().await;
+    let t0 = Instant::now();
+    let rest: BTreeSet<u64> = nodes.keys().copied().collect();
+    let new_leader = wait_leader(nodes.values().next().unwrap(), &rest).await;
+    assert_ne!(new_leader, leader);
+    assert_eq!(propose(&nodes, fw("after-failover".into())).await, 21);
+    let failover = t0.elapsed();
+    assert!(
+        failover < Duration::from_secs(5),
+        "failover took {failover:?}"
+    );
+    eprintln!("leader {leader} killed; node {new_leader} committed event 21 after {failover:?}");
+    for i in 22..=30u64 {
+        assert_eq!(propose(&nodes, fw(format!("fw-{i}"))).await, i);
+    }
+
+    // The old leader restarts from its data directory and catches up.
+    let restarted = RaftNode::start(config(leader, dir.path(), old_addr))
+        .await
+        .unwrap();
+    nodes.insert(leader, restarted);
+    wait_all(&nodes, 30).await;
+    assert_same_state(&nodes, 30);
+    for (_, n) in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_node_catches_up_by_snapshot_and_receives_the_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let tune = |c: &mut NodeConfig| {
+        c.snapshot_every_entries = 10;
+        c.keep_entries_after_snapshot = 0;
+    };
+    let mut nodes = start_cluster(dir.path(), &[1, 2, 3], tune).await;
+    // Node 3 goes down right away and misses everything.
+    let lagging = nodes.remove(&3).unwrap();
+    let lagging_addr = lagging.addr();
+    lagging.shutdown().await;
+
+    const EVENTS: u64 = 35;
+    for i in 1..=EVENTS {
+        assert_eq!(propose(&nodes, fw(format!("fw-{i}"))).await, i);
+    }
+    wait_all(&nodes, EVENTS).await;
+    let alive: BTreeSet<u64> = nodes.keys().copied().collect();
+    let leader_id = wait_leader(&nodes[&1], &alive).await;
+    let leader = &nodes[&leader_id];
+
+    // Compact the leader's Raft log: snapshot, then purge up to it.
+    leader.raft().trigger().snapshot().await.unwrap();
+    let m = leader
+        .raft()
+        .wait(Some(DEADLINE))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= EVENTS),
+            "snapshot built",
+        )
+        .await
+        .unwrap();
+    let snap_index = m.snapshot.unwrap().index;
+    leader.raft().trigger().purge_log(snap_index).await.unwrap();
+    leader
+        .raft()
+        .wait(Some(DEADLINE))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index >= snap_index),
+            "log purged",
+        )
+        .await
+        .unwrap();
+    let log = leader.log_store().verify().unwrap();
+    assert!(
+        log.first_index.is_none_or(|f| f > snap_index),
+        "leader log still starts at {:?}",
+        log.first_index
+    );
+    // Compaction never loses history: the archive still has event 1 on.
+    let evs = leader.read_events(1, EVENTS).unwrap();
+    assert_eq!(evs.len() as u64, EVENTS);
+    assert_eq!(evs[0].index, 1);
+
+    // Node 3 comes back with an empty log; the leader must send a snapshot.
+    let node3 = RaftNode::start(config(3, dir.path(), lagging_addr))
+        .await
+        .unwrap();
+    nodes.insert(3, node3);
+    wait_all(&nodes, EVENTS).await;
+    let installed = nodes[&3]
+        .raft()
+        .wait(Some(DEADLINE))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= snap_index),
+            "snapshot installed",
+        )
+        .await;
+    assert!(
+        installed.is_ok(),
+        "node 3 did not catch up by snapshot: {installed:?}"
+    );
+    assert_same_state(&nodes, EVENTS);
+
+    // And it keeps replicating normally afterwards.
+    assert_eq!(
+        propose(&nodes, fw("after-snapshot".into())).await,
+        EVENTS + 1
+    );
+    wait_all(&nodes, EVENTS + 1).await;
+    assert_same_state(&nodes, EVENTS + 1);
+    for (_, n) in nodes {
+        n.shutdown().await;
+    }
+}
