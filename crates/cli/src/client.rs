@@ -17,9 +17,16 @@ pub struct ServerArgs {
     /// Address for the gRPC API.
     #[arg(long, default_value = "127.0.0.1:7070")]
     pub listen: String,
-    /// Data directory (task sandboxes of the embedded emulator).
+    /// Data directory: the replicated event log (`raft/`) and the embedded
+    /// emulator's task sandboxes (`mesos/`).
     #[arg(long, default_value = "kaon-data")]
     pub data_dir: std::path::PathBuf,
+    /// Address for Raft RPC between kaon nodes.
+    #[arg(long, default_value = "127.0.0.1:7071")]
+    pub raft_listen: std::net::SocketAddr,
+    /// This node's id in the cluster.
+    #[arg(long, default_value_t = 1)]
+    pub node_id: u64,
     /// Mesos master URL; without it an embedded Mesos emulator is started.
     #[arg(long)]
     pub mesos_master: Option<String>,
@@ -43,32 +50,62 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         std::env::current_exe().context("locating the kaon binary (it is also the executor)")?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
         let (master, emulator) = match args.mesos_master {
             Some(url) => (url, None),
             None => {
-                let emu = kaon_mesos::emulator::Emulator::start(kaon_mesos::emulator::EmulatorConfig {
-                    allocation_interval: Duration::from_millis(20),
-                    work_dir: args.data_dir.join("mesos"),
-                    executor_path: Some(exe.clone()),
-                    ..Default::default()
-                })
-                .await
-                .context("starting the embedded Mesos emulator")?;
+                let emu =
+                    kaon_mesos::emulator::Emulator::start(kaon_mesos::emulator::EmulatorConfig {
+                        allocation_interval: Duration::from_millis(20),
+                        work_dir: args.data_dir.join("mesos"),
+                        executor_path: Some(exe.clone()),
+                        ..Default::default()
+                    })
+                    .await
+                    .context("starting the embedded Mesos emulator")?;
                 (emu.master_url(), Some(emu))
             }
         };
-        let log = Arc::new(kaon_server::log::LocalLog::default());
-        let mut config = kaon_server::runtime::RuntimeConfig::new(master.clone(), exe.display().to_string());
+        let node = kaon_log::RaftNode::start(kaon_log::NodeConfig::new(
+            args.node_id,
+            args.raft_listen,
+            args.data_dir.join("raft"),
+        ))
+        .await
+        .with_context(|| {
+            format!(
+                "opening the event log in {}",
+                args.data_dir.join("raft").display()
+            )
+        })?;
+        // A fresh data directory forms a one-node cluster; an existing one
+        // refuses to initialize again (its log already has a membership),
+        // which is fine: the node recovers from its own log.
+        if let Err(e) = node.initialize().await {
+            tracing::info!(reason = %e, "not initializing: the log already holds a cluster");
+        }
+        node.wait_for_leader(Duration::from_secs(10))
+            .await
+            .context("no Raft leader within 10 s")?;
+        let log = Arc::new(kaon_server::log::RaftLog::new(node));
+        let mut config =
+            kaon_server::runtime::RuntimeConfig::new(master.clone(), exe.display().to_string());
         config.framework_name = args.framework_name;
         config.failover_timeout_secs = args.failover_timeout;
         let runtime = kaon_server::runtime::start(log.clone(), config);
-        let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
         let addr = listener.local_addr()?;
-        println!("kaon server listening on {addr} (Mesos master {master}, data in {})", args.data_dir.display());
-        tracing::warn!("single-node mode with an in-memory event log: state is lost when the server stops (the replicated log arrives with the cluster issue)");
+        println!(
+            "kaon server listening on {addr} (Mesos master {master}, data in {})",
+            args.data_dir.display()
+        );
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

@@ -30,10 +30,17 @@ impl Drop for Server {
 
 fn start_server(data: &std::path::Path) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kaon"))
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--raft-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(data.join("server.stderr")).unwrap())
         .spawn()
         .expect("kaon server starts");
     let stdout = child.stdout.take().unwrap();
@@ -46,6 +53,11 @@ fn start_server(data: &std::path::Path) -> Server {
     let line = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("server prints its address");
+    assert!(
+        line.starts_with("kaon server listening on "),
+        "server did not start: {}",
+        std::fs::read_to_string(data.join("server.stderr")).unwrap_or_default()
+    );
     let addr = line
         .split_whitespace()
         .nth(4)
@@ -139,4 +151,26 @@ fn submit_watch_list_show_and_errors_over_grpc() {
     let (code, _, err) = kaon(&server, &["run", "cancel", &run_id.to_string()]);
     assert_eq!(code, 2);
     assert!(err.contains("FailedPrecondition"), "{err}");
+
+    // kill -9 and restart on the same data directory: nothing committed is lost.
+    let mut server = server;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    drop(server);
+    let server = start_server(dir.path());
+    let (code, out, err) = kaon(
+        &server,
+        &["--output", "json", "run", "show", &run_id.to_string()],
+    );
+    assert_eq!(code, 0, "{err}");
+    let run: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["steps"].as_array().unwrap().len(), 20, "{out}");
+    // And it keeps working: the same key still names the same run.
+    let (code, out, _) = kaon(&server, &["submit", &spec, "-p", &scripts, "--key", "k1"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!("run {run_id} (existing: same idempotency key)")
+    );
 }

@@ -8,9 +8,13 @@ use kaon_core::events::{Body, Event};
 /// Where committed events live. `append` returns only after the events are
 /// committed and applied to state (so effects derived from them are safe).
 pub trait EventLog: Send + Sync + 'static {
-    /// Commits `bodies` in order, stamped with `now_ms`; returns them with
-    /// their indexes.
-    fn append(&self, bodies: Vec<Body>, now_ms: i64) -> anyhow::Result<Vec<Event>>;
+    /// Commits `bodies` in order, stamped with `now_ms` (a replicated log
+    /// may stamp its own leader time); returns them with their indexes.
+    fn append(
+        &self,
+        bodies: Vec<Body>,
+        now_ms: i64,
+    ) -> impl std::future::Future<Output = anyhow::Result<Vec<Event>>> + Send;
     /// Runs `f` on the applied state.
     fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R
     where
@@ -45,7 +49,7 @@ impl LocalLog {
 }
 
 impl EventLog for LocalLog {
-    fn append(&self, bodies: Vec<Body>, now_ms: i64) -> anyhow::Result<Vec<Event>> {
+    async fn append(&self, bodies: Vec<Body>, now_ms: i64) -> anyhow::Result<Vec<Event>> {
         let mut g = self.inner.lock().expect("log lock");
         let (state, log) = &mut *g;
         let mut out = Vec::with_capacity(bodies.len());
@@ -77,5 +81,69 @@ impl EventLog for LocalLog {
 
     fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&self.inner.lock().expect("log lock").0)
+    }
+}
+
+/// The durable, Raft-replicated log (`kaon_log::RaftNode`): every event is
+/// committed by a majority and stored (with its archive copy) before
+/// `append` returns.
+pub struct RaftLog {
+    node: kaon_log::RaftNode,
+    committed: tokio::sync::watch::Sender<u64>,
+}
+
+impl RaftLog {
+    /// Wraps a started node.
+    pub fn new(node: kaon_log::RaftNode) -> Self {
+        let applied = node.with_state(|s| s.applied_index);
+        RaftLog {
+            node,
+            committed: tokio::sync::watch::channel(applied).0,
+        }
+    }
+
+    /// The node (membership, leadership, audits).
+    pub fn node(&self) -> &kaon_log::RaftNode {
+        &self.node
+    }
+}
+
+impl EventLog for RaftLog {
+    async fn append(&self, bodies: Vec<Body>, _now_ms: i64) -> anyhow::Result<Vec<Event>> {
+        let mut indexes = Vec::with_capacity(bodies.len());
+        for b in bodies {
+            let i = self
+                .node
+                .propose(b)
+                .await
+                .map_err(|e| anyhow::anyhow!("proposing an event: {e}"))?;
+            indexes.push(i);
+        }
+        let (Some(&first), Some(&last)) = (indexes.first(), indexes.last()) else {
+            return Ok(Vec::new());
+        };
+        let events = self.node.read_events(first, last)?;
+        let wanted: std::collections::BTreeSet<u64> = indexes.into_iter().collect();
+        self.committed.send_replace(last);
+        Ok(events
+            .into_iter()
+            .filter(|e| wanted.contains(&e.index))
+            .collect())
+    }
+
+    fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        self.node.with_state(f)
+    }
+
+    fn events_after(&self, after: u64, max: usize) -> Vec<Event> {
+        let to = after.saturating_add(max as u64);
+        self.node.read_events(after + 1, to).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading the event archive failed");
+            Vec::new()
+        })
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.committed.subscribe()
     }
 }

@@ -199,7 +199,7 @@ impl<L: EventLog> Runtime<L> {
             if d.events.is_empty() {
                 continue;
             }
-            let committed: Vec<Event> = match self.log.append(d.events, now_ms()) {
+            let committed: Vec<Event> = match self.log.append(d.events, now_ms()).await {
                 Ok(c) => c,
                 Err(e) => {
                     // The log refused (apply error): stop acting, loudly.
