@@ -8,6 +8,11 @@
 
 mod client;
 
+/// mimalloc: the state machine allocates many small objects (replay speed,
+/// see BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
