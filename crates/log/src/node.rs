@@ -235,6 +235,27 @@ impl RaftNode {
             .map_err(|e| NodeError::Raft(e.to_string()))
     }
 
+    /// Adds a node as a learner (leader only) and waits until it has caught
+    /// up with the log — by snapshot, archive included, if the leader's log
+    /// was compacted.
+    pub async fn add_learner(&self, id: u64, addr: String) -> Result<(), NodeError> {
+        self.raft
+            .add_learner(id, BasicNode { addr }, true)
+            .await
+            .map(|_| ())
+            .map_err(|e| NodeError::Raft(e.to_string()))
+    }
+
+    /// Makes `voters` the voting members (leader only); learners that are
+    /// not listed stay learners.
+    pub async fn change_voters(&self, voters: BTreeSet<u64>) -> Result<(), NodeError> {
+        self.raft
+            .change_membership(voters, true)
+            .await
+            .map(|_| ())
+            .map_err(|e| NodeError::Raft(e.to_string()))
+    }
+
     /// Proposes one event and waits until it is committed and applied
     /// here; returns its event index. The leader stamps the time; the
     /// index is stamped when the entry is applied.
