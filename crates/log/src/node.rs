@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kaon_core::State;
 use kaon_core::events::{self, Body, Event};
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, RaftError};
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::impls::BasicNode;
-use openraft::{Config, SnapshotPolicy};
+use openraft::{Config, ReadPolicy, SnapshotPolicy};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -280,6 +280,26 @@ impl RaftNode {
                 Err(ProposeError::NotLeader {
                     leader: f.leader_id,
                     leader_addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
+        }
+    }
+
+    /// Reads the state linearizably (leader only): confirms leadership with
+    /// a quorum (ReadIndex) and waits until everything committed before the
+    /// call is applied here, then runs `f`. Sees every event whose
+    /// `propose` returned before this call, on any node.
+    pub async fn read_linearizable<R>(
+        &self,
+        f: impl FnOnce(&State) -> R,
+    ) -> Result<R, ProposeError> {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(self.sm.with_state(f)),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(fw))) => {
+                Err(ProposeError::NotLeader {
+                    leader: fw.leader_id,
+                    leader_addr: fw.leader_node.map(|n| n.addr),
                 })
             }
             Err(e) => Err(ProposeError::Raft(e.to_string())),
