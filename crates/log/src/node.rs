@@ -162,7 +162,7 @@ impl RaftNode {
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let svc = RaftRpcServer::service(raft.clone());
+        let svc = RaftRpcServer::service(raft.clone(), sm.clone());
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let id = config.id;

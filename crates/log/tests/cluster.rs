@@ -189,13 +189,17 @@ async fn lagging_node_catches_up_by_snapshot_and_receives_the_archive() {
         c.keep_entries_after_snapshot = 0;
     };
     let mut nodes = start_cluster(dir.path(), &[1, 2, 3], tune).await;
-    // Node 3 goes down right away and misses everything.
+    // Node 3 has the first 5 events, then goes down and misses the rest.
+    for i in 1..=5u64 {
+        assert_eq!(propose(&nodes, fw(format!("fw-{i}"))).await, i);
+    }
+    wait_all(&nodes, 5).await;
     let lagging = nodes.remove(&3).unwrap();
     let lagging_addr = lagging.addr();
     lagging.shutdown().await;
 
     const EVENTS: u64 = 35;
-    for i in 1..=EVENTS {
+    for i in 6..=EVENTS {
         assert_eq!(propose(&nodes, fw(format!("fw-{i}"))).await, i);
     }
     wait_all(&nodes, EVENTS).await;
@@ -236,7 +240,8 @@ async fn lagging_node_catches_up_by_snapshot_and_receives_the_archive() {
     assert_eq!(evs.len() as u64, EVENTS);
     assert_eq!(evs[0].index, 1);
 
-    // Node 3 comes back with an empty log; the leader must send a snapshot.
+    // Node 3 comes back 30 events behind the leader's purged log: the
+    // leader must send a snapshot (with only the archive suffix it lacks).
     let node3 = RaftNode::start(config(3, dir.path(), lagging_addr))
         .await
         .unwrap();

@@ -183,6 +183,97 @@ async fn snapshot_carries_the_archive_to_a_fresh_node() {
     assert_eq!(other.applied_event_index(), 0);
 }
 
+#[tokio::test]
+async fn snapshot_ships_only_the_archive_suffix_a_node_lacks() {
+    use kaon_log::state_machine::trim_snapshot_archive;
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let mut leader = StateMachineStore::open(a.path()).unwrap();
+    let mut behind = StateMachineStore::open(b.path()).unwrap();
+    let all: Vec<Entry> = (1..=20).map(|i| normal(i, &format!("t{i}"))).collect();
+    apply(&mut leader, all.clone()).await.unwrap();
+    apply(&mut behind, all[..7].to_vec()).await.unwrap();
+    let snap = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    let trimmed = trim_snapshot_archive(snap.snapshot.clone(), 7).unwrap();
+    assert!(trimmed.len() < snap.snapshot.len());
+    behind
+        .install_snapshot(&snap.meta, trimmed.clone())
+        .await
+        .unwrap();
+    assert_eq!(behind.digest(), leader.digest());
+    assert_eq!(
+        behind.read_events(1, 20).unwrap(),
+        leader.read_events(1, 20).unwrap()
+    );
+    assert_eq!(behind.verify_chain().unwrap().events, 20);
+
+    // A node without the prefix cannot use a trimmed snapshot.
+    let mut empty = StateMachineStore::open(c.path()).unwrap();
+    let err = empty
+        .install_snapshot(&snap.meta, trimmed)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("holds only 0"), "{err}");
+    assert_eq!(empty.applied_event_index(), 0);
+    // Nothing to trim for an empty receiver or one that is ahead.
+    assert_eq!(
+        trim_snapshot_archive(snap.snapshot.clone(), 0).unwrap(),
+        snap.snapshot
+    );
+    assert_eq!(
+        trim_snapshot_archive(snap.snapshot.clone(), 25).unwrap(),
+        snap.snapshot
+    );
+}
+
+/// A node whose archive diverges from the leader's refuses the snapshot.
+#[tokio::test]
+async fn snapshot_with_a_different_history_is_refused() {
+    use kaon_log::state_machine::trim_snapshot_archive;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut leader = StateMachineStore::open(a.path()).unwrap();
+    let mut other = StateMachineStore::open(b.path()).unwrap();
+    apply(
+        &mut leader,
+        (1..=6).map(|i| normal(i, &format!("l{i}"))).collect(),
+    )
+    .await
+    .unwrap();
+    apply(
+        &mut other,
+        (1..=3).map(|i| normal(i, &format!("o{i}"))).collect(),
+    )
+    .await
+    .unwrap();
+    let snap = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let err = other
+        .install_snapshot(&snap.meta, snap.snapshot.clone())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("diverged"), "{err}");
+    let trimmed = trim_snapshot_archive(snap.snapshot, 3).unwrap();
+    let err = other
+        .install_snapshot(&snap.meta, trimmed)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("chain head"), "{err}");
+    assert_eq!(other.applied_event_index(), 3);
+}
+
 /// Flips one byte inside every occurrence of `marker` in `file`; returns
 /// how many were found.
 fn corrupt_marker(file: &Path, marker: &[u8]) -> usize {
