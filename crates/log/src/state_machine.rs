@@ -100,6 +100,9 @@ pub fn trim_snapshot_archive(data: Vec<u8>, receiver_has: u64) -> Result<Vec<u8>
     )
     .map_err(|e| e.to_string())?;
     let mut body: SnapshotBody = crate::record::decode(payload)?;
+    if body.first_event == 0 {
+        return Err("snapshot archive starts at event 0".into());
+    }
     let n = body.first_event - 1 + body.events.len() as u64;
     if receiver_has >= n || receiver_has < body.first_event {
         // Receiver is ahead (install will refuse) or the body is already
