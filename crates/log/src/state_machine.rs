@@ -706,11 +706,26 @@ impl StateMachineStore {
     }
 }
 
-/// Sets `index` on a proposed event and re-encodes it (prost encoding is
-/// deterministic, so every replica produces the same bytes).
-fn stamp(proposed: &[u8], index: u64) -> Result<Vec<u8>, String> {
-    let mut ev =
+/// Stamps event `index` on a proposed event (whose index must be 0).
+///
+/// The event's bytes are kept exactly as proposed and the index field
+/// (field 1, varint) is prepended. For a canonically encoded proposal this
+/// is byte-identical to re-encoding the event with the index set (prost
+/// writes fields in field-number order and omits a zero index), and unlike
+/// a decode/re-encode it keeps fields this version does not know, so
+/// replicas of different versions produce identical bytes (and hash chains).
+pub fn stamp(proposed: &[u8], index: u64) -> Result<Vec<u8>, String> {
+    let ev =
         events::decode(proposed).map_err(|e| format!("proposed event does not decode: {e}"))?;
-    ev.index = index;
-    Ok(events::encode(&ev))
+    if ev.index != 0 {
+        return Err(format!("proposed event already carries index {}", ev.index));
+    }
+    let mut out = Vec::with_capacity(proposed.len() + EVENT_INDEX_PREFIX_MAX_BYTES);
+    prost::encoding::encode_key(1, prost::encoding::WireType::Varint, &mut out);
+    prost::encoding::encode_varint(index, &mut out);
+    out.extend_from_slice(proposed);
+    Ok(out)
 }
+
+/// Largest stamped prefix: one key byte plus a 10-byte varint.
+const EVENT_INDEX_PREFIX_MAX_BYTES: usize = 11;

@@ -89,6 +89,36 @@ async fn event_indexes_are_consecutive_across_blank_and_membership_entries() {
     assert_eq!(report.head, replay.chain);
 }
 
+#[test]
+fn stamping_equals_reencoding_and_keeps_unknown_fields() {
+    use kaon_log::state_machine::stamp;
+    let ev = Event {
+        index: 0,
+        time_unix_ms: 1_700_000_000_123,
+        body: Some(fw("stamp")),
+    };
+    let proposed = events::encode(&ev);
+    for index in [1u64, 127, 128, 300, u64::MAX] {
+        let mut with_index = ev.clone();
+        with_index.index = index;
+        assert_eq!(
+            stamp(&proposed, index).unwrap(),
+            events::encode(&with_index)
+        );
+    }
+    // A field this version does not know (number 1000, varint 7) survives
+    // stamping byte for byte; the event still decodes.
+    let mut newer = proposed.clone();
+    newer.extend_from_slice(&[0xc0, 0x3e, 0x07]);
+    let stamped = stamp(&newer, 5).unwrap();
+    assert!(stamped.ends_with(&[0xc0, 0x3e, 0x07]));
+    assert_eq!(events::decode(&stamped).unwrap().index, 5);
+    // An already-indexed proposal is refused.
+    let mut indexed = ev.clone();
+    indexed.index = 9;
+    assert!(stamp(&events::encode(&indexed), 1).is_err());
+}
+
 #[tokio::test]
 async fn undecodable_proposal_stops_the_state_machine() {
     let dir = tempfile::tempdir().unwrap();
