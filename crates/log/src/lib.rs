@@ -16,6 +16,8 @@
 //!
 //! Design notes (event index mapping, archive) are in the crate README.
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod log_store;
 pub mod network;

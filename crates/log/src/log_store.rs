@@ -129,8 +129,8 @@ impl LogStore {
                 ));
             }
             let expected = match summary.last_index {
-                Some(last) => Some(last + 1),
-                None => purged.map(|p| p.index + 1),
+                Some(last) => last.checked_add(1),
+                None => purged.and_then(|p| p.index.checked_add(1)),
             };
             if let Some(expected) = expected
                 && index != expected

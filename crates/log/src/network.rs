@@ -26,8 +26,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::pb::raft_service_client::RaftServiceClient;
 use crate::pb::raft_service_server::{RaftService, RaftServiceServer};
-use crate::pb::{RaftPayload, SnapshotChunk};
+use crate::pb::{ArchiveLengthReply, ArchiveLengthRequest, RaftPayload, SnapshotChunk};
 use crate::record::{decode, encode};
+use crate::state_machine::{StateMachineStore, trim_snapshot_archive};
 use crate::types::TypeConfig;
 use crate::types::alias::{Raft, Snapshot, SnapshotMeta, Vote};
 
@@ -162,11 +163,30 @@ impl RaftNetworkV2<C> for PeerClient {
     async fn full_snapshot(
         &mut self,
         vote: Vote,
-        snapshot: Snapshot,
+        mut snapshot: Snapshot,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
         let target = self.target;
+        // Ship only the archive suffix the receiver lacks. If the question
+        // fails, send the whole archive (always correct, just bigger).
+        let mut client = self.client()?;
+        let has = tokio::time::timeout(
+            option.hard_ttl(),
+            client.archive_length(ArchiveLengthRequest {}),
+        )
+        .await;
+        if let Ok(Ok(reply)) = has {
+            let have = reply.into_inner().events;
+            match trim_snapshot_archive(std::mem::take(&mut snapshot.snapshot), have) {
+                Ok(data) => snapshot.snapshot = data,
+                Err(e) => {
+                    return Err(StreamingError::Network(NetworkError::from_string(format!(
+                        "peer {target}: local snapshot unreadable: {e}"
+                    ))));
+                }
+            }
+        }
         let meta =
             encode(&(vote, snapshot.meta.clone())).map_err(|e| NetworkError::<C>::new(&e))?;
         let mut chunks = vec![SnapshotChunk {
@@ -182,7 +202,6 @@ impl RaftNetworkV2<C> for PeerClient {
                     data: d.to_vec(),
                 }),
         );
-        let mut client = self.client()?;
         let call = client.install_snapshot(futures_util::stream::iter(chunks));
         let resp = tokio::select! {
             r = call => r.map_err(|s| StreamingError::from(status_to_rpc(target, s)))?,
@@ -199,12 +218,14 @@ impl RaftNetworkV2<C> for PeerClient {
 /// The tonic service that feeds incoming Raft RPCs to the local node.
 pub struct RaftRpcServer {
     raft: Raft,
+    sm: StateMachineStore,
 }
 
 impl RaftRpcServer {
-    /// Wraps `raft` in a tonic service with kaon's message size limits.
-    pub fn service(raft: Raft) -> RaftServiceServer<RaftRpcServer> {
-        RaftServiceServer::new(RaftRpcServer { raft })
+    /// Wraps `raft` (and its state machine, for the archive length) in a
+    /// tonic service with kaon's message size limits.
+    pub fn service(raft: Raft, sm: StateMachineStore) -> RaftServiceServer<RaftRpcServer> {
+        RaftServiceServer::new(RaftRpcServer { raft, sm })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
@@ -244,6 +265,15 @@ impl RaftService for RaftRpcServer {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         reply(&resp)
+    }
+
+    async fn archive_length(
+        &self,
+        _req: Request<ArchiveLengthRequest>,
+    ) -> Result<Response<ArchiveLengthReply>, Status> {
+        Ok(Response::new(ArchiveLengthReply {
+            events: self.sm.applied_event_index(),
+        }))
     }
 
     async fn install_snapshot(

@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kaon_core::State;
 use kaon_core::events::{self, Body, Event};
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, RaftError};
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
 use openraft::impls::BasicNode;
-use openraft::{Config, SnapshotPolicy};
+use openraft::{Config, ReadPolicy, SnapshotPolicy};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -162,7 +162,7 @@ impl RaftNode {
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let svc = RaftRpcServer::service(raft.clone());
+        let svc = RaftRpcServer::service(raft.clone(), sm.clone());
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let id = config.id;
@@ -235,6 +235,27 @@ impl RaftNode {
             .map_err(|e| NodeError::Raft(e.to_string()))
     }
 
+    /// Adds a node as a learner (leader only) and waits until it has caught
+    /// up with the log — by snapshot, archive included, if the leader's log
+    /// was compacted.
+    pub async fn add_learner(&self, id: u64, addr: String) -> Result<(), NodeError> {
+        self.raft
+            .add_learner(id, BasicNode { addr }, true)
+            .await
+            .map(|_| ())
+            .map_err(|e| NodeError::Raft(e.to_string()))
+    }
+
+    /// Makes `voters` the voting members (leader only); learners that are
+    /// not listed stay learners.
+    pub async fn change_voters(&self, voters: BTreeSet<u64>) -> Result<(), NodeError> {
+        self.raft
+            .change_membership(voters, true)
+            .await
+            .map(|_| ())
+            .map_err(|e| NodeError::Raft(e.to_string()))
+    }
+
     /// Proposes one event and waits until it is committed and applied
     /// here; returns its event index. The leader stamps the time; the
     /// index is stamped when the entry is applied.
@@ -259,6 +280,26 @@ impl RaftNode {
                 Err(ProposeError::NotLeader {
                     leader: f.leader_id,
                     leader_addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
+        }
+    }
+
+    /// Reads the state linearizably (leader only): confirms leadership with
+    /// a quorum (ReadIndex) and waits until everything committed before the
+    /// call is applied here, then runs `f`. Sees every event whose
+    /// `propose` returned before this call, on any node.
+    pub async fn read_linearizable<R>(
+        &self,
+        f: impl FnOnce(&State) -> R,
+    ) -> Result<R, ProposeError> {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(self.sm.with_state(f)),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(fw))) => {
+                Err(ProposeError::NotLeader {
+                    leader: fw.leader_id,
+                    leader_addr: fw.leader_node.map(|n| n.addr),
                 })
             }
             Err(e) => Err(ProposeError::Raft(e.to_string())),

@@ -76,8 +76,44 @@ struct StoredSnapshot {
 struct SnapshotBody {
     /// `State::to_snapshot()`.
     state: Vec<u8>,
-    /// Every event 1..=n (encoded `Event`s): the audit archive.
+    /// Index of `events[0]`: 1 for a full archive; higher when the sender
+    /// trimmed the prefix the receiver already holds
+    /// ([`trim_snapshot_archive`]).
+    first_event: u64,
+    /// Events `first_event..=n` (encoded `Event`s) of the audit archive.
     events: Vec<Vec<u8>>,
+}
+
+/// Drops from a snapshot's archive the first `receiver_has` events, which
+/// the receiving node already holds, so only the missing suffix travels.
+/// The receiver re-checks the whole chain (its prefix + the suffix) on
+/// install. Returns the data unchanged if there is nothing to trim.
+pub fn trim_snapshot_archive(data: Vec<u8>, receiver_has: u64) -> Result<Vec<u8>, String> {
+    if receiver_has == 0 {
+        return Ok(data);
+    }
+    let payload = crate::record::unseal(
+        Path::new("<snapshot>"),
+        SM_META_NAME,
+        "snapshot body",
+        &data,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut body: SnapshotBody = crate::record::decode(payload)?;
+    if body.first_event == 0 {
+        return Err("snapshot archive starts at event 0".into());
+    }
+    let n = body.first_event - 1 + body.events.len() as u64;
+    if receiver_has >= n || receiver_has < body.first_event {
+        // Receiver is ahead (install will refuse) or the body is already
+        // trimmed further: leave it alone.
+        return Ok(data);
+    }
+    let drop = (receiver_has + 1 - body.first_event) as usize;
+    body.events.drain(..drop);
+    body.first_event = receiver_has + 1;
+    let payload = crate::record::encode(&body).map_err(|e| e.to_string())?;
+    Ok(seal(&payload))
 }
 
 /// Result of [`StateMachineStore::verify_chain`].
@@ -411,6 +447,7 @@ impl StateMachineStore {
         }
         let body = SnapshotBody {
             state: s.state.clone(),
+            first_event: 1,
             events,
         };
         make_record(self.path(), SM_META_NAME, "snapshot body", &body)
@@ -590,52 +627,66 @@ impl StateMachineStore {
     }
 
     /// Installs a snapshot received from the leader: checks its checksum,
-    /// that the shipped archive hashes to the snapshot state's chain head,
-    /// and that it extends the local archive; then stores the missing
-    /// events, the applied position and the snapshot in one transaction.
+    /// that the local archive prefix plus the shipped events hash to the
+    /// snapshot state's chain head, and that shipped events agree with
+    /// local ones; then stores the missing events, the applied position
+    /// and the snapshot in one transaction.
     fn install(&self, meta: SnapshotMeta, data: Vec<u8>) -> Result<(), StoreError> {
         let payload = unseal(self.path(), SM_META_NAME, "received snapshot", &data)?;
         let body: SnapshotBody = crate::record::decode(payload)
             .map_err(|m| self.snapshot_err(format!("cannot decode: {m}")))?;
         let state =
             State::from_snapshot(&body.state).map_err(|e| self.snapshot_err(e.to_string()))?;
-        let n = body.events.len() as u64;
+        if body.first_event == 0 {
+            return Err(self.snapshot_err("archive starts at event 0".into()));
+        }
+        let n = body.first_event - 1 + body.events.len() as u64;
         if state.applied_index != n {
             return Err(self.snapshot_err(format!(
-                "state is at event {} but {n} events were shipped",
+                "state is at event {} but the archive ends at {n}",
                 state.applied_index
             )));
         }
-        let mut head = [0u8; 32];
-        for b in &body.events {
-            head = chain_step(&head, b);
-        }
-        if head != state.chain {
-            return Err(
-                self.snapshot_err("shipped events do not hash to the state's chain head".into())
-            );
-        }
-        let local = self.read_event_bytes(1, n)?;
         let local_n = self.mem().state.applied_index;
         if local_n > n {
             return Err(self.snapshot_err(format!(
                 "snapshot has {n} events but this node already applied {local_n}"
             )));
         }
+        if local_n + 1 < body.first_event {
+            return Err(self.snapshot_err(format!(
+                "archive shipped from event {} but this node holds only {local_n}",
+                body.first_event
+            )));
+        }
+        let local = self.read_event_bytes(1, local_n)?;
+        if local.len() as u64 != local_n {
+            return Err(self.snapshot_err(format!(
+                "local archive holds {} events, state says {local_n}",
+                local.len()
+            )));
+        }
+        let shipped = |i: u64| &body.events[(i - body.first_event) as usize];
+        let mut head = [0u8; 32];
         for (i, b) in &local {
-            if body.events[(*i - 1) as usize] != *b {
+            if *i >= body.first_event && shipped(*i) != b {
                 return Err(self.snapshot_err(format!(
                     "event index {i} differs from the local archive: histories diverged"
                 )));
             }
+            head = chain_step(&head, b);
         }
-        let new_events: Vec<(u64, Vec<u8>)> = body
-            .events
-            .iter()
-            .enumerate()
-            .skip(local.len())
-            .map(|(i, b)| (i as u64 + 1, b.clone()))
-            .collect();
+        let new_events: Vec<(u64, Vec<u8>)> =
+            (local_n + 1..=n).map(|i| (i, shipped(i).clone())).collect();
+        for (_, b) in &new_events {
+            head = chain_step(&head, b);
+        }
+        if head != state.chain {
+            return Err(self.snapshot_err(
+                "archive (local prefix + shipped events) does not hash to the state's chain head"
+                    .into(),
+            ));
+        }
         let applied = AppliedRecord {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
@@ -655,11 +706,26 @@ impl StateMachineStore {
     }
 }
 
-/// Sets `index` on a proposed event and re-encodes it (prost encoding is
-/// deterministic, so every replica produces the same bytes).
-fn stamp(proposed: &[u8], index: u64) -> Result<Vec<u8>, String> {
-    let mut ev =
+/// Stamps event `index` on a proposed event (whose index must be 0).
+///
+/// The event's bytes are kept exactly as proposed and the index field
+/// (field 1, varint) is prepended. For a canonically encoded proposal this
+/// is byte-identical to re-encoding the event with the index set (prost
+/// writes fields in field-number order and omits a zero index), and unlike
+/// a decode/re-encode it keeps fields this version does not know, so
+/// replicas of different versions produce identical bytes (and hash chains).
+pub fn stamp(proposed: &[u8], index: u64) -> Result<Vec<u8>, String> {
+    let ev =
         events::decode(proposed).map_err(|e| format!("proposed event does not decode: {e}"))?;
-    ev.index = index;
-    Ok(events::encode(&ev))
+    if ev.index != 0 {
+        return Err(format!("proposed event already carries index {}", ev.index));
+    }
+    let mut out = Vec::with_capacity(proposed.len() + EVENT_INDEX_PREFIX_MAX_BYTES);
+    prost::encoding::encode_key(1, prost::encoding::WireType::Varint, &mut out);
+    prost::encoding::encode_varint(index, &mut out);
+    out.extend_from_slice(proposed);
+    Ok(out)
 }
+
+/// Largest stamped prefix: one key byte plus a 10-byte varint.
+const EVENT_INDEX_PREFIX_MAX_BYTES: usize = 11;

@@ -133,6 +133,20 @@ async fn three_nodes_replicate_survive_leader_loss_and_agree() {
         Err(ProposeError::NotLeader { leader: l, .. }) => assert_eq!(l, Some(leader)),
         other => panic!("follower accepted a proposal: {other:?}"),
     }
+    // Linearizable reads: on the leader they see every committed event;
+    // a follower refuses and names the leader.
+    let seen = nodes[&leader]
+        .read_linearizable(|s| (s.applied_index, s.framework_id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(seen, (20, Some("fw-20".to_string())));
+    match nodes[&follower]
+        .read_linearizable(|s| s.applied_index)
+        .await
+    {
+        Err(ProposeError::NotLeader { leader: l, .. }) => assert_eq!(l, Some(leader)),
+        other => panic!("follower served a linearizable read: {other:?}"),
+    }
     wait_all(&nodes, 20).await;
     assert_same_state(&nodes, 20);
 
@@ -175,13 +189,17 @@ async fn lagging_node_catches_up_by_snapshot_and_receives_the_archive() {
         c.keep_entries_after_snapshot = 0;
     };
     let mut nodes = start_cluster(dir.path(), &[1, 2, 3], tune).await;
-    // Node 3 goes down right away and misses everything.
+    // Node 3 has the first 5 events, then goes down and misses the rest.
+    for i in 1..=5u64 {
+        assert_eq!(propose(&nodes, fw(format!("fw-{i}"))).await, i);
+    }
+    wait_all(&nodes, 5).await;
     let lagging = nodes.remove(&3).unwrap();
     let lagging_addr = lagging.addr();
     lagging.shutdown().await;
 
     const EVENTS: u64 = 35;
-    for i in 1..=EVENTS {
+    for i in 6..=EVENTS {
         assert_eq!(propose(&nodes, fw(format!("fw-{i}"))).await, i);
     }
     wait_all(&nodes, EVENTS).await;
@@ -222,7 +240,8 @@ async fn lagging_node_catches_up_by_snapshot_and_receives_the_archive() {
     assert_eq!(evs.len() as u64, EVENTS);
     assert_eq!(evs[0].index, 1);
 
-    // Node 3 comes back with an empty log; the leader must send a snapshot.
+    // Node 3 comes back 30 events behind the leader's purged log: the
+    // leader must send a snapshot (with only the archive suffix it lacks).
     let node3 = RaftNode::start(config(3, dir.path(), lagging_addr))
         .await
         .unwrap();
@@ -249,6 +268,40 @@ async fn lagging_node_catches_up_by_snapshot_and_receives_the_archive() {
     );
     wait_all(&nodes, EVENTS + 1).await;
     assert_same_state(&nodes, EVENTS + 1);
+    for (_, n) in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_rpc_payloads_are_rejected_not_fatal() {
+    use kaon_log::pb::raft_service_client::RaftServiceClient;
+    use kaon_log::pb::{RaftPayload, SnapshotChunk};
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path(), &[1], |_| {}).await;
+    let node = &nodes[&1];
+    wait_leader(node, &BTreeSet::from([1])).await;
+    let mut client = RaftServiceClient::connect(format!("http://{}", node.addr()))
+        .await
+        .unwrap();
+    let garbage = RaftPayload {
+        data: vec![0xde, 0xad, 0xbe, 0xef],
+    };
+    let e = client.append_entries(garbage.clone()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    let e = client.vote(garbage).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    let chunks = vec![SnapshotChunk {
+        meta: vec![1, 2, 3],
+        data: vec![4, 5, 6],
+    }];
+    let e = client
+        .install_snapshot(futures_util::stream::iter(chunks))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    // The node is unharmed: it still commits.
+    assert_eq!(propose(&nodes, fw("still-alive".into())).await, 1);
     for (_, n) in nodes {
         n.shutdown().await;
     }

@@ -89,6 +89,36 @@ async fn event_indexes_are_consecutive_across_blank_and_membership_entries() {
     assert_eq!(report.head, replay.chain);
 }
 
+#[test]
+fn stamping_equals_reencoding_and_keeps_unknown_fields() {
+    use kaon_log::state_machine::stamp;
+    let ev = Event {
+        index: 0,
+        time_unix_ms: 1_700_000_000_123,
+        body: Some(fw("stamp")),
+    };
+    let proposed = events::encode(&ev);
+    for index in [1u64, 127, 128, 300, u64::MAX] {
+        let mut with_index = ev.clone();
+        with_index.index = index;
+        assert_eq!(
+            stamp(&proposed, index).unwrap(),
+            events::encode(&with_index)
+        );
+    }
+    // A field this version does not know (number 1000, varint 7) survives
+    // stamping byte for byte; the event still decodes.
+    let mut newer = proposed.clone();
+    newer.extend_from_slice(&[0xc0, 0x3e, 0x07]);
+    let stamped = stamp(&newer, 5).unwrap();
+    assert!(stamped.ends_with(&[0xc0, 0x3e, 0x07]));
+    assert_eq!(events::decode(&stamped).unwrap().index, 5);
+    // An already-indexed proposal is refused.
+    let mut indexed = ev.clone();
+    indexed.index = 9;
+    assert!(stamp(&events::encode(&indexed), 1).is_err());
+}
+
 #[tokio::test]
 async fn undecodable_proposal_stops_the_state_machine() {
     let dir = tempfile::tempdir().unwrap();
@@ -183,6 +213,97 @@ async fn snapshot_carries_the_archive_to_a_fresh_node() {
     assert_eq!(other.applied_event_index(), 0);
 }
 
+#[tokio::test]
+async fn snapshot_ships_only_the_archive_suffix_a_node_lacks() {
+    use kaon_log::state_machine::trim_snapshot_archive;
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let mut leader = StateMachineStore::open(a.path()).unwrap();
+    let mut behind = StateMachineStore::open(b.path()).unwrap();
+    let all: Vec<Entry> = (1..=20).map(|i| normal(i, &format!("t{i}"))).collect();
+    apply(&mut leader, all.clone()).await.unwrap();
+    apply(&mut behind, all[..7].to_vec()).await.unwrap();
+    let snap = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    let trimmed = trim_snapshot_archive(snap.snapshot.clone(), 7).unwrap();
+    assert!(trimmed.len() < snap.snapshot.len());
+    behind
+        .install_snapshot(&snap.meta, trimmed.clone())
+        .await
+        .unwrap();
+    assert_eq!(behind.digest(), leader.digest());
+    assert_eq!(
+        behind.read_events(1, 20).unwrap(),
+        leader.read_events(1, 20).unwrap()
+    );
+    assert_eq!(behind.verify_chain().unwrap().events, 20);
+
+    // A node without the prefix cannot use a trimmed snapshot.
+    let mut empty = StateMachineStore::open(c.path()).unwrap();
+    let err = empty
+        .install_snapshot(&snap.meta, trimmed)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("holds only 0"), "{err}");
+    assert_eq!(empty.applied_event_index(), 0);
+    // Nothing to trim for an empty receiver or one that is ahead.
+    assert_eq!(
+        trim_snapshot_archive(snap.snapshot.clone(), 0).unwrap(),
+        snap.snapshot
+    );
+    assert_eq!(
+        trim_snapshot_archive(snap.snapshot.clone(), 25).unwrap(),
+        snap.snapshot
+    );
+}
+
+/// A node whose archive diverges from the leader's refuses the snapshot.
+#[tokio::test]
+async fn snapshot_with_a_different_history_is_refused() {
+    use kaon_log::state_machine::trim_snapshot_archive;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut leader = StateMachineStore::open(a.path()).unwrap();
+    let mut other = StateMachineStore::open(b.path()).unwrap();
+    apply(
+        &mut leader,
+        (1..=6).map(|i| normal(i, &format!("l{i}"))).collect(),
+    )
+    .await
+    .unwrap();
+    apply(
+        &mut other,
+        (1..=3).map(|i| normal(i, &format!("o{i}"))).collect(),
+    )
+    .await
+    .unwrap();
+    let snap = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let err = other
+        .install_snapshot(&snap.meta, snap.snapshot.clone())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("diverged"), "{err}");
+    let trimmed = trim_snapshot_archive(snap.snapshot, 3).unwrap();
+    let err = other
+        .install_snapshot(&snap.meta, trimmed)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("chain head"), "{err}");
+    assert_eq!(other.applied_event_index(), 3);
+}
+
 /// Flips one byte inside every occurrence of `marker` in `file`; returns
 /// how many were found.
 fn corrupt_marker(file: &Path, marker: &[u8]) -> usize {
@@ -271,28 +392,33 @@ async fn truncate_and_purge_survive_reopen() {
     assert_eq!(st.last_log_id, Some(log_id(1, 1, 7)));
 }
 
-/// Acknowledged indexes written by the helper (a torn last line is
-/// ignored: it was never fully acknowledged).
+/// Highest acknowledged number written by the helper. Only complete lines
+/// count: a line torn by the kill was never fully acknowledged (the helper
+/// terminates it with "torn" before appending more).
 fn acked(file: &Path) -> u64 {
     let mut s = String::new();
     if let Ok(mut f) = std::fs::File::open(file) {
         f.read_to_string(&mut s).unwrap();
     }
-    s.lines()
+    s.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
         .filter_map(|l| l.trim().parse::<u64>().ok())
         .max()
         .unwrap_or(0)
 }
 
-/// Kill -9 the appender at arbitrary moments; every acknowledged entry must
-/// be present after reopening, with no holes. Iterations: env
-/// `KAON_CRASH_ITERATIONS` (default 20).
-#[test]
-fn acknowledged_appends_survive_sigkill() {
-    let iterations: u32 = std::env::var("KAON_CRASH_ITERATIONS")
+fn crash_iterations() -> u32 {
+    std::env::var("KAON_CRASH_ITERATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+        .unwrap_or(20)
+}
+
+/// Runs the helper in `mode` `iterations` times, SIGKILLing it after a
+/// varying number of acknowledgements; after each kill calls `check` with
+/// the highest acknowledged number. Returns the final acknowledged number.
+fn kill_rounds(mode: &str, check: impl Fn(u32, &Path, u64)) -> u64 {
+    let iterations = crash_iterations();
     let dir = tempfile::tempdir().unwrap();
     let ack = dir.path().join("acked.txt");
     let data = dir.path().join("data");
@@ -300,14 +426,15 @@ fn acknowledged_appends_survive_sigkill() {
     let mut last_acked = 0;
     for round in 0..iterations {
         let mut child = Command::new(exe)
+            .arg(mode)
             .arg(&data)
             .arg(&ack)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Vary the kill point: wait for 1..=5 new acknowledgements; on
-        // round 0 some rounds kill before anything is acknowledged.
+        // Vary the kill point: 0..=4 new acknowledgements (0 = possibly
+        // during start-up or first creation of the database).
         let want = last_acked + u64::from(round % 5);
         let deadline = Instant::now() + Duration::from_secs(30);
         while acked(&ack) < want {
@@ -327,10 +454,23 @@ fn acknowledged_appends_survive_sigkill() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let n = acked(&ack);
-        let log = LogStore::open(&data)
+        check(round, &data, n);
+        last_acked = n;
+    }
+    assert!(last_acked > 0, "nothing was ever acknowledged");
+    eprintln!("{mode}: {iterations} SIGKILL rounds, {last_acked} acknowledged, all present");
+    last_acked
+}
+
+/// Kill -9 the appender at arbitrary moments; every acknowledged entry must
+/// be present after reopening, with no holes. Rounds: env
+/// `KAON_CRASH_ITERATIONS` (default 20).
+#[test]
+fn acknowledged_appends_survive_sigkill() {
+    kill_rounds("log", |round, data, n| {
+        let log = LogStore::open(data)
             .unwrap_or_else(|e| panic!("round {round}: reopen after SIGKILL: {e}"));
-        let summary = log.verify().unwrap();
-        let last = summary.last_index.unwrap_or(0);
+        let last = log.verify().unwrap().last_index.unwrap_or(0);
         assert!(
             last >= n,
             "round {round}: acknowledged {n}, log ends at {last}"
@@ -340,8 +480,22 @@ fn acknowledged_appends_survive_sigkill() {
         for (i, e) in entries.iter().enumerate() {
             assert_eq!(e.log_id.index, i as u64 + 1);
         }
-        last_acked = n;
-    }
-    assert!(last_acked > 0, "nothing was ever acknowledged");
-    eprintln!("{iterations} SIGKILL rounds, {last_acked} acknowledged entries all present");
+    });
+}
+
+/// Kill -9 the state machine while it applies: every acknowledged event is
+/// archived, the state rebuilds on reopen and the chain verifies.
+#[test]
+fn acknowledged_applies_survive_sigkill() {
+    kill_rounds("state", |round, data, n| {
+        let sm = StateMachineStore::open(data)
+            .unwrap_or_else(|e| panic!("round {round}: reopen after SIGKILL: {e}"));
+        let have = sm.applied_event_index();
+        assert!(have >= n, "round {round}: acknowledged {n}, applied {have}");
+        let report = sm.verify_chain().unwrap();
+        assert_eq!(report.events, have);
+        let evs = sm.read_events(1, n).unwrap();
+        assert_eq!(evs.len() as u64, n);
+        assert!(evs.iter().enumerate().all(|(i, e)| e.index == i as u64 + 1));
+    });
 }
