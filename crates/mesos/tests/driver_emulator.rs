@@ -512,3 +512,52 @@ async fn unstartable_executor_fails_with_container_launch_failed() {
     h.stop();
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_framework_and_unsupported_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let info = framework(Some("upd-fw"), 60.0);
+    let (h, mut rx) = driver(&emu.master_url(), info.clone());
+    subscribed(&mut rx).await;
+    let mut renamed = info.clone();
+    renamed.name = "renamed".into();
+    renamed.failover_timeout = Some(120.0);
+    h.update_framework(renamed.clone()).await.unwrap();
+    let st = master_state(&emu.master_url()).await;
+    assert_eq!(st["frameworks"][0]["name"], "renamed");
+    assert_eq!(st["frameworks"][0]["failover_timeout"], 120.0);
+    renamed.principal = Some("someone-else".into());
+    match h.update_framework(renamed).await {
+        Err(DriverError::Status {
+            status: 400, body, ..
+        }) => assert!(body.contains("principal"), "{body}"),
+        other => panic!("expected 400, got {other:?}"),
+    }
+    // LAUNCH with an operation id, and LAUNCH_GROUP, are refused with TASK_ERROR.
+    let offer = offers(&mut rx).await.remove(0);
+    let mut op = kaon_mesos::types::scheduler::Operation::launch(vec![command_task(
+        "with-id", &offer, "true",
+    )]);
+    op.id = Some(Id::new("op-1"));
+    let group = kaon_mesos::types::scheduler::Operation {
+        kind: kaon_mesos::types::scheduler::OperationType::LaunchGroup,
+        id: None,
+        launch: None,
+        launch_group: Some(kaon_mesos::types::scheduler::LaunchGroup {
+            executor: kaon_mesos::executor::executor_info("g", "kaon-executor", vec![]),
+            task_group: kaon_mesos::types::scheduler::TaskGroup {
+                tasks: vec![command_task("grouped", &offer, "true")],
+            },
+        }),
+    };
+    h.accept(vec![offer.id.clone()], vec![op, group], Some(0.0))
+        .await
+        .unwrap();
+    let e1 = update(&mut rx, "with-id", TaskState::Error).await;
+    assert_eq!(e1.reason.as_deref(), Some("REASON_TASK_INVALID"));
+    let e2 = update(&mut rx, "grouped", TaskState::Error).await;
+    assert_eq!(e2.reason.as_deref(), Some("REASON_TASK_GROUP_INVALID"));
+    h.stop();
+    emu.shutdown().await;
+}

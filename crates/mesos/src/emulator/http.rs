@@ -474,10 +474,11 @@ fn scheduler_inner(
             core.message_to_executor(&framework, call.message.as_ref().expect("validated"))
         }
         sch::CallType::UpdateFramework => {
-            return Err(text(
-                StatusCode::NOT_IMPLEMENTED,
-                "UPDATE_FRAMEWORK is not emulated",
-            ));
+            let u = call.update_framework.as_ref().expect("validated");
+            return match core.update_framework(&framework, u) {
+                Ok(()) => Ok(StatusCode::OK.into_response()),
+                Err(m) => Err(text(StatusCode::BAD_REQUEST, m)),
+            };
         }
         other => tracing::debug!(call = ?other, "call accepted and ignored by the emulator"),
     }
@@ -501,6 +502,7 @@ fn validate_scheduler_call(call: &sch::Call, kind: sch::CallType) -> Result<(), 
         T::Acknowledge => call.acknowledge.is_some(),
         T::Reconcile => call.reconcile.is_some(),
         T::Message => call.message.is_some(),
+        T::UpdateFramework => call.update_framework.is_some(),
         _ => true,
     };
     if !present {
@@ -523,6 +525,14 @@ fn validate_scheduler_call(call: &sch::Call, kind: sch::CallType) -> Result<(), 
         }
     } else if call.framework_id.is_none() {
         return Err(missing("framework_id"));
+    }
+    if let Some(u) = &call.update_framework
+        && u.framework_info.id.as_ref() != call.framework_id.as_ref()
+    {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            "'framework_id' differs from 'update_framework.framework_info.id'",
+        ));
     }
     if let Some(ack) = &call.acknowledge
         && ack.uuid.0.len() != 16

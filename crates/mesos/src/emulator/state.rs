@@ -590,6 +590,31 @@ impl Core {
         self.allocate.notify_one();
     }
 
+    /// UPDATE_FRAMEWORK: apply a new FrameworkInfo (the principal cannot
+    /// change; user and checkpoint changes are ignored, as on re-subscribe).
+    pub fn update_framework(
+        &self,
+        framework: &str,
+        u: &sch::UpdateFramework,
+    ) -> Result<(), String> {
+        let mut st = self.lock();
+        let Some(fw) = st.frameworks.get_mut(framework) else {
+            return Err("Framework cannot be found".into());
+        };
+        if fw.info.principal != u.framework_info.principal {
+            return Err("Changing framework's principal is not allowed".into());
+        }
+        let (user, checkpoint, id) = (fw.info.user.clone(), fw.info.checkpoint, fw.info.id.clone());
+        fw.info = u.framework_info.clone();
+        fw.info.user = user;
+        fw.info.checkpoint = checkpoint;
+        fw.info.id = id;
+        fw.suppressed = !u.suppressed_roles.is_empty();
+        drop(st);
+        self.allocate.notify_one();
+        Ok(())
+    }
+
     pub fn revive(&self, framework: &str) {
         let mut st = self.lock();
         if let Some(fw) = st.frameworks.get_mut(framework) {
@@ -680,12 +705,42 @@ impl Core {
 
     pub fn accept(self: &Arc<Self>, framework: &str, a: &sch::Accept) {
         let mut st = self.lock();
-        let tasks: Vec<TaskInfo> = a
-            .operations
-            .iter()
-            .filter(|o| o.kind == sch::OperationType::Launch)
-            .flat_map(|o| o.launch.iter().flat_map(|l| l.task_infos.iter().cloned()))
-            .collect();
+        // Tasks to launch, with a refusal (reason, message) for operations
+        // the emulator rejects as Mesos would, or does not support.
+        let mut tasks: Vec<(TaskInfo, Option<(&str, String)>)> = Vec::new();
+        for op in &a.operations {
+            match op.kind {
+                sch::OperationType::Launch => {
+                    let refusal = op.id.as_ref().map(|_| {
+                        (
+                            "REASON_TASK_INVALID",
+                            "LAUNCH operations must not set an operation id".to_string(),
+                        )
+                    });
+                    for t in op.launch.iter().flat_map(|l| l.task_infos.iter()) {
+                        tasks.push((t.clone(), refusal.clone()));
+                    }
+                }
+                sch::OperationType::LaunchGroup => {
+                    for t in op
+                        .launch_group
+                        .iter()
+                        .flat_map(|g| g.task_group.tasks.iter())
+                    {
+                        tasks.push((
+                            t.clone(),
+                            Some((
+                                "REASON_TASK_GROUP_INVALID",
+                                "LAUNCH_GROUP is not supported by the kaon Mesos emulator".into(),
+                            )),
+                        ));
+                    }
+                }
+                other => {
+                    tracing::info!(operation = ?other, "offer operation not emulated; ignored")
+                }
+            }
+        }
         let mut seen = BTreeSet::new();
         let mut agent = None;
         let mut invalid = a
@@ -719,7 +774,7 @@ impl Core {
             } else {
                 TaskState::Lost
             };
-            for t in &tasks {
+            for (t, _) in &tasks {
                 Self::master_update(
                     fw,
                     &t.task_id,
@@ -735,8 +790,19 @@ impl Core {
         }
         let agent = agent.unwrap_or(0);
         let mut launches = Vec::new();
-        for task in tasks {
+        for (task, refusal) in tasks {
             let fw = &st.frameworks[framework];
+            if let Some((reason, message)) = refusal {
+                Self::master_update(
+                    fw,
+                    &task.task_id,
+                    TaskState::Error,
+                    reason,
+                    message,
+                    Some(task.agent_id.clone()),
+                );
+                continue;
+            }
             if let Err(message) = Self::validate_task(&st, framework, agent, &task) {
                 Self::master_update(
                     fw,
