@@ -197,8 +197,30 @@ async fn failing_step_reports_exit_code_and_oversized_outputs_fail() {
     assert!(r.error.unwrap().contains("over the limit of 100 bytes"));
     assert_eq!(r.outputs, None);
     // stderr went to the sandbox log file.
-    let stderr = find_file(dir.path(), "stderr", "oops");
-    assert!(stderr.is_some(), "step stderr captured in the sandbox");
+    let stderr =
+        find_file(dir.path(), "stderr", "oops").expect("step stderr captured in the sandbox");
+    // ... and the agent serves it.
+    let agent = emu.agent_addrs()[0];
+    let served = reqwest::Client::new()
+        .get(format!(
+            "http://{agent}/files/download?path={}",
+            stderr.display()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.text().await.unwrap(), "oops\n");
+    let outside = reqwest::Client::new()
+        .get(format!("http://{agent}/files/download?path=/etc/passwd"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        outside.status(),
+        403,
+        "paths outside the sandboxes are refused"
+    );
     h.stop();
     emu.shutdown().await;
 }
