@@ -148,6 +148,8 @@ pub(crate) async fn serve_master(
         .route("/state", get(master_state))
         .route("/master/state", get(master_state))
         .route("/master/redirect", get(redirect))
+        .route("/api/v1", axum::routing::post(operator_api))
+        .route("/master/api/v1", axum::routing::post(operator_api))
         .route("/master/frameworks", get(master_frameworks))
         .route("/frameworks", get(master_frameworks))
         .route("/master/tasks", get(master_tasks))
@@ -252,6 +254,74 @@ async fn master_teardown(State(core): State<Arc<Core>>, body: Bytes) -> Response
     }
     core.remove_framework(&id);
     StatusCode::OK.into_response()
+}
+
+/// `POST /api/v1`: the read-only part of the v1 operator API (GET_HEALTH,
+/// GET_VERSION, GET_FRAMEWORKS, GET_AGENTS, GET_TASKS, GET_STATE); other
+/// call types answer 501.
+async fn operator_api(State(core): State<Arc<Core>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = check_content_type(&headers) {
+        return r;
+    }
+    let call: serde_json::Value = match parse_json(&body, "Call") {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(kind) = call["type"].as_str() else {
+        return text(StatusCode::BAD_REQUEST, "Expecting 'type' to be present");
+    };
+    let guard = core.lock();
+    let st: &super::state::State = &guard;
+    let frameworks = || {
+        serde_json::json!({
+            "frameworks": st.frameworks.values().map(|f| serde_json::json!({
+                "framework_info": f.info, "active": f.sub.is_some() && !f.suppressed,
+                "connected": f.sub.is_some(), "recovered": false,
+            })).collect::<Vec<_>>(),
+            "completed_frameworks": st.completed.iter().map(|id| serde_json::json!({
+                "framework_info": {"id": {"value": id}, "user": "", "name": ""}, "active": false, "connected": false, "recovered": false,
+            })).collect::<Vec<_>>(),
+        })
+    };
+    let agents = || {
+        serde_json::json!({
+            "agents": st.agents.iter().map(|a| serde_json::json!({
+                "agent_info": a.info(), "active": true, "version": MESOS_VERSION,
+                "pid": format!("slave(1)@{}", a.addr),
+                "total_resources": a.total.to_mesos(), "allocated_resources": a.used.to_mesos(),
+            })).collect::<Vec<_>>(),
+        })
+    };
+    let tasks = || {
+        serde_json::json!({
+            "tasks": st.frameworks.values().flat_map(|f| f.tasks.values().map(move |t| serde_json::json!({
+                "name": t.info.name, "task_id": t.info.task_id, "framework_id": {"value": f.id},
+                "executor_id": {"value": t.executor_id}, "agent_id": {"value": st.agents[t.agent].id},
+                "state": t.status.state, "resources": t.resources.to_mesos(), "statuses": [t.status],
+            }))).collect::<Vec<_>>(),
+        })
+    };
+    let body = match kind {
+        "GET_HEALTH" => serde_json::json!({"type": kind, "get_health": {"healthy": true}}),
+        "GET_VERSION" => serde_json::json!({"type": kind, "get_version": {"version_info": {
+            "version": MESOS_VERSION, "build_user": "kaon", "git_tag": MESOS_VERSION,
+        }}}),
+        "GET_FRAMEWORKS" => serde_json::json!({"type": kind, "get_frameworks": frameworks()}),
+        "GET_AGENTS" => serde_json::json!({"type": kind, "get_agents": agents()}),
+        "GET_TASKS" => serde_json::json!({"type": kind, "get_tasks": tasks()}),
+        "GET_STATE" => serde_json::json!({"type": kind, "get_state": {
+            "get_tasks": tasks(), "get_executors": {"executors": []},
+            "get_frameworks": frameworks(), "get_agents": agents(),
+        }}),
+        other => {
+            return text(
+                StatusCode::NOT_IMPLEMENTED,
+                format!("operator call {other} is not emulated"),
+            );
+        }
+    };
+    drop(guard);
+    json_response(&body)
 }
 
 async fn master_state(State(core): State<Arc<Core>>) -> Response {
