@@ -561,3 +561,52 @@ async fn update_framework_and_unsupported_operations() {
     h.stop();
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_handle_kills_task_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    launch(
+        &h,
+        &offer,
+        vec![command_task(
+            "orphan",
+            &offer,
+            "echo $$ > pid.tmp && mv pid.tmp pid; exec sleep 30",
+        )],
+    )
+    .await;
+    update_acking(&h, &mut rx, "orphan", TaskState::Running).await;
+    let mut pid = 0i32;
+    eventually("task wrote its pid", || {
+        pid = find_named(dir.path(), "pid")
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        pid > 0
+    })
+    .await;
+    // SAFETY: signal 0 only probes for existence.
+    let alive = |pid: i32| unsafe { libc::kill(pid, 0) } == 0;
+    assert!(alive(pid));
+    h.stop();
+    drop(emu);
+    eventually("task killed when the handle is dropped", || !alive(pid)).await;
+}
+
+fn find_named(root: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(root).ok()?.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            if let Some(f) = find_named(&p, name) {
+                return Some(f);
+            }
+        } else if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+    }
+    None
+}

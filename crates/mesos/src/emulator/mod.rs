@@ -172,6 +172,9 @@ pub struct EmulatorHandle {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Set by `shutdown`/`stop_for_restart`; otherwise dropping the handle
+    /// kills every task process (safety net for panicking tests).
+    finished: bool,
 }
 
 impl Emulator {
@@ -301,6 +304,7 @@ impl Emulator {
             tasks,
             servers,
             stop: stop_tx,
+            finished: false,
         })
     }
 }
@@ -417,7 +421,7 @@ impl EmulatorHandle {
 
     /// Stops serving and kills every task and executor process, waiting up
     /// to `process_reap_wait_max` for them to be reaped.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let process_reap_wait_max = Duration::from_secs(10);
         self.core.shutdown_all(process_reap_wait_max).await;
         self.stop_servers().await;
@@ -428,7 +432,7 @@ impl EmulatorHandle {
     /// but executors of checkpointing frameworks keep running so that
     /// [`Emulator::start`] on the same work dir recovers them. Processes of
     /// other frameworks are killed.
-    pub async fn stop_for_restart(self) {
+    pub async fn stop_for_restart(mut self) {
         let doomed = {
             let mut st = self.core.lock();
             self.core.persist(&st);
@@ -460,16 +464,37 @@ impl EmulatorHandle {
         self.stop_servers().await;
     }
 
-    async fn stop_servers(self) {
+    async fn stop_servers(&mut self) {
+        self.finished = true;
         let graceful_wait_max = Duration::from_secs(5);
         let _ = self.stop.send(true);
         for t in &self.tasks {
             t.abort();
         }
-        for s in self.servers {
+        for s in std::mem::take(&mut self.servers) {
             let abort = s.abort_handle();
             if tokio::time::timeout(graceful_wait_max, s).await.is_err() {
                 abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for EmulatorHandle {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        let st = self.core.lock();
+        for a in &st.agents {
+            for e in a.executors.values() {
+                if let Some(p) = e.pgid {
+                    process::signal_group(p, libc::SIGKILL);
+                }
             }
         }
     }
