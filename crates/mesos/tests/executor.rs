@@ -409,3 +409,24 @@ async fn executor_that_never_subscribes_or_crashes_fails_its_tasks() {
     h.stop();
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_without_checkpointing_exits_when_the_agent_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    launch(
+        &h,
+        &offer,
+        vec![step_task("gone", &offer, shell("sleep 30"))],
+    )
+    .await;
+    update_acking(&h, &mut rx, "gone", TaskState::Running).await;
+    emu.restart_agent(0);
+    // MESOS_CHECKPOINT=0: the executor kills its step and exits at once.
+    eventually("executor exits", || emu.live_processes() == 0).await;
+    emu.finish_agent_recovery(0);
+    let failed = update_acking(&h, &mut rx, "gone", TaskState::Failed).await;
+    assert_eq!(failed.reason.as_deref(), Some("REASON_EXECUTOR_TERMINATED"));
+    h.stop();
+    emu.shutdown().await;
+}

@@ -228,10 +228,13 @@ pub(crate) fn restore(ck: Checkpoint, st: &mut State) -> Vec<(usize, String, Str
     st.next_framework = ck.next_framework;
     st.next_offer = ck.next_offer;
     st.completed = ck.completed.into_iter().collect::<BTreeSet<_>>();
+    let agent_count = st.agents.len();
     for f in ck.frameworks {
         let tasks: BTreeMap<String, TaskRec> = f
             .tasks
             .into_iter()
+            // A checkpoint from a config with more agents: drop what no longer fits.
+            .filter(|t| t.agent < agent_count)
             .map(|t| {
                 (
                     t.info.task_id.value.clone(),
