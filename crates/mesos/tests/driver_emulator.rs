@@ -610,3 +610,57 @@ fn find_named(root: &std::path::Path, name: &str) -> Option<std::path::PathBuf> 
     }
     None
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_during_disconnection_are_delivered_after_resubscribe() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let url = emu.master_url();
+    let (h1, mut rx1) = driver(&url, framework(Some("away-fw"), 60.0));
+    subscribed(&mut rx1).await;
+    let offer = offers(&mut rx1).await.remove(0);
+    launch(
+        &h1,
+        &offer,
+        vec![command_task(
+            "away",
+            &offer,
+            "while [ ! -f go ]; do sleep 0.02; done",
+        )],
+    )
+    .await;
+    update_acking(&h1, &mut rx1, "away", TaskState::Running).await;
+    h1.stop();
+    drop(rx1);
+    let deadline = std::time::Instant::now() + EVENT_WAIT_MAX;
+    while master_state(&url).await["frameworks"][0]["connected"] != false {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "disconnect not noticed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The task finishes while nobody is subscribed.
+    let go = find_named(dir.path(), "stdout")
+        .expect("sandbox")
+        .parent()
+        .unwrap()
+        .join("go");
+    std::fs::write(go, b"").unwrap();
+    eventually("task finished", || emu.live_processes() == 0).await;
+    let (h2, mut rx2) = driver(&url, framework(Some("away-fw"), 60.0));
+    subscribed(&mut rx2).await;
+    let finished = update(&mut rx2, "away", TaskState::Finished).await;
+    assert!(
+        finished.uuid.is_some(),
+        "the agent kept the update for delivery"
+    );
+    h2.acknowledge(&finished).await.unwrap();
+    // Acknowledged terminal tasks are forgotten by the master.
+    h2.reconcile(vec![(Id::new("away"), Some(offer.agent_id.clone()))])
+        .await
+        .unwrap();
+    update(&mut rx2, "away", TaskState::Lost).await;
+    h2.stop();
+    emu.shutdown().await;
+}
