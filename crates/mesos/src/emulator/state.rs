@@ -100,7 +100,10 @@ pub(crate) struct TaskRec {
 
 pub(crate) struct ExecRec {
     pub info: ExecutorInfo,
+    /// Command task run by the agent itself (no executor process).
     pub command_task: bool,
+    /// Command task run through kaon-executor as command executor.
+    pub http_command_executor: bool,
     pub pgid: Option<i32>,
     pub sub: Option<mpsc::UnboundedSender<Bytes>>,
     /// Tasks waiting for the executor to SUBSCRIBE.
@@ -497,7 +500,7 @@ impl Core {
             let executor_ids: Vec<Id> = st.agents[a]
                 .executors
                 .iter()
-                .filter(|((f, _), e)| *f == fw_id && !e.command_task)
+                .filter(|((f, _), e)| *f == fw_id && !e.command_task && !e.http_command_executor)
                 .map(|((_, e), _)| Id::new(e))
                 .collect();
             let offer_id = format!("{}-O{}", st.master_id, st.next_offer);
@@ -982,6 +985,15 @@ impl Core {
             return None;
         }
         let sandbox = self.sandbox(st, framework, agent, &executor_id);
+        let survive = self.config.checkpoint
+            && st
+                .frameworks
+                .get(framework)
+                .is_some_and(|f| f.info.checkpoint == Some(true));
+        // Command tasks of checkpointing frameworks run under kaon-executor
+        // acting as Mesos's command executor, so they can be recovered (and
+        // report their exit status) after an emulator restart.
+        let via_executor = survive && task.executor.is_none();
         let (command, info, command_task, exec_resources) = match &task.executor {
             Some(e) => {
                 let mut info = e.clone();
@@ -1000,18 +1012,40 @@ impl Core {
                     data: None,
                     shutdown_grace_period: None,
                 };
-                (
-                    task.command.clone().unwrap_or_default(),
-                    info,
-                    true,
-                    Resources::default(),
-                )
+                if via_executor {
+                    let cmd = CommandInfo {
+                        shell: Some(false),
+                        value: Some(self.executor_path.display().to_string()),
+                        arguments: vec!["kaon-executor".into()],
+                        ..Default::default()
+                    };
+                    let info = ExecutorInfo {
+                        command: Some(cmd.clone()),
+                        ..info
+                    };
+                    (cmd, info, false, Resources::default())
+                } else {
+                    (
+                        task.command.clone().unwrap_or_default(),
+                        info,
+                        true,
+                        Resources::default(),
+                    )
+                }
             }
         };
-        let env = self.executor_env(st, framework, agent, &executor_id, &sandbox, command_task);
+        let env = self.executor_env(
+            st,
+            framework,
+            agent,
+            &executor_id,
+            &sandbox,
+            task.executor.is_none(),
+        );
         let mut rec = ExecRec {
             info,
             command_task,
+            http_command_executor: via_executor,
             pgid: None,
             sub: None,
             queued: Vec::new(),
@@ -1025,11 +1059,6 @@ impl Core {
         if !command_task {
             rec.queued.push(task.clone());
         }
-        let survive = self.config.checkpoint
-            && st
-                .frameworks
-                .get(framework)
-                .is_some_and(|f| f.info.checkpoint == Some(true));
         // Registered now (so more tasks for this executor queue up behind
         // it); the fork/exec happens in `run_spawn`, outside the lock.
         st.agents[agent].executors.insert(key, rec);
@@ -1247,6 +1276,7 @@ impl Core {
             self.status_update(&mut st, agent, framework, s);
         }
         if !e.command_task
+            && !e.http_command_executor
             && let Some(fw) = st.frameworks.get(framework)
         {
             let mut ev = sch::Event::bare(sch::EventType::Failure);
