@@ -485,8 +485,21 @@ async fn unstartable_executor_fails_with_container_launch_failed() {
         "/nonexistent/kaon-executor",
         resources(0.05, 32.0),
     ));
-    launch(&h, &offer, vec![t]).await;
-    let failed = update_acking(&h, &mut rx, "nope", TaskState::Failed).await;
+    // A task that fails validation (command and executor) gets TASK_ERROR without uuid.
+    let mut bad = command_task("bad", &offer, "true");
+    bad.executor = Some(kaon_mesos::executor::executor_info(
+        "e",
+        "kaon-executor",
+        vec![],
+    ));
+    launch(&h, &offer, vec![t, bad]).await;
+    let got = all_acking(
+        &h,
+        &mut rx,
+        &[("nope", TaskState::Failed), ("bad", TaskState::Error)],
+    )
+    .await;
+    let (failed, err) = (got[0].clone(), got[1].clone());
     assert_eq!(
         failed.reason.as_deref(),
         Some("REASON_CONTAINER_LAUNCH_FAILED")
@@ -497,16 +510,6 @@ async fn unstartable_executor_fails_with_container_launch_failed() {
             .unwrap()
             .contains("/nonexistent/kaon-executor")
     );
-    // A task that fails validation gets TASK_ERROR without uuid.
-    let again = offers(&mut rx).await.remove(0);
-    let mut bad = command_task("bad", &again, "true");
-    bad.executor = Some(kaon_mesos::executor::executor_info(
-        "e",
-        "kaon-executor",
-        vec![],
-    ));
-    launch(&h, &again, vec![bad]).await;
-    let err = update(&mut rx, "bad", TaskState::Error).await;
     assert_eq!(err.reason.as_deref(), Some("REASON_TASK_INVALID"));
     assert!(err.uuid.is_none());
     h.stop();
@@ -662,5 +665,35 @@ async fn updates_during_disconnection_are_delivered_after_resubscribe() {
         .unwrap();
     update(&mut rx2, "away", TaskState::Lost).await;
     h2.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_aware_reconciliation_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let mut info = framework(None, 60.0);
+    info.capabilities = vec![kaon_mesos::types::Capability {
+        kind: "PARTITION_AWARE".into(),
+    }];
+    let (h, mut rx) = driver(&emu.master_url(), info);
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    let agent = Id::new(&emu.agent_ids()[0]);
+    assert_eq!(agent, offer.agent_id);
+    h.reconcile(vec![
+        (Id::new("gone"), Some(agent)),
+        (Id::new("unknown"), Some(Id::new("no-such-agent"))),
+    ])
+    .await
+    .unwrap();
+    update(&mut rx, "gone", TaskState::Gone).await;
+    update(&mut rx, "unknown", TaskState::Unknown).await;
+    // Invalid offers: TASK_DROPPED instead of TASK_LOST.
+    h.decline(vec![offer.id.clone()], Some(0.0)).await.unwrap();
+    launch(&h, &offer, vec![command_task("late", &offer, "true")]).await;
+    let dropped = update(&mut rx, "late", TaskState::Dropped).await;
+    assert_eq!(dropped.reason.as_deref(), Some("REASON_INVALID_OFFERS"));
+    h.stop();
     emu.shutdown().await;
 }
