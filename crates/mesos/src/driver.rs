@@ -457,6 +457,7 @@ async fn stream_once(inner: &Inner, tx: &mpsc::Sender<DriverEvent>) -> StreamEnd
                     let Some(s) = event.subscribed else { continue };
                     let hb = Duration::from_secs_f64(
                         s.heartbeat_interval_seconds
+                            .filter(|h| h.is_finite())
                             .unwrap_or(15.0)
                             .clamp(0.001, 86400.0),
                     );

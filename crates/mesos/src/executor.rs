@@ -20,6 +20,10 @@ use tokio::sync::mpsc;
 /// Default cap of the outputs file, in bytes (status `data` travels through
 /// the master and the scheduler's log, so it must stay small).
 pub const OUTPUTS_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// Hard cap of the outputs file in bytes, whatever the step spec asks for:
+/// the terminal status travels through the agent, the master and the
+/// scheduler's event log.
+pub const OUTPUTS_BYTES_HARD_MAX: usize = 4 * 1024 * 1024;
 /// Default SIGTERM→SIGKILL grace for a killed step.
 pub const KILL_GRACE_DEFAULT: Duration = Duration::from_secs(3);
 /// Default period of heartbeat framework messages per running step.
@@ -840,7 +844,8 @@ impl Executor {
                 let limit = t
                     .spec
                     .outputs_bytes_max
-                    .unwrap_or(OUTPUTS_BYTES_MAX_DEFAULT);
+                    .unwrap_or(OUTPUTS_BYTES_MAX_DEFAULT)
+                    .min(OUTPUTS_BYTES_HARD_MAX);
                 let (state, reason, error, outputs) = if t.killed {
                     (
                         TaskState::Killed,

@@ -500,6 +500,21 @@ impl Drop for EmulatorHandle {
     }
 }
 
+/// Blocking variant of [`run_from_args`] for callers without a tokio
+/// runtime (e.g. the `kaon` CLI's `mesos-emulator` subcommand).
+pub fn run_from_args_blocking<I, T>(args: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    // Multi-threaded: task processes are tied (PR_SET_PDEATHSIG) to the
+    // long-lived worker threads that spawn them.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_from_args(args))
+}
+
 /// Command-line options of `kaon mesos-emulator` / `kaon-mesos-emulator`.
 #[derive(Debug, clap::Parser)]
 #[command(
