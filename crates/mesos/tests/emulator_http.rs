@@ -342,3 +342,29 @@ async fn v1_operator_api_read_calls() {
     h.stop();
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_with_suppressed_roles_starts_suppressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let body = r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"u","name":"n"},"suppressed_roles":["*"]}}"#;
+    let mut resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/scheduler", emu.master_url()))
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = resp.chunk().await.unwrap().expect("SUBSCRIBED");
+    assert!(String::from_utf8_lossy(&first).contains("SUBSCRIBED"));
+    let st = master_state(&emu.master_url()).await;
+    assert_eq!(st["frameworks"][0]["connected"], true);
+    assert_eq!(
+        st["frameworks"][0]["active"], false,
+        "suppressed: no offers"
+    );
+    assert_eq!(st["frameworks"][0]["offers"].as_array().unwrap().len(), 0);
+    drop(resp);
+    emu.shutdown().await;
+}

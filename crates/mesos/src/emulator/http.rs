@@ -472,8 +472,11 @@ fn scheduler_inner(
                 "Subscribe calls should not include the 'Mesos-Stream-Id' header",
             ));
         }
-        let info = call.subscribe.map(|s| s.framework_info).unwrap_or_default();
-        let (stream_id, rx) = core.subscribe(info);
+        let sub = call.subscribe.unwrap_or_else(|| sch::Subscribe {
+            framework_info: Default::default(),
+            suppressed_roles: Vec::new(),
+        });
+        let (stream_id, rx) = core.subscribe(sub.framework_info, &sub.suppressed_roles);
         let framework = {
             let st = core.lock();
             st.frameworks

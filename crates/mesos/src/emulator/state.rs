@@ -296,6 +296,7 @@ impl Core {
     pub fn subscribe(
         self: &Arc<Self>,
         info: FrameworkInfo,
+        suppressed_roles: &[String],
     ) -> (String, mpsc::UnboundedReceiver<Bytes>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let stream_id = uuid::Uuid::new_v4().to_string();
@@ -343,7 +344,9 @@ impl Core {
         fw.info.checkpoint = checkpoint;
         fw.info.id = Some(Id::new(&id));
         fw.epoch += 1;
-        fw.suppressed = false;
+        // Roles are not modelled separately: any suppressed role suppresses
+        // the framework's offers until REVIVE.
+        fw.suppressed = !suppressed_roles.is_empty();
         let mut ev = sch::Event::bare(sch::EventType::Subscribed);
         ev.subscribed = Some(sch::Subscribed {
             framework_id: Id::new(&id),
