@@ -73,7 +73,10 @@ pub(crate) struct Framework {
     pub epoch: u64,
     pub suppressed: bool,
     /// Per agent: resources refused and until when.
-    pub filters: HashMap<usize, (Resources, Instant)>,
+    /// Per agent: every unexpired refuse filter (resources refused, until).
+    /// As in Mesos, each filter blocks offers that are a subset of what it
+    /// refused; filters accumulate and are cleared by REVIVE.
+    pub filters: HashMap<usize, Vec<(Resources, Instant)>>,
     pub tasks: BTreeMap<String, TaskRec>,
 }
 
@@ -486,10 +489,10 @@ impl Core {
             let target = st.frameworks.values().find(|fw| {
                 fw.sub.is_some()
                     && !fw.suppressed
-                    && !fw
-                        .filters
-                        .get(&a)
-                        .is_some_and(|(refused, until)| *until > now && refused.contains(&avail))
+                    && !fw.filters.get(&a).is_some_and(|fs| {
+                        fs.iter()
+                            .any(|(refused, until)| *until > now && refused.contains(&avail))
+                    })
             });
             let Some(fw) = target else { continue };
             let fw_id = fw.id.clone();
@@ -573,10 +576,10 @@ impl Core {
             return;
         }
         if let Some(fw) = st.frameworks.get_mut(framework) {
-            fw.filters.insert(
-                agent,
-                (refused, Instant::now() + Duration::from_secs_f64(secs)),
-            );
+            let now = Instant::now();
+            let list = fw.filters.entry(agent).or_default();
+            list.retain(|(_, until)| *until > now);
+            list.push((refused, now + Duration::from_secs_f64(secs)));
         }
     }
 
