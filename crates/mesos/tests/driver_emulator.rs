@@ -697,3 +697,53 @@ async fn partition_aware_reconciliation_states() {
     h.stop();
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_an_agent_rescinds_offers_and_loses_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    launch(&h, &offer, vec![command_task("doomed", &offer, "sleep 30")]).await;
+    // Collect the re-offered leftover and TASK_RUNNING, in whatever order.
+    let (mut leftover, mut running) = (None, false);
+    while leftover.is_none() || !running {
+        match tokio::time::timeout(EVENT_WAIT_MAX, rx.recv())
+            .await
+            .expect("event")
+            .expect("driver")
+        {
+            DriverEvent::Offers(o) => leftover = o.into_iter().next().map(|o| o.id),
+            DriverEvent::Update(s) => {
+                if s.uuid.is_some() {
+                    h.acknowledge(&s).await.unwrap();
+                }
+                running |= s.state == TaskState::Running;
+            }
+            _ => {}
+        }
+    }
+    emu.lose_agent(0);
+    let rescinded = wait_for(&mut rx, "RESCIND", |e| match e {
+        DriverEvent::Rescind(id) => Some(id.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(Some(rescinded), leftover);
+    let lost = update(&mut rx, "doomed", TaskState::Lost).await;
+    assert_eq!(lost.reason.as_deref(), Some("REASON_AGENT_REMOVED"));
+    assert!(lost.uuid.is_none());
+    let failure = wait_for(&mut rx, "FAILURE", |e| match e {
+        DriverEvent::Failure(f) => Some(f.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(failure.agent_id, Some(offer.agent_id.clone()));
+    assert_eq!(failure.executor_id, None);
+    eventually("the agent's processes died", || emu.live_processes() == 0).await;
+    h.reconcile(vec![(Id::new("doomed"), None)]).await.unwrap();
+    update(&mut rx, "doomed", TaskState::Lost).await;
+    h.stop();
+    emu.shutdown().await;
+}

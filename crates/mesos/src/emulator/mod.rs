@@ -240,6 +240,7 @@ impl Emulator {
                 seen_uuids: Default::default(),
                 recovering: false,
                 refused_updates: 0,
+                lost: false,
             });
             listeners.push(l);
         }
@@ -390,6 +391,14 @@ impl EmulatorHandle {
     /// finished recovery"), to exercise client retries.
     pub fn fail_next_requests(&self, n: u32) {
         self.core.lock().unavailable_next = n;
+    }
+
+    /// Simulates losing agent `index` for good (machine failure): its
+    /// processes die, offers are rescinded, tasks become TASK_LOST (or
+    /// TASK_UNREACHABLE for partition-aware frameworks), frameworks get
+    /// FAILURE with the agent id, and it makes no more offers.
+    pub fn lose_agent(&self, index: usize) {
+        self.core.lose_agent(index);
     }
 
     /// Simulates a restart of agent `index` with checkpointing: executor

@@ -152,6 +152,8 @@ pub(crate) struct Agent {
     pub recovering: bool,
     /// Executor UPDATE calls refused while recovering (for tests).
     pub refused_updates: u64,
+    /// The agent was lost (simulated machine failure): no offers, no API.
+    pub lost: bool,
 }
 
 impl Agent {
@@ -478,6 +480,9 @@ impl Core {
         let now = Instant::now();
         let mut events: BTreeMap<String, Vec<Offer>> = BTreeMap::new();
         for a in 0..st.agents.len() {
+            if st.agents[a].lost {
+                continue;
+            }
             let mut avail = st.agents[a].total.clone();
             avail.subtract(&st.agents[a].used);
             for o in st.offers.values().filter(|o| o.agent == a) {
@@ -1835,6 +1840,82 @@ impl Core {
                 }
             }
         });
+    }
+
+    /// Simulates the loss of an agent's machine: its processes are killed,
+    /// its outstanding offers are rescinded (RESCIND), its non-terminal
+    /// tasks become TASK_LOST (TASK_UNREACHABLE for partition-aware
+    /// frameworks; master-generated, no uuid, reason REASON_AGENT_REMOVED)
+    /// and every subscribed framework gets FAILURE with the agent id.
+    pub fn lose_agent(&self, agent: usize) {
+        let mut st = self.lock();
+        let Some(a) = st.agents.get_mut(agent) else {
+            return;
+        };
+        if a.lost {
+            return;
+        }
+        a.lost = true;
+        a.recovering = true; // the executor API stops answering normally
+        let agent_id = Id::new(&a.id);
+        for e in std::mem::take(&mut a.executors).into_values() {
+            if let Some(p) = e.pgid {
+                process::signal_group(p, libc::SIGKILL);
+            }
+        }
+        a.updates.clear();
+        a.used = Resources::default();
+        let rescinded: Vec<(String, String)> = st
+            .offers
+            .iter()
+            .filter(|(_, o)| o.agent == agent)
+            .map(|(id, o)| (id.clone(), o.framework.clone()))
+            .collect();
+        for (offer_id, framework) in rescinded {
+            st.offers.remove(&offer_id);
+            if let Some(fw) = st.frameworks.get(&framework) {
+                let mut ev = sch::Event::bare(sch::EventType::Rescind);
+                ev.rescind = Some(sch::Rescind {
+                    offer_id: Id::new(&offer_id),
+                });
+                fw.send(&ev);
+            }
+        }
+        for fw in st.frameworks.values_mut() {
+            let state = if fw.partition_aware() {
+                TaskState::Unreachable
+            } else {
+                TaskState::Lost
+            };
+            let mut updates = Vec::new();
+            for t in fw
+                .tasks
+                .values_mut()
+                .filter(|t| t.agent == agent && !t.status.state.is_terminal())
+            {
+                let mut s = TaskStatus::new(t.status.task_id.clone(), state);
+                s.source = Some(Source::Master);
+                s.reason = Some("REASON_AGENT_REMOVED".into());
+                s.message = Some("Agent was lost".into());
+                s.agent_id = Some(agent_id.clone());
+                s.executor_id = Some(Id::new(&t.executor_id));
+                s.timestamp = Some(now_secs());
+                t.status = s.clone();
+                updates.push(s);
+            }
+            for status in updates {
+                let mut ev = sch::Event::bare(sch::EventType::Update);
+                ev.update = Some(sch::Update { status });
+                fw.send(&ev);
+            }
+            let mut ev = sch::Event::bare(sch::EventType::Failure);
+            ev.failure = Some(sch::Failure {
+                agent_id: Some(agent_id.clone()),
+                executor_id: None,
+                status: None,
+            });
+            fw.send(&ev);
+        }
     }
 
     /// Simulates an agent restart: executor streams close and the executor
