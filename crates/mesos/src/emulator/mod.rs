@@ -122,6 +122,8 @@ pub struct EmulatorConfig {
     pub checkpoint: bool,
     /// How long a recovered executor has to re-subscribe (Mesos: 2 s).
     pub executor_reregistration_timeout: Duration,
+    /// Period of HEARTBEAT events to subscribed executors (Mesos: 30 min).
+    pub executor_heartbeat_interval: Duration,
 }
 
 impl Default for EmulatorConfig {
@@ -141,6 +143,7 @@ impl Default for EmulatorConfig {
             executor_path: None,
             checkpoint: false,
             executor_reregistration_timeout: Duration::from_secs(2),
+            executor_heartbeat_interval: Duration::from_secs(30 * 60),
         }
     }
 }

@@ -1744,6 +1744,23 @@ impl Core {
         if e.shutting_down {
             let _ = tx.send(frame(&ex::Event::bare(ex::EventType::Shutdown)));
         }
+        // Agent → executor heartbeats; they stop when this stream is
+        // replaced or closed (only a weak sender is kept).
+        let weak = tx.downgrade();
+        let every = self.config.executor_heartbeat_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                let Some(tx) = weak.upgrade() else { return };
+                if tx
+                    .send(frame(&ex::Event::bare(ex::EventType::Heartbeat)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
         e.sub = Some(tx); // replaces (and so closes) any previous stream
         Some(rx)
     }
