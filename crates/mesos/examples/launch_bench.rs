@@ -17,6 +17,12 @@ use kaon_mesos::types::{B64, CommandInfo, FrameworkInfo, Id, Resource, TaskInfo,
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+/// Filter on leftovers and declined offers. The same resources are not
+/// re-offered for this long, but resources freed by finishing tasks are
+/// offered at once (Mesos filters only block offers that are a subset of what
+/// was refused), so a scheduler does not spin on offers it cannot use.
+const REFUSE_SECONDS: f64 = 5.0;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -27,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(usize::MAX);
     let mut inflight = 0usize;
+    let mut declined_with_work = false;
     let custom = mode == "executor";
     let dir = tempfile::tempdir()?;
     let emu = Emulator::start(EmulatorConfig {
@@ -110,11 +117,19 @@ async fn main() -> anyhow::Result<()> {
                         accepted_at.insert(t.task_id.value.clone(), now);
                     }
                     pending.retain(|i| !placements.iter().any(|p| p.task_id == format!("t{i}")));
-                    h.accept(vec![offer_id], vec![Operation::launch(tasks)], Some(0.0))
-                        .await?;
+                    h.accept(
+                        vec![offer_id],
+                        vec![Operation::launch(tasks)],
+                        Some(REFUSE_SECONDS),
+                    )
+                    .await?;
+                }
+                if !plan.decline.is_empty() && !pending.is_empty() {
+                    // Declined while work is waiting: REVIVE once a slot frees.
+                    declined_with_work = true;
                 }
                 if !plan.decline.is_empty() {
-                    h.decline(plan.decline, Some(0.0)).await?;
+                    h.decline(plan.decline, Some(REFUSE_SECONDS)).await?;
                 }
             }
             DriverEvent::Update(s) => {
@@ -131,6 +146,10 @@ async fn main() -> anyhow::Result<()> {
                 if s.state.is_terminal() {
                     done += 1;
                     inflight = inflight.saturating_sub(1);
+                    if declined_with_work && !pending.is_empty() {
+                        declined_with_work = false;
+                        h.revive(vec![]).await?;
+                    }
                     if s.state != TaskState::Finished {
                         failed += 1;
                     }

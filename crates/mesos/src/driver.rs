@@ -170,6 +170,8 @@ struct Session {
     master_url: String,
     stream_id: Option<String>,
     framework_id: Option<Id>,
+    /// FrameworkInfo used for (re-)subscription; UPDATE_FRAMEWORK changes it.
+    framework_info: FrameworkInfo,
 }
 
 struct Inner {
@@ -206,6 +208,7 @@ impl Driver {
                 master_url: config.master_url.trim_end_matches('/').to_owned(),
                 stream_id: None,
                 framework_id: config.framework_info.id.clone(),
+                framework_info: config.framework_info.clone(),
             }),
             config,
             stop,
@@ -361,8 +364,10 @@ enum StreamEnd {
 }
 
 async fn stream_once(inner: &Inner, tx: &mpsc::Sender<DriverEvent>) -> StreamEnd {
-    let mut info = inner.config.framework_info.clone();
-    let framework_id = inner.session().framework_id.clone();
+    let (mut info, framework_id) = {
+        let s = inner.session();
+        (s.framework_info.clone(), s.framework_id.clone())
+    };
     info.id = framework_id.clone();
     let call = Call {
         framework_id,
@@ -452,6 +457,7 @@ async fn stream_once(inner: &Inner, tx: &mpsc::Sender<DriverEvent>) -> StreamEnd
                     let Some(s) = event.subscribed else { continue };
                     let hb = Duration::from_secs_f64(
                         s.heartbeat_interval_seconds
+                            .filter(|h| h.is_finite())
                             .unwrap_or(15.0)
                             .clamp(0.001, 86400.0),
                     );
@@ -661,6 +667,21 @@ impl DriverHandle {
             self.reconcile(known).await?;
         }
         self.reconcile(Vec::new()).await
+    }
+
+    /// UPDATE_FRAMEWORK: change the FrameworkInfo (name, roles,
+    /// capabilities, failover timeout...) without re-subscribing; later
+    /// re-subscriptions use it too.
+    pub async fn update_framework(&self, mut info: FrameworkInfo) -> Result<(), DriverError> {
+        info.id = self.framework_id();
+        let mut c = Self::base(CallType::UpdateFramework);
+        c.update_framework = Some(sch::UpdateFramework {
+            framework_info: info.clone(),
+            suppressed_roles: Vec::new(),
+        });
+        self.call(c).await?;
+        self.inner.session().framework_info = info;
+        Ok(())
     }
 
     /// MESSAGE to an executor (best effort).

@@ -20,6 +20,10 @@ use tokio::sync::mpsc;
 /// Default cap of the outputs file, in bytes (status `data` travels through
 /// the master and the scheduler's log, so it must stay small).
 pub const OUTPUTS_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// Hard cap of the outputs file in bytes, whatever the step spec asks for:
+/// the terminal status travels through the agent, the master and the
+/// scheduler's event log.
+pub const OUTPUTS_BYTES_HARD_MAX: usize = 4 * 1024 * 1024;
 /// Default SIGTERM→SIGKILL grace for a killed step.
 pub const KILL_GRACE_DEFAULT: Duration = Duration::from_secs(3);
 /// Default period of heartbeat framework messages per running step.
@@ -279,6 +283,8 @@ enum Internal {
 }
 
 struct Running {
+    /// Plain command task (no step contract): Mesos command-executor statuses.
+    command_mode: bool,
     pgid: i32,
     progress: SharedProgress,
     killed: bool,
@@ -569,6 +575,12 @@ impl Executor {
         let task_id = task.task_id.value.clone();
         self.launched_any = true;
         self.unacked_tasks.insert(task_id.clone(), task.clone());
+        if let Some(cmd) = &task.command {
+            // Command-executor mode: the agent runs a plain CommandInfo task
+            // through kaon-executor (checkpointed command tasks).
+            self.launch_command(&task_id, cmd).await;
+            return;
+        }
         let spec: StepSpec = match task
             .data
             .as_ref()
@@ -613,6 +625,7 @@ impl Executor {
                         killed: false,
                         spec: spec.clone(),
                         dir: dir.clone(),
+                        command_mode: false,
                     },
                 );
                 self.send_update(&task_id, TaskState::Running, None, None)
@@ -638,11 +651,61 @@ impl Executor {
         }
     }
 
+    async fn launch_command(&mut self, task_id: &str, cmd: &crate::types::CommandInfo) {
+        let mut spec = StepSpec::default();
+        let value = cmd.value.clone().unwrap_or_default();
+        if cmd.shell.unwrap_or(true) {
+            spec.shell = Some(value);
+        } else {
+            spec.argv = std::iter::once(value)
+                .chain(cmd.arguments.iter().skip(1).cloned())
+                .collect();
+        }
+        for v in cmd.environment.iter().flat_map(|e| e.variables.iter()) {
+            spec.env
+                .insert(v.name.clone(), v.value.clone().unwrap_or_default());
+        }
+        self.send_update(task_id, TaskState::Starting, None, None)
+            .await;
+        let dir = self.env.sandbox.clone();
+        match self.spawn_step(task_id, &spec, &dir) {
+            Ok(pgid) => {
+                let progress = std::sync::Arc::new(std::sync::Mutex::new(ProgressReader {
+                    path: dir.join("progress"),
+                    offset: 0,
+                    partial: Vec::new(),
+                }));
+                self.tasks.insert(
+                    task_id.to_owned(),
+                    Running {
+                        pgid,
+                        progress,
+                        killed: false,
+                        spec,
+                        dir,
+                        command_mode: true,
+                    },
+                );
+                self.send_update(task_id, TaskState::Running, None, None)
+                    .await;
+            }
+            Err(detail) => {
+                self.send_update(task_id, TaskState::Failed, Some(detail), None)
+                    .await;
+            }
+        }
+    }
+
     fn spawn_step(&self, task_id: &str, spec: &StepSpec, dir: &Path) -> Result<i32, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let file = |name: &str| {
-            std::fs::File::create(dir.join(name)).map_err(|e| format!("cannot create {name}: {e}"))
+            // Append: in command mode these are the executor's own log files.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))
+                .map_err(|e| format!("cannot create {name}: {e}"))
         };
         let (stdout, stderr) = (file("stdout")?, file("stderr")?);
         file("progress")?;
@@ -754,10 +817,35 @@ impl Executor {
                 crate::emulator::process::signal_group(t.pgid, libc::SIGKILL);
                 let code = status.and_then(|s| s.code());
                 let signal = status.and_then(|s| s.signal());
+                if t.command_mode {
+                    let (state, message) = match (t.killed, code, signal) {
+                        (true, _, _) => (
+                            TaskState::Killed,
+                            "Command terminated by a kill request".to_string(),
+                        ),
+                        (false, Some(0), _) => {
+                            (TaskState::Finished, "Command exited with status 0".into())
+                        }
+                        (false, Some(c), _) => {
+                            (TaskState::Failed, format!("Command exited with status {c}"))
+                        }
+                        (false, None, Some(sig)) => (
+                            TaskState::Failed,
+                            format!("Command terminated with signal {sig}"),
+                        ),
+                        _ => (
+                            TaskState::Failed,
+                            "Command ended with an unknown status".into(),
+                        ),
+                    };
+                    self.send_update(&task_id, state, Some(message), None).await;
+                    return;
+                }
                 let limit = t
                     .spec
                     .outputs_bytes_max
-                    .unwrap_or(OUTPUTS_BYTES_MAX_DEFAULT);
+                    .unwrap_or(OUTPUTS_BYTES_MAX_DEFAULT)
+                    .min(OUTPUTS_BYTES_HARD_MAX);
                 let (state, reason, error, outputs) = if t.killed {
                     (
                         TaskState::Killed,

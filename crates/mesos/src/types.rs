@@ -672,3 +672,66 @@ pub struct MasterInfo {
 pub mod scheduler;
 
 pub mod executor;
+
+#[cfg(test)]
+mod tests {
+    use super::scheduler::{Event, EventType};
+    use super::*;
+
+    #[test]
+    fn parses_reference_offer_and_task_json() {
+        let offer: Offer = serde_json::from_str(
+            r#"{"id": {"value": "M-O7"}, "framework_id": {"value": "M-0000"}, "agent_id": {"value": "M-S0"},
+            "hostname": "127.0.0.1",
+            "url": {"scheme": "http", "address": {"hostname": "127.0.0.1", "ip": "127.0.0.1", "port": 5051}, "path": "/slave(1)"},
+            "resources": [
+              {"name": "cpus", "type": "SCALAR", "scalar": {"value": 4.0}, "role": "*"},
+              {"name": "ports","type": "RANGES", "ranges": {"range": [{"begin": 31000, "end": 32000}]}, "role": "*"}],
+            "attributes": [{"name": "rack", "type": "TEXT", "text": {"value": "r1"}}],
+            "executor_ids": [{"value": "meson-exec-1"}], "unknown_future_field": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(offer.attributes[0].value_text(), "r1");
+        assert_eq!(
+            offer.resources[1].ranges.as_ref().unwrap().range[0].end,
+            32000
+        );
+        let task: TaskInfo = serde_json::from_str(
+            r#"{"name": "step-1", "task_id": {"value": "wf42-step1-a1"}, "agent_id": {"value": "M-S0"},
+            "resources": [],
+            "executor": {"executor_id": {"value": "meson-exec-wf42-step1"}, "type": "CUSTOM",
+              "command": {"value": "/opt/meson/bin/meson-executor", "shell": false,
+                          "arguments": ["meson-executor", "--log=info"],
+                          "uris": [{"value": "http://artifacts/x.tgz", "extract": true}]},
+              "data": "eyJ3b3JrZmxvdyI6IjQyIn0="},
+            "data": "eyJzdGVwIjoxfQ=="}"#,
+        )
+        .unwrap();
+        assert_eq!(task.data.unwrap().0, br#"{"step":1}"#);
+        assert_eq!(task.executor.unwrap().kind, Some(ExecutorType::Custom));
+    }
+
+    #[test]
+    fn events_serialize_like_mesos() {
+        let mut ev = Event::bare(EventType::Update);
+        let mut status = TaskStatus::new(Id::new("t"), TaskState::Running);
+        status.uuid = Some(B64(vec![0; 16]));
+        status.source = Some(Source::Executor);
+        ev.update = Some(super::scheduler::Update { status });
+        assert_eq!(
+            serde_json::to_string(&ev).unwrap(),
+            r#"{"type":"UPDATE","update":{"status":{"task_id":{"value":"t"},"state":"TASK_RUNNING","source":"SOURCE_EXECUTOR","uuid":"AAAAAAAAAAAAAAAAAAAAAA=="}}}"#
+        );
+        let mut err = Event::bare(EventType::Error);
+        err.error = Some(super::scheduler::ErrorBody {
+            message: "Framework failed over".into(),
+        });
+        assert_eq!(
+            serde_json::to_string(&err).unwrap(),
+            r#"{"type":"ERROR","error":{"message":"Framework failed over"}}"#
+        );
+        let unknown: Event = serde_json::from_str(r#"{"type":"SOMETHING_NEW"}"#).unwrap();
+        assert_eq!(unknown.kind, EventType::Unknown);
+        assert!(serde_json::from_str::<B64>(r#""not base64!""#).is_err());
+    }
+}

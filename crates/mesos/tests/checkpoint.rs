@@ -43,8 +43,18 @@ async fn restarted_emulator_recovers_running_executor() {
         data: Some(B64(serde_json::to_vec(&spec).unwrap())),
         labels: None,
     };
-    launch(&h, &offer, vec![task]).await;
-    update_acking(&h, &mut rx, "ck", TaskState::Running).await;
+    let cmd = command_task(
+        "cmd",
+        &offer,
+        "while [ ! -f go ]; do sleep 0.02; done; exit 4",
+    );
+    launch(&h, &offer, vec![task, cmd]).await;
+    all_acking(
+        &h,
+        &mut rx,
+        &[("ck", TaskState::Running), ("cmd", TaskState::Running)],
+    )
+    .await;
 
     emu.stop_for_restart().await;
     assert!(dir.path().join("checkpoint.json").exists());
@@ -59,14 +69,31 @@ async fn restarted_emulator_recovers_running_executor() {
         url,
         "recovered master binds its old address"
     );
-    assert_eq!(emu.live_processes(), 1, "the executor survived the restart");
+    assert_eq!(
+        emu.live_processes(),
+        2,
+        "both executors survived the restart"
+    );
     assert_eq!(subscribed(&mut rx).await, Id::new("ck-fw"));
     let st = master_state(&url).await;
     assert_eq!(st["frameworks"][0]["tasks"][0]["state"], "TASK_RUNNING");
+    assert_eq!(st["frameworks"][0]["tasks"][1]["state"], "TASK_RUNNING");
 
-    let progress = find(dir.path(), "progress").expect("task dir");
-    std::fs::write(progress.parent().unwrap().join("go"), b"").unwrap();
-    let done = update_acking(&h, &mut rx, "ck", TaskState::Finished).await;
+    for dir in find_all(dir.path(), "stdout") {
+        std::fs::write(dir.parent().unwrap().join("go"), b"").unwrap();
+    }
+    let got = all_acking(
+        &h,
+        &mut rx,
+        &[("ck", TaskState::Finished), ("cmd", TaskState::Failed)],
+    )
+    .await;
+    assert_eq!(
+        got[1].message.as_deref(),
+        Some("Command exited with status 4"),
+        "command task's exit status survives the restart"
+    );
+    let done = got[0].clone();
     let r: StepResult = serde_json::from_slice(&done.data.unwrap().0).unwrap();
     assert_eq!(r.outputs, Some(serde_json::json!({"survived": true})));
     eventually("executor exits after its work is acknowledged", || {
@@ -77,16 +104,15 @@ async fn restarted_emulator_recovers_running_executor() {
     emu.shutdown().await;
 }
 
-fn find(root: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
-    for entry in std::fs::read_dir(root).ok()?.flatten() {
+fn find_all(root: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
         let p = entry.path();
         if p.is_dir() {
-            if let Some(f) = find(&p, name) {
-                return Some(f);
-            }
+            out.extend(find_all(&p, name));
         } else if p.file_name().is_some_and(|n| n == name) {
-            return Some(p);
+            out.push(p);
         }
     }
-    None
+    out
 }

@@ -485,8 +485,21 @@ async fn unstartable_executor_fails_with_container_launch_failed() {
         "/nonexistent/kaon-executor",
         resources(0.05, 32.0),
     ));
-    launch(&h, &offer, vec![t]).await;
-    let failed = update_acking(&h, &mut rx, "nope", TaskState::Failed).await;
+    // A task that fails validation (command and executor) gets TASK_ERROR without uuid.
+    let mut bad = command_task("bad", &offer, "true");
+    bad.executor = Some(kaon_mesos::executor::executor_info(
+        "e",
+        "kaon-executor",
+        vec![],
+    ));
+    launch(&h, &offer, vec![t, bad]).await;
+    let got = all_acking(
+        &h,
+        &mut rx,
+        &[("nope", TaskState::Failed), ("bad", TaskState::Error)],
+    )
+    .await;
+    let (failed, err) = (got[0].clone(), got[1].clone());
     assert_eq!(
         failed.reason.as_deref(),
         Some("REASON_CONTAINER_LAUNCH_FAILED")
@@ -497,18 +510,240 @@ async fn unstartable_executor_fails_with_container_launch_failed() {
             .unwrap()
             .contains("/nonexistent/kaon-executor")
     );
-    // A task that fails validation gets TASK_ERROR without uuid.
-    let again = offers(&mut rx).await.remove(0);
-    let mut bad = command_task("bad", &again, "true");
-    bad.executor = Some(kaon_mesos::executor::executor_info(
-        "e",
-        "kaon-executor",
-        vec![],
-    ));
-    launch(&h, &again, vec![bad]).await;
-    let err = update(&mut rx, "bad", TaskState::Error).await;
     assert_eq!(err.reason.as_deref(), Some("REASON_TASK_INVALID"));
     assert!(err.uuid.is_none());
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_framework_and_unsupported_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let info = framework(Some("upd-fw"), 60.0);
+    let (h, mut rx) = driver(&emu.master_url(), info.clone());
+    subscribed(&mut rx).await;
+    let mut renamed = info.clone();
+    renamed.name = "renamed".into();
+    renamed.failover_timeout = Some(120.0);
+    h.update_framework(renamed.clone()).await.unwrap();
+    let st = master_state(&emu.master_url()).await;
+    assert_eq!(st["frameworks"][0]["name"], "renamed");
+    assert_eq!(st["frameworks"][0]["failover_timeout"], 120.0);
+    renamed.principal = Some("someone-else".into());
+    match h.update_framework(renamed).await {
+        Err(DriverError::Status {
+            status: 400, body, ..
+        }) => assert!(body.contains("principal"), "{body}"),
+        other => panic!("expected 400, got {other:?}"),
+    }
+    // LAUNCH with an operation id, and LAUNCH_GROUP, are refused with TASK_ERROR.
+    let offer = offers(&mut rx).await.remove(0);
+    let mut op = kaon_mesos::types::scheduler::Operation::launch(vec![command_task(
+        "with-id", &offer, "true",
+    )]);
+    op.id = Some(Id::new("op-1"));
+    let group = kaon_mesos::types::scheduler::Operation {
+        kind: kaon_mesos::types::scheduler::OperationType::LaunchGroup,
+        id: None,
+        launch: None,
+        launch_group: Some(kaon_mesos::types::scheduler::LaunchGroup {
+            executor: kaon_mesos::executor::executor_info("g", "kaon-executor", vec![]),
+            task_group: kaon_mesos::types::scheduler::TaskGroup {
+                tasks: vec![command_task("grouped", &offer, "true")],
+            },
+        }),
+    };
+    h.accept(vec![offer.id.clone()], vec![op, group], Some(0.0))
+        .await
+        .unwrap();
+    let e1 = update(&mut rx, "with-id", TaskState::Error).await;
+    assert_eq!(e1.reason.as_deref(), Some("REASON_TASK_INVALID"));
+    let e2 = update(&mut rx, "grouped", TaskState::Error).await;
+    assert_eq!(e2.reason.as_deref(), Some("REASON_TASK_GROUP_INVALID"));
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_handle_kills_task_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    launch(
+        &h,
+        &offer,
+        vec![command_task(
+            "orphan",
+            &offer,
+            "echo $$ > pid.tmp && mv pid.tmp pid; exec sleep 30",
+        )],
+    )
+    .await;
+    update_acking(&h, &mut rx, "orphan", TaskState::Running).await;
+    let mut pid = 0i32;
+    eventually("task wrote its pid", || {
+        pid = find_named(dir.path(), "pid")
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        pid > 0
+    })
+    .await;
+    // SAFETY: signal 0 only probes for existence.
+    let alive = |pid: i32| unsafe { libc::kill(pid, 0) } == 0;
+    assert!(alive(pid));
+    h.stop();
+    drop(emu);
+    eventually("task killed when the handle is dropped", || !alive(pid)).await;
+}
+
+fn find_named(root: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(root).ok()?.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            if let Some(f) = find_named(&p, name) {
+                return Some(f);
+            }
+        } else if p.file_name().is_some_and(|n| n == name) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_during_disconnection_are_delivered_after_resubscribe() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let url = emu.master_url();
+    let (h1, mut rx1) = driver(&url, framework(Some("away-fw"), 60.0));
+    subscribed(&mut rx1).await;
+    let offer = offers(&mut rx1).await.remove(0);
+    launch(
+        &h1,
+        &offer,
+        vec![command_task(
+            "away",
+            &offer,
+            "while [ ! -f go ]; do sleep 0.02; done",
+        )],
+    )
+    .await;
+    update_acking(&h1, &mut rx1, "away", TaskState::Running).await;
+    h1.stop();
+    drop(rx1);
+    let deadline = std::time::Instant::now() + EVENT_WAIT_MAX;
+    while master_state(&url).await["frameworks"][0]["connected"] != false {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "disconnect not noticed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The task finishes while nobody is subscribed.
+    let go = find_named(dir.path(), "stdout")
+        .expect("sandbox")
+        .parent()
+        .unwrap()
+        .join("go");
+    std::fs::write(go, b"").unwrap();
+    eventually("task finished", || emu.live_processes() == 0).await;
+    let (h2, mut rx2) = driver(&url, framework(Some("away-fw"), 60.0));
+    subscribed(&mut rx2).await;
+    let finished = update(&mut rx2, "away", TaskState::Finished).await;
+    assert!(
+        finished.uuid.is_some(),
+        "the agent kept the update for delivery"
+    );
+    h2.acknowledge(&finished).await.unwrap();
+    // Acknowledged terminal tasks are forgotten by the master.
+    h2.reconcile(vec![(Id::new("away"), Some(offer.agent_id.clone()))])
+        .await
+        .unwrap();
+    update(&mut rx2, "away", TaskState::Lost).await;
+    h2.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_aware_reconciliation_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let mut info = framework(None, 60.0);
+    info.capabilities = vec![kaon_mesos::types::Capability {
+        kind: "PARTITION_AWARE".into(),
+    }];
+    let (h, mut rx) = driver(&emu.master_url(), info);
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    let agent = Id::new(&emu.agent_ids()[0]);
+    assert_eq!(agent, offer.agent_id);
+    h.reconcile(vec![
+        (Id::new("gone"), Some(agent)),
+        (Id::new("unknown"), Some(Id::new("no-such-agent"))),
+    ])
+    .await
+    .unwrap();
+    update(&mut rx, "gone", TaskState::Gone).await;
+    update(&mut rx, "unknown", TaskState::Unknown).await;
+    // Invalid offers: TASK_DROPPED instead of TASK_LOST.
+    h.decline(vec![offer.id.clone()], Some(0.0)).await.unwrap();
+    launch(&h, &offer, vec![command_task("late", &offer, "true")]).await;
+    let dropped = update(&mut rx, "late", TaskState::Dropped).await;
+    assert_eq!(dropped.reason.as_deref(), Some("REASON_INVALID_OFFERS"));
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_an_agent_rescinds_offers_and_loses_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    launch(&h, &offer, vec![command_task("doomed", &offer, "sleep 30")]).await;
+    // Collect the re-offered leftover and TASK_RUNNING, in whatever order.
+    let (mut leftover, mut running) = (None, false);
+    while leftover.is_none() || !running {
+        match tokio::time::timeout(EVENT_WAIT_MAX, rx.recv())
+            .await
+            .expect("event")
+            .expect("driver")
+        {
+            DriverEvent::Offers(o) => leftover = o.into_iter().next().map(|o| o.id),
+            DriverEvent::Update(s) => {
+                if s.uuid.is_some() {
+                    h.acknowledge(&s).await.unwrap();
+                }
+                running |= s.state == TaskState::Running;
+            }
+            _ => {}
+        }
+    }
+    emu.lose_agent(0);
+    let rescinded = wait_for(&mut rx, "RESCIND", |e| match e {
+        DriverEvent::Rescind(id) => Some(id.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(Some(rescinded), leftover);
+    let lost = update(&mut rx, "doomed", TaskState::Lost).await;
+    assert_eq!(lost.reason.as_deref(), Some("REASON_AGENT_REMOVED"));
+    assert!(lost.uuid.is_none());
+    let failure = wait_for(&mut rx, "FAILURE", |e| match e {
+        DriverEvent::Failure(f) => Some(f.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(failure.agent_id, Some(offer.agent_id.clone()));
+    assert_eq!(failure.executor_id, None);
+    eventually("the agent's processes died", || emu.live_processes() == 0).await;
+    h.reconcile(vec![(Id::new("doomed"), None)]).await.unwrap();
+    update(&mut rx, "doomed", TaskState::Lost).await;
     h.stop();
     emu.shutdown().await;
 }

@@ -289,3 +289,82 @@ async fn executor_endpoint_rejects_bad_calls() {
     assert_eq!(client.get(&agent).send().await.unwrap().status(), 405);
     emu.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_operator_api_read_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(Some("opv1"), 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    launch(&h, &offer, vec![command_task("v1", &offer, "sleep 30")]).await;
+    update_acking(&h, &mut rx, "v1", kaon_mesos::types::TaskState::Running).await;
+    let call = |body: &'static str| {
+        let url = format!("{}/api/v1", emu.master_url());
+        async move {
+            let resp = reqwest::Client::new()
+                .post(url)
+                .header("Content-Type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (
+                status,
+                serde_json::from_str::<serde_json::Value>(&resp.text().await.unwrap())
+                    .unwrap_or_default(),
+            )
+        }
+    };
+    let (code, v) = call(r#"{"type":"GET_VERSION"}"#).await;
+    assert_eq!(
+        (code, v["get_version"]["version_info"]["version"].as_str()),
+        (200, Some("1.11.0"))
+    );
+    let (_, v) = call(r#"{"type":"GET_STATE"}"#).await;
+    let st = &v["get_state"];
+    assert_eq!(
+        st["get_frameworks"]["frameworks"][0]["framework_info"]["id"]["value"],
+        "opv1"
+    );
+    assert_eq!(st["get_tasks"]["tasks"][0]["state"], "TASK_RUNNING");
+    assert_eq!(
+        st["get_agents"]["agents"][0]["agent_info"]["id"]["value"],
+        offer.agent_id.value.as_str()
+    );
+    assert_eq!(
+        call(r#"{"type":"GET_HEALTH"}"#).await.1["get_health"]["healthy"],
+        true
+    );
+    assert_eq!(call(r#"{"type":"SUBSCRIBE"}"#).await.0, 501);
+    assert_eq!(call(r#"{}"#).await.0, 400);
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_with_suppressed_roles_starts_suppressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let body = r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"u","name":"n"},"suppressed_roles":["*"]}}"#;
+    let mut resp = reqwest::Client::new()
+        .post(format!("{}/api/v1/scheduler", emu.master_url()))
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = resp.chunk().await.unwrap().expect("SUBSCRIBED");
+    assert!(String::from_utf8_lossy(&first).contains("SUBSCRIBED"));
+    let st = master_state(&emu.master_url()).await;
+    assert_eq!(st["frameworks"][0]["connected"], true);
+    assert_eq!(
+        st["frameworks"][0]["active"], false,
+        "suppressed: no offers"
+    );
+    assert_eq!(st["frameworks"][0]["offers"].as_array().unwrap().len(), 0);
+    drop(resp);
+    emu.shutdown().await;
+}

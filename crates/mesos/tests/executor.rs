@@ -197,8 +197,30 @@ async fn failing_step_reports_exit_code_and_oversized_outputs_fail() {
     assert!(r.error.unwrap().contains("over the limit of 100 bytes"));
     assert_eq!(r.outputs, None);
     // stderr went to the sandbox log file.
-    let stderr = find_file(dir.path(), "stderr", "oops");
-    assert!(stderr.is_some(), "step stderr captured in the sandbox");
+    let stderr =
+        find_file(dir.path(), "stderr", "oops").expect("step stderr captured in the sandbox");
+    // ... and the agent serves it.
+    let agent = emu.agent_addrs()[0];
+    let served = reqwest::Client::new()
+        .get(format!(
+            "http://{agent}/files/download?path={}",
+            stderr.display()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.text().await.unwrap(), "oops\n");
+    let outside = reqwest::Client::new()
+        .get(format!("http://{agent}/files/download?path=/etc/passwd"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        outside.status(),
+        403,
+        "paths outside the sandboxes are refused"
+    );
     h.stop();
     emu.shutdown().await;
 }
@@ -384,6 +406,27 @@ async fn executor_that_never_subscribes_or_crashes_fails_its_tasks() {
         "agent-generated failures are reliable"
     );
     eventually("both executors gone", || emu.live_processes() == 0).await;
+    h.stop();
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executor_without_checkpointing_exits_when_the_agent_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    launch(
+        &h,
+        &offer,
+        vec![step_task("gone", &offer, shell("sleep 30"))],
+    )
+    .await;
+    update_acking(&h, &mut rx, "gone", TaskState::Running).await;
+    emu.restart_agent(0);
+    // MESOS_CHECKPOINT=0: the executor kills its step and exits at once.
+    eventually("executor exits", || emu.live_processes() == 0).await;
+    emu.finish_agent_recovery(0);
+    let failed = update_acking(&h, &mut rx, "gone", TaskState::Failed).await;
+    assert_eq!(failed.reason.as_deref(), Some("REASON_EXECUTOR_TERMINATED"));
     h.stop();
     emu.shutdown().await;
 }

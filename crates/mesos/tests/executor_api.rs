@@ -70,7 +70,9 @@ async fn next_event(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn third_party_executor_protocol_and_lost_tasks_on_resubscribe() {
     let dir = tempfile::tempdir().unwrap();
-    let emu = start(dir.path()).await;
+    let mut cfg = config(dir.path());
+    cfg.executor_heartbeat_interval = std::time::Duration::from_millis(100);
+    let emu = kaon_mesos::emulator::Emulator::start(cfg).await.unwrap();
     let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
     let fw = subscribed(&mut rx).await;
     let offer = offers(&mut rx).await.remove(0);
@@ -198,11 +200,22 @@ async fn third_party_executor_protocol_and_lost_tasks_on_resubscribe() {
 
     // UPDATE for y is recorded, acknowledged to the executor and forwarded.
     assert_eq!(raw.call(update).await.status(), 202);
-    let ack = next_event(&mut stream, &mut dec, &mut pending).await;
+    let mut ack = next_event(&mut stream, &mut dec, &mut pending).await;
+    let mut heartbeats = 0;
+    while ack["type"] == "HEARTBEAT" {
+        heartbeats += 1;
+        ack = next_event(&mut stream, &mut dec, &mut pending).await;
+    }
     assert_eq!(ack["type"], "ACKNOWLEDGED");
     assert_eq!(ack["acknowledged"]["uuid"], "AAECAwQFBgcICQoLDA0ODw==");
     let running = update_acking(&h, &mut rx, "y", TaskState::Running).await;
     assert_eq!(running.executor_id, Some(Id::new("raw-exec")));
+    // The agent keeps the executor's stream alive with HEARTBEAT events.
+    while heartbeats == 0 {
+        let ev = next_event(&mut stream, &mut dec, &mut pending).await;
+        assert_eq!(ev["type"], "HEARTBEAT");
+        heartbeats += 1;
+    }
     h.stop();
     emu.shutdown().await;
 }

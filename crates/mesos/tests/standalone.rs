@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_emulator_serves_and_stops_on_sigint() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kaon-mesos-emulator"))
+    let child = Command::new(env!("CARGO_BIN_EXE_kaon-mesos-emulator"))
         .args([
             "--master",
             "127.0.0.1:0",
@@ -21,7 +21,9 @@ async fn standalone_emulator_serves_and_stops_on_sigint() {
         .stderr(Stdio::null())
         .spawn()
         .expect("emulator binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut child = KillOnDrop(Some(child));
+    let child_ref = child.0.as_mut().unwrap();
+    let mut lines = BufReader::new(child_ref.stdout.take().unwrap()).lines();
     let master = lines.next().expect("a line").expect("utf8");
     let url = master
         .strip_prefix("master ")
@@ -52,19 +54,28 @@ async fn standalone_emulator_serves_and_stops_on_sigint() {
     assert_eq!(state["slaves"][0]["resources"]["cpus"], 1.0);
     // SAFETY: plain syscall on our own child's pid.
     unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
+        libc::kill(child_ref.id() as i32, libc::SIGINT);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child_ref.try_wait().unwrap() {
             assert!(status.success(), "clean exit, got {status}");
+            child.0 = None;
             break;
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("emulator did not stop on SIGINT");
-        }
+        assert!(Instant::now() < deadline, "emulator did not stop on SIGINT");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Kills the emulator process if the test fails before stopping it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

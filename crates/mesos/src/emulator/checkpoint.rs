@@ -86,6 +86,8 @@ pub(crate) struct CkExecutor {
     pub executor_id: String,
     pub info: ExecutorInfo,
     pub command_task: bool,
+    #[serde(default)]
+    pub http_command_executor: bool,
     pub pgid: Option<i32>,
     pub tasks: Vec<String>,
     pub queued: Vec<TaskInfo>,
@@ -146,6 +148,7 @@ pub(crate) fn snapshot(st: &State, master_addr: SocketAddr) -> Checkpoint {
                     executor_id: e.clone(),
                     info: rec.info.clone(),
                     command_task: rec.command_task,
+                    http_command_executor: rec.http_command_executor,
                     pgid: rec.pgid,
                     tasks: rec.tasks.iter().cloned().collect(),
                     queued: rec.queued.clone(),
@@ -228,10 +231,13 @@ pub(crate) fn restore(ck: Checkpoint, st: &mut State) -> Vec<(usize, String, Str
     st.next_framework = ck.next_framework;
     st.next_offer = ck.next_offer;
     st.completed = ck.completed.into_iter().collect::<BTreeSet<_>>();
+    let agent_count = st.agents.len();
     for f in ck.frameworks {
         let tasks: BTreeMap<String, TaskRec> = f
             .tasks
             .into_iter()
+            // A checkpoint from a config with more agents: drop what no longer fits.
+            .filter(|t| t.agent < agent_count)
             .map(|t| {
                 (
                     t.info.task_id.value.clone(),
@@ -284,6 +290,7 @@ pub(crate) fn restore(ck: Checkpoint, st: &mut State) -> Vec<(usize, String, Str
                 ExecRec {
                     info: e.info,
                     command_task: e.command_task,
+                    http_command_executor: e.http_command_executor,
                     pgid: e.pgid,
                     sub: None,
                     queued: e.queued,

@@ -148,6 +148,8 @@ pub(crate) async fn serve_master(
         .route("/state", get(master_state))
         .route("/master/state", get(master_state))
         .route("/master/redirect", get(redirect))
+        .route("/api/v1", axum::routing::post(operator_api))
+        .route("/master/api/v1", axum::routing::post(operator_api))
         .route("/master/frameworks", get(master_frameworks))
         .route("/frameworks", get(master_frameworks))
         .route("/master/tasks", get(master_tasks))
@@ -252,6 +254,74 @@ async fn master_teardown(State(core): State<Arc<Core>>, body: Bytes) -> Response
     }
     core.remove_framework(&id);
     StatusCode::OK.into_response()
+}
+
+/// `POST /api/v1`: the read-only part of the v1 operator API (GET_HEALTH,
+/// GET_VERSION, GET_FRAMEWORKS, GET_AGENTS, GET_TASKS, GET_STATE); other
+/// call types answer 501.
+async fn operator_api(State(core): State<Arc<Core>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = check_content_type(&headers) {
+        return r;
+    }
+    let call: serde_json::Value = match parse_json(&body, "Call") {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(kind) = call["type"].as_str() else {
+        return text(StatusCode::BAD_REQUEST, "Expecting 'type' to be present");
+    };
+    let guard = core.lock();
+    let st: &super::state::State = &guard;
+    let frameworks = || {
+        serde_json::json!({
+            "frameworks": st.frameworks.values().map(|f| serde_json::json!({
+                "framework_info": f.info, "active": f.sub.is_some() && !f.suppressed,
+                "connected": f.sub.is_some(), "recovered": false,
+            })).collect::<Vec<_>>(),
+            "completed_frameworks": st.completed.iter().map(|id| serde_json::json!({
+                "framework_info": {"id": {"value": id}, "user": "", "name": ""}, "active": false, "connected": false, "recovered": false,
+            })).collect::<Vec<_>>(),
+        })
+    };
+    let agents = || {
+        serde_json::json!({
+            "agents": st.agents.iter().map(|a| serde_json::json!({
+                "agent_info": a.info(), "active": true, "version": MESOS_VERSION,
+                "pid": format!("slave(1)@{}", a.addr),
+                "total_resources": a.total.to_mesos(), "allocated_resources": a.used.to_mesos(),
+            })).collect::<Vec<_>>(),
+        })
+    };
+    let tasks = || {
+        serde_json::json!({
+            "tasks": st.frameworks.values().flat_map(|f| f.tasks.values().map(move |t| serde_json::json!({
+                "name": t.info.name, "task_id": t.info.task_id, "framework_id": {"value": f.id},
+                "executor_id": {"value": t.executor_id}, "agent_id": {"value": st.agents[t.agent].id},
+                "state": t.status.state, "resources": t.resources.to_mesos(), "statuses": [t.status],
+            }))).collect::<Vec<_>>(),
+        })
+    };
+    let body = match kind {
+        "GET_HEALTH" => serde_json::json!({"type": kind, "get_health": {"healthy": true}}),
+        "GET_VERSION" => serde_json::json!({"type": kind, "get_version": {"version_info": {
+            "version": MESOS_VERSION, "build_user": "kaon", "git_tag": MESOS_VERSION,
+        }}}),
+        "GET_FRAMEWORKS" => serde_json::json!({"type": kind, "get_frameworks": frameworks()}),
+        "GET_AGENTS" => serde_json::json!({"type": kind, "get_agents": agents()}),
+        "GET_TASKS" => serde_json::json!({"type": kind, "get_tasks": tasks()}),
+        "GET_STATE" => serde_json::json!({"type": kind, "get_state": {
+            "get_tasks": tasks(), "get_executors": {"executors": []},
+            "get_frameworks": frameworks(), "get_agents": agents(),
+        }}),
+        other => {
+            return text(
+                StatusCode::NOT_IMPLEMENTED,
+                format!("operator call {other} is not emulated"),
+            );
+        }
+    };
+    drop(guard);
+    json_response(&body)
 }
 
 async fn master_state(State(core): State<Arc<Core>>) -> Response {
@@ -402,8 +472,11 @@ fn scheduler_inner(
                 "Subscribe calls should not include the 'Mesos-Stream-Id' header",
             ));
         }
-        let info = call.subscribe.map(|s| s.framework_info).unwrap_or_default();
-        let (stream_id, rx) = core.subscribe(info);
+        let sub = call.subscribe.unwrap_or_else(|| sch::Subscribe {
+            framework_info: Default::default(),
+            suppressed_roles: Vec::new(),
+        });
+        let (stream_id, rx) = core.subscribe(sub.framework_info, &sub.suppressed_roles);
         let framework = {
             let st = core.lock();
             st.frameworks
@@ -474,10 +547,11 @@ fn scheduler_inner(
             core.message_to_executor(&framework, call.message.as_ref().expect("validated"))
         }
         sch::CallType::UpdateFramework => {
-            return Err(text(
-                StatusCode::NOT_IMPLEMENTED,
-                "UPDATE_FRAMEWORK is not emulated",
-            ));
+            let u = call.update_framework.as_ref().expect("validated");
+            return match core.update_framework(&framework, u) {
+                Ok(()) => Ok(StatusCode::OK.into_response()),
+                Err(m) => Err(text(StatusCode::BAD_REQUEST, m)),
+            };
         }
         other => tracing::debug!(call = ?other, "call accepted and ignored by the emulator"),
     }
@@ -501,6 +575,7 @@ fn validate_scheduler_call(call: &sch::Call, kind: sch::CallType) -> Result<(), 
         T::Acknowledge => call.acknowledge.is_some(),
         T::Reconcile => call.reconcile.is_some(),
         T::Message => call.message.is_some(),
+        T::UpdateFramework => call.update_framework.is_some(),
         _ => true,
     };
     if !present {
@@ -523,6 +598,14 @@ fn validate_scheduler_call(call: &sch::Call, kind: sch::CallType) -> Result<(), 
         }
     } else if call.framework_id.is_none() {
         return Err(missing("framework_id"));
+    }
+    if let Some(u) = &call.update_framework
+        && u.framework_info.id.as_ref() != call.framework_id.as_ref()
+    {
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            "'framework_id' differs from 'update_framework.framework_info.id'",
+        ));
     }
     if let Some(ack) = &call.acknowledge
         && ack.uuid.0.len() != 16

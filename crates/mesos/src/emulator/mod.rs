@@ -122,6 +122,8 @@ pub struct EmulatorConfig {
     pub checkpoint: bool,
     /// How long a recovered executor has to re-subscribe (Mesos: 2 s).
     pub executor_reregistration_timeout: Duration,
+    /// Period of HEARTBEAT events to subscribed executors (Mesos: 30 min).
+    pub executor_heartbeat_interval: Duration,
 }
 
 impl Default for EmulatorConfig {
@@ -141,6 +143,7 @@ impl Default for EmulatorConfig {
             executor_path: None,
             checkpoint: false,
             executor_reregistration_timeout: Duration::from_secs(2),
+            executor_heartbeat_interval: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -172,6 +175,9 @@ pub struct EmulatorHandle {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     servers: Vec<tokio::task::JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
+    /// Set by `shutdown`/`stop_for_restart`; otherwise dropping the handle
+    /// kills every task process (safety net for panicking tests).
+    finished: bool,
 }
 
 impl Emulator {
@@ -237,6 +243,7 @@ impl Emulator {
                 seen_uuids: Default::default(),
                 recovering: false,
                 refused_updates: 0,
+                lost: false,
             });
             listeners.push(l);
         }
@@ -301,6 +308,7 @@ impl Emulator {
             tasks,
             servers,
             stop: stop_tx,
+            finished: false,
         })
     }
 }
@@ -388,6 +396,14 @@ impl EmulatorHandle {
         self.core.lock().unavailable_next = n;
     }
 
+    /// Simulates losing agent `index` for good (machine failure): its
+    /// processes die, offers are rescinded, tasks become TASK_LOST (or
+    /// TASK_UNREACHABLE for partition-aware frameworks), frameworks get
+    /// FAILURE with the agent id, and it makes no more offers.
+    pub fn lose_agent(&self, index: usize) {
+        self.core.lose_agent(index);
+    }
+
     /// Simulates a restart of agent `index` with checkpointing: executor
     /// streams are cut and the executor API answers 503 ("recovering")
     /// until [`EmulatorHandle::finish_agent_recovery`]; tasks keep running.
@@ -417,7 +433,7 @@ impl EmulatorHandle {
 
     /// Stops serving and kills every task and executor process, waiting up
     /// to `process_reap_wait_max` for them to be reaped.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let process_reap_wait_max = Duration::from_secs(10);
         self.core.shutdown_all(process_reap_wait_max).await;
         self.stop_servers().await;
@@ -428,7 +444,7 @@ impl EmulatorHandle {
     /// but executors of checkpointing frameworks keep running so that
     /// [`Emulator::start`] on the same work dir recovers them. Processes of
     /// other frameworks are killed.
-    pub async fn stop_for_restart(self) {
+    pub async fn stop_for_restart(mut self) {
         let doomed = {
             let mut st = self.core.lock();
             self.core.persist(&st);
@@ -460,19 +476,55 @@ impl EmulatorHandle {
         self.stop_servers().await;
     }
 
-    async fn stop_servers(self) {
+    async fn stop_servers(&mut self) {
+        self.finished = true;
         let graceful_wait_max = Duration::from_secs(5);
         let _ = self.stop.send(true);
         for t in &self.tasks {
             t.abort();
         }
-        for s in self.servers {
+        for s in std::mem::take(&mut self.servers) {
             let abort = s.abort_handle();
             if tokio::time::timeout(graceful_wait_max, s).await.is_err() {
                 abort.abort();
             }
         }
     }
+}
+
+impl Drop for EmulatorHandle {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        let st = self.core.lock();
+        for a in &st.agents {
+            for e in a.executors.values() {
+                if let Some(p) = e.pgid {
+                    process::signal_group(p, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+/// Blocking variant of [`run_from_args`] for callers without a tokio
+/// runtime (e.g. the `kaon` CLI's `mesos-emulator` subcommand).
+pub fn run_from_args_blocking<I, T>(args: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    // Multi-threaded: task processes are tied (PR_SET_PDEATHSIG) to the
+    // long-lived worker threads that spawn them.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_from_args(args))
 }
 
 /// Command-line options of `kaon mesos-emulator` / `kaon-mesos-emulator`.

@@ -73,7 +73,10 @@ pub(crate) struct Framework {
     pub epoch: u64,
     pub suppressed: bool,
     /// Per agent: resources refused and until when.
-    pub filters: HashMap<usize, (Resources, Instant)>,
+    /// Per agent: every unexpired refuse filter (resources refused, until).
+    /// As in Mesos, each filter blocks offers that are a subset of what it
+    /// refused; filters accumulate and are cleared by REVIVE.
+    pub filters: HashMap<usize, Vec<(Resources, Instant)>>,
     pub tasks: BTreeMap<String, TaskRec>,
 }
 
@@ -100,7 +103,10 @@ pub(crate) struct TaskRec {
 
 pub(crate) struct ExecRec {
     pub info: ExecutorInfo,
+    /// Command task run by the agent itself (no executor process).
     pub command_task: bool,
+    /// Command task run through kaon-executor as command executor.
+    pub http_command_executor: bool,
     pub pgid: Option<i32>,
     pub sub: Option<mpsc::UnboundedSender<Bytes>>,
     /// Tasks waiting for the executor to SUBSCRIBE.
@@ -146,6 +152,8 @@ pub(crate) struct Agent {
     pub recovering: bool,
     /// Executor UPDATE calls refused while recovering (for tests).
     pub refused_updates: u64,
+    /// The agent was lost (simulated machine failure): no offers, no API.
+    pub lost: bool,
 }
 
 impl Agent {
@@ -293,6 +301,7 @@ impl Core {
     pub fn subscribe(
         self: &Arc<Self>,
         info: FrameworkInfo,
+        suppressed_roles: &[String],
     ) -> (String, mpsc::UnboundedReceiver<Bytes>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let stream_id = uuid::Uuid::new_v4().to_string();
@@ -340,7 +349,9 @@ impl Core {
         fw.info.checkpoint = checkpoint;
         fw.info.id = Some(Id::new(&id));
         fw.epoch += 1;
-        fw.suppressed = false;
+        // Roles are not modelled separately: any suppressed role suppresses
+        // the framework's offers until REVIVE.
+        fw.suppressed = !suppressed_roles.is_empty();
         let mut ev = sch::Event::bare(sch::EventType::Subscribed);
         ev.subscribed = Some(sch::Subscribed {
             framework_id: Id::new(&id),
@@ -469,6 +480,9 @@ impl Core {
         let now = Instant::now();
         let mut events: BTreeMap<String, Vec<Offer>> = BTreeMap::new();
         for a in 0..st.agents.len() {
+            if st.agents[a].lost {
+                continue;
+            }
             let mut avail = st.agents[a].total.clone();
             avail.subtract(&st.agents[a].used);
             for o in st.offers.values().filter(|o| o.agent == a) {
@@ -480,10 +494,10 @@ impl Core {
             let target = st.frameworks.values().find(|fw| {
                 fw.sub.is_some()
                     && !fw.suppressed
-                    && !fw
-                        .filters
-                        .get(&a)
-                        .is_some_and(|(refused, until)| *until > now && refused.contains(&avail))
+                    && !fw.filters.get(&a).is_some_and(|fs| {
+                        fs.iter()
+                            .any(|(refused, until)| *until > now && refused.contains(&avail))
+                    })
             });
             let Some(fw) = target else { continue };
             let fw_id = fw.id.clone();
@@ -497,7 +511,7 @@ impl Core {
             let executor_ids: Vec<Id> = st.agents[a]
                 .executors
                 .iter()
-                .filter(|((f, _), e)| *f == fw_id && !e.command_task)
+                .filter(|((f, _), e)| *f == fw_id && !e.command_task && !e.http_command_executor)
                 .map(|((_, e), _)| Id::new(e))
                 .collect();
             let offer_id = format!("{}-O{}", st.master_id, st.next_offer);
@@ -567,10 +581,10 @@ impl Core {
             return;
         }
         if let Some(fw) = st.frameworks.get_mut(framework) {
-            fw.filters.insert(
-                agent,
-                (refused, Instant::now() + Duration::from_secs_f64(secs)),
-            );
+            let now = Instant::now();
+            let list = fw.filters.entry(agent).or_default();
+            list.retain(|(_, until)| *until > now);
+            list.push((refused, now + Duration::from_secs_f64(secs)));
         }
     }
 
@@ -588,6 +602,31 @@ impl Core {
         }
         drop(st);
         self.allocate.notify_one();
+    }
+
+    /// UPDATE_FRAMEWORK: apply a new FrameworkInfo (the principal cannot
+    /// change; user and checkpoint changes are ignored, as on re-subscribe).
+    pub fn update_framework(
+        &self,
+        framework: &str,
+        u: &sch::UpdateFramework,
+    ) -> Result<(), String> {
+        let mut st = self.lock();
+        let Some(fw) = st.frameworks.get_mut(framework) else {
+            return Err("Framework cannot be found".into());
+        };
+        if fw.info.principal != u.framework_info.principal {
+            return Err("Changing framework's principal is not allowed".into());
+        }
+        let (user, checkpoint, id) = (fw.info.user.clone(), fw.info.checkpoint, fw.info.id.clone());
+        fw.info = u.framework_info.clone();
+        fw.info.user = user;
+        fw.info.checkpoint = checkpoint;
+        fw.info.id = id;
+        fw.suppressed = !u.suppressed_roles.is_empty();
+        drop(st);
+        self.allocate.notify_one();
+        Ok(())
     }
 
     pub fn revive(&self, framework: &str) {
@@ -680,12 +719,42 @@ impl Core {
 
     pub fn accept(self: &Arc<Self>, framework: &str, a: &sch::Accept) {
         let mut st = self.lock();
-        let tasks: Vec<TaskInfo> = a
-            .operations
-            .iter()
-            .filter(|o| o.kind == sch::OperationType::Launch)
-            .flat_map(|o| o.launch.iter().flat_map(|l| l.task_infos.iter().cloned()))
-            .collect();
+        // Tasks to launch, with a refusal (reason, message) for operations
+        // the emulator rejects as Mesos would, or does not support.
+        let mut tasks: Vec<(TaskInfo, Option<(&str, String)>)> = Vec::new();
+        for op in &a.operations {
+            match op.kind {
+                sch::OperationType::Launch => {
+                    let refusal = op.id.as_ref().map(|_| {
+                        (
+                            "REASON_TASK_INVALID",
+                            "LAUNCH operations must not set an operation id".to_string(),
+                        )
+                    });
+                    for t in op.launch.iter().flat_map(|l| l.task_infos.iter()) {
+                        tasks.push((t.clone(), refusal.clone()));
+                    }
+                }
+                sch::OperationType::LaunchGroup => {
+                    for t in op
+                        .launch_group
+                        .iter()
+                        .flat_map(|g| g.task_group.tasks.iter())
+                    {
+                        tasks.push((
+                            t.clone(),
+                            Some((
+                                "REASON_TASK_GROUP_INVALID",
+                                "LAUNCH_GROUP is not supported by the kaon Mesos emulator".into(),
+                            )),
+                        ));
+                    }
+                }
+                other => {
+                    tracing::info!(operation = ?other, "offer operation not emulated; ignored")
+                }
+            }
+        }
         let mut seen = BTreeSet::new();
         let mut agent = None;
         let mut invalid = a
@@ -719,7 +788,7 @@ impl Core {
             } else {
                 TaskState::Lost
             };
-            for t in &tasks {
+            for (t, _) in &tasks {
                 Self::master_update(
                     fw,
                     &t.task_id,
@@ -735,8 +804,19 @@ impl Core {
         }
         let agent = agent.unwrap_or(0);
         let mut launches = Vec::new();
-        for task in tasks {
+        for (task, refusal) in tasks {
             let fw = &st.frameworks[framework];
+            if let Some((reason, message)) = refusal {
+                Self::master_update(
+                    fw,
+                    &task.task_id,
+                    TaskState::Error,
+                    reason,
+                    message,
+                    Some(task.agent_id.clone()),
+                );
+                continue;
+            }
             if let Err(message) = Self::validate_task(&st, framework, agent, &task) {
                 Self::master_update(
                     fw,
@@ -916,6 +996,15 @@ impl Core {
             return None;
         }
         let sandbox = self.sandbox(st, framework, agent, &executor_id);
+        let survive = self.config.checkpoint
+            && st
+                .frameworks
+                .get(framework)
+                .is_some_and(|f| f.info.checkpoint == Some(true));
+        // Command tasks of checkpointing frameworks run under kaon-executor
+        // acting as Mesos's command executor, so they can be recovered (and
+        // report their exit status) after an emulator restart.
+        let via_executor = survive && task.executor.is_none();
         let (command, info, command_task, exec_resources) = match &task.executor {
             Some(e) => {
                 let mut info = e.clone();
@@ -934,18 +1023,40 @@ impl Core {
                     data: None,
                     shutdown_grace_period: None,
                 };
-                (
-                    task.command.clone().unwrap_or_default(),
-                    info,
-                    true,
-                    Resources::default(),
-                )
+                if via_executor {
+                    let cmd = CommandInfo {
+                        shell: Some(false),
+                        value: Some(self.executor_path.display().to_string()),
+                        arguments: vec!["kaon-executor".into()],
+                        ..Default::default()
+                    };
+                    let info = ExecutorInfo {
+                        command: Some(cmd.clone()),
+                        ..info
+                    };
+                    (cmd, info, false, Resources::default())
+                } else {
+                    (
+                        task.command.clone().unwrap_or_default(),
+                        info,
+                        true,
+                        Resources::default(),
+                    )
+                }
             }
         };
-        let env = self.executor_env(st, framework, agent, &executor_id, &sandbox, command_task);
+        let env = self.executor_env(
+            st,
+            framework,
+            agent,
+            &executor_id,
+            &sandbox,
+            task.executor.is_none(),
+        );
         let mut rec = ExecRec {
             info,
             command_task,
+            http_command_executor: via_executor,
             pgid: None,
             sub: None,
             queued: Vec::new(),
@@ -959,11 +1070,6 @@ impl Core {
         if !command_task {
             rec.queued.push(task.clone());
         }
-        let survive = self.config.checkpoint
-            && st
-                .frameworks
-                .get(framework)
-                .is_some_and(|f| f.info.checkpoint == Some(true));
         // Registered now (so more tasks for this executor queue up behind
         // it); the fork/exec happens in `run_spawn`, outside the lock.
         st.agents[agent].executors.insert(key, rec);
@@ -1181,6 +1287,7 @@ impl Core {
             self.status_update(&mut st, agent, framework, s);
         }
         if !e.command_task
+            && !e.http_command_executor
             && let Some(fw) = st.frameworks.get(framework)
         {
             let mut ev = sch::Event::bare(sch::EventType::Failure);
@@ -1637,6 +1744,23 @@ impl Core {
         if e.shutting_down {
             let _ = tx.send(frame(&ex::Event::bare(ex::EventType::Shutdown)));
         }
+        // Agent → executor heartbeats; they stop when this stream is
+        // replaced or closed (only a weak sender is kept).
+        let weak = tx.downgrade();
+        let every = self.config.executor_heartbeat_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                let Some(tx) = weak.upgrade() else { return };
+                if tx
+                    .send(frame(&ex::Event::bare(ex::EventType::Heartbeat)))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
         e.sub = Some(tx); // replaces (and so closes) any previous stream
         Some(rx)
     }
@@ -1733,6 +1857,82 @@ impl Core {
                 }
             }
         });
+    }
+
+    /// Simulates the loss of an agent's machine: its processes are killed,
+    /// its outstanding offers are rescinded (RESCIND), its non-terminal
+    /// tasks become TASK_LOST (TASK_UNREACHABLE for partition-aware
+    /// frameworks; master-generated, no uuid, reason REASON_AGENT_REMOVED)
+    /// and every subscribed framework gets FAILURE with the agent id.
+    pub fn lose_agent(&self, agent: usize) {
+        let mut st = self.lock();
+        let Some(a) = st.agents.get_mut(agent) else {
+            return;
+        };
+        if a.lost {
+            return;
+        }
+        a.lost = true;
+        a.recovering = true; // the executor API stops answering normally
+        let agent_id = Id::new(&a.id);
+        for e in std::mem::take(&mut a.executors).into_values() {
+            if let Some(p) = e.pgid {
+                process::signal_group(p, libc::SIGKILL);
+            }
+        }
+        a.updates.clear();
+        a.used = Resources::default();
+        let rescinded: Vec<(String, String)> = st
+            .offers
+            .iter()
+            .filter(|(_, o)| o.agent == agent)
+            .map(|(id, o)| (id.clone(), o.framework.clone()))
+            .collect();
+        for (offer_id, framework) in rescinded {
+            st.offers.remove(&offer_id);
+            if let Some(fw) = st.frameworks.get(&framework) {
+                let mut ev = sch::Event::bare(sch::EventType::Rescind);
+                ev.rescind = Some(sch::Rescind {
+                    offer_id: Id::new(&offer_id),
+                });
+                fw.send(&ev);
+            }
+        }
+        for fw in st.frameworks.values_mut() {
+            let state = if fw.partition_aware() {
+                TaskState::Unreachable
+            } else {
+                TaskState::Lost
+            };
+            let mut updates = Vec::new();
+            for t in fw
+                .tasks
+                .values_mut()
+                .filter(|t| t.agent == agent && !t.status.state.is_terminal())
+            {
+                let mut s = TaskStatus::new(t.status.task_id.clone(), state);
+                s.source = Some(Source::Master);
+                s.reason = Some("REASON_AGENT_REMOVED".into());
+                s.message = Some("Agent was lost".into());
+                s.agent_id = Some(agent_id.clone());
+                s.executor_id = Some(Id::new(&t.executor_id));
+                s.timestamp = Some(now_secs());
+                t.status = s.clone();
+                updates.push(s);
+            }
+            for status in updates {
+                let mut ev = sch::Event::bare(sch::EventType::Update);
+                ev.update = Some(sch::Update { status });
+                fw.send(&ev);
+            }
+            let mut ev = sch::Event::bare(sch::EventType::Failure);
+            ev.failure = Some(sch::Failure {
+                agent_id: Some(agent_id.clone()),
+                executor_id: None,
+                status: None,
+            });
+            fw.send(&ev);
+        }
     }
 
     /// Simulates an agent restart: executor streams close and the executor

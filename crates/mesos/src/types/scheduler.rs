@@ -67,6 +67,24 @@ pub struct Launch {
     pub task_infos: Vec<TaskInfo>,
 }
 
+/// `TaskGroupInfo`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct TaskGroup {
+    /// Tasks of the group.
+    #[serde(default)]
+    pub tasks: Vec<TaskInfo>,
+}
+
+/// `Offer.Operation.LaunchGroup` (parsed so it can be refused clearly; the
+/// emulator does not run task groups).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LaunchGroup {
+    /// The executor for the group.
+    pub executor: ExecutorInfo,
+    /// The tasks.
+    pub task_group: TaskGroup,
+}
+
 /// `Offer.Operation`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Operation {
@@ -79,6 +97,9 @@ pub struct Operation {
     /// LAUNCH body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch: Option<Launch>,
+    /// LAUNCH_GROUP body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_group: Option<LaunchGroup>,
 }
 
 impl Operation {
@@ -88,6 +109,7 @@ impl Operation {
             kind: OperationType::Launch,
             id: None,
             launch: Some(Launch { task_infos }),
+            launch_group: None,
         }
     }
 }
@@ -226,6 +248,19 @@ pub struct Call {
     /// SUPPRESS body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppress: Option<Roles>,
+    /// UPDATE_FRAMEWORK body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_framework: Option<UpdateFramework>,
+}
+
+/// `Call.UpdateFramework`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateFramework {
+    /// The new FrameworkInfo (its id must equal the call's framework id).
+    pub framework_info: FrameworkInfo,
+    /// Roles to suppress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suppressed_roles: Vec<String>,
 }
 
 /// Scheduler event types; names this model does not know parse as `Unknown`
