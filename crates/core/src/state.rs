@@ -766,7 +766,9 @@ impl State {
             finished_ms: None,
             message: String::new(),
             ending: None,
-            instances: Vec::new(),
+            // Room for every static node: growing (and moving) the vector
+            // of ~250-byte instances is a visible cost in replay.
+            instances: Vec::with_capacity(plan.nodes.len()),
             live_tasks: 0,
             plan: plan.clone(),
         };
@@ -888,6 +890,7 @@ fn create_children(run: &mut Run, owner: InstId, group_node: NodeId) {
     };
     let children = plan.children(group_node);
     let mut ids = Vec::with_capacity(children.len());
+    run.instances.reserve(children.len());
     for &c in children {
         let kind = kind_of(&plan, c, false);
         let path = child_path(&base, &plan.node(c).name);
@@ -936,6 +939,7 @@ fn expand_foreach(
     let kind = kind_of(&plan, node, true);
     let n = items.len();
     let mut ids = Vec::with_capacity(n);
+    run.instances.reserve(n);
     for k in 0..n {
         let mut child = Instance::new(node, Some(i), kind, format!("{base}[{k}]"), in_exit);
         child.element = Some(k as u32);
