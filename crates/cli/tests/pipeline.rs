@@ -145,3 +145,71 @@ fn kaon_run_reports_failure_with_exit_code_1() {
         "{stdout}"
     );
 }
+
+/// Intent before effect across a leader change: a first runtime commits
+/// launch intents but cannot reach Mesos (its master is down); a second
+/// runtime on the same log reconciles those tasks (Mesos never heard of
+/// them: TASK_LOST), retries them under the platform budget, and the run
+/// completes with every step run exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_leader_reconciles_intents_the_old_one_never_launched() {
+    let work = tempfile::tempdir().unwrap();
+    let kaon = env!("CARGO_BIN_EXE_kaon");
+    let log = Arc::new(LocalLog::default());
+    // Runtime 1: a master address nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let rt1 = runtime::start(log.clone(), RuntimeConfig::new(dead_url, kaon));
+    let source = "apiVersion: kaon/v1\nname: once\nsteps:\n  a: {shell: 'echo a >> \"$MARK\"', retry: {backoff: {kind: fixed, initial: 100ms}}}\n  b: {depends_on: [a], shell: 'echo b >> \"$MARK\"'}\n".replace(
+        "$MARK",
+        &work.path().join("marks").display().to_string(),
+    );
+    rt1.command(Command::SubmitRun {
+        target: SubmitTarget::Inline { source },
+        params: BTreeMap::new(),
+        idempotency_key: "k".into(),
+    })
+    .await
+    .unwrap()
+    .expect("accepted");
+    let run_id = log.with_state(|s| s.idempotency["k"]);
+    assert_eq!(
+        log.with_state(|s| s.run(run_id).unwrap().live_tasks),
+        1,
+        "step a's intent is committed"
+    );
+    rt1.shutdown().await;
+
+    // Runtime 2 (the new leader) with a working Mesos.
+    let emu = Emulator::start(EmulatorConfig {
+        allocation_interval: Duration::from_millis(20),
+        work_dir: work.path().join("mesos"),
+        executor_path: Some(kaon.into()),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut config = RuntimeConfig::new(emu.master_url(), kaon);
+    config.limits = kaon_core::Limits::default();
+    let _rt2 = runtime::start(log.clone(), config);
+    let deadline = Instant::now() + RUN_DEADLINE;
+    while log.with_state(|s| s.run(run_id).unwrap().status) == RunStatus::Running
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, attempts_a) = log.with_state(|s| {
+        let r = s.run(run_id).unwrap();
+        let a = r.instances.iter().find(|i| i.path == "a").unwrap();
+        (r.status, a.attempts.len())
+    });
+    assert_eq!(status, RunStatus::Succeeded);
+    assert_eq!(
+        attempts_a, 2,
+        "attempt 1 was lost (never launched), attempt 2 ran"
+    );
+    let marks = std::fs::read_to_string(work.path().join("marks")).unwrap();
+    assert_eq!(marks, "a\nb\n", "each step's command ran exactly once");
+    emu.shutdown().await;
+}

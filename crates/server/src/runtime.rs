@@ -83,6 +83,7 @@ pub struct CommandOutcome {
 enum Msg {
     Command(Command, oneshot::Sender<Result<CommandOutcome, Rejection>>),
     Timer(TimerKey),
+    Shutdown(oneshot::Sender<()>),
 }
 
 /// Talks to a running runtime. Cheap to clone.
@@ -101,6 +102,17 @@ impl RuntimeHandle {
             .await
             .map_err(|_| anyhow::anyhow!("runtime stopped"))?;
         Ok(rx.await?)
+    }
+}
+
+impl RuntimeHandle {
+    /// Stops the runtime (and its Mesos subscription; Mesos keeps the tasks
+    /// running for the failover timeout). Returns when it has stopped.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
@@ -154,6 +166,13 @@ impl<L: EventLog> Runtime<L> {
                     Some(Msg::Command(cmd, reply)) => {
                         let r = self.decide_and_do(Input::Command(cmd)).await;
                         let _ = reply.send(r);
+                    }
+                    Some(Msg::Shutdown(done)) => {
+                        if let Some((d, _)) = self.driver.take() {
+                            d.stop();
+                        }
+                        let _ = done.send(());
+                        return;
                     }
                     Some(Msg::Timer(key)) => {
                         let _ = self.decide_and_do(Input::TimerFired(key)).await;
@@ -280,16 +299,9 @@ impl<L: EventLog> Runtime<L> {
                     let _ = tx.send(Msg::Timer(key)).await;
                 });
             }
-            Effect::Reconcile { tasks } => {
-                if let Some((d, _)) = &self.driver {
-                    let list = tasks
-                        .into_iter()
-                        .map(|(t, a)| (Id::new(t), (!a.is_empty()).then(|| Id::new(a))))
-                        .collect();
-                    if let Err(e) = d.reconcile_round(list).await {
-                        tracing::warn!(error = %e, "reconcile failed");
-                    }
-                }
+            Effect::Reconcile { .. } => {
+                // Reconciliation needs a live subscription: it runs on every
+                // SUBSCRIBED (see `on_driver_event`), from state.
             }
         }
     }
@@ -319,10 +331,30 @@ impl<L: EventLog> Runtime<L> {
                         framework_id: framework_id.value,
                     }))
                     .await;
-                if !self.pending.is_empty()
-                    && let Some((d, _)) = &self.driver
-                {
-                    let _ = d.revive(Vec::new()).await;
+                if let Some((d, _)) = &self.driver {
+                    // Every task state says may be live and this leader has
+                    // not launched itself (an intent committed by an earlier
+                    // leader may never have reached Mesos): ask Mesos. An
+                    // unknown task comes back TASK_LOST and is retried under
+                    // the platform budget; then an implicit round finds tasks
+                    // kaon does not know.
+                    let pending = &self.pending;
+                    let known: Vec<(Id, Option<Id>)> = self.log.with_state(|s| {
+                        kaon_core::state::live_tasks(s)
+                            .into_iter()
+                            .map(|(rid, i, a)| {
+                                (s.runs[&rid].task_id(i, a.number), a.agent_id.clone())
+                            })
+                            .filter(|(t, _)| !pending.contains_key(t))
+                            .map(|(t, a)| (Id::new(t), (!a.is_empty()).then(|| Id::new(a))))
+                            .collect()
+                    });
+                    if let Err(e) = d.reconcile_round(known).await {
+                        tracing::warn!(error = %e, "reconciliation failed; Mesos will resend unacknowledged updates");
+                    }
+                    if !self.pending.is_empty() {
+                        let _ = d.revive(Vec::new()).await;
+                    }
                 }
             }
             DriverEvent::Offers(offers) => self.on_offers(offers).await,
