@@ -407,3 +407,52 @@ pub async fn workflows(server: &str, json: bool) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `kaon cluster status`.
+pub async fn cluster_status(server: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let r = connect(server)
+        .await?
+        .cluster_status(v1::ClusterStatusRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if json {
+        let members: Vec<_> = r
+            .members
+            .iter()
+            .map(|m| serde_json::json!({"id": m.id, "raft_addr": m.raft_addr, "voter": m.voter, "lag_entries": m.lag_entries}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"node_id": r.node_id, "state": r.state, "term": r.term, "leader_id": r.leader_id,
+                "last_log_index": r.last_log_index, "committed_index": r.committed_index, "applied_index": r.applied_index,
+                "applied_event_index": r.applied_event_index, "members": members})
+        );
+    } else {
+        println!(
+            "node {} ({}), term {}, leader {}, log {} committed {} applied {} ({} events)",
+            r.node_id,
+            r.state,
+            r.term,
+            if r.leader_id == 0 {
+                "unknown".to_string()
+            } else {
+                r.leader_id.to_string()
+            },
+            r.last_log_index,
+            r.committed_index,
+            r.applied_index,
+            r.applied_event_index
+        );
+        for m in &r.members {
+            println!(
+                "  member {} {} {} lag {}",
+                m.id,
+                m.raft_addr,
+                if m.voter { "voter" } else { "learner" },
+                m.lag_entries
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -63,6 +63,12 @@ enum RunCmd {
 }
 
 #[derive(Subcommand)]
+enum ClusterCmd {
+    /// Members, leader, term, commit and applied indexes, lag per member.
+    Status,
+}
+
+#[derive(Subcommand)]
 enum AuditCmd {
     /// Recompute the SHA-256 hash chain over every archived event (from the
     /// first) and check it against the head the state machine recorded.
@@ -140,6 +146,9 @@ enum Cmd {
     /// Audit a node's event log: verify the hash chain, replay to an index.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// The cluster: status.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Run a workflow once on this machine and wait for it: an embedded Mesos
     /// emulator runs every step as a local process. Prints each step as it
     /// starts and ends; exits 0 if the run succeeded.
@@ -208,6 +217,10 @@ fn main() -> ExitCode {
         Cmd::Workflow(WorkflowCmd::Register { file }) => block(client::register(
             &cli.server,
             &file,
+            cli.output_format == "json",
+        )),
+        Cmd::Cluster(ClusterCmd::Status) => block(client::cluster_status(
+            &cli.server,
             cli.output_format == "json",
         )),
         Cmd::Audit(AuditCmd::Verify { data_dir }) => report(audit_verify(&data_dir)),

@@ -139,6 +139,15 @@ fn submit_watch_list_show_and_errors_over_grpc() {
         .unwrap();
     assert_eq!(validate["outputs"]["stable"], true);
 
+    // The replicated log's view: a one-node cluster led by node 1.
+    let (code, out, err) = kaon(&server, &["--output", "json", "cluster", "status"]);
+    assert_eq!(code, 0, "{err}");
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["leader_id"], 1);
+    assert_eq!(st["state"], "Leader");
+    assert_eq!(st["members"].as_array().unwrap().len(), 1);
+    assert!(st["applied_event_index"].as_u64().unwrap() >= run_id);
+
     // Bad requests name the problem, with the gRPC code.
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "apiVersion: kaon/v1\nname: b\nsteps:\n  a: {run: [x]}\n  b: {depends_on: [aa], run: [y]}\n").unwrap();

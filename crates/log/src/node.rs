@@ -22,6 +22,42 @@ use crate::state_machine::{ChainReport, StateMachineStore};
 use crate::types::Proposal;
 use crate::types::alias::Raft;
 
+/// A cluster member as the membership config names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterMember {
+    /// Node id.
+    pub id: u64,
+    /// Raft RPC address.
+    pub addr: String,
+    /// Voter (false: learner).
+    pub voter: bool,
+}
+
+/// A node's view of the cluster (`RaftNode::status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// This node.
+    pub id: u64,
+    /// Current term.
+    pub term: u64,
+    /// Leader, Follower, Candidate, Learner, Shutdown.
+    pub state: String,
+    /// The leader this node knows of.
+    pub leader: Option<u64>,
+    /// Last Raft log index held here.
+    pub last_log_index: u64,
+    /// Last Raft log index known committed.
+    pub committed_index: u64,
+    /// Last Raft log index applied here.
+    pub applied_index: u64,
+    /// Events durably applied here (the event index).
+    pub applied_event_index: u64,
+    /// Members.
+    pub members: Vec<ClusterMember>,
+    /// On the leader: matched Raft log index per follower (lag = committed - matched).
+    pub replication: Vec<(u64, u64)>,
+}
+
 /// How to run one replica. Timeouts default to values for a LAN.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -320,6 +356,47 @@ impl RaftNode {
             .await
             .ok()
             .and_then(|m| m.current_leader)
+    }
+
+    /// What an SRE asks about the cluster, from this node's point of view
+    /// (copied out of the metrics watch; no borrow is held).
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let voters: BTreeSet<u64> = m.membership_config.voter_ids().collect();
+        let members = m
+            .membership_config
+            .nodes()
+            .map(|(id, n)| ClusterMember {
+                id: *id,
+                addr: n.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let replication = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, log)| (*id, log.as_ref().map(|l| l.index()).unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ClusterStatus {
+            id: m.id,
+            term: m.current_term,
+            state: format!("{:?}", m.state),
+            leader: m.current_leader,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed_index: m
+                .cluster_committed
+                .or(m.local_committed)
+                .map(|l| l.index())
+                .unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index()).unwrap_or(0),
+            applied_event_index: self.sm.applied_event_index(),
+            members,
+            replication,
+        }
     }
 
     /// Waits until this node applied at least `event_index` events.

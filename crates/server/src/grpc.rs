@@ -388,6 +388,41 @@ impl<L: EventLog> Kaon for KaonService<L> {
         .await?;
         Ok(Response::new(v1::SetSchedulePausedResponse {}))
     }
+
+    async fn cluster_status(
+        &self,
+        _: Request<v1::ClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        let st = self
+            .log
+            .cluster_status()
+            .ok_or_else(|| Status::failed_precondition("this node's log is not replicated"))?;
+        let matched: BTreeMap<u64, u64> = st.replication.iter().copied().collect();
+        let members = st
+            .members
+            .iter()
+            .map(|m| v1::ClusterMember {
+                id: m.id,
+                raft_addr: m.addr.clone(),
+                voter: m.voter,
+                lag_entries: matched
+                    .get(&m.id)
+                    .map(|&x| st.committed_index.saturating_sub(x))
+                    .unwrap_or(0),
+            })
+            .collect();
+        Ok(Response::new(v1::ClusterStatusResponse {
+            node_id: st.id,
+            state: st.state,
+            term: st.term,
+            leader_id: st.leader.unwrap_or(0),
+            last_log_index: st.last_log_index,
+            committed_index: st.committed_index,
+            applied_index: st.applied_index,
+            applied_event_index: st.applied_event_index,
+            members,
+        }))
+    }
 }
 
 /// Serves the API (plus gRPC health and reflection) on `listener` until

@@ -23,6 +23,10 @@ pub trait EventLog: Send + Sync + 'static {
     fn events_after(&self, after: u64, max: usize) -> Vec<Event>;
     /// Notifies the latest committed index.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// The replication view, for logs that replicate.
+    fn cluster_status(&self) -> Option<kaon_log::ClusterStatus> {
+        None
+    }
 }
 
 /// A single-node, in-memory log: the stand-in until the Raft log (redb +
@@ -145,5 +149,9 @@ impl EventLog for RaftLog {
 
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.committed.subscribe()
+    }
+
+    fn cluster_status(&self) -> Option<kaon_log::ClusterStatus> {
+        Some(self.node.status())
     }
 }
