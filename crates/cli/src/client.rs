@@ -27,6 +27,10 @@ pub struct ServerArgs {
     /// This node's id in the cluster.
     #[arg(long, default_value_t = 1)]
     pub node_id: u64,
+    /// Other members, `ID=HOST:PORT` of their Raft address (repeatable). A
+    /// fresh cluster is formed from this node and its peers.
+    #[arg(long = "peer")]
+    pub peers: Vec<String>,
     /// Mesos master URL; without it an embedded Mesos emulator is started.
     #[arg(long)]
     pub mesos_master: Option<String>,
@@ -93,7 +97,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
             kaon_server::runtime::RuntimeConfig::new(master.clone(), exe.display().to_string());
         config.framework_name = args.framework_name;
         config.failover_timeout_secs = args.failover_timeout;
-        let runtime = kaon_server::runtime::start(log.clone(), config);
+        let runtime = kaon_server::runtime::supervise(log.clone(), config);
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;

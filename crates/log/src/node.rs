@@ -22,6 +22,16 @@ use crate::state_machine::{ChainReport, StateMachineStore};
 use crate::types::Proposal;
 use crate::types::alias::Raft;
 
+/// Watches a node's Raft metrics without exposing openraft types.
+pub struct MetricsWatch(tokio::sync::watch::Receiver<()>);
+
+impl MetricsWatch {
+    /// Returns when the metrics change, or after `timeout`.
+    pub async fn changed(&mut self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.0.changed()).await;
+    }
+}
+
 /// A cluster member as the membership config names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterMember {
@@ -397,6 +407,22 @@ impl RaftNode {
             members,
             replication,
         }
+    }
+
+    /// A stream of "something in the metrics changed" ticks (leadership,
+    /// term, indexes), for supervisors; see [`MetricsWatch::changed`].
+    pub fn metrics_watch(&self) -> MetricsWatch {
+        let (tx, rx) = tokio::sync::watch::channel(());
+        let mut metrics = self.raft.metrics();
+        tokio::spawn(async move {
+            // Ends when the node shuts down or every watcher is gone.
+            while metrics.changed().await.is_ok() {
+                if tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        MetricsWatch(rx)
     }
 
     /// Waits until this node applied at least `event_index` events.

@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::log::EventLog;
-use crate::runtime::{CommandOutcome, RuntimeHandle};
+use crate::runtime::{CommandOutcome, RuntimeSlot};
 
 /// Most runs one ListRuns page returns.
 pub const LIST_PAGE_SIZE_MAX: u32 = 1000;
@@ -27,17 +27,38 @@ const WATCH_BATCH_EVENTS_MAX: usize = 1024;
 /// The service.
 pub struct KaonService<L: EventLog> {
     log: Arc<L>,
-    runtime: RuntimeHandle,
+    runtime: RuntimeSlot,
 }
 
 impl<L: EventLog> KaonService<L> {
-    /// Serves `log` (reads) and `runtime` (writes).
-    pub fn new(log: Arc<L>, runtime: RuntimeHandle) -> Self {
+    /// Serves `log` (reads) and the runtime in `runtime` (writes; empty on
+    /// a node that is not the leader).
+    pub fn new(log: Arc<L>, runtime: RuntimeSlot) -> Self {
         KaonService { log, runtime }
     }
 
     async fn command(&self, cmd: Command) -> Result<CommandOutcome, Status> {
-        match self.runtime.command(cmd).await {
+        let Some(runtime) = self.runtime.read().await.clone() else {
+            let hint = match self
+                .log
+                .cluster_status()
+                .and_then(|c| c.leader.map(|l| (l, c.members)))
+            {
+                Some((leader, members)) => {
+                    let addr = members
+                        .iter()
+                        .find(|m| m.id == leader)
+                        .map(|m| m.addr.clone())
+                        .unwrap_or_default();
+                    format!("; the leader is node {leader} (Raft address {addr})")
+                }
+                None => "; no leader is known yet".to_string(),
+            };
+            return Err(Status::unavailable(format!(
+                "this node is not the leader{hint}: send writes to the leader"
+            )));
+        };
+        match runtime.command(cmd).await {
             Err(e) => Err(Status::unavailable(format!(
                 "the leader runtime is not running: {e}"
             ))),
@@ -429,7 +450,7 @@ impl<L: EventLog> Kaon for KaonService<L> {
 /// `shutdown` resolves.
 pub async fn serve<L: EventLog>(
     log: Arc<L>,
-    runtime: RuntimeHandle,
+    runtime: RuntimeSlot,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {

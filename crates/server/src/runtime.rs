@@ -116,6 +116,53 @@ impl RuntimeHandle {
     }
 }
 
+/// Where the current runtime lives: `Some` only on the leader.
+pub type RuntimeSlot = Arc<tokio::sync::RwLock<Option<RuntimeHandle>>>;
+
+/// A slot that always holds `handle` (single node with a local log).
+pub fn fixed_slot(handle: RuntimeHandle) -> RuntimeSlot {
+    Arc::new(tokio::sync::RwLock::new(Some(handle)))
+}
+
+/// Runs the effect runtime exactly while this node leads (brief 4.5): it
+/// starts once the node is leader and has applied everything committed, and
+/// is shut down (closing its Mesos subscription) as soon as it is not.
+pub fn supervise(log: Arc<crate::log::RaftLog>, config: RuntimeConfig) -> RuntimeSlot {
+    let slot: RuntimeSlot = Arc::new(tokio::sync::RwLock::new(None));
+    let out = slot.clone();
+    tokio::spawn(async move {
+        let mut metrics = log.node().metrics_watch();
+        loop {
+            let st = log.node().status();
+            let leader = st.leader == Some(st.id) && st.state == "Leader";
+            // Start only once everything committed is applied (decide must
+            // see the whole log); stop on leadership alone (the applied index
+            // trails the commit index briefly on every append).
+            let caught_up = st.applied_index >= st.committed_index;
+            let running = slot.read().await.is_some();
+            if leader && caught_up && !running {
+                tracing::info!(
+                    node = st.id,
+                    term = st.term,
+                    "became leader: starting the effect runtime"
+                );
+                *slot.write().await = Some(start(log.clone(), config.clone()));
+            } else if !leader && running {
+                tracing::info!(
+                    node = st.id,
+                    "no longer leader: stopping the effect runtime"
+                );
+                if let Some(h) = slot.write().await.take() {
+                    h.shutdown().await;
+                }
+            }
+            // Woken by any metrics change; the timeout re-checks the applied index.
+            metrics.changed(Duration::from_millis(100)).await;
+        }
+    });
+    out
+}
+
 /// Wall clock in ms: the leader stamps events with it.
 fn now_ms() -> i64 {
     SystemTime::now()
