@@ -71,18 +71,25 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
                 (emu.master_url(), Some(emu))
             }
         };
-        let node = kaon_log::RaftNode::start(kaon_log::NodeConfig::new(
-            args.node_id,
-            args.raft_listen,
-            args.data_dir.join("raft"),
-        ))
-        .await
-        .with_context(|| {
-            format!(
-                "opening the event log in {}",
-                args.data_dir.join("raft").display()
-            )
-        })?;
+        let mut node_config =
+            kaon_log::NodeConfig::new(args.node_id, args.raft_listen, args.data_dir.join("raft"));
+        for p in &args.peers {
+            let (id, addr) = p
+                .split_once('=')
+                .with_context(|| format!("--peer {p:?}: expected ID=HOST:PORT"))?;
+            let id: u64 = id
+                .parse()
+                .with_context(|| format!("--peer {p:?}: the id must be a number"))?;
+            node_config.peers.insert(id, addr.to_string());
+        }
+        let node = kaon_log::RaftNode::start(node_config)
+            .await
+            .with_context(|| {
+                format!(
+                    "opening the event log in {}",
+                    args.data_dir.join("raft").display()
+                )
+            })?;
         // A fresh data directory forms a one-node cluster; an existing one
         // refuses to initialize again (its log already has a membership),
         // which is fine: the node recovers from its own log.

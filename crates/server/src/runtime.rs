@@ -106,6 +106,12 @@ impl RuntimeHandle {
 }
 
 impl RuntimeHandle {
+    /// True once the runtime has stopped (shut down, or its log refused a
+    /// write, e.g. because this node lost leadership).
+    pub fn is_stopped(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// Stops the runtime (and its Mesos subscription; Mesos keeps the tasks
     /// running for the failover timeout). Returns when it has stopped.
     pub async fn shutdown(&self) {
@@ -138,7 +144,16 @@ pub fn supervise(log: Arc<crate::log::RaftLog>, config: RuntimeConfig) -> Runtim
             // Start only once everything committed is applied (decide must
             // see the whole log); stop on leadership alone (the applied index
             // trails the commit index briefly on every append).
-            let caught_up = st.applied_index >= st.committed_index;
+            // (A new leader's own blank entry must be applied too: until
+            // then openraft may still refuse proposals.)
+            let caught_up =
+                st.applied_index >= st.committed_index && st.applied_index >= st.last_log_index;
+            // A runtime that stopped by itself (its log refused a write) is
+            // cleared and, while this node leads, started again.
+            let stopped = slot.read().await.as_ref().is_some_and(|h| h.is_stopped());
+            if stopped {
+                slot.write().await.take();
+            }
             let running = slot.read().await.is_some();
             if leader && caught_up && !running {
                 tracing::info!(
@@ -181,6 +196,7 @@ pub fn start<L: EventLog>(log: Arc<L>, config: RuntimeConfig) -> RuntimeHandle {
         driver: None,
         pending: BTreeMap::new(),
         percent: BTreeMap::new(),
+        failed: false,
     };
     tokio::spawn(rt.run(rx));
     RuntimeHandle { tx }
@@ -195,12 +211,14 @@ struct Runtime<L: EventLog> {
     pending: BTreeMap<String, pb::TaskLaunchRequested>,
     /// Last percent per task (status texts keep it).
     percent: BTreeMap<String, u32>,
+    /// The log refused a write: stop (a supervisor may start a new runtime).
+    failed: bool,
 }
 
 impl<L: EventLog> Runtime<L> {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let _ = self.decide_and_do(Input::LeaderStarted).await;
-        loop {
+        while !self.failed {
             let driver_event = async {
                 match &mut self.driver {
                     Some((_, events)) => events.recv().await,
@@ -269,7 +287,8 @@ impl<L: EventLog> Runtime<L> {
                 Ok(c) => c,
                 Err(e) => {
                     // The log refused (apply error): stop acting, loudly.
-                    tracing::error!(error = %e, "appending events failed; the runtime stops deciding");
+                    tracing::error!(error = %e, "appending events failed; the runtime stops");
+                    self.failed = true;
                     return Err(Rejection::FailedPrecondition(format!(
                         "log append failed: {e}"
                     )));

@@ -1,0 +1,200 @@
+//! A 3-node kaon cluster as an SRE runs it: three `kaon server` processes
+//! sharing one `kaon mesos-emulator`, on loopback. The leader is killed with
+//! SIGKILL in the middle of a run: a follower takes over within a deadline,
+//! re-subscribes to Mesos, reconciles, and the run completes with every
+//! step's command run exactly once; followers refuse writes with a hint.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn kaon(api: u16, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kaon"))
+        .arg("--server")
+        .arg(format!("http://127.0.0.1:{api}"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `f` until it returns Some or the deadline passes.
+fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn leader_of(api: u16) -> Option<u64> {
+    let (code, out, _) = kaon(api, &["--output", "json", "cluster", "status"]);
+    if code != 0 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    let l = v["leader_id"].as_u64()?;
+    (l != 0 && v["members"].as_array()?.len() == 3).then_some(l)
+}
+
+#[test]
+fn leader_killed_mid_run_and_the_run_completes_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = env!("CARGO_BIN_EXE_kaon");
+    let mesos = free_port();
+    let raft: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let api: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut procs = Procs(Vec::new());
+    procs.0.push(
+        Command::new(exe)
+            .args([
+                "mesos-emulator",
+                "--master",
+                &format!("127.0.0.1:{mesos}"),
+                "--work-dir",
+            ])
+            .arg(dir.path().join("mesos"))
+            .args(["--executor-path", exe])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = |i: usize| -> Child {
+        let mut c = Command::new(exe);
+        c.args(["server", "--node-id", &(i + 1).to_string()])
+            .args(["--listen", &format!("127.0.0.1:{}", api[i])])
+            .args(["--raft-listen", &format!("127.0.0.1:{}", raft[i])])
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("n{}", i + 1)))
+            .args(["--mesos-master", &format!("http://127.0.0.1:{mesos}")]);
+        for j in 0..3 {
+            if j != i {
+                c.args(["--peer", &format!("{}=127.0.0.1:{}", j + 1, raft[j])]);
+            }
+        }
+        c.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    for i in 0..3 {
+        procs.0.push(start(i));
+    }
+    // Every node serves and agrees on one leader of three members.
+    let leader = wait_for(
+        "a leader of 3 members on every node",
+        Duration::from_secs(30),
+        || {
+            let ls: Vec<Option<u64>> = api.iter().map(|&a| leader_of(a)).collect();
+            (ls.iter().all(|l| l.is_some() && *l == ls[0])).then(|| ls[0].unwrap())
+        },
+    );
+    let li = (leader - 1) as usize;
+    let follower = (li + 1) % 3;
+
+    let marks = dir.path().join("marks");
+    let spec = dir.path().join("slow.yaml");
+    let step = |name: &str, sleep: &str| format!("'echo {name} >> {}{sleep}'", marks.display());
+    std::fs::write(
+        &spec,
+        format!(
+            "apiVersion: kaon/v1\nname: slow\nsteps:\n  a: {{shell: {}}}\n  b: {{depends_on: [a], shell: {}}}\n  c: {{depends_on: [b], shell: {}}}\n  d: {{depends_on: [c], shell: {}}}\n",
+            step("a", "; sleep 1"),
+            step("b", "; sleep 1"),
+            step("c", "; sleep 1"),
+            step("d", "")
+        ),
+    )
+    .unwrap();
+    // Followers refuse writes and name the leader.
+    let (code, _, err) = kaon(api[follower], &["submit", spec.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(&format!(
+            "Unavailable: this node is not the leader; the leader is node {leader}"
+        )),
+        "{err}"
+    );
+
+    let (code, out, err) = kaon(
+        api[li],
+        &["submit", spec.to_str().unwrap(), "--key", "slow-1"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let run: u64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // Kill the leader once step a has run.
+    wait_for("step a to run", Duration::from_secs(30), || {
+        std::fs::read_to_string(&marks)
+            .ok()
+            .filter(|m| m.contains('a'))
+    });
+    procs.0[1 + li].kill().unwrap();
+    procs.0[1 + li].wait().unwrap();
+    let new_leader = wait_for("a new leader", Duration::from_secs(10), || {
+        leader_of(api[follower]).filter(|&l| l != leader)
+    });
+    let ni = (new_leader - 1) as usize;
+    let status = wait_for("the run to end", Duration::from_secs(60), || {
+        let (code, out, _) = kaon(
+            api[ni],
+            &["--output", "json", "run", "show", &run.to_string()],
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        (code == 0 && v["status"] != "running").then(|| v["status"].as_str().unwrap().to_string())
+    });
+    assert_eq!(status, "succeeded");
+    assert_eq!(
+        std::fs::read_to_string(&marks).unwrap(),
+        "a\nb\nc\nd\n",
+        "every step ran exactly once"
+    );
+    // The surviving replicas agree.
+    let applied = |i: usize| {
+        let (_, out, _) = kaon(api[i], &["--output", "json", "cluster", "status"]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["applied_event_index"]
+            .as_u64()
+            .unwrap()
+    };
+    let other = (0..3).find(|&i| i != li && i != ni).unwrap();
+    wait_for(
+        "both survivors to apply the same events",
+        Duration::from_secs(10),
+        || (applied(ni) == applied(other)).then_some(()),
+    );
+    // The retried submit with the same key on the new leader is the same run.
+    let (code, out, _) = kaon(
+        api[ni],
+        &["submit", spec.to_str().unwrap(), "--key", "slow-1"],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!("run {run} (existing: same idempotency key)")
+    );
+}
