@@ -93,10 +93,11 @@ fn leader_killed_mid_run_and_the_run_completes_exactly_once() {
             .arg("--data-dir")
             .arg(dir.path().join(format!("n{}", i + 1)))
             .args(["--mesos-master", &format!("http://127.0.0.1:{mesos}")]);
-        for j in 0..3 {
+        for (j, port) in raft.iter().enumerate() {
             if j != i {
-                c.args(["--peer", &format!("{}=127.0.0.1:{}", j + 1, raft[j])]);
+                c.args(["--peer", &format!("{}=127.0.0.1:{port}", j + 1)]);
             }
+        }
         }
         c.stdout(Stdio::null())
             .stderr(Stdio::null())
