@@ -98,7 +98,6 @@ fn leader_killed_mid_run_and_the_run_completes_exactly_once() {
                 c.args(["--peer", &format!("{}=127.0.0.1:{port}", j + 1)]);
             }
         }
-        }
         c.stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
