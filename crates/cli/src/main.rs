@@ -175,6 +175,19 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(
+        cli.command,
+        Cmd::Server(_) | Cmd::Executor | Cmd::MesosEmulator { .. } | Cmd::RunLocal { .. }
+    ) {
+        // Like other Unix tools, a printing command ends quietly when the
+        // reader closes the pipe (`kaon runs | head`); Rust ignores SIGPIPE
+        // and `println!` would panic. Long-running processes keep ignoring it.
+        // SAFETY: restoring the default disposition of one signal before any
+        // thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Cmd::Validate { files } => validate(&files, cli.output_format == "json"),
         Cmd::Server(args) => report(client::server(args)),
