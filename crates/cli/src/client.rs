@@ -105,6 +105,17 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         config.framework_name = args.framework_name;
         config.failover_timeout_secs = args.failover_timeout;
         let runtime = kaon_server::runtime::supervise(log.clone(), config);
+        // Serve once this node's role is settled: a leader first starts its
+        // runtime, so the first write after "listening" is accepted.
+        let settle_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < settle_deadline {
+            let leader = log.node().current_leader();
+            if leader.is_some() && (leader != Some(args.node_id) || runtime.read().await.is_some())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;

@@ -42,9 +42,14 @@ impl<L: EventLog> KaonService<L> {
             let hint = match self
                 .log
                 .cluster_status()
-                .and_then(|c| c.leader.map(|l| (l, c.members)))
+                .and_then(|c| c.leader.map(|l| (l, c.id, c.members)))
             {
-                Some((leader, members)) => {
+                Some((leader, me, _)) if leader == me => {
+                    return Err(Status::unavailable(
+                        "this node was just elected leader and is starting its effect runtime: retry shortly",
+                    ));
+                }
+                Some((leader, _, members)) => {
                     let addr = members
                         .iter()
                         .find(|m| m.id == leader)
