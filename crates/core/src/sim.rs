@@ -68,7 +68,6 @@ pub struct Sim {
     timers: BTreeMap<(i64, u64), TimerKey>,
     timer_seq: u64,
     tasks: BTreeMap<String, FakeTask>,
-    acked: BTreeSet<Vec<u8>>,
     uuid_seq: u64,
     committed_intents: BTreeSet<String>,
     committed_uuids: BTreeSet<Vec<u8>>,
@@ -89,7 +88,6 @@ impl Sim {
             timers: BTreeMap::new(),
             timer_seq: 0,
             tasks: BTreeMap::new(),
-            acked: BTreeSet::new(),
             uuid_seq: 0,
             committed_intents: BTreeSet::new(),
             committed_uuids: BTreeSet::new(),
@@ -167,7 +165,6 @@ impl Sim {
                     self.committed_uuids.contains(uuid),
                     "acknowledged an update whose event is not committed"
                 );
-                self.acked.insert(uuid.clone());
             }
             Effect::ArmTimer { key, at_ms } => {
                 self.timer_seq += 1;
