@@ -191,6 +191,25 @@ pub enum Command {
         /// Framework id.
         framework_id: String,
     },
+    /// Start a new run of a failed or cancelled run's workflow version
+    /// with the same parameters; steps that succeeded there are reused
+    /// (outputs included) instead of run again.
+    RetryRun {
+        /// The run to retry.
+        run_id: RunId,
+        /// Retry-safe key ("" for none).
+        idempotency_key: String,
+    },
+    /// A node became leader: record it and its public API address (so
+    /// followers can forward writes there). Recorded only when it changes.
+    AnnounceLeader {
+        /// Node id.
+        node_id: u64,
+        /// Raft term it leads in.
+        term: u64,
+        /// Public API address (host:port).
+        api_addr: String,
+    },
 }
 
 /// Inputs to the decider.
@@ -554,6 +573,7 @@ impl<'s> Decider<'s> {
                 NodeOutcome::Failed
             } as i32,
             message,
+            ..Default::default()
         }));
     }
 
@@ -600,7 +620,17 @@ impl<'s> Decider<'s> {
         }
         match inst.kind {
             InstKind::Foreach => self.expand(run, i),
-            InstKind::Task => self.launch(run, i, 1),
+            InstKind::Task => match (run.retry_of, run.reusable.get(&inst.path)) {
+                (Some(from), Some(outputs)) => self.emit(Body::NodeFinished(pb::NodeFinished {
+                    run_id: run.id,
+                    instance: i,
+                    outcome: NodeOutcome::Succeeded as i32,
+                    message: format!("reused from run {from}"),
+                    reused_from_run: from,
+                    outputs_json: outputs.clone(),
+                })),
+                _ => self.launch(run, i, 1),
+            },
             InstKind::Group => self.emit(Body::NodeStarted(pb::NodeStarted {
                 run_id: run.id,
                 instance: i,
@@ -807,6 +837,7 @@ impl<'s> Decider<'s> {
                     instance: c,
                     outcome: NodeOutcome::Failed as i32,
                     message: msg,
+                    ..Default::default()
                 }));
             } else {
                 self.fail_node(run, c, msg);
@@ -817,6 +848,7 @@ impl<'s> Decider<'s> {
                 instance: c,
                 outcome: NodeOutcome::Succeeded as i32,
                 message: String::new(),
+                ..Default::default()
             }));
         }
     }
@@ -840,6 +872,7 @@ impl<'s> Decider<'s> {
                 instance: l,
                 outcome: outcome as i32,
                 message,
+                ..Default::default()
             })
         };
         if it.status != NodeStatus::Succeeded {
@@ -955,6 +988,7 @@ impl<'s> Decider<'s> {
                 instance: i,
                 outcome: NodeOutcome::Cancelled as i32,
                 message: what,
+                ..Default::default()
             }));
         }
         let ending = run.ending.is_some() && !inst.in_exit;
@@ -1027,6 +1061,7 @@ impl<'s> Decider<'s> {
                     instance: i,
                     outcome: NodeOutcome::Cancelled as i32,
                     message: "the run is ending; retry not started".into(),
+                    ..Default::default()
                 }));
             }
         }
@@ -1655,7 +1690,88 @@ impl<'s> Decider<'s> {
                 }
                 Ok(())
             }
+            Command::RetryRun {
+                run_id,
+                idempotency_key,
+            } => self.retry(run_id, idempotency_key),
+            Command::AnnounceLeader {
+                node_id,
+                term,
+                api_addr,
+            } => {
+                let known = self.state.leader == Some((node_id, term))
+                    && self.state.api_addrs.get(&node_id) == Some(&api_addr);
+                if !known {
+                    self.emit(Body::LeaderStarted(pb::LeaderStarted {
+                        node_id,
+                        term,
+                        api_addr,
+                    }));
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// `RetryRun`: a new run of the same version and parameters that
+    /// reuses the steps that succeeded (see `try_start`).
+    fn retry(&mut self, run_id: RunId, key: String) -> Result<(), Rejection> {
+        let run = self
+            .state
+            .run(run_id)
+            .ok_or_else(|| Rejection::NotFound(format!("run {run_id}")))?;
+        if !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled) {
+            return Err(Rejection::FailedPrecondition(format!(
+                "run {run_id} is {}; only failed or cancelled runs can be retried",
+                match run.status {
+                    RunStatus::Running => "still running",
+                    _ => "succeeded",
+                }
+            )));
+        }
+        self.check_submit_key(&key)?;
+        if let Some(&rid) = self.state.idempotency.get(&key).filter(|_| !key.is_empty()) {
+            self.out.existing_run = Some(rid);
+            return Ok(());
+        }
+        self.check_active_runs()?;
+        self.emit(Body::RunSubmitted(pb::RunSubmitted {
+            workflow: run.workflow.clone(),
+            version: run.version,
+            params_json: run.params.to_string(),
+            idempotency_key: key,
+            trigger: Some(pb::Trigger {
+                kind: Some(pb::trigger::Kind::Retry(pb::RetryTrigger {
+                    retried_run_id: run_id,
+                })),
+            }),
+        }));
+        Ok(())
+    }
+
+    fn check_submit_key(&self, key: &str) -> Result<(), Rejection> {
+        if key.len() > self.limits.idempotency_key_bytes_max {
+            return Err(Rejection::InvalidArgument(vec![SpecError::new(
+                "idempotency_key",
+                format!(
+                    "{} bytes, over the limit idempotency_key_bytes_max = {}",
+                    key.len(),
+                    self.limits.idempotency_key_bytes_max
+                ),
+            )]));
+        }
+        Ok(())
+    }
+
+    fn check_active_runs(&self) -> Result<(), Rejection> {
+        if self.state.active_runs.len() >= self.limits.active_runs_max {
+            return Err(Rejection::LimitExceeded(format!(
+                "{} runs are active, the limit active_runs_max = {}",
+                self.state.active_runs.len(),
+                self.limits.active_runs_max
+            )));
+        }
+        Ok(())
     }
 
     /// Validates and registers a spec; returns (name, version, plan).
@@ -1691,27 +1807,12 @@ impl<'s> Decider<'s> {
         params: BTreeMap<String, serde_json::Value>,
         key: String,
     ) -> Result<(), Rejection> {
-        if key.len() > self.limits.idempotency_key_bytes_max {
-            return Err(Rejection::InvalidArgument(vec![SpecError::new(
-                "idempotency_key",
-                format!(
-                    "{} bytes, over the limit idempotency_key_bytes_max = {}",
-                    key.len(),
-                    self.limits.idempotency_key_bytes_max
-                ),
-            )]));
-        }
+        self.check_submit_key(&key)?;
         if let Some(&rid) = self.state.idempotency.get(&key).filter(|_| !key.is_empty()) {
             self.out.existing_run = Some(rid);
             return Ok(());
         }
-        if self.state.active_runs.len() >= self.limits.active_runs_max {
-            return Err(Rejection::LimitExceeded(format!(
-                "{} runs are active, the limit active_runs_max = {}",
-                self.state.active_runs.len(),
-                self.limits.active_runs_max
-            )));
-        }
+        self.check_active_runs()?;
         let (name, version, plan) = match target {
             SubmitTarget::Inline { source } => self.register(&source)?,
             SubmitTarget::Registered { name, version } => {

@@ -293,6 +293,14 @@ pub struct Run {
     pub instances: Vec<Instance>,
     /// Attempts not yet terminal.
     pub live_tasks: u32,
+    /// The run this one retries (`kaon run retry`), if any.
+    #[serde(default)]
+    pub retry_of: Option<RunId>,
+    /// For a retry: task steps that succeeded in the retried run, by path,
+    /// with their outputs; they are reused instead of run again. Derived
+    /// when the retry is submitted (and so present after replay).
+    #[serde(default)]
+    pub reusable: BTreeMap<String, String>,
     /// The compiled plan (shared by all runs of the version); relinked
     /// from the workflow's versions when a snapshot is restored.
     #[serde(skip, default = "empty_plan")]
@@ -371,6 +379,10 @@ pub struct State {
     pub framework_id: Option<String>,
     /// Latest leader start (node id, term).
     pub leader: Option<(u64, u64)>,
+    /// Public API address each node announced when it last became leader:
+    /// followers forward writes there and name it to clients.
+    #[serde(default)]
+    pub api_addrs: BTreeMap<u64, String>,
     /// Time of the last applied event.
     pub last_event_ms: i64,
 }
@@ -613,6 +625,14 @@ impl State {
                     inst.awaiting_decision = false;
                     inst.retry = None;
                     inst.message = e.message.clone();
+                    if e.reused_from_run != 0 {
+                        inst.outputs = Some(if e.outputs_json.is_empty() {
+                            "{}".to_string()
+                        } else {
+                            e.outputs_json.clone()
+                        });
+                        inst.percent = 100;
+                    }
                 }
                 let (in_exit, node) = {
                     let i = run.inst(e.instance);
@@ -680,6 +700,9 @@ impl State {
             }
             Body::LeaderStarted(e) => {
                 self.leader = Some((e.node_id, e.term));
+                if !e.api_addr.is_empty() {
+                    self.api_addrs.insert(e.node_id, e.api_addr.clone());
+                }
                 Ok(())
             }
         }
@@ -754,6 +777,24 @@ impl State {
             Some(pb::trigger::Kind::Schedule(s)) => Some((s.schedule_index, s.fire_time_unix_ms)),
             _ => None,
         };
+        let retry_of = match e.trigger.as_ref().and_then(|t| t.kind.as_ref()) {
+            Some(pb::trigger::Kind::Retry(r)) => Some(r.retried_run_id),
+            _ => None,
+        };
+        let reusable = match retry_of {
+            Some(orig) => {
+                let orig = self
+                    .runs
+                    .get(&orig)
+                    .ok_or_else(|| format!("retry of unknown run {orig}"))?;
+                orig.instances
+                    .iter()
+                    .filter(|i| i.kind == InstKind::Task && i.status == NodeStatus::Succeeded)
+                    .map(|i| (i.path.clone(), i.outputs.clone().unwrap_or_default()))
+                    .collect()
+            }
+            None => BTreeMap::new(),
+        };
         let mut run = Run {
             id: index,
             workflow: e.workflow.clone(),
@@ -770,6 +811,8 @@ impl State {
             // of ~250-byte instances is a visible cost in replay.
             instances: Vec::with_capacity(plan.nodes.len()),
             live_tasks: 0,
+            retry_of,
+            reusable,
             plan: plan.clone(),
         };
         run.instances.push(Instance::new(

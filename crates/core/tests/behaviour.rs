@@ -553,3 +553,113 @@ fn versions_increase_and_runs_stay_pinned() {
         Rejection::NotFound("workflow \"wf\" version Some(7)".into())
     );
 }
+
+/// `RetryRun` starts a new run of the same version and parameters that
+/// reuses every step that succeeded (outputs included) and runs the rest.
+#[test]
+fn retry_reuses_succeeded_steps_and_runs_the_failed_ones() {
+    let spec = "apiVersion: kaon/v1\nname: r\nsteps:\n  \
+        prep: {run: [./prep]}\n  \
+        fan: {depends_on: [prep], foreach: {items: steps.prep.outputs.items, as: it}, run: [./fan, '${{ it }}']}\n  \
+        last: {depends_on: [fan], run: [./last, '${{ steps.prep.outputs.tag }}']}\n";
+    let mut sim = Sim::new(Limits::default());
+    let first = sim.submit(spec, BTreeMap::new()).unwrap();
+    // First run: prep and fan[0] succeed, fan[1] fails (no retries).
+    let mut policy = |p: &str, _: u32| match p {
+        "prep" => Outcome::Finish(r#"{"items": ["x", "y"], "tag": "t1"}"#.into()),
+        "fan[1]" => Outcome::Fail(3),
+        _ => Outcome::Finish("{}".into()),
+    };
+    sim.run_to_quiet(&mut policy, 1000);
+    assert_eq!(sim.state.run(first).unwrap().status, RunStatus::Failed);
+    let launched_before = sim.launched.len();
+
+    // Retrying a run that is not failed or cancelled is refused.
+    let other = sim.submit(ONE_STEP, BTreeMap::new()).unwrap();
+    sim.run_to_quiet(&mut finish_all, 100);
+    let err = sim
+        .command(Command::RetryRun {
+            run_id: other,
+            idempotency_key: String::new(),
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, Rejection::FailedPrecondition(m) if m.contains("succeeded")),
+        "{err}"
+    );
+    assert!(matches!(
+        sim.command(Command::RetryRun {
+            run_id: 999_999,
+            idempotency_key: String::new()
+        }),
+        Err(Rejection::NotFound(_))
+    ));
+
+    let d = sim
+        .command(Command::RetryRun {
+            run_id: first,
+            idempotency_key: "retry-1".into(),
+        })
+        .unwrap();
+    assert!(d.existing_run.is_none());
+    let retry = *sim.state.idempotency.get("retry-1").unwrap();
+    // Second time with the same key: the same retry run.
+    let again = sim
+        .command(Command::RetryRun {
+            run_id: first,
+            idempotency_key: "retry-1".into(),
+        })
+        .unwrap();
+    assert_eq!(again.existing_run, Some(retry));
+    let mut all_ok = |p: &str, _: u32| match p {
+        "prep" => Outcome::Finish(r#"{"items": ["changed"], "tag": "t2"}"#.into()),
+        _ => Outcome::Finish("{}".into()),
+    };
+    sim.run_to_quiet(&mut all_ok, 1000);
+    let r = sim.state.run(retry).unwrap();
+    assert_eq!(r.status, RunStatus::Succeeded, "{}", r.message);
+    assert_eq!(r.retry_of, Some(first));
+    let relaunched: Vec<&String> = sim.launched[launched_before..]
+        .iter()
+        .filter(|t| t.starts_with(&format!("r{retry}-")))
+        .collect();
+    // prep and fan[0] are reused (prep's old outputs drive the fan-out and
+    // the template of `last`); fan[1] and last run.
+    assert_eq!(relaunched.len(), 2, "{relaunched:?}");
+    assert!(relaunched.iter().any(|t| t.ends_with(":fan[1]")), "{relaunched:?}");
+    assert!(relaunched.iter().any(|t| t.ends_with(":last")), "{relaunched:?}");
+    let prep = r.instances.iter().find(|i| i.path == "prep").unwrap();
+    assert_eq!(prep.message, format!("reused from run {first}"));
+    assert!(prep.attempts.is_empty());
+    let last_launch = sim
+        .log
+        .iter()
+        .rev()
+        .find_map(|e| match &e.body {
+            Some(Body::TaskLaunchRequested(l)) if l.run_id == retry && l.step_path == "last" => {
+                Some(l.argv.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(last_launch, vec!["./last".to_string(), "t1".to_string()]);
+    assert_eq!(sim.replay().digest(), sim.state.digest());
+}
+
+/// A new leader records itself and its API address once per term; the
+/// same announcement again records nothing.
+#[test]
+fn leader_announcement_is_recorded_once_per_change() {
+    let mut sim = Sim::new(Limits::default());
+    let announce = |term| Command::AnnounceLeader {
+        node_id: 2,
+        term,
+        api_addr: "10.0.0.2:7070".into(),
+    };
+    let d = sim.command(announce(5)).unwrap();
+    assert_eq!(d.events.len(), 1);
+    assert_eq!(sim.state.leader, Some((2, 5)));
+    assert_eq!(sim.state.api_addrs.get(&2).map(String::as_str), Some("10.0.0.2:7070"));
+    assert!(sim.command(announce(5)).unwrap().events.is_empty());
+    assert_eq!(sim.command(announce(6)).unwrap().events.len(), 1);
+}

@@ -26,9 +26,13 @@ use crate::types::alias::Raft;
 pub struct MetricsWatch(tokio::sync::watch::Receiver<()>);
 
 impl MetricsWatch {
-    /// Returns when the metrics change, or after `timeout`.
-    pub async fn changed(&mut self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.0.changed()).await;
+    /// Returns when the metrics change, or after `timeout`; false once the
+    /// node has shut down (nothing will change any more).
+    pub async fn changed(&mut self, timeout: Duration) -> bool {
+        !matches!(
+            tokio::time::timeout(timeout, self.0.changed()).await,
+            Ok(Err(_))
+        )
     }
 }
 
@@ -471,6 +475,157 @@ impl RaftNode {
             .membership()
             .voter_ids()
             .collect()
+    }
+
+    /// Proposes several events in one batch (one message to Raft, one log
+    /// append and one replication round for all of them) and waits until
+    /// all are committed and applied; returns their event indexes in order.
+    /// The leader's runtime commits a decision's events this way.
+    pub async fn propose_many(&self, bodies: Vec<Body>) -> Result<Vec<u64>, ProposeError> {
+        use futures_util::StreamExt;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let n = bodies.len();
+        let proposals = bodies.into_iter().map(|body| Proposal {
+            event: events::encode(&Event {
+                index: 0,
+                time_unix_ms: now_ms,
+                body: Some(body),
+            }),
+        });
+        let mut results = self
+            .raft
+            .client_write_many(proposals)
+            .await
+            .map_err(|e| ProposeError::Raft(e.to_string()))?;
+        let mut out = Vec::with_capacity(n);
+        while let Some(r) = results.next().await {
+            match r.map_err(|e| ProposeError::Raft(e.to_string()))? {
+                Ok(resp) => out.push(resp.response.event_index.ok_or(ProposeError::NoEvent {
+                    log_index: resp.log_id.index,
+                })?),
+                Err(ClientWriteError::ForwardToLeader(f)) => {
+                    return Err(ProposeError::NotLeader {
+                        leader: f.leader_id,
+                        leader_addr: f.leader_node.map(|n| n.addr),
+                    });
+                }
+                Err(e) => return Err(ProposeError::Raft(e.to_string())),
+            }
+        }
+        if out.len() != n {
+            return Err(ProposeError::Raft(format!(
+                "{} of {n} batched proposals answered",
+                out.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Leader only: confirms leadership with a quorum (ReadIndex) and
+    /// returns the Raft log index a linearizable read must see applied.
+    /// A follower asks the leader for it, then waits with
+    /// [`RaftNode::wait_applied`] (follower reads).
+    pub async fn read_index(&self) -> Result<u64, ProposeError> {
+        match self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
+            Ok(l) => Ok(l.read_log_id().log_id().index()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(fw))) => {
+                Err(ProposeError::NotLeader {
+                    leader: fw.leader_id,
+                    leader_addr: fw.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(e) => Err(ProposeError::Raft(e.to_string())),
+        }
+    }
+
+    /// Waits until this node applied the Raft log up to `log_index`;
+    /// false on timeout.
+    pub async fn wait_applied(&self, log_index: u64, timeout: Duration) -> bool {
+        self.raft
+            .wait(Some(timeout))
+            .applied_index_at_least(Some(log_index), "read index applied")
+            .await
+            .is_ok()
+    }
+
+    /// Leader only: removes `id` from the cluster. A voter is first made a
+    /// non-voter (a joint-consensus change), then dropped from membership;
+    /// the removed node stops receiving the log.
+    pub async fn remove_node(&self, id: u64) -> Result<(), NodeError> {
+        let raft_err = |e: RaftError<_, _>| NodeError::Raft(e.to_string());
+        if self.voters().contains(&id) {
+            let voters: BTreeSet<u64> = self.voters().into_iter().filter(|v| *v != id).collect();
+            if voters.is_empty() {
+                return Err(NodeError::Raft(format!(
+                    "node {id} is the only voter; a cluster needs at least one"
+                )));
+            }
+            self.raft
+                .change_membership(voters, false)
+                .await
+                .map_err(raft_err)?;
+        }
+        let members: BTreeSet<u64> = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .nodes()
+            .map(|(n, _)| *n)
+            .collect();
+        if members.contains(&id) {
+            self.raft
+                .change_membership(
+                    openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+                    false,
+                )
+                .await
+                .map_err(raft_err)?;
+        }
+        Ok(())
+    }
+
+    /// Leader only: asks `to` to take over leadership (it must be a voter
+    /// that is up to date; the leader stops accepting writes meanwhile).
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), NodeError> {
+        if !self.voters().contains(&to) {
+            return Err(NodeError::Raft(format!("node {to} is not a voter")));
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))
+    }
+
+    /// Builds a snapshot of the state now (and compacts the log behind it
+    /// per the config); returns the Raft log index it covers once built.
+    pub async fn snapshot(&self, timeout: Duration) -> Result<u64, NodeError> {
+        let applied = self.status().applied_index;
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let m = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.snapshot.as_ref().is_some_and(|s| s.index() >= applied),
+                "snapshot built",
+            )
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        Ok(m.snapshot.map(|s| s.index()).unwrap_or(0))
+    }
+
+    /// True once this node's log holds a membership (it was initialised or
+    /// joined a cluster).
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
     }
 
     /// Stops Raft and the RPC server (as a crash would, minus the

@@ -1,6 +1,7 @@
 //! The event log the runtime appends to.
 
 use std::sync::Mutex;
+use std::time::Duration;
 
 use kaon_core::State;
 use kaon_core::events::{Body, Event};
@@ -93,17 +94,31 @@ impl EventLog for LocalLog {
 /// `append` returns.
 pub struct RaftLog {
     node: kaon_log::RaftNode,
-    committed: tokio::sync::watch::Sender<u64>,
+    committed: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl RaftLog {
     /// Wraps a started node.
     pub fn new(node: kaon_log::RaftNode) -> Self {
         let applied = node.with_state(|s| s.applied_index);
-        RaftLog {
-            node,
-            committed: tokio::sync::watch::channel(applied).0,
-        }
+        let committed = std::sync::Arc::new(tokio::sync::watch::channel(applied).0);
+        // Followers apply without appending: wake watchers (WatchRun
+        // streams) whenever the applied event index moves.
+        let tx = std::sync::Arc::downgrade(&committed);
+        let sm = node.state_machine().clone();
+        let mut metrics = node.metrics_watch();
+        tokio::spawn(async move {
+            while metrics.changed(Duration::from_millis(500)).await {
+                let Some(tx) = tx.upgrade() else { return };
+                let now = sm.applied_event_index();
+                tx.send_if_modified(|v| {
+                    let moved = *v < now;
+                    *v = (*v).max(now);
+                    moved
+                });
+            }
+        });
+        RaftLog { node, committed }
     }
 
     /// The node (membership, leadership, audits).
@@ -114,21 +129,25 @@ impl RaftLog {
 
 impl EventLog for RaftLog {
     async fn append(&self, bodies: Vec<Body>, _now_ms: i64) -> anyhow::Result<Vec<Event>> {
-        let mut indexes = Vec::with_capacity(bodies.len());
-        for b in bodies {
-            let i = self
-                .node
-                .propose(b)
-                .await
-                .map_err(|e| anyhow::anyhow!("proposing an event: {e}"))?;
-            indexes.push(i);
+        if bodies.is_empty() {
+            return Ok(Vec::new());
         }
+        // One batch: one append and one replication round for a decision.
+        let indexes = self
+            .node
+            .propose_many(bodies)
+            .await
+            .map_err(|e| anyhow::anyhow!("proposing events: {e}"))?;
         let (Some(&first), Some(&last)) = (indexes.first(), indexes.last()) else {
             return Ok(Vec::new());
         };
         let events = self.node.read_events(first, last)?;
         let wanted: std::collections::BTreeSet<u64> = indexes.into_iter().collect();
-        self.committed.send_replace(last);
+        self.committed.send_if_modified(|v| {
+            let moved = *v < last;
+            *v = (*v).max(last);
+            moved
+        });
         Ok(events
             .into_iter()
             .filter(|e| wanted.contains(&e.index))
