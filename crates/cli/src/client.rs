@@ -1,156 +1,37 @@
-//! `kaon server` and the client commands (`submit`, `runs`, `run ...`,
-//! `workflow ...`, `schedules`) over the public gRPC API.
+//! The client commands (`submit`, `runs`, `run ...`, `workflow ...`,
+//! `cluster ...`) over the public gRPC API, through
+//! [`kaon_api::client::Client`]: any node will do, calls retry across
+//! leader changes within their deadline.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use kaon_api::client::{Client, new_idempotency_key};
 use kaon_api::v1;
-use kaon_api::v1::kaon_client::KaonClient;
-use tonic::transport::Channel;
 
-/// `kaon server` options.
-#[derive(clap::Args, Debug)]
-pub struct ServerArgs {
-    /// Address for the gRPC API.
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    pub listen: String,
-    /// Data directory: the replicated event log (`raft/`) and the embedded
-    /// emulator's task sandboxes (`mesos/`).
-    #[arg(long, default_value = "kaon-data")]
-    pub data_dir: std::path::PathBuf,
-    /// Address for Raft RPC between kaon nodes.
-    #[arg(long, default_value = "127.0.0.1:7071")]
-    pub raft_listen: std::net::SocketAddr,
-    /// This node's id in the cluster.
-    #[arg(long, default_value_t = 1)]
-    pub node_id: u64,
-    /// Other members, `ID=HOST:PORT` of their Raft address (repeatable). A
-    /// fresh cluster is formed from this node and its peers.
-    #[arg(long = "peer")]
-    pub peers: Vec<String>,
-    /// Mesos master URL; without it an embedded Mesos emulator is started.
-    #[arg(long)]
-    pub mesos_master: Option<String>,
-    /// Framework name shown by Mesos.
-    #[arg(long, default_value = "kaon")]
-    pub framework_name: String,
-    /// Seconds Mesos keeps kaon's tasks running while no leader is subscribed.
-    #[arg(long, default_value_t = kaon_mesos::driver::FAILOVER_TIMEOUT_DEFAULT_SECS)]
-    pub failover_timeout: f64,
+/// How client commands reach the cluster and print.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    /// Comma-separated server addresses.
+    pub server: String,
+    /// Deadline of each call, retries included.
+    pub timeout: Duration,
+    /// Accept stale reads from the node asked.
+    pub stale: bool,
+    /// `--output json`.
+    pub json: bool,
 }
 
-/// Runs a single-node kaon server until Ctrl-C / SIGTERM.
-pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let exe =
-        std::env::current_exe().context("locating the kaon binary (it is also the executor)")?;
-    let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(async move {
-        std::fs::create_dir_all(&args.data_dir)
-            .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
-        let (master, emulator) = match args.mesos_master {
-            Some(url) => (url, None),
-            None => {
-                let emu =
-                    kaon_mesos::emulator::Emulator::start(kaon_mesos::emulator::EmulatorConfig {
-                        allocation_interval: Duration::from_millis(20),
-                        work_dir: args.data_dir.join("mesos"),
-                        executor_path: Some(exe.clone()),
-                        ..Default::default()
-                    })
-                    .await
-                    .context("starting the embedded Mesos emulator")?;
-                (emu.master_url(), Some(emu))
-            }
-        };
-        let mut node_config =
-            kaon_log::NodeConfig::new(args.node_id, args.raft_listen, args.data_dir.join("raft"));
-        for p in &args.peers {
-            let (id, addr) = p
-                .split_once('=')
-                .with_context(|| format!("--peer {p:?}: expected ID=HOST:PORT"))?;
-            let id: u64 = id
-                .parse()
-                .with_context(|| format!("--peer {p:?}: the id must be a number"))?;
-            node_config.peers.insert(id, addr.to_string());
-        }
-        let node = kaon_log::RaftNode::start(node_config)
-            .await
-            .with_context(|| {
-                format!(
-                    "opening the event log in {}",
-                    args.data_dir.join("raft").display()
-                )
-            })?;
-        // A fresh data directory forms a one-node cluster; an existing one
-        // refuses to initialize again (its log already has a membership),
-        // which is fine: the node recovers from its own log.
-        if let Err(e) = node.initialize().await {
-            tracing::info!(reason = %e, "not initializing: the log already holds a cluster");
-        }
-        node.wait_for_leader(Duration::from_secs(10))
-            .await
-            .context("no Raft leader within 10 s")?;
-        let log = Arc::new(kaon_server::log::RaftLog::new(node));
-        let mut config =
-            kaon_server::runtime::RuntimeConfig::new(master.clone(), exe.display().to_string());
-        config.framework_name = args.framework_name;
-        config.failover_timeout_secs = args.failover_timeout;
-        let runtime = kaon_server::runtime::supervise(log.clone(), config);
-        // Serve once this node's role is settled: a leader first starts its
-        // runtime, so the first write after "listening" is accepted.
-        let settle_deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::time::Instant::now() < settle_deadline {
-            let leader = log.node().current_leader();
-            if leader.is_some() && (leader != Some(args.node_id) || runtime.read().await.is_some())
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .with_context(|| format!("listening on {}", args.listen))?;
-        let addr = listener.local_addr()?;
-        println!(
-            "kaon server listening on {addr} (Mesos master {master}, data in {})",
-            args.data_dir.display()
-        );
-        let shutdown = async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
-        kaon_server::grpc::serve(log, runtime, listener, shutdown).await?;
-        if let Some(emu) = emulator {
-            emu.shutdown().await;
-        }
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
-/// Connects to the API (deadline on connect; calls carry their own).
-async fn connect(server: &str) -> anyhow::Result<KaonClient<Channel>> {
-    let endpoint = Channel::from_shared(server.to_string())
-        .with_context(|| format!("bad server address {server:?}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30));
-    let channel = endpoint.connect().await.with_context(|| {
-        format!("connecting to {server} (is `kaon server` running? set --server or KAON_SERVER)")
-    })?;
-    Ok(KaonClient::new(channel))
+impl Opts {
+    fn client(&self) -> anyhow::Result<Client> {
+        let mut c = Client::new(&self.server).map_err(|e| anyhow::anyhow!("--server: {e}"))?;
+        c.deadline = self.timeout;
+        c.stale_reads = self.stale;
+        Ok(c)
+    }
 }
 
 fn status_error(e: tonic::Status) -> anyhow::Error {
@@ -175,34 +56,36 @@ fn parse_params(params: &[String]) -> anyhow::Result<HashMap<String, String>> {
 
 /// `kaon submit`.
 pub async fn submit(
-    server: &str,
+    o: &Opts,
     file: &str,
     params: &[String],
     key: Option<String>,
     watch: bool,
-    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let spec = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
-    let mut c = connect(server).await?;
+    let mut c = o.client()?;
+    // A key makes the retries inside `call` safe: a submit whose answer was
+    // lost in a leader change returns the same run.
+    let req = v1::SubmitRunRequest {
+        workflow: Some(v1::submit_run_request::Workflow::InlineSpec(spec)),
+        params_json: parse_params(params)?,
+        idempotency_key: key.clone().unwrap_or_else(new_idempotency_key),
+    };
     let r = c
-        .submit_run(v1::SubmitRunRequest {
-            workflow: Some(v1::submit_run_request::Workflow::InlineSpec(spec)),
-            params_json: parse_params(params)?,
-            idempotency_key: key.unwrap_or_default(),
-        })
+        .call(req, |mut k, r| async move { k.submit_run(r).await })
         .await
-        .map_err(status_error)?
-        .into_inner();
-    if json {
+        .map_err(status_error)?;
+    let existing = r.existing && key.is_some();
+    if o.json {
         println!(
             "{}",
-            serde_json::json!({"run_id": r.run_id, "existing": r.existing})
+            serde_json::json!({"run_id": r.run_id, "existing": existing})
         );
     } else {
         println!(
             "run {}{}",
             r.run_id,
-            if r.existing {
+            if existing {
                 " (existing: same idempotency key)"
             } else {
                 ""
@@ -210,7 +93,48 @@ pub async fn submit(
         );
     }
     if watch {
-        watch_run(server, r.run_id, json).await
+        watch_run(o, r.run_id).await
+    } else {
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// `kaon run retry`: a new run of a failed or cancelled run that reuses
+/// its succeeded steps.
+pub async fn retry(
+    o: &Opts,
+    id: u64,
+    key: Option<String>,
+    watch: bool,
+) -> anyhow::Result<ExitCode> {
+    let req = v1::RetryRunRequest {
+        run_id: id,
+        idempotency_key: key.clone().unwrap_or_else(new_idempotency_key),
+    };
+    let r = o
+        .client()?
+        .call(req, |mut k, r| async move { k.retry_run(r).await })
+        .await
+        .map_err(status_error)?;
+    let existing = r.existing && key.is_some();
+    if o.json {
+        println!(
+            "{}",
+            serde_json::json!({"run_id": r.run_id, "retry_of": id, "existing": existing})
+        );
+    } else {
+        println!(
+            "run {} (retry of run {id}){}",
+            r.run_id,
+            if existing {
+                " (existing: same idempotency key)"
+            } else {
+                ""
+            }
+        );
+    }
+    if watch {
+        watch_run(o, r.run_id).await
     } else {
         Ok(ExitCode::SUCCESS)
     }
@@ -226,8 +150,8 @@ fn run_json(r: &v1::Run) -> serde_json::Value {
     })
 }
 
-fn print_run(r: &v1::Run) {
-    println!(
+fn run_line(r: &v1::Run) -> String {
+    format!(
         "run {} {}@{}: {}{}",
         r.id,
         r.workflow,
@@ -238,38 +162,46 @@ fn print_run(r: &v1::Run) {
         } else {
             format!(" ({})", r.message)
         }
-    );
-    for s in &r.steps {
-        if s.kind == "task" {
-            let pct = if s.status == "running" {
-                format!(" {:>3}%", s.percent)
-            } else {
-                String::new()
-            };
-            println!(
-                "  {:<10}{} {}{}",
-                s.status,
-                pct,
-                s.path,
-                if s.message.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", s.message)
-                }
-            );
+    )
+}
+
+fn step_line(s: &v1::Step) -> String {
+    let pct = if s.status == "running" {
+        format!(" {:>3}%", s.percent)
+    } else {
+        String::new()
+    };
+    format!(
+        "  {:<10}{} {}{}",
+        s.status,
+        pct,
+        s.path,
+        if s.message.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", s.message)
         }
+    )
+}
+
+fn print_run(r: &v1::Run) {
+    println!("{}", run_line(r));
+    for s in r.steps.iter().filter(|s| s.kind == "task") {
+        println!("{}", step_line(s));
     }
 }
 
+async fn get_run(c: &mut Client, id: u64) -> Result<v1::Run, tonic::Status> {
+    c.call(v1::GetRunRequest { run_id: id }, |mut k, r| async move {
+        k.get_run(r).await
+    })
+    .await
+}
+
 /// `kaon run show`.
-pub async fn show(server: &str, id: u64, json: bool) -> anyhow::Result<ExitCode> {
-    let r = connect(server)
-        .await?
-        .get_run(v1::GetRunRequest { run_id: id })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    if json {
+pub async fn show(o: &Opts, id: u64) -> anyhow::Result<ExitCode> {
+    let r = get_run(&mut o.client()?, id).await.map_err(status_error)?;
+    if o.json {
         println!("{}", run_json(&r));
     } else {
         print_run(&r);
@@ -277,95 +209,217 @@ pub async fn show(server: &str, id: u64, json: bool) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// `kaon run watch`: one line per step change until the run ends; exit 0
-/// if it succeeded.
-pub async fn watch_run(server: &str, id: u64, json: bool) -> anyhow::Result<ExitCode> {
-    let mut c = connect(server).await?;
-    let mut stream = c
-        .watch_run(v1::WatchRunRequest {
-            run_id: id,
-            after_index: 0,
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    let mut last: HashMap<String, (String, u32)> = HashMap::new();
-    let mut status = String::new();
-    while let Some(ev) = stream.message().await.map_err(status_error)? {
-        let Some(run) = ev.run else { continue };
+/// A terminal progress display of a run: the DAG's task steps with their
+/// states and a bar per running step, redrawn in place.
+struct Board {
+    lines: usize,
+}
+
+impl Board {
+    fn draw(&mut self, run: &v1::Run) {
+        let mut out = String::new();
+        if self.lines > 0 {
+            // Up to the board's first line, then clear to the end.
+            out.push_str(&format!("\x1b[{}A\x1b[J", self.lines));
+        }
+        let mut lines = vec![run_line(run)];
+        let width = 20;
         for s in run.steps.iter().filter(|s| s.kind == "task") {
-            let now = (s.status.clone(), s.percent);
-            if last.get(&s.path) != Some(&now) {
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"index": ev.event.as_ref().map(|e| e.index), "path": s.path, "status": s.status, "percent": s.percent, "status_text": s.status_text})
-                    );
-                } else {
-                    let pct = if s.status == "running" && s.percent > 0 {
-                        format!(" {:>3}%", s.percent)
-                    } else {
-                        String::new()
-                    };
-                    println!("  {:<10}{} {}", s.status, pct, s.path);
-                }
-                last.insert(s.path.clone(), now);
-            }
+            let mark = match s.status.as_str() {
+                "succeeded" => "ok  ",
+                "running" => "..  ",
+                "failed" => "FAIL",
+                "failed_ignored" => "fail",
+                "skipped" => "skip",
+                "cancelled" => "cncl",
+                _ => "    ",
+            };
+            let bar = if s.status == "running" {
+                let filled = (s.percent.min(100) as usize * width) / 100;
+                format!(
+                    " [{}{}] {:>3}%",
+                    "#".repeat(filled),
+                    " ".repeat(width - filled),
+                    s.percent
+                )
+            } else {
+                String::new()
+            };
+            let text = if !s.status_text.is_empty() && s.status == "running" {
+                format!("  {}", s.status_text)
+            } else if !s.message.is_empty() && s.status != "succeeded" {
+                format!("  {}", s.message)
+            } else {
+                String::new()
+            };
+            lines.push(format!("  {mark} {:<32}{bar}{text}", s.path));
         }
-        status = run.status.clone();
-        if run.status != "running" {
-            if !json {
-                println!(
-                    "run {id} {}{}",
-                    run.status,
-                    if run.message.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", run.message)
-                    }
-                );
-            }
-            break;
+        for l in &lines {
+            out.push_str(l);
+            out.push('\n');
         }
+        self.lines = lines.len();
+        print!("{out}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
     }
-    Ok(if status == "succeeded" {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+}
+
+/// `kaon run watch`: until the run ends, a live board on a terminal, else
+/// one line per step change (JSON lines with `--output json`); exit 0 if
+/// it succeeded. A broken stream (node down, leader change) resumes from
+/// the last event seen, at any node.
+pub async fn watch_run(o: &Opts, id: u64) -> anyhow::Result<ExitCode> {
+    let mut c = o.client()?;
+    let mut board = (!o.json && std::io::stdout().is_terminal()).then_some(Board { lines: 0 });
+    let mut last: HashMap<String, (String, u32)> = HashMap::new();
+    let mut after = 0;
+    let mut broken = 0u32;
+    loop {
+        let req = v1::WatchRunRequest {
+            run_id: id,
+            after_index: after,
+        };
+        let mut stream = c
+            .call(req, |mut k, r| async move { k.watch_run(r).await })
+            .await
+            .map_err(status_error)?;
+        loop {
+            let ev = match stream.message().await {
+                Ok(Some(ev)) => ev,
+                Ok(None) | Err(_) => break,
+            };
+            broken = 0;
+            if let Some(e) = &ev.event {
+                after = e.index;
+            }
+            let Some(run) = ev.run else { continue };
+            match &mut board {
+                Some(b) => b.draw(&run),
+                None => {
+                    for s in run.steps.iter().filter(|s| s.kind == "task") {
+                        let now = (s.status.clone(), s.percent);
+                        if last.get(&s.path) != Some(&now) {
+                            if o.json {
+                                println!(
+                                    "{}",
+                                    serde_json::json!({"index": after, "path": s.path, "status": s.status, "percent": s.percent, "status_text": s.status_text})
+                                );
+                            } else {
+                                let pct = if s.status == "running" && s.percent > 0 {
+                                    format!(" {:>3}%", s.percent)
+                                } else {
+                                    String::new()
+                                };
+                                println!("  {:<10}{} {}", s.status, pct, s.path);
+                            }
+                            last.insert(s.path.clone(), now);
+                        }
+                    }
+                }
+            }
+            if run.status != "running" {
+                if !o.json && board.is_none() {
+                    println!(
+                        "run {id} {}{}",
+                        run.status,
+                        if run.message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", run.message)
+                        }
+                    );
+                }
+                return Ok(if run.status == "succeeded" {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
+        }
+        // The stream ended before the run did: resume where it broke.
+        broken += 1;
+        if broken > 50 {
+            anyhow::bail!("the watch of run {id} keeps breaking; last event seen: {after}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// `kaon run cancel`.
-pub async fn cancel(server: &str, id: u64, reason: String) -> anyhow::Result<ExitCode> {
-    connect(server)
-        .await?
-        .cancel_run(v1::CancelRunRequest { run_id: id, reason })
+pub async fn cancel(o: &Opts, id: u64, reason: String) -> anyhow::Result<ExitCode> {
+    o.client()?
+        .call(
+            v1::CancelRunRequest { run_id: id, reason },
+            |mut k, r| async move { k.cancel_run(r).await },
+        )
         .await
         .map_err(status_error)?;
     println!("run {id} cancelling");
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kaon run logs`: a step attempt's stdout or stderr; `--follow` keeps
+/// reading until the attempt ends.
+pub async fn logs(
+    o: &Opts,
+    id: u64,
+    step: &str,
+    attempt: u32,
+    stderr: bool,
+    tail: Option<u32>,
+    follow: bool,
+) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut c = o.client()?;
+    let mut offset: i64 = tail.map(|t| -(t as i64)).unwrap_or(0);
+    let mut out = std::io::stdout().lock();
+    loop {
+        let req = v1::ReadStepLogsRequest {
+            run_id: id,
+            step_path: step.to_string(),
+            attempt,
+            stream: if stderr { "stderr" } else { "stdout" }.into(),
+            offset,
+            max_bytes: 0,
+        };
+        let r = c
+            .call(req, |mut k, r| async move { k.read_step_logs(r).await })
+            .await
+            .map_err(status_error)?;
+        out.write_all(&r.data)?;
+        out.flush()?;
+        offset = r.offset + r.data.len() as i64;
+        let more = offset < r.size;
+        if more {
+            continue;
+        }
+        if !follow || r.complete {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// `kaon runs`.
 pub async fn runs(
-    server: &str,
+    o: &Opts,
     workflow: Option<String>,
     status: Option<String>,
     limit: u32,
-    json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let r = connect(server)
-        .await?
-        .list_runs(v1::ListRunsRequest {
-            workflow: workflow.unwrap_or_default(),
-            status: status.unwrap_or_default(),
-            page_size: limit,
-            page_token: 0,
-        })
+    let req = v1::ListRunsRequest {
+        workflow: workflow.unwrap_or_default(),
+        status: status.unwrap_or_default(),
+        page_size: limit,
+        page_token: 0,
+    };
+    let r = o
+        .client()?
+        .call(req, |mut k, r| async move { k.list_runs(r).await })
         .await
-        .map_err(status_error)?
-        .into_inner();
-    if json {
+        .map_err(status_error)?;
+    if o.json {
         let list: Vec<_> = r.runs.iter().map(|x| serde_json::json!({"id": x.id, "workflow": x.workflow, "version": x.version, "status": x.status, "message": x.message})).collect();
         println!("{}", serde_json::Value::Array(list));
     } else {
@@ -384,15 +438,17 @@ pub async fn runs(
 }
 
 /// `kaon workflow register`.
-pub async fn register(server: &str, file: &str, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn register(o: &Opts, file: &str) -> anyhow::Result<ExitCode> {
     let spec = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
-    let r = connect(server)
-        .await?
-        .register_workflow(v1::RegisterWorkflowRequest { spec })
+    let r = o
+        .client()?
+        .call(
+            v1::RegisterWorkflowRequest { spec },
+            |mut k, r| async move { k.register_workflow(r).await },
+        )
         .await
-        .map_err(status_error)?
-        .into_inner();
-    if json {
+        .map_err(status_error)?;
+    if o.json {
         println!(
             "{}",
             serde_json::json!({"name": r.name, "version": r.version, "created": r.created})
@@ -409,14 +465,15 @@ pub async fn register(server: &str, file: &str, json: bool) -> anyhow::Result<Ex
 }
 
 /// `kaon workflow list`.
-pub async fn workflows(server: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let r = connect(server)
-        .await?
-        .list_workflows(v1::ListWorkflowsRequest {})
+pub async fn workflows(o: &Opts) -> anyhow::Result<ExitCode> {
+    let r = o
+        .client()?
+        .call(v1::ListWorkflowsRequest {}, |mut k, r| async move {
+            k.list_workflows(r).await
+        })
         .await
-        .map_err(status_error)?
-        .into_inner();
-    if json {
+        .map_err(status_error)?;
+    if o.json {
         let list: Vec<_> = r.workflows.iter().map(|w| serde_json::json!({"name": w.name, "latest_version": w.latest_version, "schedules": w.schedules})).collect();
         println!("{}", serde_json::Value::Array(list));
     } else {
@@ -430,25 +487,27 @@ pub async fn workflows(server: &str, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `kaon cluster status`.
-pub async fn cluster_status(server: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let r = connect(server)
-        .await?
-        .cluster_status(v1::ClusterStatusRequest {})
+/// `kaon cluster status`: the view of the first node that answers (give
+/// one `--server` to ask a particular node).
+pub async fn cluster_status(o: &Opts) -> anyhow::Result<ExitCode> {
+    let r = o
+        .client()?
+        .call(v1::ClusterStatusRequest {}, |mut k, r| async move {
+            k.cluster_status(r).await
+        })
         .await
-        .map_err(status_error)?
-        .into_inner();
-    if json {
+        .map_err(status_error)?;
+    if o.json {
         let members: Vec<_> = r
             .members
             .iter()
-            .map(|m| serde_json::json!({"id": m.id, "raft_addr": m.raft_addr, "voter": m.voter, "lag_entries": m.lag_entries}))
+            .map(|m| serde_json::json!({"id": m.id, "raft_addr": m.raft_addr, "api_addr": m.api_addr, "voter": m.voter, "lag_entries": m.lag_entries}))
             .collect();
         println!(
             "{}",
             serde_json::json!({"node_id": r.node_id, "state": r.state, "term": r.term, "leader_id": r.leader_id,
                 "last_log_index": r.last_log_index, "committed_index": r.committed_index, "applied_index": r.applied_index,
-                "applied_event_index": r.applied_event_index, "members": members})
+                "applied_event_index": r.applied_event_index, "state_digest": r.state_digest, "members": members})
         );
     } else {
         println!(
@@ -468,13 +527,115 @@ pub async fn cluster_status(server: &str, json: bool) -> anyhow::Result<ExitCode
         );
         for m in &r.members {
             println!(
-                "  member {} {} {} lag {}",
+                "  member {} raft {} api {} {} lag {}",
                 m.id,
                 m.raft_addr,
+                if m.api_addr.is_empty() {
+                    "-"
+                } else {
+                    &m.api_addr
+                },
                 if m.voter { "voter" } else { "learner" },
                 m.lag_entries
             );
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kaon cluster init`: forms a cluster from a node started with `--join`.
+pub async fn cluster_init(o: &Opts, members: &[String]) -> anyhow::Result<ExitCode> {
+    let mut map = HashMap::new();
+    for m in members {
+        let (id, addr) = m
+            .split_once('=')
+            .with_context(|| format!("--member {m:?}: expected ID=HOST:PORT (Raft address)"))?;
+        let id: u64 = id
+            .parse()
+            .with_context(|| format!("--member {m:?}: the id must be a number"))?;
+        map.insert(id, addr.to_string());
+    }
+    o.client()?
+        .call(
+            v1::InitClusterRequest { members: map },
+            |mut k, r| async move { k.init_cluster(r).await },
+        )
+        .await
+        .map_err(status_error)?;
+    println!("cluster formed with {} members", members.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kaon cluster add-node`.
+pub async fn add_node(
+    o: &Opts,
+    id: u64,
+    raft_addr: String,
+    learner: bool,
+) -> anyhow::Result<ExitCode> {
+    o.client()?
+        .call(
+            v1::AddNodeRequest {
+                node_id: id,
+                raft_addr,
+                learner,
+            },
+            |mut k, r| async move { k.add_node(r).await },
+        )
+        .await
+        .map_err(status_error)?;
+    println!(
+        "node {id} added as {}",
+        if learner { "a learner" } else { "a voter" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kaon cluster remove-node`.
+pub async fn remove_node(o: &Opts, id: u64) -> anyhow::Result<ExitCode> {
+    o.client()?
+        .call(
+            v1::RemoveNodeRequest { node_id: id },
+            |mut k, r| async move { k.remove_node(r).await },
+        )
+        .await
+        .map_err(status_error)?;
+    println!("node {id} removed");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kaon cluster transfer-leader`.
+pub async fn transfer_leader(o: &Opts, id: u64) -> anyhow::Result<ExitCode> {
+    o.client()?
+        .call(
+            v1::TransferLeaderRequest { node_id: id },
+            |mut k, r| async move { k.transfer_leader(r).await },
+        )
+        .await
+        .map_err(status_error)?;
+    println!("leadership handed to node {id}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kaon cluster snapshot` (on the node asked).
+pub async fn snapshot(o: &Opts) -> anyhow::Result<ExitCode> {
+    let r = o
+        .client()?
+        .call(v1::SnapshotRequest {}, |mut k, r| async move {
+            k.snapshot(r).await
+        })
+        .await
+        .map_err(status_error)?;
+    if o.json {
+        println!(
+            "{}",
+            serde_json::json!({"node_id": r.node_id, "raft_log_index": r.raft_log_index})
+        );
+    } else {
+        println!(
+            "node {} snapshot at Raft log index {}",
+            r.node_id, r.raft_log_index
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

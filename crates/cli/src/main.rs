@@ -1,12 +1,15 @@
 //! `kaon`: the command-line front end.
 //!
 //! `kaon validate` checks specs offline; `kaon run-local` runs one workflow
-//! on this machine; `kaon server` is a (single-node, for now) kaon server
-//! with its gRPC API; `kaon submit`, `kaon runs`, `kaon run show|watch|cancel`
-//! and `kaon workflow register|list` are its clients; `kaon executor` is
-//! kaon's Mesos executor; `kaon mesos-emulator` runs the Mesos emulator.
+//! on this machine; `kaon server` runs a kaon node (one-node cluster by
+//! default) with its gRPC API; `kaon submit`, `kaon runs`,
+//! `kaon run show|watch|cancel|retry|logs`, `kaon workflow register|list`
+//! and `kaon cluster ...` are its clients; `kaon audit` reads a node's log;
+//! `kaon executor` is kaon's Mesos executor; `kaon mesos-emulator` runs the
+//! Mesos emulator.
 
 mod client;
+mod node;
 
 /// mimalloc: the state machine allocates many small objects (replay speed,
 /// see BENCHMARKS.md).
@@ -25,7 +28,8 @@ use kaon_core::Limits;
     about = "kaon: a workflow orchestrator for machine-learning pipelines"
 )]
 struct Cli {
-    /// kaon server address for client commands.
+    /// kaon server address(es) for client commands, comma-separated: any
+    /// node of a cluster will do; calls move on to another on failure.
     #[arg(
         long,
         global = true,
@@ -33,6 +37,14 @@ struct Cli {
         default_value = "http://127.0.0.1:7070"
     )]
     server: String,
+    /// Seconds a client call may take, retries across leader changes
+    /// included.
+    #[arg(long, global = true, default_value_t = 30.0)]
+    timeout: f64,
+    /// Read from the node asked without confirming with the leader (faster,
+    /// possibly stale; default: linearizable reads).
+    #[arg(long, global = true)]
+    stale: bool,
     /// Output format of client commands.
     #[arg(long = "output", global = true, value_parser = ["text", "json"], default_value = "text")]
     output_format: String,
@@ -60,12 +72,73 @@ enum RunCmd {
         #[arg(long, default_value = "cancelled from the CLI")]
         reason: String,
     },
+    /// Start a new run of a failed or cancelled run: same workflow version
+    /// and parameters; steps that succeeded are reused, not run again.
+    Retry {
+        /// Run id.
+        id: u64,
+        /// Idempotency key: a retried request with it returns the same run.
+        #[arg(long)]
+        key: Option<String>,
+        /// Follow the new run until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Print a step's stdout (or stderr) from its Mesos sandbox.
+    Logs {
+        /// Run id.
+        id: u64,
+        /// Step path, as `kaon run show` prints it (e.g. `train#2/fit[1]`).
+        step: String,
+        /// Attempt number (default: the latest).
+        #[arg(long, default_value_t = 0)]
+        attempt: u32,
+        /// Print stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+        /// Only the last BYTES bytes.
+        #[arg(long, value_name = "BYTES")]
+        tail: Option<u32>,
+        /// Keep printing as the step writes, until the attempt ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
 }
 
 #[derive(Subcommand)]
 enum ClusterCmd {
     /// Members, leader, term, commit and applied indexes, lag per member.
     Status,
+    /// Form a cluster from nodes started with `kaon server --join`.
+    Init {
+        /// Member `ID=HOST:PORT` (Raft address), the node asked included
+        /// (repeatable).
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+    },
+    /// Add a node (started with `--join`): it catches up as a learner,
+    /// then becomes a voter unless `--learner`.
+    AddNode {
+        /// The new node's id.
+        id: u64,
+        /// Its Raft address (HOST:PORT).
+        raft_addr: String,
+        /// Keep it a non-voting learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node from the cluster.
+    RemoveNode {
+        /// Node id.
+        id: u64,
+    },
+    /// Hand leadership to another voter.
+    TransferLeader {
+        /// Node id.
+        id: u64,
+    },
+    /// Build a snapshot on the node asked (compacting its log behind it).
+    Snapshot,
 }
 
 #[derive(Subcommand)]
@@ -109,8 +182,9 @@ enum Cmd {
         #[arg(required = true)]
         files: Vec<String>,
     },
-    /// Run a kaon server (single node, embedded Mesos emulator by default).
-    Server(client::ServerArgs),
+    /// Run a kaon node (a one-node cluster with an embedded Mesos emulator
+    /// by default).
+    Server(node::ServerArgs),
     /// Submit a run of a spec file.
     Submit {
         /// Spec file.
@@ -146,7 +220,8 @@ enum Cmd {
     /// Audit a node's event log: verify the hash chain, replay to an index.
     #[command(subcommand)]
     Audit(AuditCmd),
-    /// The cluster: status.
+    /// The cluster: status, init, add-node, remove-node, transfer-leader,
+    /// snapshot.
     #[command(subcommand)]
     Cluster(ClusterCmd),
     /// Run a workflow once on this machine and wait for it: an embedded Mesos
@@ -188,60 +263,54 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    let json = cli.output_format == "json";
+    let o = client::Opts {
+        server: cli.server.clone(),
+        timeout: std::time::Duration::from_secs_f64(cli.timeout.max(0.001)),
+        stale: cli.stale,
+        json,
+    };
     match cli.command {
-        Cmd::Validate { files } => validate(&files, cli.output_format == "json"),
-        Cmd::Server(args) => report(client::server(args)),
+        Cmd::Validate { files } => validate(&files, json),
+        Cmd::Server(args) => report(node::server(args)),
         Cmd::Submit {
             file,
             params,
             key,
             watch,
-        } => {
-            let json = cli.output_format == "json";
-            block(client::submit(
-                &cli.server,
-                &file,
-                &params,
-                key,
-                watch,
-                json,
-            ))
-        }
+        } => block(client::submit(&o, &file, &params, key, watch)),
         Cmd::Runs {
             workflow,
             status,
             limit,
-        } => block(client::runs(
-            &cli.server,
-            workflow,
-            status,
-            limit,
-            cli.output_format == "json",
-        )),
-        Cmd::Run(RunCmd::Show { id }) => {
-            block(client::show(&cli.server, id, cli.output_format == "json"))
-        }
-        Cmd::Run(RunCmd::Watch { id }) => block(client::watch_run(
-            &cli.server,
+        } => block(client::runs(&o, workflow, status, limit)),
+        Cmd::Run(RunCmd::Show { id }) => block(client::show(&o, id)),
+        Cmd::Run(RunCmd::Watch { id }) => block(client::watch_run(&o, id)),
+        Cmd::Run(RunCmd::Cancel { id, reason }) => block(client::cancel(&o, id, reason)),
+        Cmd::Run(RunCmd::Retry { id, key, watch }) => block(client::retry(&o, id, key, watch)),
+        Cmd::Run(RunCmd::Logs {
             id,
-            cli.output_format == "json",
-        )),
-        Cmd::Run(RunCmd::Cancel { id, reason }) => block(client::cancel(&cli.server, id, reason)),
-        Cmd::Workflow(WorkflowCmd::Register { file }) => block(client::register(
-            &cli.server,
-            &file,
-            cli.output_format == "json",
-        )),
-        Cmd::Cluster(ClusterCmd::Status) => block(client::cluster_status(
-            &cli.server,
-            cli.output_format == "json",
-        )),
+            step,
+            attempt,
+            stderr,
+            tail,
+            follow,
+        }) => block(client::logs(&o, id, &step, attempt, stderr, tail, follow)),
+        Cmd::Workflow(WorkflowCmd::Register { file }) => block(client::register(&o, &file)),
+        Cmd::Workflow(WorkflowCmd::List) => block(client::workflows(&o)),
+        Cmd::Cluster(ClusterCmd::Status) => block(client::cluster_status(&o)),
+        Cmd::Cluster(ClusterCmd::Init { members }) => block(client::cluster_init(&o, &members)),
+        Cmd::Cluster(ClusterCmd::AddNode {
+            id,
+            raft_addr,
+            learner,
+        }) => block(client::add_node(&o, id, raft_addr, learner)),
+        Cmd::Cluster(ClusterCmd::RemoveNode { id }) => block(client::remove_node(&o, id)),
+        Cmd::Cluster(ClusterCmd::TransferLeader { id }) => block(client::transfer_leader(&o, id)),
+        Cmd::Cluster(ClusterCmd::Snapshot) => block(client::snapshot(&o)),
         Cmd::Audit(AuditCmd::Verify { data_dir }) => report(audit_verify(&data_dir)),
         Cmd::Audit(AuditCmd::Replay { data_dir, until }) => {
-            report(audit_replay(&data_dir, until, cli.output_format == "json"))
-        }
-        Cmd::Workflow(WorkflowCmd::List) => {
-            block(client::workflows(&cli.server, cli.output_format == "json"))
+            report(audit_replay(&data_dir, until, json))
         }
         Cmd::Executor => executor(),
         Cmd::RunLocal {

@@ -2,7 +2,7 @@
 //! sharing one `kaon mesos-emulator`, on loopback. The leader is killed with
 //! SIGKILL in the middle of a run: a follower takes over within a deadline,
 //! re-subscribes to Mesos, reconciles, and the run completes with every
-//! step's command run exactly once; followers refuse writes with a hint.
+//! step's command run exactly once; followers forward writes.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -132,15 +132,26 @@ fn leader_killed_mid_run_and_the_run_completes_exactly_once() {
         ),
     )
     .unwrap();
-    // Followers refuse writes and name the leader.
-    let (code, _, err) = kaon(api[follower], &["submit", spec.to_str().unwrap()]);
-    assert_eq!(code, 2);
-    assert!(
-        err.contains(&format!(
-            "Unavailable: this node is not the leader; the leader is node {leader}"
-        )),
-        "{err}"
+    // A follower forwards writes to the leader, and its (linearizable)
+    // read right after sees the run that write created.
+    let (code, out, err) = kaon(
+        api[follower],
+        &[
+            "workflow",
+            "register",
+            spec.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
     );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["version"],
+        1
+    );
+    let (code, out, err) = kaon(api[follower], &["--output", "json", "workflow", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"slow\""), "{out}");
 
     let (code, out, err) = kaon(
         api[li],

@@ -183,3 +183,63 @@ fn submit_watch_list_show_and_errors_over_grpc() {
         format!("run {run_id} (existing: same idempotency key)")
     );
 }
+
+/// `kaon run logs` reads a step's stdout/stderr from its Mesos sandbox;
+/// `kaon run retry` reruns only what did not succeed.
+#[test]
+fn step_logs_and_retry_of_a_failed_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path());
+    let marks = dir.path().join("marks");
+    let flag = dir.path().join("flag");
+    let spec = dir.path().join("retryable.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "apiVersion: kaon/v1\nname: retryable\nsteps:\n  \
+             a: {{shell: 'echo hello-from-a; echo a >> {m}'}}\n  \
+             b: {{depends_on: [a], retry: {{user_errors: 0}}, shell: 'echo b >> {m}; test -f {f} || {{ echo missing-flag >&2; exit 3; }}'}}\n",
+            m = marks.display(),
+            f = flag.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = kaon(&server, &["submit", spec.to_str().unwrap(), "--watch"]);
+    assert_eq!(code, 1, "the run fails: {out}{err}");
+    let run: u64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (code, out, err) = kaon(&server, &["run", "logs", &run.to_string(), "a"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "hello-from-a\n");
+    let (code, out, err) = kaon(&server, &["run", "logs", &run.to_string(), "b", "--stderr"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("missing-flag"), "{out}");
+    let (code, out, _) = kaon(
+        &server,
+        &["run", "logs", &run.to_string(), "a", "--tail", "5"],
+    );
+    assert_eq!((code, out.as_str()), (0, "om-a\n"));
+    let (code, _, err) = kaon(&server, &["run", "logs", &run.to_string(), "nope"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("NotFound") && err.contains("\"nope\""),
+        "{err}"
+    );
+
+    std::fs::write(&flag, "").unwrap();
+    let (code, out, err) = kaon(&server, &["run", "retry", &run.to_string(), "--watch"]);
+    assert_eq!(code, 0, "the retry succeeds: {out}{err}");
+    assert!(out.contains(&format!("(retry of run {run})")), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&marks).unwrap(),
+        "a\nb\nb\n",
+        "a is reused, b runs again"
+    );
+    // A succeeded run cannot be retried.
+    let retry: u64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (code, _, err) = kaon(&server, &["run", "retry", &retry.to_string()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("FailedPrecondition") && err.contains("succeeded"),
+        "{err}"
+    );
+}

@@ -626,8 +626,14 @@ fn retry_reuses_succeeded_steps_and_runs_the_failed_ones() {
     // prep and fan[0] are reused (prep's old outputs drive the fan-out and
     // the template of `last`); fan[1] and last run.
     assert_eq!(relaunched.len(), 2, "{relaunched:?}");
-    assert!(relaunched.iter().any(|t| t.ends_with(":fan[1]")), "{relaunched:?}");
-    assert!(relaunched.iter().any(|t| t.ends_with(":last")), "{relaunched:?}");
+    assert!(
+        relaunched.iter().any(|t| t.ends_with(":fan[1]")),
+        "{relaunched:?}"
+    );
+    assert!(
+        relaunched.iter().any(|t| t.ends_with(":last")),
+        "{relaunched:?}"
+    );
     let prep = r.instances.iter().find(|i| i.path == "prep").unwrap();
     assert_eq!(prep.message, format!("reused from run {first}"));
     assert!(prep.attempts.is_empty());
@@ -659,7 +665,10 @@ fn leader_announcement_is_recorded_once_per_change() {
     let d = sim.command(announce(5)).unwrap();
     assert_eq!(d.events.len(), 1);
     assert_eq!(sim.state.leader, Some((2, 5)));
-    assert_eq!(sim.state.api_addrs.get(&2).map(String::as_str), Some("10.0.0.2:7070"));
+    assert_eq!(
+        sim.state.api_addrs.get(&2).map(String::as_str),
+        Some("10.0.0.2:7070")
+    );
     assert!(sim.command(announce(5)).unwrap().events.is_empty());
     assert_eq!(sim.command(announce(6)).unwrap().events.len(), 1);
 }

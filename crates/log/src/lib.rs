@@ -28,7 +28,9 @@ pub mod types;
 
 pub use error::StoreError;
 pub use log_store::LogStore;
-pub use node::{ClusterMember, ClusterStatus, MetricsWatch, NodeConfig, ProposeError, RaftNode};
+pub use node::{
+    ClusterMember, ClusterStatus, MetricsWatch, NodeConfig, NodeError, ProposeError, RaftNode,
+};
 pub use state_machine::StateMachineStore;
 pub use types::{Applied, Proposal, TypeConfig};
 

@@ -609,7 +609,7 @@ impl Executor {
                 return;
             }
         };
-        let dir = self.env.sandbox.join("tasks").join(sanitize(&task_id));
+        let dir = self.env.sandbox.join(task_dir(&task_id));
         match self.spawn_step(&task_id, &spec, &dir) {
             Ok(pgid) => {
                 let progress = std::sync::Arc::new(std::sync::Mutex::new(ProgressReader {
@@ -894,6 +894,12 @@ fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     f.take(1 << 20).read_to_end(&mut buf)?;
     Ok(buf)
+}
+
+/// Where, inside its executor's sandbox, a task's files (stdout, stderr,
+/// progress, outputs.json) live: `tasks/<task id, made path-safe>`.
+pub fn task_dir(task_id: &str) -> String {
+    format!("tasks/{}", sanitize(task_id))
 }
 
 fn sanitize(id: &str) -> String {

@@ -1,12 +1,17 @@
 //! The public gRPC API (`kaon.v1.Kaon`) over the runtime and the log.
 //!
-//! Writes go through the runtime (decide, then commit); reads come from the
-//! applied state. Domain rejections map to gRPC codes that name the problem:
+//! Writes go through the leader's runtime (decide, then commit): a follower
+//! forwards them to the leader's API address, which every leader records in
+//! the log when it starts (`LeaderStarted`). Reads come from the applied
+//! state, linearizable by default (the leader's read index, applied here
+//! first) or, with the `kaon-read: stale` header, this node's latest state.
+//! Domain rejections map to gRPC codes that name the problem:
 //! INVALID_ARGUMENT (with every spec error), NOT_FOUND, FAILED_PRECONDITION,
-//! RESOURCE_EXHAUSTED.
+//! RESOURCE_EXHAUSTED; UNAVAILABLE carries the leader's address when known.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kaon_api::v1;
 use kaon_api::v1::kaon_server::Kaon;
@@ -14,63 +19,320 @@ use kaon_core::decide::{Command, Rejection, SubmitTarget, status_name};
 use kaon_core::events::{Body, Event};
 use kaon_core::state::{InstKind, Run, RunStatus, State};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::log::EventLog;
-use crate::runtime::{CommandOutcome, RuntimeSlot};
+use crate::runtime::{CommandOutcome, RuntimeHandle, RuntimeSlot};
 
 /// Most runs one ListRuns page returns.
 pub const LIST_PAGE_SIZE_MAX: u32 = 1000;
 /// Events a watch sends per batch.
 const WATCH_BATCH_EVENTS_MAX: usize = 1024;
+/// Metadata a node sets (to its id) on a request it forwards to the
+/// leader; such a request is never forwarded again (no loops while
+/// leadership moves).
+pub const FORWARDED_BY_HEADER: &str = "kaon-forwarded-by";
+/// Metadata a client sets to `stale` to accept this node's latest applied
+/// state instead of a linearizable read.
+pub const READ_HEADER: &str = "kaon-read";
+/// Metadata on UNAVAILABLE answers: the leader's API address, when known.
+pub const LEADER_API_HEADER: &str = "kaon-leader-api";
+/// Deadline for a forwarded call whose client sent none.
+const FORWARD_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+/// How long a follower waits to apply up to a read index.
+const READ_APPLY_WAIT: Duration = Duration::from_secs(5);
+/// Bytes ReadStepLogs returns by default and at most.
+const LOG_READ_BYTES_DEFAULT: u32 = 64 << 10;
+/// See [`LOG_READ_BYTES_DEFAULT`].
+pub const LOG_READ_BYTES_MAX: u32 = 1 << 20;
+
+/// What a node's API needs besides the log and the runtime.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceConfig {
+    /// Mesos master URL (to find agents' sandboxes for step logs).
+    pub mesos_master: Option<String>,
+}
 
 /// The service.
 pub struct KaonService<L: EventLog> {
     log: Arc<L>,
     runtime: RuntimeSlot,
+    config: ServiceConfig,
+    /// One lazily connected channel per peer API address.
+    peers: std::sync::Mutex<BTreeMap<String, Channel>>,
+    http: reqwest::Client,
+}
+
+/// Where a write goes.
+enum Route {
+    /// This node leads: its runtime.
+    Local(RuntimeHandle),
+    /// Forward to the leader's API.
+    Leader(v1::kaon_client::KaonClient<Channel>),
 }
 
 impl<L: EventLog> KaonService<L> {
     /// Serves `log` (reads) and the runtime in `runtime` (writes; empty on
     /// a node that is not the leader).
-    pub fn new(log: Arc<L>, runtime: RuntimeSlot) -> Self {
-        KaonService { log, runtime }
+    pub fn new(log: Arc<L>, runtime: RuntimeSlot, config: ServiceConfig) -> Self {
+        KaonService {
+            log,
+            runtime,
+            config,
+            peers: std::sync::Mutex::new(BTreeMap::new()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("an HTTP client without TLS builds"),
+        }
     }
 
-    async fn command(&self, cmd: Command) -> Result<CommandOutcome, Status> {
-        let Some(runtime) = self.runtime.read().await.clone() else {
-            let hint = match self
-                .log
-                .cluster_status()
-                .and_then(|c| c.leader.map(|l| (l, c.id, c.members)))
-            {
-                Some((leader, me, _)) if leader == me => {
-                    return Err(Status::unavailable(
-                        "this node was just elected leader and is starting its effect runtime: retry shortly",
-                    ));
-                }
-                Some((leader, _, members)) => {
-                    let addr = members
-                        .iter()
-                        .find(|m| m.id == leader)
-                        .map(|m| m.addr.clone())
-                        .unwrap_or_default();
-                    format!("; the leader is node {leader} (Raft address {addr})")
-                }
-                None => "; no leader is known yet".to_string(),
-            };
-            return Err(Status::unavailable(format!(
-                "this node is not the leader{hint}: send writes to the leader"
-            )));
+    fn my_id(&self) -> u64 {
+        self.log.cluster_status().map(|c| c.id).unwrap_or(0)
+    }
+
+    /// The leader's id and API address, or UNAVAILABLE saying why not.
+    fn leader_target(&self) -> Result<(u64, String), Status> {
+        let Some(st) = self.log.cluster_status() else {
+            return Err(Status::unavailable("the effect runtime is not running"));
         };
+        match st.leader {
+            None => Err(Status::unavailable(
+                "no leader is known yet (an election may be under way): retry shortly",
+            )),
+            Some(l) if l == st.id => Err(Status::unavailable(
+                "this node was just elected leader and is starting its effect runtime: retry shortly",
+            )),
+            Some(l) => match self.log.with_state(|s| s.api_addrs.get(&l).cloned()) {
+                Some(addr) => Ok((l, addr)),
+                None => Err(Status::unavailable(format!(
+                    "the leader is node {l}, which has not recorded its API address yet: retry shortly"
+                ))),
+            },
+        }
+    }
+
+    /// UNAVAILABLE with `why`, naming the leader (message and metadata).
+    fn unavailable(&self, why: &str) -> Status {
+        match self.leader_target() {
+            Ok((l, addr)) => {
+                let mut s = Status::unavailable(format!("{why}; the leader is node {l} at {addr}"));
+                if let Ok(v) = addr.parse() {
+                    s.metadata_mut().insert(LEADER_API_HEADER, v);
+                }
+                s
+            }
+            Err(e) => Status::unavailable(format!("{why}; {}", e.message())),
+        }
+    }
+
+    fn peer(&self, addr: &str) -> Result<v1::kaon_client::KaonClient<Channel>, Status> {
+        let mut peers = self.peers.lock().expect("peer channel cache");
+        if let Some(c) = peers.get(addr) {
+            return Ok(v1::kaon_client::KaonClient::new(c.clone()));
+        }
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(format!("leader API address {addr:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        peers.insert(addr.to_string(), channel.clone());
+        Ok(v1::kaon_client::KaonClient::new(channel))
+    }
+
+    /// A request to forward: marked as forwarded, with the caller's deadline.
+    fn forwarded<T>(&self, md: &MetadataMap, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.metadata_mut().insert(
+            FORWARDED_BY_HEADER,
+            self.my_id().to_string().parse().expect("digits"),
+        );
+        r.set_timeout(grpc_timeout(md).unwrap_or(FORWARD_TIMEOUT_DEFAULT));
+        r
+    }
+
+    /// Where a write goes: this node's runtime, or the leader.
+    async fn route(&self, md: &MetadataMap) -> Result<Route, Status> {
+        if let Some(rt) = self.runtime.read().await.clone()
+            && !rt.is_stopped()
+        {
+            return Ok(Route::Local(rt));
+        }
+        if self.log.raft_node().is_none() {
+            return Err(Status::unavailable("the effect runtime is not running"));
+        }
+        if md.contains_key(FORWARDED_BY_HEADER) {
+            return Err(self.unavailable(
+                "this node does not lead either (a forwarded request is not forwarded again)",
+            ));
+        }
+        let (_, addr) = self.leader_target()?;
+        Ok(Route::Leader(self.peer(&addr)?))
+    }
+
+    /// Runs a command on the local runtime.
+    async fn command(
+        &self,
+        runtime: RuntimeHandle,
+        cmd: Command,
+    ) -> Result<CommandOutcome, Status> {
         match runtime.command(cmd).await {
-            Err(e) => Err(Status::unavailable(format!(
-                "the leader runtime is not running: {e}"
-            ))),
+            Err(e) => Err(self.unavailable(&format!("the leader runtime stopped: {e}"))),
             Ok(Err(r)) => Err(rejection_status(r)),
             Ok(Ok(o)) => Ok(o),
         }
     }
+
+    /// Makes the next read linearizable unless the client asked for a stale
+    /// one: waits until this node applied the leader's read index.
+    async fn read_barrier(&self, md: &MetadataMap) -> Result<(), Status> {
+        if md.get(READ_HEADER).is_some_and(|v| v == "stale") {
+            return Ok(());
+        }
+        let Some(node) = self.log.raft_node() else {
+            return Ok(()); // a local log is trivially linearizable
+        };
+        let st = node.status();
+        let index = if st.leader == Some(st.id) {
+            node.read_index().await.map_err(|e| {
+                self.unavailable(&format!(
+                    "confirming leadership for a linearizable read failed: {e}"
+                ))
+            })?
+        } else {
+            if md.contains_key(FORWARDED_BY_HEADER) {
+                return Err(self.unavailable("this node does not lead; no read index here"));
+            }
+            let (_, addr) = self.leader_target()?;
+            self.peer(&addr)?
+                .read_index(self.forwarded(md, v1::ReadIndexRequest {}))
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!(
+                        "asking the leader at {addr} for a read index: {}",
+                        e.message()
+                    ))
+                })?
+                .into_inner()
+                .raft_log_index
+        };
+        if !node.wait_applied(index, READ_APPLY_WAIT).await {
+            return Err(Status::unavailable(format!(
+                "this node has not applied up to the read index {index} within {READ_APPLY_WAIT:?}: retry, or read with `{READ_HEADER}: stale`"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The Raft node for membership calls on the leader, or the leader's API.
+    fn admin_route(
+        &self,
+        md: &MetadataMap,
+    ) -> Result<Option<v1::kaon_client::KaonClient<Channel>>, Status> {
+        let Some(node) = self.log.raft_node() else {
+            return Err(Status::failed_precondition(
+                "this node's log is not replicated",
+            ));
+        };
+        let st = node.status();
+        if st.leader == Some(st.id) {
+            return Ok(None);
+        }
+        if md.contains_key(FORWARDED_BY_HEADER) {
+            return Err(self.unavailable("this node does not lead either"));
+        }
+        let (_, addr) = self.leader_target()?;
+        Ok(Some(self.peer(&addr)?))
+    }
+
+    /// GET `url` as JSON.
+    async fn get_json(&self, url: &str) -> Result<serde_json::Value, Status> {
+        let r = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| Status::unavailable(format!("GET {url}: {e}")))?;
+        let status = r.status();
+        let body = r
+            .bytes()
+            .await
+            .map_err(|e| Status::unavailable(format!("GET {url}: {e}")))?;
+        if !status.is_success() {
+            return Err(Status::unavailable(format!(
+                "GET {url}: {status}: {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| Status::internal(format!("GET {url}: not JSON: {e}")))
+    }
+
+    /// The sandbox directory of `task_id`'s executor on agent `agent_id`,
+    /// from the master's agent list and the agent's `/state` (running and
+    /// completed executors), and the agent's base URL.
+    async fn sandbox(&self, agent_id: &str, task_id: &str) -> Result<(String, String), Status> {
+        let master = self.config.mesos_master.as_deref().ok_or_else(|| {
+            Status::failed_precondition("this node has no Mesos master configured")
+        })?;
+        let master = master.trim_end_matches('/');
+        let slaves = self.get_json(&format!("{master}/master/slaves")).await?;
+        let pid = slaves["slaves"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["id"] == agent_id)
+            .and_then(|a| a["pid"].as_str())
+            .ok_or_else(|| {
+                Status::not_found(format!("agent {agent_id} is not known to the Mesos master"))
+            })?;
+        let host = pid.rsplit('@').next().unwrap_or(pid);
+        let agent = format!("http://{host}");
+        let state = self.get_json(&format!("{agent}/state")).await?;
+        let want = crate::runtime::executor_id(task_id);
+        let mut lists: Vec<&serde_json::Value> =
+            vec![&state["executors"], &state["completed_executors"]];
+        for f in ["frameworks", "completed_frameworks"] {
+            for fw in state[f].as_array().into_iter().flatten() {
+                lists.push(&fw["executors"]);
+                lists.push(&fw["completed_executors"]);
+            }
+        }
+        let dir = lists
+            .into_iter()
+            .filter_map(|l| l.as_array())
+            .flatten()
+            .find(|e| e["id"] == want.as_str())
+            .and_then(|e| e["directory"].as_str())
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "agent {agent_id} no longer lists the sandbox of task {task_id}"
+                ))
+            })?;
+        Ok((agent, dir.to_string()))
+    }
+}
+
+/// The deadline the caller sent (`grpc-timeout`), to pass on when forwarding.
+fn grpc_timeout(md: &MetadataMap) -> Option<Duration> {
+    let v = md.get("grpc-timeout")?.to_str().ok()?;
+    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn membership_error(e: kaon_log::NodeError) -> Status {
+    Status::failed_precondition(e.to_string())
 }
 
 /// Maps a domain rejection to a gRPC status with a message naming the problem.
@@ -156,10 +418,13 @@ impl<L: EventLog> Kaon for KaonService<L> {
         &self,
         req: Request<v1::RegisterWorkflowRequest>,
     ) -> Result<Response<v1::RegisterWorkflowResponse>, Status> {
+        let (md, _, msg) = req.into_parts();
+        let rt = match self.route(&md).await? {
+            Route::Local(rt) => rt,
+            Route::Leader(mut c) => return c.register_workflow(self.forwarded(&md, msg)).await,
+        };
         let out = self
-            .command(Command::RegisterWorkflow {
-                source: req.into_inner().spec,
-            })
+            .command(rt, Command::RegisterWorkflow { source: msg.spec })
             .await?;
         if let Some((name, version)) = out.decision.existing_version {
             return Ok(Response::new(v1::RegisterWorkflowResponse {
@@ -184,8 +449,9 @@ impl<L: EventLog> Kaon for KaonService<L> {
 
     async fn list_workflows(
         &self,
-        _: Request<v1::ListWorkflowsRequest>,
+        req: Request<v1::ListWorkflowsRequest>,
     ) -> Result<Response<v1::ListWorkflowsResponse>, Status> {
+        self.read_barrier(req.metadata()).await?;
         let workflows = self.log.with_state(|s: &State| {
             s.workflows
                 .iter()
@@ -203,7 +469,11 @@ impl<L: EventLog> Kaon for KaonService<L> {
         &self,
         req: Request<v1::SubmitRunRequest>,
     ) -> Result<Response<v1::SubmitRunResponse>, Status> {
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
+        let rt = match self.route(&md).await? {
+            Route::Local(rt) => rt,
+            Route::Leader(mut c) => return c.submit_run(self.forwarded(&md, req)).await,
+        };
         let target = match req.workflow {
             Some(v1::submit_run_request::Workflow::Registered(r)) => SubmitTarget::Registered {
                 name: r.name,
@@ -228,11 +498,14 @@ impl<L: EventLog> Kaon for KaonService<L> {
             params.insert(k, value);
         }
         let out = self
-            .command(Command::SubmitRun {
-                target,
-                params,
-                idempotency_key: req.idempotency_key,
-            })
+            .command(
+                rt,
+                Command::SubmitRun {
+                    target,
+                    params,
+                    idempotency_key: req.idempotency_key,
+                },
+            )
             .await?;
         if let Some(id) = out.decision.existing_run {
             return Ok(Response::new(v1::SubmitRunResponse {
@@ -253,6 +526,7 @@ impl<L: EventLog> Kaon for KaonService<L> {
     }
 
     async fn get_run(&self, req: Request<v1::GetRunRequest>) -> Result<Response<v1::Run>, Status> {
+        self.read_barrier(req.metadata()).await?;
         let id = req.into_inner().run_id;
         self.log
             .with_state(|s| s.run(id).map(run_view))
@@ -264,6 +538,7 @@ impl<L: EventLog> Kaon for KaonService<L> {
         &self,
         req: Request<v1::ListRunsRequest>,
     ) -> Result<Response<v1::ListRunsResponse>, Status> {
+        self.read_barrier(req.metadata()).await?;
         let req = req.into_inner();
         let size = match req.page_size {
             0 => 50,
@@ -316,6 +591,9 @@ impl<L: EventLog> Kaon for KaonService<L> {
         &self,
         req: Request<v1::WatchRunRequest>,
     ) -> Result<Response<Self::WatchRunStream>, Status> {
+        // Linearizable start (a run just submitted elsewhere is found);
+        // the stream then follows this node's applied log.
+        self.read_barrier(req.metadata()).await?;
         let req = req.into_inner();
         let run_id = req.run_id;
         if self.log.with_state(|s| s.run(run_id).is_none()) {
@@ -363,24 +641,32 @@ impl<L: EventLog> Kaon for KaonService<L> {
         &self,
         req: Request<v1::CancelRunRequest>,
     ) -> Result<Response<v1::CancelRunResponse>, Status> {
-        let req = req.into_inner();
+        let (md, _, req) = req.into_parts();
+        let rt = match self.route(&md).await? {
+            Route::Local(rt) => rt,
+            Route::Leader(mut c) => return c.cancel_run(self.forwarded(&md, req)).await,
+        };
         let reason = if req.reason.is_empty() {
             "cancelled by a client".to_string()
         } else {
             req.reason
         };
-        self.command(Command::CancelRun {
-            run_id: req.run_id,
-            reason,
-        })
+        self.command(
+            rt,
+            Command::CancelRun {
+                run_id: req.run_id,
+                reason,
+            },
+        )
         .await?;
         Ok(Response::new(v1::CancelRunResponse {}))
     }
 
     async fn list_schedules(
         &self,
-        _: Request<v1::ListSchedulesRequest>,
+        req: Request<v1::ListSchedulesRequest>,
     ) -> Result<Response<v1::ListSchedulesResponse>, Status> {
+        self.read_barrier(req.metadata()).await?;
         let schedules = self.log.with_state(|s| {
             let mut out = Vec::new();
             for (name, w) in &s.workflows {
@@ -405,12 +691,19 @@ impl<L: EventLog> Kaon for KaonService<L> {
         &self,
         req: Request<v1::SetSchedulePausedRequest>,
     ) -> Result<Response<v1::SetSchedulePausedResponse>, Status> {
-        let r = req.into_inner();
-        self.command(Command::SetSchedulePaused {
-            workflow: r.workflow,
-            index: r.index,
-            paused: r.paused,
-        })
+        let (md, _, r) = req.into_parts();
+        let rt = match self.route(&md).await? {
+            Route::Local(rt) => rt,
+            Route::Leader(mut c) => return c.set_schedule_paused(self.forwarded(&md, r)).await,
+        };
+        self.command(
+            rt,
+            Command::SetSchedulePaused {
+                workflow: r.workflow,
+                index: r.index,
+                paused: r.paused,
+            },
+        )
         .await?;
         Ok(Response::new(v1::SetSchedulePausedResponse {}))
     }
@@ -424,6 +717,12 @@ impl<L: EventLog> Kaon for KaonService<L> {
             .cluster_status()
             .ok_or_else(|| Status::failed_precondition("this node's log is not replicated"))?;
         let matched: BTreeMap<u64, u64> = st.replication.iter().copied().collect();
+        let api_addrs = self.log.with_state(|s| s.api_addrs.clone());
+        let digest = self
+            .log
+            .raft_node()
+            .map(|n| kaon_core::decide::hex(&n.digest()))
+            .unwrap_or_default();
         let members = st
             .members
             .iter()
@@ -435,6 +734,7 @@ impl<L: EventLog> Kaon for KaonService<L> {
                     .get(&m.id)
                     .map(|&x| st.committed_index.saturating_sub(x))
                     .unwrap_or(0),
+                api_addr: api_addrs.get(&m.id).cloned().unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(v1::ClusterStatusResponse {
@@ -447,8 +747,273 @@ impl<L: EventLog> Kaon for KaonService<L> {
             applied_index: st.applied_index,
             applied_event_index: st.applied_event_index,
             members,
+            state_digest: digest,
         }))
     }
+
+    async fn retry_run(
+        &self,
+        req: Request<v1::RetryRunRequest>,
+    ) -> Result<Response<v1::RetryRunResponse>, Status> {
+        let (md, _, req) = req.into_parts();
+        let rt = match self.route(&md).await? {
+            Route::Local(rt) => rt,
+            Route::Leader(mut c) => return c.retry_run(self.forwarded(&md, req)).await,
+        };
+        let out = self
+            .command(
+                rt,
+                Command::RetryRun {
+                    run_id: req.run_id,
+                    idempotency_key: req.idempotency_key,
+                },
+            )
+            .await?;
+        if let Some(id) = out.decision.existing_run {
+            return Ok(Response::new(v1::RetryRunResponse {
+                run_id: id,
+                existing: true,
+            }));
+        }
+        let id = out
+            .committed
+            .iter()
+            .find(|e| matches!(e.body, Some(Body::RunSubmitted(_))))
+            .map(|e| e.index)
+            .ok_or_else(|| Status::internal("retry committed no run"))?;
+        Ok(Response::new(v1::RetryRunResponse {
+            run_id: id,
+            existing: false,
+        }))
+    }
+
+    async fn read_step_logs(
+        &self,
+        req: Request<v1::ReadStepLogsRequest>,
+    ) -> Result<Response<v1::ReadStepLogsResponse>, Status> {
+        self.read_barrier(req.metadata()).await?;
+        let req = req.into_inner();
+        let file = match req.stream.as_str() {
+            "" | "stdout" => "stdout",
+            "stderr" => "stderr",
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "stream {other:?}: expected \"stdout\" or \"stderr\""
+                )));
+            }
+        };
+        let max = match req.max_bytes {
+            0 => LOG_READ_BYTES_DEFAULT,
+            n if n > LOG_READ_BYTES_MAX => {
+                return Err(Status::invalid_argument(format!(
+                    "max_bytes {n} is over LOG_READ_BYTES_MAX = {LOG_READ_BYTES_MAX}"
+                )));
+            }
+            n => n,
+        };
+        let (task_id, agent_id, complete) = self.log.with_state(|s| {
+            let run = s
+                .run(req.run_id)
+                .ok_or_else(|| Status::not_found(format!("run {}", req.run_id)))?;
+            let (i, inst) = run
+                .instances
+                .iter()
+                .enumerate()
+                .find(|(_, i)| i.path == req.step_path && i.kind == InstKind::Task)
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "run {} has no step {:?} (yet)",
+                        req.run_id, req.step_path
+                    ))
+                })?;
+            let attempt = match req.attempt {
+                0 => inst.attempts.last(),
+                n => inst.attempts.iter().find(|a| a.number == n),
+            }
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "step {:?} of run {} has no attempt {}",
+                    req.step_path,
+                    req.run_id,
+                    if req.attempt == 0 {
+                        "yet".to_string()
+                    } else {
+                        req.attempt.to_string()
+                    }
+                ))
+            })?;
+            Ok::<_, Status>((
+                run.task_id(i as u32, attempt.number),
+                attempt.agent_id.clone(),
+                attempt.state.is_terminal(),
+            ))
+        })?;
+        if agent_id.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "task {task_id} has not been placed on an agent yet"
+            )));
+        }
+        let (agent, dir) = self.sandbox(&agent_id, &task_id).await?;
+        // kaon's executor keeps each task's files in a folder of its own.
+        let path = format!("{dir}/{}/{file}", kaon_mesos::executor::task_dir(&task_id));
+        let read = |offset: i64, length: u32| {
+            format!(
+                "{agent}/files/read?path={}&offset={offset}&length={length}",
+                url_escape(&path)
+            )
+        };
+        let size = self.get_json(&read(-1, 0)).await?["offset"]
+            .as_i64()
+            .unwrap_or(0);
+        let start = if req.offset < 0 {
+            (size + req.offset).max(0)
+        } else {
+            req.offset.min(size)
+        };
+        let r = self.get_json(&read(start, max)).await?;
+        Ok(Response::new(v1::ReadStepLogsResponse {
+            data: r["data"].as_str().unwrap_or("").as_bytes().to_vec(),
+            offset: r["offset"].as_i64().unwrap_or(start),
+            size,
+            task_id,
+            complete,
+        }))
+    }
+
+    async fn init_cluster(
+        &self,
+        req: Request<v1::InitClusterRequest>,
+    ) -> Result<Response<v1::InitClusterResponse>, Status> {
+        let node = self
+            .log
+            .raft_node()
+            .ok_or_else(|| Status::failed_precondition("this node's log is not replicated"))?;
+        let members: BTreeMap<u64, String> = req.into_inner().members.into_iter().collect();
+        if !members.contains_key(&node.id()) {
+            return Err(Status::invalid_argument(format!(
+                "members must include this node ({} at {})",
+                node.id(),
+                node.addr()
+            )));
+        }
+        if node.is_initialized().await {
+            return Err(Status::failed_precondition(format!(
+                "node {} is already part of a cluster",
+                node.id()
+            )));
+        }
+        node.initialize_with(members)
+            .await
+            .map_err(membership_error)?;
+        Ok(Response::new(v1::InitClusterResponse {}))
+    }
+
+    async fn add_node(
+        &self,
+        req: Request<v1::AddNodeRequest>,
+    ) -> Result<Response<v1::AddNodeResponse>, Status> {
+        if let Some(mut c) = self.admin_route(req.metadata())? {
+            let (md, _, msg) = req.into_parts();
+            return c.add_node(self.forwarded(&md, msg)).await;
+        }
+        let node = self.log.raft_node().expect("admin_route checked");
+        let r = req.into_inner();
+        if r.node_id == 0 || r.raft_addr.is_empty() {
+            return Err(Status::invalid_argument(
+                "give the new node's id (> 0) and Raft address",
+            ));
+        }
+        node.add_learner(r.node_id, r.raft_addr)
+            .await
+            .map_err(membership_error)?;
+        if !r.learner {
+            let mut voters = node.voters();
+            voters.insert(r.node_id);
+            node.change_voters(voters).await.map_err(membership_error)?;
+        }
+        Ok(Response::new(v1::AddNodeResponse {}))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<v1::RemoveNodeRequest>,
+    ) -> Result<Response<v1::RemoveNodeResponse>, Status> {
+        if let Some(mut c) = self.admin_route(req.metadata())? {
+            let (md, _, msg) = req.into_parts();
+            return c.remove_node(self.forwarded(&md, msg)).await;
+        }
+        let node = self.log.raft_node().expect("admin_route checked");
+        let id = req.into_inner().node_id;
+        if !node.status().members.iter().any(|m| m.id == id) {
+            return Err(Status::not_found(format!("node {id} is not a member")));
+        }
+        node.remove_node(id).await.map_err(membership_error)?;
+        Ok(Response::new(v1::RemoveNodeResponse {}))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<v1::TransferLeaderRequest>,
+    ) -> Result<Response<v1::TransferLeaderResponse>, Status> {
+        if let Some(mut c) = self.admin_route(req.metadata())? {
+            let (md, _, msg) = req.into_parts();
+            return c.transfer_leader(self.forwarded(&md, msg)).await;
+        }
+        let node = self.log.raft_node().expect("admin_route checked");
+        node.transfer_leader(req.into_inner().node_id)
+            .await
+            .map_err(membership_error)?;
+        Ok(Response::new(v1::TransferLeaderResponse {}))
+    }
+
+    async fn snapshot(
+        &self,
+        _: Request<v1::SnapshotRequest>,
+    ) -> Result<Response<v1::SnapshotResponse>, Status> {
+        let node = self
+            .log
+            .raft_node()
+            .ok_or_else(|| Status::failed_precondition("this node's log is not replicated"))?;
+        let index = node
+            .snapshot(Duration::from_secs(60))
+            .await
+            .map_err(|e| Status::internal(format!("building a snapshot: {e}")))?;
+        Ok(Response::new(v1::SnapshotResponse {
+            node_id: node.id(),
+            raft_log_index: index,
+        }))
+    }
+
+    async fn read_index(
+        &self,
+        _: Request<v1::ReadIndexRequest>,
+    ) -> Result<Response<v1::ReadIndexResponse>, Status> {
+        let node = self
+            .log
+            .raft_node()
+            .ok_or_else(|| Status::failed_precondition("this node's log is not replicated"))?;
+        let index = node
+            .read_index()
+            .await
+            .map_err(|e| self.unavailable(&format!("no read index here: {e}")))?;
+        Ok(Response::new(v1::ReadIndexResponse {
+            raft_log_index: index,
+        }))
+    }
+}
+
+/// Percent-encodes a path for a query string.
+fn url_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 /// Serves the API (plus gRPC health and reflection) on `listener` until
@@ -456,6 +1021,7 @@ impl<L: EventLog> Kaon for KaonService<L> {
 pub async fn serve<L: EventLog>(
     log: Arc<L>,
     runtime: RuntimeSlot,
+    config: ServiceConfig,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -470,7 +1036,7 @@ pub async fn serve<L: EventLog>(
         .add_service(health)
         .add_service(reflection)
         .add_service(v1::kaon_server::KaonServer::new(KaonService::new(
-            log, runtime,
+            log, runtime, config,
         )))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

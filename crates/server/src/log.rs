@@ -28,6 +28,11 @@ pub trait EventLog: Send + Sync + 'static {
     fn cluster_status(&self) -> Option<kaon_log::ClusterStatus> {
         None
     }
+    /// The Raft node, for logs that replicate (membership changes, read
+    /// indexes, snapshots).
+    fn raft_node(&self) -> Option<&kaon_log::RaftNode> {
+        None
+    }
 }
 
 /// A single-node, in-memory log: the stand-in until the Raft log (redb +
@@ -172,5 +177,9 @@ impl EventLog for RaftLog {
 
     fn cluster_status(&self) -> Option<kaon_log::ClusterStatus> {
         Some(self.node.status())
+    }
+
+    fn raft_node(&self) -> Option<&kaon_log::RaftNode> {
+        Some(&self.node)
     }
 }

@@ -51,6 +51,9 @@ pub struct RuntimeConfig {
     /// Launches waiting for offers at most (more are refused by nothing:
     /// they queue in state; this bounds the in-memory copy).
     pub pending_launches_max: usize,
+    /// This node's public API address: recorded in the log when the runtime
+    /// starts on a new leader, so followers forward writes to it.
+    pub api_addr: Option<String>,
 }
 
 impl RuntimeConfig {
@@ -66,6 +69,7 @@ impl RuntimeConfig {
             executor_mem_mb: 16.0,
             limits: Limits::default(),
             pending_launches_max: 100_000,
+            api_addr: None,
         }
     }
 }
@@ -178,6 +182,12 @@ pub fn supervise(log: Arc<crate::log::RaftLog>, config: RuntimeConfig) -> Runtim
     out
 }
 
+/// The Mesos executor id kaon gives the executor of task `task_id` (one
+/// executor per step attempt, so its sandbox holds that attempt's logs).
+pub fn executor_id(task_id: &str) -> String {
+    format!("kaon-exec-{task_id}")
+}
+
 /// Wall clock in ms: the leader stamps events with it.
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -217,6 +227,18 @@ struct Runtime<L: EventLog> {
 
 impl<L: EventLog> Runtime<L> {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        if let (Some(api_addr), Some(cs)) =
+            (self.config.api_addr.clone(), self.log.cluster_status())
+        {
+            let announce = Command::AnnounceLeader {
+                node_id: cs.id,
+                term: cs.term,
+                api_addr,
+            };
+            if let Err(e) = self.decide_and_do(Input::Command(announce)).await {
+                tracing::warn!(error = %e, "recording this leader's API address failed");
+            }
+        }
         let _ = self.decide_and_do(Input::LeaderStarted).await;
         while !self.failed {
             let driver_event = async {
@@ -566,7 +588,7 @@ impl<L: EventLog> Runtime<L> {
         };
         let executor = ExecutorInfo {
             kind: Some(ExecutorType::Custom),
-            executor_id: Id::new(format!("kaon-exec-{}", l.task_id)),
+            executor_id: Id::new(executor_id(&l.task_id)),
             framework_id: None,
             command: Some(CommandInfo {
                 shell: Some(false),

@@ -643,6 +643,7 @@ pub(crate) async fn serve_agent(
         .route("/state", get(agent_state))
         .route("/slave(1)/state", get(agent_state))
         .route("/files/download", get(files_download))
+        .route("/files/read", get(files_read))
         .with_state(AgentCtx { core, agent });
     if let Err(e) = axum::serve(listener.tap_io(nodelay), app)
         .with_graceful_shutdown(stopped(stop))
@@ -665,9 +666,20 @@ async fn agent_state(State(ctx): State<AgentCtx>) -> Response {
             })
         })
         .collect();
+    let completed: Vec<_> = a
+        .completed_executors
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "framework_id": c.framework_id, "id": c.id,
+                "directory": c.directory.display().to_string(), "tasks": c.tasks,
+            })
+        })
+        .collect();
     let body = serde_json::json!({
         "version": MESOS_VERSION, "id": a.id, "hostname": a.hostname,
         "pid": format!("slave(1)@{}", a.addr), "executors": executors,
+        "completed_executors": completed,
     });
     drop(st);
     ([(header::CONTENT_TYPE, JSON)], body.to_string()).into_response()
@@ -690,6 +702,58 @@ async fn files_download(
         },
         Ok(_) => text(StatusCode::FORBIDDEN, "path is outside the sandboxes"),
         Err(_) => text(StatusCode::NOT_FOUND, format!("{path} not found")),
+    }
+}
+
+/// Most bytes one `/files/read` returns (Mesos pages reads the same way).
+const FILES_READ_BYTES_MAX: u64 = 1 << 20;
+
+/// Mesos's `/files/read?path=&offset=&length=`: `{"data": "...", "offset": N}`;
+/// `offset=-1` answers the file size as `offset` with no data. Paths outside
+/// the sandboxes are refused.
+async fn files_read(
+    State(ctx): State<AgentCtx>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(path) = q.get("path") else {
+        return text(StatusCode::BAD_REQUEST, "Expecting 'path' to be present");
+    };
+    let offset: i64 = match q.get("offset").map(|o| o.parse()) {
+        None => 0,
+        Some(Ok(o)) if o >= -1 => o,
+        Some(_) => return text(StatusCode::BAD_REQUEST, "Failed to parse offset"),
+    };
+    let length: u64 = match q.get("length").map(|o| o.parse::<u64>()) {
+        None => FILES_READ_BYTES_MAX,
+        Some(Ok(n)) => n.min(FILES_READ_BYTES_MAX),
+        Some(Err(_)) => return text(StatusCode::BAD_REQUEST, "Failed to parse length"),
+    };
+    let root = std::fs::canonicalize(&ctx.core.config.work_dir).unwrap_or_default();
+    let p = match std::fs::canonicalize(path) {
+        Ok(p) if p.starts_with(&root) => p,
+        Ok(_) => return text(StatusCode::FORBIDDEN, "path is outside the sandboxes"),
+        Err(_) => return text(StatusCode::NOT_FOUND, format!("{path} not found")),
+    };
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, Vec<u8>)> {
+        use std::io::{Read, Seek};
+        let mut f = std::fs::File::open(&p)?;
+        let size = f.metadata()?.len();
+        if offset < 0 {
+            return Ok((size, Vec::new()));
+        }
+        let start = (offset as u64).min(size);
+        f.seek(std::io::SeekFrom::Start(start))?;
+        let mut buf = Vec::new();
+        f.take(length).read_to_end(&mut buf)?;
+        Ok((start, buf))
+    })
+    .await;
+    match read {
+        Ok(Ok((offset, data))) => json_response(&serde_json::json!({
+            "data": String::from_utf8_lossy(&data), "offset": offset,
+        })),
+        Ok(Err(e)) => text(StatusCode::NOT_FOUND, format!("cannot read {path}: {e}")),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

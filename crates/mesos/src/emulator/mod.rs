@@ -244,6 +244,7 @@ impl Emulator {
                 recovering: false,
                 refused_updates: 0,
                 lost: false,
+                completed_executors: Default::default(),
             });
             listeners.push(l);
         }

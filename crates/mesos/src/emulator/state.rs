@@ -154,6 +154,39 @@ pub(crate) struct Agent {
     pub refused_updates: u64,
     /// The agent was lost (simulated machine failure): no offers, no API.
     pub lost: bool,
+    /// Executors that ended, newest last, at most
+    /// [`COMPLETED_EXECUTORS_MAX`]: `/state` lists them with their sandbox
+    /// so logs stay readable after a step ends (as Mesos's
+    /// `completed_executors`).
+    pub completed_executors: std::collections::VecDeque<CompletedExecutor>,
+}
+
+/// Most ended executors an agent remembers (Mesos's default
+/// `--max_completed_executors_per_framework` is 150; we keep more because
+/// one kaon step is one executor).
+pub(crate) const COMPLETED_EXECUTORS_MAX: usize = 1000;
+
+/// An executor that ended: where its sandbox is.
+pub(crate) struct CompletedExecutor {
+    pub framework_id: String,
+    pub id: String,
+    pub directory: PathBuf,
+    pub tasks: Vec<String>,
+}
+
+impl Agent {
+    /// Remembers an executor that ended (bounded).
+    fn executor_ended(&mut self, framework: &str, id: &str, e: &ExecRec) {
+        if self.completed_executors.len() >= COMPLETED_EXECUTORS_MAX {
+            self.completed_executors.pop_front();
+        }
+        self.completed_executors.push_back(CompletedExecutor {
+            framework_id: framework.to_string(),
+            id: id.to_string(),
+            directory: e.sandbox.clone(),
+            tasks: e.tasks.iter().cloned().collect(),
+        });
+    }
 }
 
 impl Agent {
@@ -1150,6 +1183,7 @@ impl Core {
                 }
                 if let Some(e) = st.agents[job.agent].executors.remove(&key) {
                     st.agents[job.agent].used.subtract(&e.resources);
+                    st.agents[job.agent].executor_ended(&key.0, &key.1, &e);
                 }
             }
         }
@@ -1225,6 +1259,7 @@ impl Core {
         let Some(e) = st.agents[agent].executors.remove(&key) else {
             return;
         };
+        st.agents[agent].executor_ended(&key.0, &key.1, &e);
         if let Some(p) = e.pgid {
             // Leftover children of the group die with their leader.
             process::signal_group(p, libc::SIGKILL);
