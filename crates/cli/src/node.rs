@@ -100,8 +100,12 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         // (unless --join); an existing one refuses to initialize again (its
         // log already has a membership), which is fine: the node recovers
         // from its own log.
-        if !args.join && !node.is_initialized().await {
-            node.initialize().await.context("forming the cluster")?;
+        if !args.join
+            && !node.is_initialized().await
+            && let Err(e) = node.initialize().await
+        {
+            // A peer that initialised first may have reached us already.
+            tracing::info!(reason = %e, "not initializing: the log already holds a cluster");
         }
         if node.is_initialized().await {
             node.wait_for_leader(Duration::from_secs(10))

@@ -160,6 +160,17 @@ impl RaftNetworkV2<C> for PeerClient {
         .await
     }
 
+    async fn transfer_leader(
+        &mut self,
+        req: openraft::raft::TransferLeaderRequest<C>,
+        option: RPCOption,
+    ) -> Result<openraft::raft::TransferLeaderResponse<C>, RPCError<C>> {
+        self.unary(&req, option.hard_ttl(), |mut c, p| async move {
+            c.transfer_leader(p).await
+        })
+        .await
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: Vote,
@@ -262,6 +273,20 @@ impl RaftService for RaftRpcServer {
         let resp = self
             .raft
             .vote(rpc)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        reply(&resp)
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: openraft::raft::TransferLeaderRequest<C> =
+            decode(&req.into_inner().data).map_err(|m| bad_request("transfer leader", m))?;
+        let resp = self
+            .raft
+            .handle_transfer_leader(rpc)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         reply(&resp)

@@ -589,16 +589,32 @@ impl RaftNode {
     }
 
     /// Leader only: asks `to` to take over leadership (it must be a voter
-    /// that is up to date; the leader stops accepting writes meanwhile).
-    pub async fn transfer_leader(&self, to: u64) -> Result<(), NodeError> {
+    /// that is up to date) and waits until this node sees it lead, up to
+    /// `timeout`. Best effort, as in any Raft: an election can still pick
+    /// another node, which the error then names.
+    pub async fn transfer_leader(&self, to: u64, timeout: Duration) -> Result<(), NodeError> {
         if !self.voters().contains(&to) {
             return Err(NodeError::Raft(format!("node {to} is not a voter")));
+        }
+        if self.current_leader() == Some(to) {
+            return Ok(());
         }
         self.raft
             .trigger()
             .transfer_leader(to)
             .await
-            .map_err(|e| NodeError::Raft(e.to_string()))
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        self.raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader == Some(to), "leadership moved")
+            .await
+            .map(|_| ())
+            .map_err(|_| {
+                NodeError::Raft(format!(
+                    "leadership did not move to node {to} within {timeout:?} (the leader is {:?}); try again",
+                    self.current_leader()
+                ))
+            })
     }
 
     /// Builds a snapshot of the state now (and compacts the log behind it

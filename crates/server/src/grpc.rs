@@ -960,7 +960,7 @@ impl<L: EventLog> Kaon for KaonService<L> {
             return c.transfer_leader(self.forwarded(&md, msg)).await;
         }
         let node = self.log.raft_node().expect("admin_route checked");
-        node.transfer_leader(req.into_inner().node_id)
+        node.transfer_leader(req.into_inner().node_id, Duration::from_secs(5))
             .await
             .map_err(membership_error)?;
         Ok(Response::new(v1::TransferLeaderResponse {}))

@@ -134,6 +134,10 @@ pub fn fixed_slot(handle: RuntimeHandle) -> RuntimeSlot {
     Arc::new(tokio::sync::RwLock::new(Some(handle)))
 }
 
+/// How long the supervisor waits for a quorum to confirm this node's
+/// leadership before starting the runtime (it tries again after).
+const LEADERSHIP_CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Runs the effect runtime exactly while this node leads (brief 4.5): it
 /// starts once the node is leader and has applied everything committed, and
 /// is shut down (closing its Mesos subscription) as soon as it is not.
@@ -159,7 +163,18 @@ pub fn supervise(log: Arc<crate::log::RaftLog>, config: RuntimeConfig) -> Runtim
                 slot.write().await.take();
             }
             let running = slot.read().await.is_some();
-            if leader && caught_up && !running {
+            // A node restarted with a vote for itself can believe it leads
+            // until it hears from the others: confirm with a quorum (the
+            // ReadIndex round) before acting, so a deposed leader never
+            // takes the Mesos framework from the real one.
+            let confirmed = leader
+                && caught_up
+                && !running
+                && matches!(
+                    tokio::time::timeout(LEADERSHIP_CONFIRM_TIMEOUT, log.node().read_index()).await,
+                    Ok(Ok(_))
+                );
+            if confirmed {
                 tracing::info!(
                     node = st.id,
                     term = st.term,
@@ -482,8 +497,12 @@ impl<L: EventLog> Runtime<L> {
             }
             DriverEvent::Failure(f) => tracing::warn!(failure = ?f, "Mesos reported a failure"),
             DriverEvent::Error(e) => {
-                tracing::error!(error = %e, "Mesos ended our subscription");
+                // E.g. "framework failed over": another node subscribed with
+                // our framework id. Stop; the supervisor starts a fresh
+                // runtime (and subscription) if this node still leads.
+                tracing::error!(error = %e, "Mesos ended our subscription; the runtime stops");
                 self.driver = None;
+                self.failed = true;
             }
             DriverEvent::Disconnected { reason } => {
                 tracing::warn!(%reason, "Mesos stream broke; the driver re-subscribes")
