@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{kaon, leader_of, wait_for, Cluster};
+use common::{Cluster, kaon, leader_of, wait_for};
 use std::time::Duration;
 
 #[test]

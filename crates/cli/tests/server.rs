@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{kaon_at, start_server, Server};
+use common::{Server, kaon_at, start_server};
 
 fn kaon(server: &Server, args: &[&str]) -> (i32, String, String) {
     kaon_at(&server.url, args)

@@ -225,17 +225,19 @@ pub struct Cluster {
 impl Cluster {
     /// A cluster whose nodes dial each other directly.
     pub fn start() -> Cluster {
-        Cluster::start_with(|raft, _, j| format!("127.0.0.1:{}", raft[j]))
+        let raft: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let direct = raft.clone();
+        Cluster::start_with(raft, |_, j| format!("127.0.0.1:{}", direct[j]))
     }
 
-    /// A cluster where node i dials node j at `peer(raft_ports, i, j)`.
-    pub fn start_with(peer: impl Fn(&[u16], usize, usize) -> String) -> Cluster {
+    /// A cluster on these Raft listen ports where node i dials node j at
+    /// `peer(i, j)`.
+    pub fn start_with(raft: Vec<u16>, peer: impl Fn(usize, usize) -> String) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mesos = free_port();
-        let raft: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let api: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let peers = (0..3)
-            .map(|i| (0..3).map(|j| peer(&raft, i, j)).collect())
+            .map(|i| (0..3).map(|j| peer(i, j)).collect())
             .collect();
         let emulator = Command::new(KAON)
             .args([
@@ -299,7 +301,10 @@ impl Cluster {
             .args(["--raft-listen", &format!("127.0.0.1:{}", self.raft[i])])
             .arg("--data-dir")
             .arg(self.data_dir(i))
-            .args(["--mesos-master", &format!("http://127.0.0.1:{}", self.mesos)]);
+            .args([
+                "--mesos-master",
+                &format!("http://127.0.0.1:{}", self.mesos),
+            ]);
         for j in (0..3).filter(|&j| j != i) {
             c.args(["--peer", &format!("{}={}", j + 1, self.peers[i][j])]);
         }
@@ -330,61 +335,84 @@ impl Cluster {
     /// Waits until every running node answers and names the same leader
     /// (of three members), which is not `not`; returns its index.
     pub async fn wait_leader(&self, not: Option<usize>, deadline: Duration) -> usize {
-        wait_until("every running node to name one leader", deadline, || async {
-            let mut leader = None;
-            for i in (0..3).filter(|&i| self.is_up(i)) {
-                let st = self.status(i).await?;
-                if st.leader_id == 0 || st.members.len() != 3 {
-                    return None;
+        wait_until(
+            "every running node to name one leader",
+            deadline,
+            || async {
+                let mut leader = None;
+                for i in (0..3).filter(|&i| self.is_up(i)) {
+                    let st = self.status(i).await?;
+                    if st.leader_id == 0 || st.members.len() != 3 {
+                        return None;
+                    }
+                    if leader.is_some_and(|l| l != st.leader_id) {
+                        return None;
+                    }
+                    leader = Some(st.leader_id);
                 }
-                if leader.is_some_and(|l| l != st.leader_id) {
-                    return None;
-                }
-                leader = Some(st.leader_id);
-            }
-            let l = (leader? - 1) as usize;
-            (Some(l) != not).then_some(l)
-        })
+                let l = (leader? - 1) as usize;
+                (Some(l) != not).then_some(l)
+            },
+        )
         .await
     }
 
-    /// Submits `spec` with `key` to whichever node leads, retrying (same
-    /// key) across errors and leader changes until acknowledged.
+    /// Every node's API URL (for [`submit_to_leader`]).
+    pub fn urls(&self) -> Vec<String> {
+        (0..3).map(|i| self.url(i)).collect()
+    }
+
+    /// [`submit_to_leader`] on this cluster.
     pub async fn submit(&self, spec: &str, key: &str, deadline: Duration) -> v1::SubmitRunResponse {
-        let end = Instant::now() + deadline;
-        let mut last = String::new();
-        loop {
-            assert!(
-                Instant::now() < end,
-                "submit {key} not acknowledged in {deadline:?}: {last}"
-            );
-            let mut leader = None;
-            for i in (0..3).filter(|&i| self.is_up(i)) {
-                if let Some(st) = self.status(i).await.filter(|s| s.leader_id != 0) {
-                    leader = Some((st.leader_id - 1) as usize);
-                    break;
-                }
+        submit_to_leader(&self.urls(), spec, key, deadline).await
+    }
+}
+
+/// Submits `spec` with `key` to whichever of the nodes at `urls` leads,
+/// retrying (same key) across errors and leader changes until acknowledged.
+pub async fn submit_to_leader(
+    urls: &[String],
+    spec: &str,
+    key: &str,
+    deadline: Duration,
+) -> v1::SubmitRunResponse {
+    let end = Instant::now() + deadline;
+    let mut last = String::new();
+    loop {
+        assert!(
+            Instant::now() < end,
+            "submit {key} not acknowledged in {deadline:?}: {last}"
+        );
+        let mut leader = None;
+        for url in urls {
+            if let Some(st) = cluster_status(url).await.filter(|s| s.leader_id != 0) {
+                leader = urls.get((st.leader_id - 1) as usize);
+                break;
             }
-            if let Some(l) = leader.filter(|&l| self.is_up(l)) {
-                match submit(&self.url(l), spec, key).await {
-                    Ok(r) => return r,
-                    Err(e) => last = e,
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if let Some(url) = leader {
+            match submit(url, spec, key).await {
+                Ok(r) => return r,
+                Err(e) => last = e,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            if let Some(keep) = std::env::var_os("KAON_TEST_KEEP_LOGS") {
+                // Debugging aid: keep the logs of a failed test.
+                let _ = Command::new("cp")
+                    .arg("-r")
+                    .arg(self.dir.path())
+                    .arg(keep)
+                    .status();
+            }
             for i in 0..3 {
-                eprintln!(
-                    "--- node {} log:\n{}",
-                    i + 1,
-                    tail(&self.log_path(i), 40)
-                );
+                eprintln!("--- node {} log:\n{}", i + 1, tail(&self.log_path(i), 40));
             }
         }
         for c in self.nodes.iter_mut().flatten() {
