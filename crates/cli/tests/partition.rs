@@ -57,12 +57,8 @@ async fn leader_seen_by(cluster: &Cluster, i: usize) -> Option<usize> {
             cannot be set up (see the membership assertion)"]
 async fn minority_leader_cannot_commit_majority_continues_and_it_converges_after_heal() {
     let raft: Vec<u16> = (0..3).map(|_| common::free_port()).collect();
-    // links[i][j]: the proxy node i dials to reach node j.
-    let mut switches = vec![
-        vec![None, None, None],
-        vec![None, None, None],
-        vec![None, None, None],
-    ];
+    // switches[i][j], ports[i][j]: the proxy node i dials to reach node j.
+    let mut switches = [[None, None, None], [None, None, None], [None, None, None]];
     let mut ports = vec![vec![0u16; 3]; 3];
     for i in 0..3 {
         for j in (0..3).filter(|&j| j != i) {
@@ -80,13 +76,13 @@ async fn minority_leader_cannot_commit_majority_continues_and_it_converges_after
     let old = cluster.wait_leader(None, Duration::from_secs(30)).await;
     // Raft traffic really goes through the proxies: each node's membership
     // names its own proxies for its peers.
-    for i in 0..3 {
+    for (i, ports_of_i) in ports.iter().enumerate() {
         let st = cluster.status(i).await.unwrap();
         for m in st.members.iter().filter(|m| m.id != i as u64 + 1) {
             let j = (m.id - 1) as usize;
             assert_eq!(
                 m.raft_addr,
-                format!("127.0.0.1:{}", ports[i][j]),
+                format!("127.0.0.1:{}", ports_of_i[j]),
                 "node {} does not dial node {} through its own proxy: the membership \
                  (whose addresses RaftNetwork dials) is the first leader's --peer view",
                 i + 1,
