@@ -4,108 +4,16 @@
 //! re-subscribes to Mesos, reconciles, and the run completes with every
 //! step's command run exactly once; followers forward writes.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn kaon(api: u16, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kaon"))
-        .arg("--server")
-        .arg(format!("http://127.0.0.1:{api}"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Polls `f` until it returns Some or the deadline passes.
-fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn leader_of(api: u16) -> Option<u64> {
-    let (code, out, _) = kaon(api, &["--output", "json", "cluster", "status"]);
-    if code != 0 {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-    let l = v["leader_id"].as_u64()?;
-    (l != 0 && v["members"].as_array()?.len() == 3).then_some(l)
-}
+use common::{Cluster, kaon, leader_of, wait_for};
+use std::time::Duration;
 
 #[test]
 fn leader_killed_mid_run_and_the_run_completes_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let exe = env!("CARGO_BIN_EXE_kaon");
-    let mesos = free_port();
-    let raft: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let api: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let mut procs = Procs(Vec::new());
-    procs.0.push(
-        Command::new(exe)
-            .args([
-                "mesos-emulator",
-                "--master",
-                &format!("127.0.0.1:{mesos}"),
-                "--work-dir",
-            ])
-            .arg(dir.path().join("mesos"))
-            .args(["--executor-path", exe])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let start = |i: usize| -> Child {
-        let mut c = Command::new(exe);
-        c.args(["server", "--node-id", &(i + 1).to_string()])
-            .args(["--listen", &format!("127.0.0.1:{}", api[i])])
-            .args(["--raft-listen", &format!("127.0.0.1:{}", raft[i])])
-            .arg("--data-dir")
-            .arg(dir.path().join(format!("n{}", i + 1)))
-            .args(["--mesos-master", &format!("http://127.0.0.1:{mesos}")]);
-        for (j, port) in raft.iter().enumerate() {
-            if j != i {
-                c.args(["--peer", &format!("{}=127.0.0.1:{port}", j + 1)]);
-            }
-        }
-        c.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    for i in 0..3 {
-        procs.0.push(start(i));
-    }
+    let mut cluster = Cluster::start();
+    let api = cluster.api.clone();
+    let dir = cluster.dir.path().to_path_buf();
     // Every node serves and agrees on one leader of three members.
     let leader = wait_for(
         "a leader of 3 members on every node",
@@ -118,8 +26,8 @@ fn leader_killed_mid_run_and_the_run_completes_exactly_once() {
     let li = (leader - 1) as usize;
     let follower = (li + 1) % 3;
 
-    let marks = dir.path().join("marks");
-    let spec = dir.path().join("slow.yaml");
+    let marks = dir.join("marks");
+    let spec = dir.join("slow.yaml");
     let step = |name: &str, sleep: &str| format!("'echo {name} >> {}{sleep}'", marks.display());
     std::fs::write(
         &spec,
@@ -165,8 +73,7 @@ fn leader_killed_mid_run_and_the_run_completes_exactly_once() {
             .ok()
             .filter(|m| m.contains('a'))
     });
-    procs.0[1 + li].kill().unwrap();
-    procs.0[1 + li].wait().unwrap();
+    cluster.kill(li);
     let new_leader = wait_for("a new leader", Duration::from_secs(10), || {
         leader_of(api[follower]).filter(|&l| l != leader)
     });

@@ -1,86 +1,12 @@
 //! `kaon server` and its clients as a user runs them: a real server process
 //! (embedded Mesos emulator), the CLI over gRPC on loopback.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGTERM for a clean shutdown (it stops the emulator's processes).
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(data: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kaon"))
-        .args([
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--raft-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(data.join("server.stderr")).unwrap())
-        .spawn()
-        .expect("kaon server starts");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("server prints its address");
-    assert!(
-        line.starts_with("kaon server listening on "),
-        "server did not start: {}",
-        std::fs::read_to_string(data.join("server.stderr")).unwrap_or_default()
-    );
-    let addr = line
-        .split_whitespace()
-        .nth(4)
-        .expect("listening on ADDR")
-        .to_string();
-    Server {
-        child,
-        url: format!("http://{addr}"),
-    }
-}
+use common::{Server, kaon_at, start_server};
 
 fn kaon(server: &Server, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kaon"))
-        .arg("--server")
-        .arg(&server.url)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    kaon_at(&server.url, args)
 }
 
 #[test]
@@ -162,10 +88,7 @@ fn submit_watch_list_show_and_errors_over_grpc() {
     assert!(err.contains("FailedPrecondition"), "{err}");
 
     // kill -9 and restart on the same data directory: nothing committed is lost.
-    let mut server = server;
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
-    drop(server);
+    server.kill9();
     let server = start_server(dir.path());
     let (code, out, err) = kaon(
         &server,
