@@ -853,6 +853,9 @@ async fn sched_run(
     })
     .await?;
     let mut path: BTreeMap<u32, String> = BTreeMap::new();
+    // First launch intent per step (leader timestamp, s): splits a handoff
+    // into "commit the intent" and "Mesos launch until TASK_RUNNING".
+    let mut intent: BTreeMap<String, f64> = BTreeMap::new();
     let mut times: BTreeMap<String, (Option<f64>, Option<f64>)> = BTreeMap::new();
     let (mut submitted, mut finished, mut status) = (0.0, 0.0, String::new());
     for e in &events {
@@ -866,6 +869,7 @@ async fn sched_run(
             Some(Body::TaskLaunchRequested(l)) => {
                 path.insert(l.instance, l.step_path.clone());
                 times.entry(l.step_path.clone()).or_default();
+                intent.entry(l.step_path.clone()).or_insert(t);
             }
             Some(Body::TaskStatusObserved(s)) => {
                 let Some(p) = path.get(&s.instance) else {
@@ -916,6 +920,18 @@ async fn sched_run(
                 let s = sorted(g.clone());
                 v["handoff_ms"] = (median(&g) * 1e3).into();
                 v["handoff_p90_ms"] = (s[(0.9 * (s.len() - 1) as f64) as usize] * 1e3).into();
+                // Breakdown: end(t_{i-1}) -> intent(t_i) committed -> start(t_i).
+                let split: Option<Vec<(f64, f64)>> = (1..ids.len())
+                    .map(|i| {
+                        let it = *intent.get(ids[i])?;
+                        Some((it - get(ids[i - 1])?.1, get(ids[i])?.0 - it))
+                    })
+                    .collect();
+                if let Some(split) = split {
+                    let (a, b): (Vec<f64>, Vec<f64>) = split.into_iter().unzip();
+                    v["handoff_to_intent_ms"] = (median(&a) * 1e3).into();
+                    v["handoff_intent_to_running_ms"] = (median(&b) * 1e3).into();
+                }
             }
             None => v["handoff_error"] = "a task has no RUNNING or FINISHED time".into(),
         }
@@ -931,6 +947,18 @@ async fn sched_run(
                 let last = m.iter().map(|x| x.1).fold(f64::NEG_INFINITY, f64::max);
                 v["fan_out_handoff_ms"] = ((first - s.1) * 1e3).into();
                 v["fan_in_handoff_ms"] = ((e.0 - last) * 1e3).into();
+                // The 200 launch intents: from the first to the last committed.
+                let its: Vec<f64> = intent
+                    .iter()
+                    .filter(|(k, _)| *k != "start" && *k != "end")
+                    .map(|(_, &t)| t)
+                    .collect();
+                if let (Some(lo), Some(hi)) = (
+                    its.iter().copied().reduce(f64::min),
+                    its.iter().copied().reduce(f64::max),
+                ) {
+                    v["fan_out_intents_span_ms"] = ((hi - lo) * 1e3).into();
+                }
             }
             _ => v["handoff_error"] = "a task has no RUNNING or FINISHED time".into(),
         }
