@@ -41,6 +41,22 @@ pub struct ServerArgs {
     /// add-node` on a member) or formed by `kaon cluster init`.
     #[arg(long)]
     pub join: bool,
+    /// Raft leader heartbeat interval, ms.
+    #[arg(long, default_value_t = 40)]
+    pub heartbeat_ms: u64,
+    /// Raft election timeout range `MIN-MAX`, ms: a follower that hears no
+    /// leader for a random time in this range starts an election (the
+    /// leader's lease is MAX). Lower fails over faster; too low for the
+    /// machine's scheduling delays causes needless elections.
+    #[arg(long, default_value = "120-240", value_parser = parse_range)]
+    pub election_timeout_ms: (u64, u64),
+    /// Build a snapshot every this many Raft log entries.
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_every_entries: u64,
+    /// Raft log entries kept behind a snapshot (for followers slightly
+    /// behind; the event archive keeps all history regardless).
+    #[arg(long, default_value_t = 1_000)]
+    pub keep_log_entries: u64,
     /// The API address other nodes and clients use to reach this node
     /// (default: the address it listens on; set it when listening on
     /// 0.0.0.0).
@@ -79,6 +95,10 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         };
         let mut node_config =
             kaon_log::NodeConfig::new(args.node_id, args.raft_listen, args.data_dir.join("raft"));
+        node_config.heartbeat_ms = args.heartbeat_ms;
+        node_config.election_timeout_ms = args.election_timeout_ms;
+        node_config.snapshot_every_entries = args.snapshot_every_entries;
+        node_config.keep_entries_after_snapshot = args.keep_log_entries;
         for p in &args.peers {
             let (id, addr) = p
                 .split_once('=')
@@ -161,4 +181,19 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// `MIN-MAX` (milliseconds) for `--election-timeout-ms`.
+fn parse_range(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?}: expected MIN-MAX, e.g. 120-240"))?;
+    let (a, b): (u64, u64) = (
+        a.trim().parse().map_err(|e| format!("{a:?}: {e}"))?,
+        b.trim().parse().map_err(|e| format!("{b:?}: {e}"))?,
+    );
+    if a == 0 || a >= b {
+        return Err(format!("{s:?}: need 0 < MIN < MAX"));
+    }
+    Ok((a, b))
 }

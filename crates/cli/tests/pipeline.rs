@@ -174,6 +174,12 @@ async fn new_leader_reconciles_intents_the_old_one_never_launched() {
     .unwrap()
     .expect("accepted");
     let run_id = log.with_state(|s| s.idempotency["k"]);
+    // The answer comes once the run is recorded; the runtime then commits
+    // step a's launch intent (it cannot launch it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log.with_state(|s| s.run(run_id).unwrap().live_tasks) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(
         log.with_state(|s| s.run(run_id).unwrap().live_tasks),
         1,

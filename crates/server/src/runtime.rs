@@ -222,6 +222,7 @@ pub fn start<L: EventLog>(log: Arc<L>, config: RuntimeConfig) -> RuntimeHandle {
         pending: BTreeMap::new(),
         percent: BTreeMap::new(),
         failed: false,
+        backlog: VecDeque::new(),
     };
     tokio::spawn(rt.run(rx));
     RuntimeHandle { tx }
@@ -238,6 +239,9 @@ struct Runtime<L: EventLog> {
     percent: BTreeMap<String, u32>,
     /// The log refused a write: stop (a supervisor may start a new runtime).
     failed: bool,
+    /// Decisions on committed events whose effects and events go out with
+    /// the next round.
+    backlog: VecDeque<Decision>,
 }
 
 impl<L: EventLog> Runtime<L> {
@@ -263,6 +267,7 @@ impl<L: EventLog> Runtime<L> {
                 }
             };
             tokio::select! {
+                biased;
                 msg = rx.recv() => match msg {
                     None => break,
                     Some(Msg::Command(cmd, reply)) => {
@@ -288,6 +293,10 @@ impl<L: EventLog> Runtime<L> {
                         let _ = self.decide_and_do(Input::LeaderStarted).await;
                     }
                 },
+                // Nothing else to do: flush the follow-ups.
+                _ = std::future::ready(()), if !self.backlog.is_empty() => {
+                    let _ = self.round(None).await;
+                }
             }
         }
         if let Some((d, _)) = &self.driver {
@@ -295,8 +304,12 @@ impl<L: EventLog> Runtime<L> {
         }
     }
 
-    /// decide -> append -> decide on each committed event -> ... ; effects
-    /// are performed as their decisions come back.
+    /// Decides on `input` and commits its events in the next round (with
+    /// every follow-up decision waiting in the backlog); returns once the
+    /// input's own events are committed. Follow-ups of those events go to
+    /// the backlog, flushed by the next round, so a client's answer does
+    /// not wait for the run's later steps and one Raft round carries the
+    /// work of many inputs.
     async fn decide_and_do(&mut self, input: Input<'_>) -> Result<CommandOutcome, Rejection> {
         let limits = self.config.limits.clone();
         let now = now_ms();
@@ -307,47 +320,67 @@ impl<L: EventLog> Runtime<L> {
             effects: Vec::new(),
             ..first.clone()
         };
-        let mut answer = CommandOutcome {
+        let committed = self.round(Some(first)).await?;
+        Ok(CommandOutcome {
             decision,
-            committed: Vec::new(),
-        };
-        let mut queue: VecDeque<Decision> = VecDeque::from([first]);
-        let mut first_round = true;
-        while let Some(d) = queue.pop_front() {
+            committed,
+        })
+    }
+
+    /// One round: performs the effects of every backlog decision and of
+    /// `first`, commits all their events in one batch (backlog first: those
+    /// decisions are older), and decides on each committed event (into the
+    /// backlog). Returns the committed events of `first`.
+    ///
+    /// Decisions in one batch were made against the same state; the core
+    /// is built for that (an event made redundant by an earlier one in the
+    /// batch is a recorded no-op, and only intents apply accepted become
+    /// effects).
+    async fn round(&mut self, first: Option<Decision>) -> Result<Vec<Event>, Rejection> {
+        let limits = self.config.limits.clone();
+        let mut batch: Vec<Decision> = self.backlog.drain(..).collect();
+        let first_events = first.as_ref().map(|d| d.events.len()).unwrap_or(0);
+        batch.extend(first);
+        let mut events = Vec::new();
+        for d in batch {
             for e in d.effects {
                 self.perform(e).await;
             }
-            if d.events.is_empty() {
-                continue;
+            events.extend(d.events);
+        }
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let committed: Vec<Event> = match self.log.append(events, now_ms()).await {
+            Ok(c) => c,
+            Err(e) => {
+                // The log refused (apply error, lost leadership): stop
+                // acting, loudly.
+                tracing::error!(error = %e, "appending events failed; the runtime stops");
+                self.failed = true;
+                return Err(Rejection::FailedPrecondition(format!(
+                    "log append failed: {e}"
+                )));
             }
-            let committed: Vec<Event> = match self.log.append(d.events, now_ms()).await {
-                Ok(c) => c,
-                Err(e) => {
-                    // The log refused (apply error): stop acting, loudly.
-                    tracing::error!(error = %e, "appending events failed; the runtime stops");
-                    self.failed = true;
-                    return Err(Rejection::FailedPrecondition(format!(
-                        "log append failed: {e}"
-                    )));
-                }
-            };
-            if std::mem::take(&mut first_round) {
-                answer.committed = committed.clone();
-            }
-            for ev in &committed {
-                let now = now_ms();
-                match self
-                    .log
-                    .with_state(|s| decide::decide(s, Input::Committed(ev), now, &limits))
-                {
-                    Ok(next) => queue.push_back(next),
-                    Err(r) => {
-                        tracing::error!(rejection = %r, "decide rejected a committed event (bug)")
+        };
+        for ev in &committed {
+            let now = now_ms();
+            match self
+                .log
+                .with_state(|s| decide::decide(s, Input::Committed(ev), now, &limits))
+            {
+                Ok(next) => {
+                    if !next.events.is_empty() || !next.effects.is_empty() {
+                        self.backlog.push_back(next);
                     }
+                }
+                Err(r) => {
+                    tracing::error!(rejection = %r, "decide rejected a committed event (bug)")
                 }
             }
         }
-        Ok(answer)
+        let mine = committed.len() - first_events.min(committed.len());
+        Ok(committed[mine..].to_vec())
     }
 
     async fn perform(&mut self, effect: Effect) {
