@@ -39,9 +39,9 @@ pub mod types;
 
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use error::StoreError;
+pub use log_store::LogStore;
 pub use mem_network::{Fate, MemNetwork};
 pub use network::Transport;
-pub use log_store::LogStore;
 pub use node::{ClusterMember, ClusterStatus, MetricsWatch, NodeConfig, ProposeError, RaftNode};
 pub use state_machine::StateMachineStore;
 pub use storage::{MemStorage, Storage};

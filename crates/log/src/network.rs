@@ -21,6 +21,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::{Stream, TryStreamExt};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::impls::BasicNode;
 use openraft::network::{RPCOption, RaftNetworkFactory};
@@ -29,12 +30,11 @@ use openraft::raft::{
 };
 use openraft::{OptionalSend, RaftNetworkV2};
 use tonic::transport::{Channel, Endpoint};
-use futures_util::{Stream, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::mem_network::{MemLink, MemNetwork, RpcKind};
 use crate::pb::raft_service_client::RaftServiceClient;
 use crate::pb::raft_service_server::{RaftService, RaftServiceServer};
-use crate::mem_network::{MemLink, MemNetwork, RpcKind};
 use crate::pb::{ArchiveLengthReply, ArchiveLengthRequest, RaftPayload, SnapshotChunk};
 use crate::record::{decode, encode};
 use crate::state_machine::{StateMachineStore, trim_snapshot_archive};

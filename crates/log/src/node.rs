@@ -19,8 +19,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::StoreError;
 use crate::log_store::LogStore;
 use crate::network::{NetworkFactory, RaftRpcServer, Transport};
-use crate::storage::Storage;
 use crate::state_machine::{ChainReport, StateMachineStore};
+use crate::storage::Storage;
 use crate::types::Proposal;
 use crate::types::alias::Raft;
 
