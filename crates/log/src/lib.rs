@@ -11,27 +11,42 @@
 //! - [`state_machine`]: applies committed events into `kaon_core::State`,
 //!   keeps every event forever in a checksummed archive, builds and installs
 //!   snapshots (which carry the archive).
-//! - [`network`]: the Raft RPC transport over tonic.
+//! - [`network`]: the Raft RPC transport over tonic (or, for simulations,
+//!   over [`mem_network`], an in-process network with fault injection).
+//! - [`storage`]: where the databases live (files, or memory).
+//! - [`clock`]: the wall clock events are stamped with.
 //! - [`node`]: [`RaftNode`], a small wrapper to run one replica.
+//!
+//! Network, storage and clock are handed to [`RaftNode::start`] in
+//! [`NodeConfig`] rather than reached for, so several nodes can run in one
+//! process over a [`MemNetwork`] with in-memory storage and paused tokio
+//! time (see `tests/partition.rs`).
 //!
 //! Design notes (event index mapping, archive) are in the crate README.
 
 #![warn(missing_docs)]
 
+pub mod clock;
 pub mod error;
 pub mod log_store;
+pub mod mem_network;
 pub mod network;
 pub mod node;
 mod record;
 pub mod state_machine;
+pub mod storage;
 pub mod types;
 
+pub use clock::{Clock, SystemClock, TokioClock};
 pub use error::StoreError;
 pub use log_store::LogStore;
+pub use mem_network::{Fate, MemNetwork};
+pub use network::Transport;
 pub use node::{
     ClusterMember, ClusterStatus, MetricsWatch, NodeConfig, NodeError, ProposeError, RaftNode,
 };
 pub use state_machine::StateMachineStore;
+pub use storage::{MemStorage, Storage};
 pub use types::{Applied, Proposal, TypeConfig};
 
 /// Generated protobuf/tonic code for the internal Raft RPC

@@ -17,7 +17,8 @@ use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::StoreError;
-use crate::record::{DbCtx, begin_durable, create_or_open, make_record, open_record};
+use crate::record::{DbCtx, begin_durable, make_record, open_record};
+use crate::storage::{Storage, open_database};
 use crate::types::TypeConfig;
 use crate::types::alias::{Entry, LogId, Vote};
 
@@ -68,8 +69,13 @@ impl LogStore {
     /// entry directly after the purge point. A corrupt file is an error
     /// naming the file and the index.
     pub fn open(dir: &Path) -> Result<LogStore, StoreError> {
-        let path = dir.join(LOG_FILE);
-        let db = create_or_open(&path, |txn| {
+        LogStore::open_on(&Storage::Files, dir)
+    }
+
+    /// [`LogStore::open`] on the given storage: files in `dir`, or the
+    /// in-memory data directory of a simulated node (`dir` unused).
+    pub fn open_on(storage: &Storage, dir: &Path) -> Result<LogStore, StoreError> {
+        let (db, path) = open_database(storage, dir, LOG_FILE, |txn| {
             txn.open_table(LOG)?;
             txn.open_table(META)?;
             Ok(())

@@ -8,12 +8,20 @@
 //! Client side: one lazily connected, reconnecting tonic [`Channel`] per
 //! peer, cached by the factory and shared by every openraft client for that
 //! peer. Server side: [`RaftRpcServer`] forwards to the local [`Raft`].
+//!
+//! The transport is handed in ([`Transport`]): besides gRPC, a node can
+//! talk over an in-process [`MemNetwork`] (simulations, partition tests).
+//! Both share everything above the byte-moving layer: the client side
+//! (encoding, deadlines, error mapping, archive trimming, snapshot
+//! chunking) and the server side (the same [`RaftService`] handlers the
+//! tonic service runs, fed the same encoded payloads).
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::{Stream, TryStreamExt};
 use openraft::errors::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::impls::BasicNode;
 use openraft::network::{RPCOption, RaftNetworkFactory};
@@ -24,6 +32,7 @@ use openraft::{OptionalSend, RaftNetworkV2};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::mem_network::{MemLink, MemNetwork, RpcKind};
 use crate::pb::raft_service_client::RaftServiceClient;
 use crate::pb::raft_service_server::{RaftService, RaftServiceServer};
 use crate::pb::{ArchiveLengthReply, ArchiveLengthRequest, RaftPayload, SnapshotChunk};
@@ -45,13 +54,41 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 type C = TypeConfig;
 
+/// How a node exchanges Raft RPCs with its peers. Handed to
+/// [`crate::RaftNode::start`] in [`crate::NodeConfig::transport`], so the
+/// same node code runs over TCP in production and over an in-process
+/// network in simulations.
+#[derive(Clone, Debug, Default)]
+pub enum Transport {
+    /// tonic gRPC over TCP: the node listens on `NodeConfig::listen` and
+    /// dials peers at their `host:port`. The default.
+    #[default]
+    Grpc,
+    /// An in-process hub shared by every node of a simulated cluster: no
+    /// sockets; the test decides which messages arrive, late or never
+    /// (see [`MemNetwork`]).
+    Mem(MemNetwork),
+}
+
 /// Creates openraft network clients; caches one channel per peer.
 #[derive(Clone, Default)]
 pub struct NetworkFactory {
+    /// The node these clients send from (links are cut by node id).
+    from: u64,
+    transport: Transport,
     channels: Arc<Mutex<BTreeMap<u64, (String, Channel)>>>,
 }
 
 impl NetworkFactory {
+    /// A factory for node `from`'s clients over `transport`.
+    pub fn new(from: u64, transport: Transport) -> NetworkFactory {
+        NetworkFactory {
+            from,
+            transport,
+            channels: Arc::default(),
+        }
+    }
+
     fn channel(&self, target: u64, addr: &str) -> Result<Channel, String> {
         let mut map = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((a, ch)) = map.get(&target)
@@ -73,19 +110,110 @@ impl RaftNetworkFactory<C> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
-        let client = self.channel(target, &node.addr).map(|ch| {
-            RaftServiceClient::new(ch)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES)
-        });
+        let client = match &self.transport {
+            Transport::Grpc => self.channel(target, &node.addr).map(|ch| {
+                Conn::Grpc(
+                    RaftServiceClient::new(ch)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                )
+            }),
+            Transport::Mem(net) => Ok(Conn::Mem(net.link(self.from, node.addr.clone()))),
+        };
         PeerClient { target, client }
+    }
+}
+
+/// One peer connection: the layer that only moves bytes. Everything above
+/// it (encoding, deadlines, snapshot chunking) is shared by both kinds.
+#[derive(Clone)]
+enum Conn {
+    Grpc(RaftServiceClient<Channel>),
+    Mem(MemLink),
+}
+
+impl Conn {
+    async fn append_entries(self, p: RaftPayload) -> Result<RaftPayload, Status> {
+        match self {
+            Conn::Grpc(mut c) => c.append_entries(p).await.map(Response::into_inner),
+            Conn::Mem(link) => {
+                link.call(RpcKind::AppendEntries, |s| async move {
+                    RaftService::append_entries(&*s, Request::new(p))
+                        .await
+                        .map(Response::into_inner)
+                })
+                .await
+            }
+        }
+    }
+
+    async fn vote(self, p: RaftPayload) -> Result<RaftPayload, Status> {
+        match self {
+            Conn::Grpc(mut c) => c.vote(p).await.map(Response::into_inner),
+            Conn::Mem(link) => {
+                link.call(RpcKind::Vote, |s| async move {
+                    RaftService::vote(&*s, Request::new(p))
+                        .await
+                        .map(Response::into_inner)
+                })
+                .await
+            }
+        }
+    }
+
+    async fn transfer_leader(self, p: RaftPayload) -> Result<RaftPayload, Status> {
+        match self {
+            Conn::Grpc(mut c) => c.transfer_leader(p).await.map(Response::into_inner),
+            Conn::Mem(link) => {
+                link.call(RpcKind::TransferLeader, |s| async move {
+                    RaftService::transfer_leader(&*s, Request::new(p))
+                        .await
+                        .map(Response::into_inner)
+                })
+                .await
+            }
+        }
+    }
+
+    async fn archive_length(&mut self) -> Result<u64, Status> {
+        let reply = match self {
+            Conn::Grpc(c) => c
+                .archive_length(ArchiveLengthRequest {})
+                .await
+                .map(Response::into_inner),
+            Conn::Mem(link) => {
+                link.call(RpcKind::ArchiveLength, |s| async move {
+                    RaftService::archive_length(&*s, Request::new(ArchiveLengthRequest {}))
+                        .await
+                        .map(Response::into_inner)
+                })
+                .await
+            }
+        };
+        reply.map(|r| r.events)
+    }
+
+    async fn install_snapshot(self, chunks: Vec<SnapshotChunk>) -> Result<RaftPayload, Status> {
+        match self {
+            Conn::Grpc(mut c) => c
+                .install_snapshot(futures_util::stream::iter(chunks))
+                .await
+                .map(Response::into_inner),
+            Conn::Mem(link) => {
+                link.call(RpcKind::InstallSnapshot, |s| async move {
+                    s.receive_snapshot(futures_util::stream::iter(chunks.into_iter().map(Ok)))
+                        .await
+                })
+                .await
+            }
+        }
     }
 }
 
 /// openraft's view of one peer.
 pub struct PeerClient {
     target: u64,
-    client: Result<RaftServiceClient<Channel>, String>,
+    client: Result<Conn, String>,
 }
 
 fn status_to_rpc(target: u64, s: Status) -> RPCError<C> {
@@ -98,7 +226,7 @@ fn status_to_rpc(target: u64, s: Status) -> RPCError<C> {
 }
 
 impl PeerClient {
-    fn client(&self) -> Result<RaftServiceClient<Channel>, RPCError<C>> {
+    fn client(&self) -> Result<Conn, RPCError<C>> {
         self.client
             .clone()
             .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))
@@ -113,8 +241,8 @@ impl PeerClient {
     where
         Req: serde::Serialize,
         Resp: serde::de::DeserializeOwned,
-        F: FnOnce(RaftServiceClient<Channel>, RaftPayload) -> Fut,
-        Fut: Future<Output = Result<Response<RaftPayload>, Status>>,
+        F: FnOnce(Conn, RaftPayload) -> Fut,
+        Fut: Future<Output = Result<RaftPayload, Status>>,
     {
         let target = self.target;
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -127,7 +255,7 @@ impl PeerClient {
                 )))
             })?
             .map_err(|s| status_to_rpc(target, s))?;
-        decode(&resp.into_inner().data).map_err(|m| {
+        decode(&resp.data).map_err(|m| {
             RPCError::Network(NetworkError::from_string(format!(
                 "peer {target}: bad response: {m}"
             )))
@@ -143,10 +271,8 @@ impl RaftNetworkV2<C> for PeerClient {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        self.unary(&rpc, option.hard_ttl(), |mut c, p| async move {
-            c.append_entries(p).await
-        })
-        .await
+        self.unary(&rpc, option.hard_ttl(), |c, p| c.append_entries(p))
+            .await
     }
 
     async fn vote(
@@ -154,10 +280,7 @@ impl RaftNetworkV2<C> for PeerClient {
         rpc: VoteRequest<C>,
         option: RPCOption,
     ) -> Result<VoteResponse<C>, RPCError<C>> {
-        self.unary(&rpc, option.hard_ttl(), |mut c, p| async move {
-            c.vote(p).await
-        })
-        .await
+        self.unary(&rpc, option.hard_ttl(), |c, p| c.vote(p)).await
     }
 
     async fn transfer_leader(
@@ -165,7 +288,7 @@ impl RaftNetworkV2<C> for PeerClient {
         req: openraft::raft::TransferLeaderRequest<C>,
         option: RPCOption,
     ) -> Result<openraft::raft::TransferLeaderResponse<C>, RPCError<C>> {
-        self.unary(&req, option.hard_ttl(), |mut c, p| async move {
+        self.unary(&req, option.hard_ttl(), |c, p| async move {
             c.transfer_leader(p).await
         })
         .await
@@ -182,13 +305,8 @@ impl RaftNetworkV2<C> for PeerClient {
         // Ship only the archive suffix the receiver lacks. If the question
         // fails, send the whole archive (always correct, just bigger).
         let mut client = self.client()?;
-        let has = tokio::time::timeout(
-            option.hard_ttl(),
-            client.archive_length(ArchiveLengthRequest {}),
-        )
-        .await;
-        if let Ok(Ok(reply)) = has {
-            let have = reply.into_inner().events;
+        let has = tokio::time::timeout(option.hard_ttl(), client.archive_length()).await;
+        if let Ok(Ok(have)) = has {
             match trim_snapshot_archive(std::mem::take(&mut snapshot.snapshot), have) {
                 Ok(data) => snapshot.snapshot = data,
                 Err(e) => {
@@ -213,12 +331,12 @@ impl RaftNetworkV2<C> for PeerClient {
                     data: d.to_vec(),
                 }),
         );
-        let call = client.install_snapshot(futures_util::stream::iter(chunks));
+        let call = client.install_snapshot(chunks);
         let resp = tokio::select! {
             r = call => r.map_err(|s| StreamingError::from(status_to_rpc(target, s)))?,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
-        decode(&resp.into_inner().data).map_err(|m| {
+        decode(&resp.data).map_err(|m| {
             StreamingError::Network(NetworkError::from_string(format!(
                 "peer {target}: bad snapshot response: {m}"
             )))
@@ -233,12 +351,53 @@ pub struct RaftRpcServer {
 }
 
 impl RaftRpcServer {
+    /// The handlers for `raft` (and its state machine, for the archive
+    /// length), without a transport: [`MemNetwork`] calls them directly.
+    pub(crate) fn new(raft: Raft, sm: StateMachineStore) -> RaftRpcServer {
+        RaftRpcServer { raft, sm }
+    }
+
     /// Wraps `raft` (and its state machine, for the archive length) in a
     /// tonic service with kaon's message size limits.
     pub fn service(raft: Raft, sm: StateMachineStore) -> RaftServiceServer<RaftRpcServer> {
-        RaftServiceServer::new(RaftRpcServer { raft, sm })
+        RaftServiceServer::new(RaftRpcServer::new(raft, sm))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Receives a snapshot as a stream of chunks (the first carries vote +
+    /// meta) and installs it; the body of the `InstallSnapshot` RPC for
+    /// every transport.
+    pub(crate) async fn receive_snapshot<S>(&self, mut stream: S) -> Result<RaftPayload, Status>
+    where
+        S: Stream<Item = Result<SnapshotChunk, Status>> + Unpin,
+    {
+        let mut head: Option<(Vote, SnapshotMeta)> = None;
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.try_next().await? {
+            if head.is_none() {
+                head = Some(decode(&chunk.meta).map_err(|m| bad_request("snapshot meta", m))?);
+            }
+            if data.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "snapshot larger than {MAX_SNAPSHOT_BYTES} bytes"
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+        }
+        let (vote, meta) = head.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let resp = self
+            .raft
+            .install_full_snapshot(
+                vote,
+                Snapshot {
+                    meta,
+                    snapshot: data,
+                },
+            )
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        reply(&resp).map(Response::into_inner)
     }
 }
 
@@ -305,32 +464,8 @@ impl RaftService for RaftRpcServer {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let mut stream = req.into_inner();
-        let mut head: Option<(Vote, SnapshotMeta)> = None;
-        let mut data = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            if head.is_none() {
-                head = Some(decode(&chunk.meta).map_err(|m| bad_request("snapshot meta", m))?);
-            }
-            if data.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
-                return Err(Status::resource_exhausted(format!(
-                    "snapshot larger than {MAX_SNAPSHOT_BYTES} bytes"
-                )));
-            }
-            data.extend_from_slice(&chunk.data);
-        }
-        let (vote, meta) = head.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        let resp = self
-            .raft
-            .install_full_snapshot(
-                vote,
-                Snapshot {
-                    meta,
-                    snapshot: data,
-                },
-            )
+        self.receive_snapshot(req.into_inner())
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        reply(&resp)
+            .map(Response::new)
     }
 }

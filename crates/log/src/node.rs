@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kaon_core::State;
 use kaon_core::events::{self, Body, Event};
@@ -15,10 +15,12 @@ use openraft::{Config, ReadPolicy, SnapshotPolicy};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::clock::{Clock, SystemClock};
 use crate::error::StoreError;
 use crate::log_store::LogStore;
-use crate::network::{NetworkFactory, RaftRpcServer};
+use crate::network::{NetworkFactory, RaftRpcServer, Transport};
 use crate::state_machine::{ChainReport, StateMachineStore};
+use crate::storage::Storage;
 use crate::types::Proposal;
 use crate::types::alias::Raft;
 
@@ -73,17 +75,34 @@ pub struct ClusterStatus {
 }
 
 /// How to run one replica. Timeouts default to values for a LAN.
+///
+/// The node's outside world is handed in here, not reached for: how Raft
+/// RPCs travel ([`Transport`]), where the databases live ([`Storage`]) and
+/// the wall clock events are stamped with ([`Clock`]). Production uses the
+/// defaults of [`NodeConfig::new`] (gRPC, files, system clock); a
+/// simulation runs several nodes in one process over a
+/// [`crate::MemNetwork`] with [`crate::MemStorage`] and a
+/// [`crate::TokioClock`] under paused tokio time.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// This node's id (unique in the cluster, > 0 by convention).
     pub id: u64,
     /// Address to listen on for Raft RPC; port 0 picks a free port (see
-    /// [`RaftNode::addr`]).
+    /// [`RaftNode::addr`]). On a [`Transport::Mem`] network it is only a
+    /// name peers dial (nothing is bound).
     pub listen: SocketAddr,
     /// The other members (id → `host:port`), used by [`RaftNode::initialize`].
     pub peers: BTreeMap<u64, String>,
-    /// Directory for `raft-log.redb` and `state.redb`.
+    /// Directory for `raft-log.redb` and `state.redb` (with
+    /// [`Storage::Files`]).
     pub data_dir: PathBuf,
+    /// How Raft RPCs travel: gRPC over TCP (default) or an in-process
+    /// network.
+    pub transport: Transport,
+    /// Where the databases live: files in `data_dir` (default) or memory.
+    pub storage: Storage,
+    /// The wall clock proposals are stamped with (`Event.time_unix_ms`).
+    pub clock: Arc<dyn Clock>,
     /// Leader heartbeat interval, ms.
     pub heartbeat_ms: u64,
     /// Election timeout range, ms: a follower that hears no leader for a
@@ -106,6 +125,9 @@ impl NodeConfig {
             listen,
             peers: BTreeMap::new(),
             data_dir,
+            transport: Transport::Grpc,
+            storage: Storage::Files,
+            clock: Arc::new(SystemClock),
             heartbeat_ms: 40,
             election_timeout_ms: (120, 240),
             snapshot_every_entries: 10_000,
@@ -169,11 +191,13 @@ pub struct RaftNode {
     sm: StateMachineStore,
     log: LogStore,
     server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    clock: Arc<dyn Clock>,
 }
 
 impl RaftNode {
-    /// Opens the stores in `config.data_dir`, starts Raft and serves Raft
-    /// RPC on `config.listen`.
+    /// Opens the stores (`config.storage`: files in `config.data_dir` or
+    /// memory), starts Raft and serves Raft RPC on `config.listen` over
+    /// `config.transport`.
     pub async fn start(config: NodeConfig) -> Result<RaftNode, NodeError> {
         let raft_config = Config {
             cluster_name: "kaon".into(),
@@ -190,47 +214,80 @@ impl RaftNode {
         }
         .validate()
         .map_err(|e| NodeError::Config(e.to_string()))?;
-        let dir = config.data_dir.clone();
+        let (storage, dir) = (config.storage.clone(), config.data_dir.clone());
         let (log, sm) = tokio::task::spawn_blocking(move || {
-            Ok::<_, StoreError>((LogStore::open(&dir)?, StateMachineStore::open(&dir)?))
+            Ok::<_, StoreError>((
+                LogStore::open_on(&storage, &dir)?,
+                StateMachineStore::open_on(&storage, &dir)?,
+            ))
         })
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))??;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| NodeError::Listen {
-                addr: config.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| NodeError::Listen {
+        let listen_err = |source| NodeError::Listen {
             addr: config.listen,
             source,
-        })?;
+        };
+        // Bind before starting Raft, so a taken address fails the start
+        // without a Raft to stop.
+        enum Bound {
+            Tcp(tokio::net::TcpListener),
+            Mem(crate::MemNetwork),
+        }
+        let (bound, addr) = match &config.transport {
+            Transport::Grpc => {
+                let listener = tokio::net::TcpListener::bind(config.listen)
+                    .await
+                    .map_err(listen_err)?;
+                let addr = listener.local_addr().map_err(listen_err)?;
+                (Bound::Tcp(listener), addr)
+            }
+            Transport::Mem(net) => (
+                Bound::Mem(net.clone()),
+                net.bind(config.listen).map_err(listen_err)?,
+            ),
+        };
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
-            NetworkFactory::default(),
+            NetworkFactory::new(config.id, config.transport.clone()),
             log.clone(),
             sm.clone(),
         )
         .await
-        .map_err(|e| NodeError::Raft(e.to_string()))?;
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let svc = RaftRpcServer::service(raft.clone(), sm.clone());
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let id = config.id;
-        let server = tokio::spawn(async move {
-            let res = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stop_rx.await;
-                })
-                .await;
-            if let Err(e) = res {
-                tracing::error!(node = id, error = %e, "raft rpc server stopped");
+        .map_err(|e| {
+            if let Bound::Mem(net) = &bound {
+                net.unbind(addr);
             }
-        });
+            NodeError::Raft(e.to_string())
+        })?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let id = config.id;
+        let server = match bound {
+            Bound::Tcp(listener) => {
+                let svc = RaftRpcServer::service(raft.clone(), sm.clone());
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                tokio::spawn(async move {
+                    let res = tonic::transport::Server::builder()
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(incoming, async {
+                            let _ = stop_rx.await;
+                        })
+                        .await;
+                    if let Err(e) = res {
+                        tracing::error!(node = id, error = %e, "raft rpc server stopped");
+                    }
+                })
+            }
+            Bound::Mem(net) => {
+                net.serve(addr, id, RaftRpcServer::new(raft.clone(), sm.clone()));
+                // Stopped (or dropped): peers' calls are refused from now on.
+                tokio::spawn(async move {
+                    let _ = stop_rx.await;
+                    net.unbind(addr);
+                })
+            }
+        };
         Ok(RaftNode {
             id: config.id,
             addr,
@@ -239,6 +296,7 @@ impl RaftNode {
             sm,
             log,
             server: Some((stop_tx, server)),
+            clock: config.clock,
         })
     }
 
@@ -314,13 +372,9 @@ impl RaftNode {
     /// here; returns its event index. The leader stamps the time; the
     /// index is stamped when the entry is applied.
     pub async fn propose(&self, body: Body) -> Result<u64, ProposeError> {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
         let event = Event {
             index: 0,
-            time_unix_ms: now_ms,
+            time_unix_ms: self.clock.now_unix_ms(),
             body: Some(body),
         };
         let proposal = Proposal {
@@ -487,10 +541,7 @@ impl RaftNode {
     /// The leader's runtime commits a decision's events this way.
     pub async fn propose_many(&self, bodies: Vec<Body>) -> Result<Vec<u64>, ProposeError> {
         use futures_util::StreamExt;
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now_ms = self.clock.now_unix_ms();
         let n = bodies.len();
         let proposals = bodies.into_iter().map(|body| Proposal {
             event: events::encode(&Event {

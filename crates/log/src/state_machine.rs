@@ -36,7 +36,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::StoreError;
-use crate::record::{DbCtx, begin_durable, create_or_open, make_record, open_record, seal, unseal};
+use crate::record::{DbCtx, begin_durable, make_record, open_record, seal, unseal};
+use crate::storage::{Storage, open_database};
 use crate::types::alias::{LogId, Snapshot, SnapshotMeta, StoredMembership};
 use crate::types::{Applied, TypeConfig};
 
@@ -164,8 +165,13 @@ impl StateMachineStore {
     /// Opens (or creates) the state machine in `dir`, verifies the archive
     /// (checksums, consecutive indexes from 1) and rebuilds the state.
     pub fn open(dir: &Path) -> Result<StateMachineStore, StoreError> {
-        let path = dir.join(STATE_FILE);
-        let db = create_or_open(&path, |txn| {
+        StateMachineStore::open_on(&Storage::Files, dir)
+    }
+
+    /// [`StateMachineStore::open`] on the given storage: files in `dir`,
+    /// or the in-memory data directory of a simulated node (`dir` unused).
+    pub fn open_on(storage: &Storage, dir: &Path) -> Result<StateMachineStore, StoreError> {
+        let (db, path) = open_database(storage, dir, STATE_FILE, |txn| {
             txn.open_table(ARCHIVE)?;
             txn.open_table(SM_META)?;
             Ok(())
