@@ -76,15 +76,23 @@ pub struct NetworkFactory {
     /// The node these clients send from (links are cut by node id).
     from: u64,
     transport: Transport,
+    /// Addresses this node dials instead of the ones in the membership
+    /// (its `--peer` settings): the membership records one address per
+    /// node for everyone, but a node may reach a peer by another route
+    /// (a proxy, a different network, a name only it resolves).
+    dial: Arc<BTreeMap<u64, String>>,
     channels: Arc<Mutex<BTreeMap<u64, (String, Channel)>>>,
 }
 
 impl NetworkFactory {
-    /// A factory for node `from`'s clients over `transport`.
-    pub fn new(from: u64, transport: Transport) -> NetworkFactory {
+    /// A factory for node `from`'s clients over `transport`, dialing the
+    /// peers in `dial` at those addresses (others at their membership
+    /// address).
+    pub fn new(from: u64, transport: Transport, dial: BTreeMap<u64, String>) -> NetworkFactory {
         NetworkFactory {
             from,
             transport,
+            dial: Arc::new(dial),
             channels: Arc::default(),
         }
     }
@@ -110,8 +118,9 @@ impl RaftNetworkFactory<C> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        let addr = self.dial.get(&target).unwrap_or(&node.addr);
         let client = match &self.transport {
-            Transport::Grpc => self.channel(target, &node.addr).map(|ch| {
+            Transport::Grpc => self.channel(target, addr).map(|ch| {
                 Conn::Grpc(
                     RaftServiceClient::new(ch)
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)

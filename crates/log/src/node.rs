@@ -91,7 +91,9 @@ pub struct NodeConfig {
     /// [`RaftNode::addr`]). On a [`Transport::Mem`] network it is only a
     /// name peers dial (nothing is bound).
     pub listen: SocketAddr,
-    /// The other members (id → `host:port`), used by [`RaftNode::initialize`].
+    /// The other members (id → `host:port`), used by [`RaftNode::initialize`];
+    /// this node also dials them there (whatever address the membership
+    /// records for them).
     pub peers: BTreeMap<u64, String>,
     /// Directory for `raft-log.redb` and `state.redb` (with
     /// [`Storage::Files`]).
@@ -249,7 +251,7 @@ impl RaftNode {
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
-            NetworkFactory::new(config.id, config.transport.clone()),
+            NetworkFactory::new(config.id, config.transport.clone(), config.peers.clone()),
             log.clone(),
             sm.clone(),
         )
