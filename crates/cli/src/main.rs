@@ -249,7 +249,25 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let known: Vec<String> = cmd
+            .find_subcommand("server")
+            .map(|s| {
+                s.get_arguments()
+                    .filter_map(|a| a.get_long().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        match node::expand_config(std::env::args_os().collect(), &known) {
+            Ok(argv) => Cli::parse_from(argv),
+            Err(e) => {
+                eprintln!("kaon server: {e:#}");
+                return ExitCode::from(2);
+            }
+        }
+    };
     if !matches!(
         cli.command,
         Cmd::Server(_) | Cmd::Executor | Cmd::MesosEmulator { .. } | Cmd::RunLocal { .. }

@@ -41,6 +41,11 @@ pub struct ServerArgs {
     /// add-node` on a member) or formed by `kaon cluster init`.
     #[arg(long)]
     pub join: bool,
+    /// A TOML file with any of these options, named as the flags without
+    /// dashes (`node-id = 2`, `peer = ["1=10.0.0.1:7071"]`, `join = true`);
+    /// flags given on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
     /// Raft leader heartbeat interval, ms.
     #[arg(long, default_value_t = 40)]
     pub heartbeat_ms: u64,
@@ -196,4 +201,168 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
         return Err(format!("{s:?}: need 0 < MIN < MAX"));
     }
     Ok((a, b))
+}
+
+/// Expands `kaon server --config FILE`: every `key = value` of the TOML
+/// file becomes `--key value` unless the command line already has
+/// `--key` (arrays repeat the flag; `true` is a bare switch). Unknown keys
+/// are refused with the file and the key named, so a typo does not pass
+/// silently. `known` holds the server's long flag names.
+pub fn expand_config(
+    argv: Vec<std::ffi::OsString>,
+    known: &[String],
+) -> anyhow::Result<Vec<std::ffi::OsString>> {
+    let args: Vec<String> = argv
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if args.get(1).map(String::as_str) != Some("server") {
+        return Ok(argv);
+    }
+    let mut path = None;
+    for (i, a) in args.iter().enumerate() {
+        if a == "--config" {
+            path = args.get(i + 1).cloned();
+        } else if let Some(p) = a.strip_prefix("--config=") {
+            path = Some(p.to_string());
+        }
+    }
+    let Some(path) = path else { return Ok(argv) };
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading --config {path}"))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("--config {path}: not valid TOML"))?;
+    let given = |k: &str| {
+        args.iter()
+            .any(|a| a == &format!("--{k}") || a.starts_with(&format!("--{k}=")))
+    };
+    let mut out = argv;
+    for (key, value) in table {
+        if !known.iter().any(|k| *k == key) || key == "config" {
+            let hint = known
+                .iter()
+                .filter(|k| strsim_close(k, &key))
+                .map(|k| format!(" (did you mean {k:?}?)"))
+                .next()
+                .unwrap_or_default();
+            anyhow::bail!("--config {path}: unknown option {key:?}{hint}");
+        }
+        if given(&key) {
+            continue;
+        }
+        let flag = format!("--{key}");
+        let scalar = |v: &toml::Value| -> anyhow::Result<String> {
+            Ok(match v {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => anyhow::bail!("--config {path}: {key}: unsupported value {other:?}"),
+            })
+        };
+        match &value {
+            toml::Value::Boolean(true) => out.push(flag.into()),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                for v in items {
+                    out.push(flag.clone().into());
+                    out.push(scalar(v)?.into());
+                }
+            }
+            v => {
+                out.push(flag.into());
+                out.push(scalar(v)?.into());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Close enough to suggest (one edit, or a `_` for a `-`).
+fn strsim_close(a: &str, b: &str) -> bool {
+    let b = b.replace('_', "-");
+    if a == b {
+        return true;
+    }
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if a.len().abs_diff(b.len()) > 1 {
+        return false;
+    }
+    let (mut i, mut j, mut edits) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i] == b[j] {
+            i += 1;
+            j += 1;
+            continue;
+        }
+        edits += 1;
+        match a.len().cmp(&b.len()) {
+            std::cmp::Ordering::Greater => i += 1,
+            std::cmp::Ordering::Less => j += 1,
+            std::cmp::Ordering::Equal => {
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    edits + (a.len() - i) + (b.len() - j) <= 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known() -> Vec<String> {
+        ["node-id", "peer", "join", "listen", "data-dir"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    #[test]
+    fn config_file_fills_in_flags_the_command_line_did_not_give() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("kaon.toml");
+        std::fs::write(
+            &f,
+            "node-id = 2\npeer = [\"1=a:1\", \"3=c:3\"]\njoin = true\nlisten = \"0.0.0.0:7070\"\n",
+        )
+        .unwrap();
+        let argv = [
+            "kaon",
+            "server",
+            "--config",
+            f.to_str().unwrap(),
+            "--node-id",
+            "5",
+        ]
+        .map(std::ffi::OsString::from)
+        .to_vec();
+        let out: Vec<String> = expand_config(argv, &known())
+            .unwrap()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        let tail = out[6..].join(" ");
+        assert!(!tail.contains("--node-id"), "the flag wins: {tail}");
+        assert!(tail.contains("--peer 1=a:1 --peer 3=c:3"), "{tail}");
+        assert!(tail.contains("--join"), "{tail}");
+        assert!(tail.contains("--listen 0.0.0.0:7070"), "{tail}");
+    }
+
+    #[test]
+    fn config_file_errors_name_the_file_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("kaon.toml");
+        std::fs::write(&f, "node_idd = 2\n").unwrap();
+        let argv = ["kaon", "server", "--config", f.to_str().unwrap()]
+            .map(std::ffi::OsString::from)
+            .to_vec();
+        let e = expand_config(argv.clone(), &known())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kaon.toml") && e.contains("\"node_idd\""), "{e}");
+        std::fs::write(&f, "node-id = \n").unwrap();
+        let e = format!("{:#}", expand_config(argv, &known()).unwrap_err());
+        assert!(e.contains("not valid TOML"), "{e}");
+    }
 }
