@@ -239,7 +239,7 @@ pub fn expand_config(
     };
     let mut out = argv;
     for (key, value) in table {
-        if !known.iter().any(|k| *k == key) || key == "config" {
+        if !known.contains(&key) || key == "config" {
             let hint = known
                 .iter()
                 .filter(|k| strsim_close(k, &key))
