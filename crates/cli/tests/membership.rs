@@ -55,7 +55,9 @@ fn learner_joins_is_promoted_takes_over_and_a_member_is_removed() {
             .args(["--raft-listen", &format!("127.0.0.1:{}", raft[i])])
             .arg("--data-dir")
             .arg(dir.path().join(format!("n{}", i + 1)))
-            .args(["--mesos-master", &format!("http://127.0.0.1:{mesos}")]);
+            .args(["--mesos-master", &format!("http://127.0.0.1:{mesos}")])
+            // Compact hard: a snapshot keeps only 2 log entries behind it.
+            .args(["--keep-log-entries", "2"]);
         for &j in peers {
             c.args(["--peer", &format!("{}=127.0.0.1:{}", j + 1, raft[j])]);
         }
@@ -93,6 +95,14 @@ fn learner_joins_is_promoted_takes_over_and_a_member_is_removed() {
         assert_eq!(code, 0, "{err}");
     }
 
+    // Compaction: a snapshot on the leader drops its log behind it, so a
+    // newcomer can only catch up from the snapshot (and its event archive).
+    let li = (leader - 1) as usize;
+    let (code, out, err) = kaon(api[li], &["--output", "json", "cluster", "snapshot"]);
+    assert_eq!(code, 0, "{err}");
+    let snap: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(snap["raft_log_index"].as_u64().unwrap() > 5, "{out}");
+
     // Node 4 starts without forming a cluster and is added as a learner
     // (the request goes to a follower, which forwards it).
     procs.0.push(start(3, &[], true));
@@ -109,7 +119,6 @@ fn learner_joins_is_promoted_takes_over_and_a_member_is_removed() {
         members(api[0])
     );
     // It catches up: same events and state digest as the leader.
-    let li = (leader - 1) as usize;
     wait_for("the learner to catch up", Duration::from_secs(20), || {
         let (a, b) = (status(api[li])?, status(api[3])?);
         (a["applied_event_index"] == b["applied_event_index"]
@@ -126,6 +135,32 @@ fn learner_joins_is_promoted_takes_over_and_a_member_is_removed() {
             .unwrap()
             .len(),
         3
+    );
+
+    // A killed follower restarts and catches up, also after compaction.
+    let f2 = (0..3).find(|&i| i != li && i != follower).unwrap();
+    procs.0[f2 + 1].kill().unwrap();
+    procs.0[f2 + 1].wait().unwrap();
+    for k in 3..5 {
+        let (code, _, err) = kaon(
+            api[follower],
+            &["submit", spec.to_str().unwrap(), "--key", &format!("k{k}")],
+        );
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, err) = kaon(api[li], &["cluster", "snapshot"]);
+    assert_eq!(code, 0, "{err}");
+    let peers: Vec<usize> = (0..3).filter(|&j| j != f2).collect();
+    procs.0[f2 + 1] = start(f2, &peers, false);
+    wait_for(
+        "the restarted follower to catch up",
+        Duration::from_secs(20),
+        || {
+            let (a, b) = (status(api[li])?, status(api[f2])?);
+            (a["applied_event_index"] == b["applied_event_index"]
+                && a["state_digest"] == b["state_digest"])
+                .then_some(())
+        },
     );
 
     // Promotion, then leadership moves to it.
