@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use kaon_core::Limits;
 use kaon_core::decide::{
@@ -54,6 +54,9 @@ pub struct RuntimeConfig {
     /// This node's public API address: recorded in the log when the runtime
     /// starts on a new leader, so followers forward writes to it.
     pub api_addr: Option<String>,
+    /// Wall clock for decide's `now` and timer deadlines (handed in, as
+    /// the Raft node's is, so a simulation can run on virtual time).
+    pub clock: Arc<dyn kaon_log::Clock>,
 }
 
 impl RuntimeConfig {
@@ -70,6 +73,7 @@ impl RuntimeConfig {
             limits: Limits::default(),
             pending_launches_max: 100_000,
             api_addr: None,
+            clock: Arc::new(kaon_log::SystemClock),
         }
     }
 }
@@ -203,14 +207,6 @@ pub fn executor_id(task_id: &str) -> String {
     format!("kaon-exec-{task_id}")
 }
 
-/// Wall clock in ms: the leader stamps events with it.
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Starts the runtime on the current tokio runtime.
 pub fn start<L: EventLog>(log: Arc<L>, config: RuntimeConfig) -> RuntimeHandle {
     let (tx, rx) = mpsc::channel(1024);
@@ -312,7 +308,7 @@ impl<L: EventLog> Runtime<L> {
     /// work of many inputs.
     async fn decide_and_do(&mut self, input: Input<'_>) -> Result<CommandOutcome, Rejection> {
         let limits = self.config.limits.clone();
-        let now = now_ms();
+        let now = self.config.clock.now_unix_ms();
         let first = self
             .log
             .with_state(|s| decide::decide(s, input, now, &limits))?;
@@ -351,7 +347,11 @@ impl<L: EventLog> Runtime<L> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let committed: Vec<Event> = match self.log.append(events, now_ms()).await {
+        let committed: Vec<Event> = match self
+            .log
+            .append(events, self.config.clock.now_unix_ms())
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 // The log refused (apply error, lost leadership): stop
@@ -364,7 +364,7 @@ impl<L: EventLog> Runtime<L> {
             }
         };
         for ev in &committed {
-            let now = now_ms();
+            let now = self.config.clock.now_unix_ms();
             match self
                 .log
                 .with_state(|s| decide::decide(s, Input::Committed(ev), now, &limits))
@@ -429,7 +429,8 @@ impl<L: EventLog> Runtime<L> {
             }
             Effect::ArmTimer { key, at_ms } => {
                 let tx = self.tx.clone();
-                let wait = Duration::from_millis((at_ms - now_ms()).max(0) as u64);
+                let wait =
+                    Duration::from_millis((at_ms - self.config.clock.now_unix_ms()).max(0) as u64);
                 tokio::spawn(async move {
                     tokio::time::sleep(wait).await;
                     let _ = tx.send(Msg::Timer(key)).await;
