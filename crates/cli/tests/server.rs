@@ -166,3 +166,85 @@ fn step_logs_and_retry_of_a_failed_run() {
         "{err}"
     );
 }
+
+/// On a terminal, `kaon run watch` draws the run's steps as a live board
+/// with a progress bar and status text per running step (a pseudo-terminal
+/// from `script`); exit 0 when the run succeeds.
+#[test]
+fn watch_draws_a_live_board_with_progress_on_a_terminal() {
+    use std::io::Read;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path());
+    let flag = dir.path().join("go");
+    let spec = dir.path().join("progress.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "apiVersion: kaon/v1\nname: progress\nsteps:\n  \
+             slow: {{shell: 'echo percent 50 >> $KAON_PROGRESS_FILE; echo status halfway there >> $KAON_PROGRESS_FILE; while [ ! -f {f} ]; do sleep 0.05; done'}}\n  \
+             after: {{depends_on: [slow], shell: 'true'}}\n",
+            f = flag.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = kaon(&server, &["submit", spec.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let run = out.split_whitespace().nth(1).unwrap().to_string();
+    let cmd = format!(
+        "{} --server {} run watch {run}",
+        env!("CARGO_BIN_EXE_kaon"),
+        server.url
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(seen.contains("50%") && seen.contains("halfway there")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(b) => seen.push_str(&String::from_utf8_lossy(&b)),
+            Err(_) => panic!("no progress on the board: {seen:?}"),
+        }
+    }
+    assert!(
+        seen.contains("[##########          ]  50%"),
+        "a half-full bar: {seen:?}"
+    );
+    std::fs::write(&flag, "").unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "watch did not end: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    while let Ok(b) = rx.recv_timeout(Duration::from_secs(2)) {
+        seen.push_str(&String::from_utf8_lossy(&b));
+    }
+    assert!(status.success(), "{seen:?}");
+    assert!(
+        seen.contains("\x1b[J"),
+        "the board is redrawn in place: {seen:?}"
+    );
+    assert!(seen.contains(": succeeded"), "{seen:?}");
+    assert!(seen.contains("ok   after"), "{seen:?}");
+}

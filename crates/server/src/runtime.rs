@@ -91,7 +91,20 @@ pub struct CommandOutcome {
 enum Msg {
     Command(Command, oneshot::Sender<Result<CommandOutcome, Rejection>>),
     Timer(TimerKey),
+    /// Record a task's latest progress that the rate limit held back.
+    ProgressFlush(String),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// Executor progress of one task as the runtime tracks it.
+#[derive(Default)]
+struct TaskProgress {
+    /// Latest (percent, status text) heard from the executor.
+    latest: (u32, String),
+    /// Latest recorded in the log.
+    recorded: Option<(u32, String)>,
+    /// A deferred `ProgressFlush` is on its way.
+    flush_armed: bool,
 }
 
 /// Talks to a running runtime. Cheap to clone.
@@ -216,7 +229,7 @@ pub fn start<L: EventLog>(log: Arc<L>, config: RuntimeConfig) -> RuntimeHandle {
         tx: tx.clone(),
         driver: None,
         pending: BTreeMap::new(),
-        percent: BTreeMap::new(),
+        progress: BTreeMap::new(),
         failed: false,
         backlog: VecDeque::new(),
     };
@@ -231,8 +244,9 @@ struct Runtime<L: EventLog> {
     driver: Option<(DriverHandle, mpsc::Receiver<DriverEvent>)>,
     /// Committed launch intents waiting for an offer, by task id.
     pending: BTreeMap<String, pb::TaskLaunchRequested>,
-    /// Last percent per task (status texts keep it).
-    percent: BTreeMap<String, u32>,
+    /// Executor progress per live task: the latest (percent, text) heard,
+    /// the latest recorded, and whether a deferred flush is armed.
+    progress: BTreeMap<String, TaskProgress>,
     /// The log refused a write: stop (a supervisor may start a new runtime).
     failed: bool,
     /// Decisions on committed events whose effects and events go out with
@@ -279,6 +293,12 @@ impl<L: EventLog> Runtime<L> {
                     }
                     Some(Msg::Timer(key)) => {
                         let _ = self.decide_and_do(Input::TimerFired(key)).await;
+                    }
+                    Some(Msg::ProgressFlush(task_id)) => {
+                        if let Some(p) = self.progress.get_mut(&task_id) {
+                            p.flush_armed = false;
+                        }
+                        self.record_progress(task_id).await;
                     }
                 },
                 ev = driver_event => match ev {
@@ -381,6 +401,54 @@ impl<L: EventLog> Runtime<L> {
         }
         let mine = committed.len() - first_events.min(committed.len());
         Ok(committed[mine..].to_vec())
+    }
+
+    /// Records `task_id`'s latest progress unless it is already recorded.
+    /// Progress is rate limited per attempt (decide drops what comes too
+    /// soon); what is held back is recorded when the interval has passed,
+    /// so the last percent and text of a quiet step are never lost.
+    async fn record_progress(&mut self, task_id: String) {
+        let live = kaon_core::ids::parse_task_id(&task_id).is_some_and(|(run, inst, attempt)| {
+            self.log.with_state(|s| {
+                s.run(run)
+                    .and_then(|r| r.instances.get(inst as usize))
+                    .and_then(|i| i.live_attempt())
+                    .is_some_and(|a| a.number == attempt)
+            })
+        });
+        if !live {
+            // Ended, or never ours: nothing to record, nothing to keep.
+            self.progress.remove(&task_id);
+            return;
+        }
+        let Some(p) = self.progress.get(&task_id) else {
+            return;
+        };
+        if p.recorded.as_ref() == Some(&p.latest) {
+            return;
+        }
+        let latest = p.latest.clone();
+        let input = Input::Progress(Progress {
+            task_id: task_id.clone(),
+            percent: latest.0,
+            text: latest.1.clone(),
+        });
+        let recorded = matches!(self.decide_and_do(input).await, Ok(o) if !o.committed.is_empty());
+        let Some(p) = self.progress.get_mut(&task_id) else {
+            return;
+        };
+        if recorded {
+            p.recorded = Some(latest);
+        } else if !p.flush_armed {
+            p.flush_armed = true;
+            let tx = self.tx.clone();
+            let wait =
+                Duration::from_millis(self.config.limits.progress_interval_ms_min.max(1) as u64);
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = tx.send(Msg::ProgressFlush(task_id)).await;
+            });
+        }
     }
 
     async fn perform(&mut self, effect: Effect) {
@@ -499,7 +567,7 @@ impl<L: EventLog> Runtime<L> {
                 let update = to_task_update(&status);
                 self.pending.remove(&update.task_id);
                 if status.state.is_terminal() {
-                    self.percent.remove(&update.task_id);
+                    self.progress.remove(&update.task_id);
                 }
                 let _ = self.decide_and_do(Input::TaskUpdate(update)).await;
             }
@@ -507,27 +575,19 @@ impl<L: EventLog> Runtime<L> {
                 let Ok(msg) = serde_json::from_slice::<ExecutorMessage>(&data) else {
                     return;
                 };
-                let progress = match msg {
+                let task_id = match msg {
                     ExecutorMessage::Heartbeat { .. } => return, // liveness only, in memory
                     ExecutorMessage::Progress { task_id, percent } => {
                         let p = percent.clamp(0.0, 100.0) as u32;
-                        self.percent.insert(task_id.clone(), p);
-                        Progress {
-                            task_id,
-                            percent: p,
-                            text: String::new(),
-                        }
+                        self.progress.entry(task_id.clone()).or_default().latest.0 = p;
+                        task_id
                     }
                     ExecutorMessage::Status { task_id, text } => {
-                        let p = self.percent.get(&task_id).copied().unwrap_or(0);
-                        Progress {
-                            task_id,
-                            percent: p,
-                            text,
-                        }
+                        self.progress.entry(task_id.clone()).or_default().latest.1 = text;
+                        task_id
                     }
                 };
-                let _ = self.decide_and_do(Input::Progress(progress)).await;
+                self.record_progress(task_id).await;
             }
             DriverEvent::Failure(f) => tracing::warn!(failure = ?f, "Mesos reported a failure"),
             DriverEvent::Error(e) => {
