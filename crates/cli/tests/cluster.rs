@@ -115,4 +115,59 @@ fn leader_killed_mid_run_and_the_run_completes_exactly_once() {
         out.trim(),
         format!("run {run} (existing: same idempotency key)")
     );
+
+    // The reference pipeline from the brief runs to success on the cluster,
+    // submitted through a follower: the foreach width comes from prepare's
+    // output (3 regions) and the training loop repeats once.
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/reference-pipeline"
+    );
+    let (code, out, err) = kaon(
+        api[other],
+        &[
+            "submit",
+            &format!("{root}/pipeline.yaml"),
+            "-p",
+            &format!("scripts={root}/scripts"),
+            "--watch",
+        ],
+    );
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let pipeline: u64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (code, out, _) = kaon(
+        api[ni],
+        &["--output", "json", "run", "show", &pipeline.to_string()],
+    );
+    assert_eq!(code, 0);
+    let run: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let steps: Vec<(String, String)> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "task")
+        .map(|s| {
+            (
+                s["path"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for it in 1..=2 {
+        let regions = steps
+            .iter()
+            .filter(|(p, st)| {
+                p.starts_with(&format!("train#{it}/region-model[")) && st == "succeeded"
+            })
+            .count();
+        assert_eq!(regions, 3, "iteration {it}: {steps:?}");
+    }
+    assert!(
+        !steps.iter().any(|(p, _)| p.starts_with("train#3/")),
+        "{steps:?}"
+    );
+    assert!(
+        steps.contains(&("publish".to_string(), "succeeded".to_string())),
+        "{steps:?}"
+    );
 }
