@@ -247,6 +247,32 @@ impl<L: EventLog> KaonService<L> {
         Ok(Some(self.peer(&addr)?))
     }
 
+    /// The run a submit or retry started, and whether it existed already:
+    /// decide found the key, or another request with the same key won the
+    /// race to apply (its `RunSubmitted` then recorded nothing, and the
+    /// key names the run that did start).
+    fn started_run(&self, out: &CommandOutcome) -> Result<(u64, bool), Status> {
+        if let Some(id) = out.decision.existing_run {
+            return Ok((id, true));
+        }
+        let (index, key) = out
+            .committed
+            .iter()
+            .find_map(|e| match &e.body {
+                Some(Body::RunSubmitted(r)) => Some((e.index, r.idempotency_key.clone())),
+                _ => None,
+            })
+            .ok_or_else(|| Status::internal("the request committed no run"))?;
+        if key.is_empty() {
+            return Ok((index, false));
+        }
+        let id = self
+            .log
+            .with_state(|s| s.idempotency.get(&key).copied())
+            .ok_or_else(|| Status::internal(format!("no run recorded for key {key:?}")))?;
+        Ok((id, id != index))
+    }
+
     /// GET `url` as JSON.
     async fn get_json(&self, url: &str) -> Result<serde_json::Value, Status> {
         let r = self
@@ -507,22 +533,8 @@ impl<L: EventLog> Kaon for KaonService<L> {
                 },
             )
             .await?;
-        if let Some(id) = out.decision.existing_run {
-            return Ok(Response::new(v1::SubmitRunResponse {
-                run_id: id,
-                existing: true,
-            }));
-        }
-        let id = out
-            .committed
-            .iter()
-            .find(|e| matches!(e.body, Some(Body::RunSubmitted(_))))
-            .map(|e| e.index)
-            .ok_or_else(|| Status::internal("submit committed no run"))?;
-        Ok(Response::new(v1::SubmitRunResponse {
-            run_id: id,
-            existing: false,
-        }))
+        let (run_id, existing) = self.started_run(&out)?;
+        Ok(Response::new(v1::SubmitRunResponse { run_id, existing }))
     }
 
     async fn get_run(&self, req: Request<v1::GetRunRequest>) -> Result<Response<v1::Run>, Status> {
@@ -769,22 +781,8 @@ impl<L: EventLog> Kaon for KaonService<L> {
                 },
             )
             .await?;
-        if let Some(id) = out.decision.existing_run {
-            return Ok(Response::new(v1::RetryRunResponse {
-                run_id: id,
-                existing: true,
-            }));
-        }
-        let id = out
-            .committed
-            .iter()
-            .find(|e| matches!(e.body, Some(Body::RunSubmitted(_))))
-            .map(|e| e.index)
-            .ok_or_else(|| Status::internal("retry committed no run"))?;
-        Ok(Response::new(v1::RetryRunResponse {
-            run_id: id,
-            existing: false,
-        }))
+        let (run_id, existing) = self.started_run(&out)?;
+        Ok(Response::new(v1::RetryRunResponse { run_id, existing }))
     }
 
     async fn read_step_logs(
