@@ -184,7 +184,7 @@ enum Cmd {
     },
     /// Run a kaon node (a one-node cluster with an embedded Mesos emulator
     /// by default).
-    Server(node::ServerArgs),
+    Server(Box<node::ServerArgs>),
     /// Submit a run of a spec file.
     Submit {
         /// Spec file.
@@ -290,7 +290,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Cmd::Validate { files } => validate(&files, json),
-        Cmd::Server(args) => report(node::server(args)),
+        Cmd::Server(args) => report(node::server(*args)),
         Cmd::Submit {
             file,
             params,

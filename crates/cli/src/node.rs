@@ -67,10 +67,17 @@ pub struct ServerArgs {
     /// 0.0.0.0).
     #[arg(long)]
     pub advertise_api: Option<String>,
+    /// The Raft address (`HOST:PORT`, a name is fine) other nodes dial for
+    /// this node; it is recorded in the cluster's membership when this node
+    /// forms the cluster (default: `--raft-listen`; required when that is a
+    /// wildcard such as 0.0.0.0).
+    #[arg(long)]
+    pub advertise_raft: Option<String>,
 }
 
 /// Runs a single-node kaon server until Ctrl-C / SIGTERM.
 pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let advertise_raft = raft_advertise(args.raft_listen, &args.advertise_raft, args.join)?;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -104,6 +111,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         node_config.election_timeout_ms = args.election_timeout_ms;
         node_config.snapshot_every_entries = args.snapshot_every_entries;
         node_config.keep_entries_after_snapshot = args.keep_log_entries;
+        node_config.advertise = advertise_raft;
         for p in &args.peers {
             let (id, addr) = p
                 .split_once('=')
@@ -186,6 +194,25 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The Raft address to advertise: `--advertise-raft`, else none (the bound
+/// address). A wildcard listen address cannot be dialed by peers, and a node
+/// that forms a cluster records its address in the membership for good, so
+/// that case is refused unless the node only joins (its address then comes
+/// from `kaon cluster add-node`).
+fn raft_advertise(
+    listen: std::net::SocketAddr,
+    advertise: &Option<String>,
+    join: bool,
+) -> anyhow::Result<Option<String>> {
+    if advertise.is_none() && listen.ip().is_unspecified() && !join {
+        anyhow::bail!(
+            "--raft-listen {listen} is not an address other nodes can dial: \
+             give --advertise-raft HOST:PORT (e.g. this host's name and the port)"
+        );
+    }
+    Ok(advertise.clone())
 }
 
 /// `MIN-MAX` (milliseconds) for `--election-timeout-ms`.
@@ -364,5 +391,16 @@ mod tests {
         std::fs::write(&f, "node-id = \n").unwrap();
         let e = format!("{:#}", expand_config(argv, &known()).unwrap_err());
         assert!(e.contains("not valid TOML"), "{e}");
+    }
+
+    #[test]
+    fn wildcard_raft_listen_needs_an_advertised_address() {
+        let any = "0.0.0.0:7071".parse().unwrap();
+        let lo = "127.0.0.1:7071".parse().unwrap();
+        let name = Some("kaon1:7071".to_string());
+        assert!(raft_advertise(any, &None, false).is_err());
+        assert_eq!(raft_advertise(any, &name, false).unwrap(), name);
+        assert_eq!(raft_advertise(any, &None, true).unwrap(), None);
+        assert_eq!(raft_advertise(lo, &None, false).unwrap(), None);
     }
 }

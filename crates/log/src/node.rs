@@ -91,6 +91,11 @@ pub struct NodeConfig {
     /// [`RaftNode::addr`]). On a [`Transport::Mem`] network it is only a
     /// name peers dial (nothing is bound).
     pub listen: SocketAddr,
+    /// The Raft address (`host:port`) peers dial for this node, recorded in
+    /// the membership by [`RaftNode::initialize`]. `None`: the bound listen
+    /// address, which peers cannot dial when it is a wildcard (`0.0.0.0`)
+    /// or behind NAT, e.g. in a container: give a name such as `kaon1:7071`.
+    pub advertise: Option<String>,
     /// The other members (id → `host:port`), used by [`RaftNode::initialize`];
     /// this node also dials them there (whatever address the membership
     /// records for them).
@@ -125,6 +130,7 @@ impl NodeConfig {
         NodeConfig {
             id,
             listen,
+            advertise: None,
             peers: BTreeMap::new(),
             data_dir,
             transport: Transport::Grpc,
@@ -188,6 +194,7 @@ pub enum ProposeError {
 pub struct RaftNode {
     id: u64,
     addr: SocketAddr,
+    advertise: String,
     peers: BTreeMap<u64, String>,
     raft: Raft,
     sm: StateMachineStore,
@@ -293,6 +300,7 @@ impl RaftNode {
         Ok(RaftNode {
             id: config.id,
             addr,
+            advertise: config.advertise.unwrap_or_else(|| addr.to_string()),
             peers: config.peers,
             raft,
             sm,
@@ -310,6 +318,12 @@ impl RaftNode {
     /// The address Raft RPC is served on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address peers dial for this node ([`NodeConfig::advertise`], or
+    /// the bound address).
+    pub fn advertised_addr(&self) -> &str {
+        &self.advertise
     }
 
     /// The openraft handle (metrics, triggers).
@@ -331,7 +345,7 @@ impl RaftNode {
     /// (call on one node, once).
     pub async fn initialize(&self) -> Result<(), NodeError> {
         let mut members = self.peers.clone();
-        members.insert(self.id, self.addr.to_string());
+        members.insert(self.id, self.advertise.clone());
         self.initialize_with(members).await
     }
 

@@ -181,6 +181,59 @@ async fn three_nodes_replicate_survive_leader_loss_and_agree() {
     }
 }
 
+/// As in a container deployment: every node listens on the wildcard
+/// address, advertises a host name (`localhost:PORT`, resolved when dialed)
+/// and initialises from its own `peers`; the membership records the
+/// advertised names, not `0.0.0.0`, and the cluster replicates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_listeners_advertise_dialable_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: BTreeMap<u64, u16> = (1..=3u64)
+        .map(|id| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            (id, l.local_addr().unwrap().port())
+        })
+        .collect();
+    let name = |id: u64| format!("localhost:{}", ports[&id]);
+    let mut nodes = BTreeMap::new();
+    for (&id, &port) in &ports {
+        let mut c = config(id, dir.path(), SocketAddr::from(([0, 0, 0, 0], port)));
+        c.advertise = Some(name(id));
+        c.peers = ports
+            .keys()
+            .filter(|&&j| j != id)
+            .map(|&j| (j, name(j)))
+            .collect();
+        let n = RaftNode::start(c).await.unwrap();
+        assert_eq!(n.advertised_addr(), name(id));
+        nodes.insert(id, n);
+    }
+    // Every node tries to form the cluster, as `kaon server --peer ...`
+    // does; all but the first are refused or find it formed.
+    for n in nodes.values() {
+        let _ = n.initialize().await;
+    }
+    let all: BTreeSet<u64> = nodes.keys().copied().collect();
+    wait_leader(&nodes[&1], &all).await;
+    for i in 1..=3u64 {
+        assert_eq!(propose(&nodes, fw(format!("fw-{i}"))).await, i);
+    }
+    wait_all(&nodes, 3).await;
+    assert_same_state(&nodes, 3);
+    for n in nodes.values() {
+        let addrs: BTreeMap<u64, String> = n
+            .status()
+            .members
+            .into_iter()
+            .map(|m| (m.id, m.addr))
+            .collect();
+        assert_eq!(addrs, (1..=3).map(|j| (j, name(j))).collect());
+    }
+    for (_, n) in nodes {
+        n.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_node_catches_up_by_snapshot_and_receives_the_archive() {
     let dir = tempfile::tempdir().unwrap();
