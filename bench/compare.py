@@ -66,6 +66,9 @@ def main():
             out.append(f"| kill -9 leader -> next task launch (TASK_RUNNING recorded) | median {l['median_ms']:.0f} / p99 "
                        f"{l['p99_ms']:.0f} ms (min {l['min_ms']:.0f}, max {l['max_ms']:.0f}, n={l['n']}) | - | "
                        f"median < 1,000, p99 < 2,000 ms | {yes(l['median_ms'] < 1000 and l['p99_ms'] < 2000)} |")
+        if "kills_with_relaunched_step" in f:
+            out.append(f"| kills whose step needed a second launch attempt | {f['kills_with_relaunched_step']} of "
+                       f"{f['kills']} | - | - | |")
     out.append("")
     engines = [("kaon", rows(os.path.join(d, "kaon_wf.jsonl")))]
     for p in ("luigi", "prefect", "airflow"):

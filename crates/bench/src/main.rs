@@ -16,7 +16,12 @@
 //!   run's one `true` step (its committed `TaskLaunchRequested` and its
 //!   `TASK_RUNNING` observation, from the events' leader timestamps); then
 //!   restart the killed node from its data dir and wait until the cluster is
-//!   healthy again.
+//!   healthy again. Each kill's JSON line carries the run's committed events
+//!   (ms after the kill) and its number of launch attempts. A survivor that
+//!   does not lead forwards the submit to the leader it knows; the run is
+//!   watched on the survivor that answered (a linearizable read: it asks the
+//!   leader for a read index first; the reported times are event timestamps,
+//!   not the watch's).
 //! - `sched`: scheduling overhead on the peer harnesses' two workflows (a
 //!   100-step chain and a 1 -> 200 -> 1 fan of `true` steps, 2 execution
 //!   slots), with the metric definitions of `../shared/bench/peers/wf_stats.py`.
@@ -710,6 +715,8 @@ async fn phase_failover(
     let nonce = now_unix_ms() as u64;
     let (mut commit, mut intent, mut running, mut recovery) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Kills after which the step needed more than one launch attempt.
+    let mut relaunched = 0usize;
     for k in 0..a.failovers {
         let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
         let mut clients = Vec::new();
@@ -774,6 +781,40 @@ async fn phase_failover(
             }
             _ => None,
         });
+        // The run's committed events, ms after the kill (leader clocks), so a
+        // slow launch can be read from the results.
+        let timeline: Vec<serde_json::Value> = events
+            .iter()
+            .filter_map(|e| {
+                let b = e.body.as_ref()?;
+                let mut v = serde_json::json!({
+                    "ms": (e.time_unix_ms as f64 - kill_ms).round(),
+                    "event": kaon_core::events::body_name(b),
+                });
+                match b {
+                    Body::TaskLaunchRequested(l) => v["attempt"] = l.attempt.into(),
+                    Body::TaskStatusObserved(t) => {
+                        v["attempt"] = t.attempt.into();
+                        v["state"] = format!("{:?}", t.state()).into();
+                        if !t.reason.is_empty() {
+                            v["reason"] = t.reason.clone().into();
+                        }
+                        if !t.message.is_empty() {
+                            v["message"] = t.message.clone().into();
+                        }
+                    }
+                    _ => {}
+                }
+                Some(v)
+            })
+            .collect();
+        let launches = events
+            .iter()
+            .filter(|e| matches!(e.body, Some(Body::TaskLaunchRequested(_))))
+            .count();
+        if launches > 1 {
+            relaunched += 1;
+        }
         let outcome_ok = events.iter().any(|e| {
             matches!(&e.body, Some(Body::RunFinished(f)) if f.outcome == kaon_core::events::RunOutcome::Succeeded as i32)
         });
@@ -790,7 +831,8 @@ async fn phase_failover(
             "term_after": term_after, "attempts": attempts, "run_id": run_id,
             "commit_ms": commit_ms, "launch_intent_ms": intent_ms,
             "task_running_ms": running_ms, "task_running_seen_by_client_ms": seen_running_ms,
-            "run_succeeded": outcome_ok, "recovery_s": recovery_s,
+            "run_succeeded": outcome_ok, "launch_attempts": launches, "recovery_s": recovery_s,
+            "events": timeline,
         }));
         commit.push(commit_ms);
         if let Some(x) = intent_ms {
@@ -812,6 +854,7 @@ async fn phase_failover(
         "attempt_timeout_ms": a.attempt_timeout.as_millis() as u64,
         "to_commit": stats(&commit), "to_launch_intent": stats(&intent),
         "to_task_running": stats(&running), "restart_to_healthy": stats(&recovery),
+        "kills_with_relaunched_step": relaunched,
     }));
     out.row(
         "failover: kill -9 leader -> first successful submit",
@@ -824,6 +867,10 @@ async fn phase_failover(
     out.row(
         "failover: kill -9 leader -> step TASK_RUNNING recorded",
         summary(&running),
+    );
+    out.row(
+        "failover: kills whose step needed a second launch attempt",
+        format!("{relaunched} of {}", a.failovers),
     );
     out.row(
         "failover: restart of killed node -> cluster healthy",
