@@ -34,6 +34,9 @@ pub struct ServerArgs {
     /// Framework name shown by Mesos.
     #[arg(long, default_value = "kaon")]
     pub framework_name: String,
+    /// Mesos role kaon registers in.
+    #[arg(long, default_value = "*")]
+    pub role: String,
     /// Seconds Mesos keeps kaon's tasks running while no leader is subscribed.
     #[arg(long, default_value_t = kaon_mesos::driver::FAILOVER_TIMEOUT_DEFAULT_SECS)]
     pub failover_timeout: f64,
@@ -153,6 +156,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         let mut config =
             kaon_server::runtime::RuntimeConfig::new(master.clone(), exe.display().to_string());
         config.framework_name = args.framework_name;
+        config.role = args.role;
         config.failover_timeout_secs = args.failover_timeout;
         config.api_addr = Some(args.advertise_api.clone().unwrap_or(addr.to_string()));
         let runtime = kaon_server::runtime::supervise(log.clone(), config);

@@ -35,6 +35,9 @@ pub struct RuntimeConfig {
     pub master_url: String,
     /// Framework name shown by Mesos.
     pub framework_name: String,
+    /// Mesos role the framework registers in (`FrameworkInfo.role`; `*` is
+    /// the default role). Steps use unreserved resources.
+    pub role: String,
     /// Seconds Mesos keeps our tasks running while no scheduler is
     /// subscribed (long, so a leader failover never loses tasks).
     pub failover_timeout_secs: f64,
@@ -65,6 +68,7 @@ impl RuntimeConfig {
         RuntimeConfig {
             master_url: master_url.into(),
             framework_name: "kaon".into(),
+            role: "*".into(),
             failover_timeout_secs: kaon_mesos::driver::FAILOVER_TIMEOUT_DEFAULT_SECS,
             executor_command: executor_command.into(),
             executor_args: vec!["kaon".into(), "executor".into()],
@@ -403,20 +407,25 @@ impl<L: EventLog> Runtime<L> {
         Ok(committed[mine..].to_vec())
     }
 
-    /// Records `task_id`'s latest progress unless it is already recorded.
-    /// Progress is rate limited per attempt (decide drops what comes too
-    /// soon); what is held back is recorded when the interval has passed,
-    /// so the last percent and text of a quiet step are never lost.
-    async fn record_progress(&mut self, task_id: String) {
-        let live = kaon_core::ids::parse_task_id(&task_id).is_some_and(|(run, inst, attempt)| {
+    /// Whether state says the attempt behind `task_id` is still live (not
+    /// ended, e.g. reported lost while its launch effect was queued).
+    fn attempt_live(&self, task_id: &str) -> bool {
+        kaon_core::ids::parse_task_id(task_id).is_some_and(|(run, inst, attempt)| {
             self.log.with_state(|s| {
                 s.run(run)
                     .and_then(|r| r.instances.get(inst as usize))
                     .and_then(|i| i.live_attempt())
                     .is_some_and(|a| a.number == attempt)
             })
-        });
-        if !live {
+        })
+    }
+
+    /// Records `task_id`'s latest progress unless it is already recorded.
+    /// Progress is rate limited per attempt (decide drops what comes too
+    /// soon); what is held back is recorded when the interval has passed,
+    /// so the last percent and text of a quiet step are never lost.
+    async fn record_progress(&mut self, task_id: String) {
+        if !self.attempt_live(&task_id) {
             // Ended, or never ours: nothing to record, nothing to keep.
             self.progress.remove(&task_id);
             return;
@@ -455,6 +464,13 @@ impl<L: EventLog> Runtime<L> {
         match effect {
             Effect::Subscribe { framework_id } => self.subscribe(framework_id),
             Effect::LaunchTask(l) => {
+                // A launch effect decided in an earlier round may be stale:
+                // the attempt can have ended since (lost in a
+                // reconciliation, killed). Never launch a dead attempt.
+                if !self.attempt_live(&l.task_id) {
+                    tracing::info!(task = %l.task_id, "launch skipped: the attempt already ended");
+                    return;
+                }
                 if self.pending.len() >= self.config.pending_launches_max {
                     tracing::error!(task = %l.task_id, limit = self.config.pending_launches_max, "pending_launches_max reached; the launch waits for a leader restart");
                     return;
@@ -520,6 +536,7 @@ impl<L: EventLog> Runtime<L> {
             name: self.config.framework_name.clone(),
             id: framework_id.map(Id::new),
             failover_timeout: Some(self.config.failover_timeout_secs),
+            role: Some(self.config.role.clone()),
             ..Default::default()
         };
         self.driver = Some(Driver::subscribe(DriverConfig::new(
@@ -543,6 +560,17 @@ impl<L: EventLog> Runtime<L> {
                     // unknown task comes back TASK_LOST and is retried under
                     // the platform budget; then an implicit round finds tasks
                     // kaon does not know.
+                    // Launches still queued in the backlog are this leader's
+                    // own too: reconciling them would report them lost.
+                    let queued: std::collections::BTreeSet<String> = self
+                        .backlog
+                        .iter()
+                        .flat_map(|d| &d.effects)
+                        .filter_map(|e| match e {
+                            Effect::LaunchTask(l) => Some(l.task_id.clone()),
+                            _ => None,
+                        })
+                        .collect();
                     let pending = &self.pending;
                     let known: Vec<(Id, Option<Id>)> = self.log.with_state(|s| {
                         kaon_core::state::live_tasks(s)
@@ -550,7 +578,7 @@ impl<L: EventLog> Runtime<L> {
                             .map(|(rid, i, a)| {
                                 (s.runs[&rid].task_id(i, a.number), a.agent_id.clone())
                             })
-                            .filter(|(t, _)| !pending.contains_key(t))
+                            .filter(|(t, _)| !pending.contains_key(t) && !queued.contains(t))
                             .map(|(t, a)| (Id::new(t), (!a.is_empty()).then(|| Id::new(a))))
                             .collect()
                     });
