@@ -14,7 +14,7 @@ use kaon_core::Limits;
 use kaon_core::decide::{
     self, Command, Decision, Effect, Input, Progress, Rejection, TaskUpdate, TimerKey,
 };
-use kaon_core::events::{Event, TaskState, pb};
+use kaon_core::events::{Body, Event, TaskState, pb};
 use kaon_mesos::driver::{Driver, DriverConfig, DriverEvent, DriverHandle};
 use kaon_mesos::executor::{ExecutorMessage, StepResult, StepSpec};
 use kaon_mesos::matching::{self, OfferView, TaskRequest};
@@ -91,6 +91,12 @@ pub struct CommandOutcome {
     /// submit's run id is the index of its `RunSubmitted`).
     pub committed: Vec<Event>,
 }
+
+/// Where a command's answer goes.
+type Reply = oneshot::Sender<Result<CommandOutcome, Rejection>>;
+
+/// Most commands that share one round.
+const COMMAND_BATCH_MAX: usize = 256;
 
 enum Msg {
     Command(Command, oneshot::Sender<Result<CommandOutcome, Rejection>>),
@@ -236,6 +242,7 @@ pub fn start<L: EventLog>(log: Arc<L>, config: RuntimeConfig) -> RuntimeHandle {
         progress: BTreeMap::new(),
         failed: false,
         backlog: VecDeque::new(),
+        stash: VecDeque::new(),
     };
     tokio::spawn(rt.run(rx));
     RuntimeHandle { tx }
@@ -256,6 +263,9 @@ struct Runtime<L: EventLog> {
     /// Decisions on committed events whose effects and events go out with
     /// the next round.
     backlog: VecDeque<Decision>,
+    /// Messages taken off the channel while gathering a batch of commands;
+    /// handled before the channel.
+    stash: VecDeque<Msg>,
 }
 
 impl<L: EventLog> Runtime<L> {
@@ -280,13 +290,31 @@ impl<L: EventLog> Runtime<L> {
                     None => std::future::pending().await,
                 }
             };
+            let next = async {
+                match self.stash.pop_front() {
+                    Some(m) => Some(m),
+                    None => rx.recv().await,
+                }
+            };
             tokio::select! {
                 biased;
-                msg = rx.recv() => match msg {
+                msg = next => match msg {
                     None => break,
                     Some(Msg::Command(cmd, reply)) => {
-                        let r = self.decide_and_do(Input::Command(cmd)).await;
-                        let _ = reply.send(r);
+                        // Every command already waiting joins this round.
+                        let mut batch = vec![(cmd, reply)];
+                        while batch.len() < COMMAND_BATCH_MAX {
+                            match rx.try_recv() {
+                                Ok(Msg::Command(c, r)) => batch.push((c, r)),
+                                Ok(other) => {
+                                    // Keep the order: handle it next.
+                                    self.stash.push_back(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        self.commands(batch).await;
                     }
                     Some(Msg::Shutdown(done)) => {
                         if let Some((d, _)) = self.driver.take() {
@@ -324,6 +352,87 @@ impl<L: EventLog> Runtime<L> {
         }
     }
 
+    /// Client commands that arrived together: each is decided against the
+    /// current state, and those whose decisions combine safely (they only
+    /// submit runs, with distinct idempotency keys, within the active-runs
+    /// limit) share one round; any other command gets a round of its own,
+    /// so it is decided against the state its predecessors produced.
+    async fn commands(&mut self, batch: Vec<(Command, Reply)>) {
+        let limits = self.config.limits.clone();
+        let mut queue: VecDeque<(Command, Reply)> = batch.into();
+        while !queue.is_empty() {
+            let now = self.config.clock.now_unix_ms();
+            let active = self.log.with_state(|s| s.active_runs.len());
+            let mut keys = std::collections::BTreeSet::new();
+            let mut firsts: Vec<(Decision, Reply)> = Vec::new();
+            while let Some((cmd, reply)) = queue.pop_front() {
+                let d = match self
+                    .log
+                    .with_state(|s| decide::decide(s, Input::Command(cmd.clone()), now, &limits))
+                {
+                    Err(r) => {
+                        let _ = reply.send(Err(r));
+                        continue;
+                    }
+                    Ok(d) => d,
+                };
+                let key = d.events.iter().find_map(|e| match e {
+                    Body::RunSubmitted(r) => Some(r.idempotency_key.as_str()),
+                    _ => None,
+                });
+                let combinable = !d.events.is_empty()
+                    && d.events.iter().all(|e| matches!(e, Body::RunSubmitted(_)))
+                    && key.is_none_or(|k| k.is_empty() || !keys.contains(k))
+                    && active + firsts.len() < limits.active_runs_max;
+                if !firsts.is_empty() && !combinable {
+                    queue.push_front((cmd, reply)); // next round, on fresh state
+                    break;
+                }
+                if let Some(k) = key.filter(|k| !k.is_empty()) {
+                    keys.insert(k.to_string());
+                }
+                firsts.push((d, reply));
+                if !combinable {
+                    break;
+                }
+            }
+            if firsts.is_empty() {
+                continue;
+            }
+            let counts: Vec<usize> = firsts.iter().map(|(d, _)| d.events.len()).collect();
+            let decisions: Vec<Decision> = firsts.iter().map(|(d, _)| d.clone()).collect();
+            match self.round_many(decisions).await {
+                Err(r) => {
+                    for (_, reply) in firsts {
+                        let _ = reply.send(Err(r.clone()));
+                    }
+                }
+                Ok(events) => {
+                    let mut at = 0;
+                    for ((d, reply), n) in firsts.into_iter().zip(counts) {
+                        let committed =
+                            events[at.min(events.len())..(at + n).min(events.len())].to_vec();
+                        at += n;
+                        let _ = reply.send(Ok(CommandOutcome {
+                            decision: Decision {
+                                effects: Vec::new(),
+                                ..d
+                            },
+                            committed,
+                        }));
+                    }
+                }
+            }
+            if self.failed {
+                for (_, reply) in queue.drain(..) {
+                    let _ = reply.send(Err(Rejection::FailedPrecondition(
+                        "the leader's runtime stopped; retry".into(),
+                    )));
+                }
+            }
+        }
+    }
+
     /// Decides on `input` and commits its events in the next round (with
     /// every follow-up decision waiting in the backlog); returns once the
     /// input's own events are committed. Follow-ups of those events go to
@@ -357,10 +466,16 @@ impl<L: EventLog> Runtime<L> {
     /// batch is a recorded no-op, and only intents apply accepted become
     /// effects).
     async fn round(&mut self, first: Option<Decision>) -> Result<Vec<Event>, Rejection> {
+        self.round_many(first.into_iter().collect()).await
+    }
+
+    /// [`Runtime::round`] for several new decisions at once (in order);
+    /// returns their committed events, in order.
+    async fn round_many(&mut self, firsts: Vec<Decision>) -> Result<Vec<Event>, Rejection> {
         let limits = self.config.limits.clone();
         let mut batch: Vec<Decision> = self.backlog.drain(..).collect();
-        let first_events = first.as_ref().map(|d| d.events.len()).unwrap_or(0);
-        batch.extend(first);
+        let first_events: usize = firsts.iter().map(|d| d.events.len()).sum();
+        batch.extend(firsts);
         let mut events = Vec::new();
         for d in batch {
             for e in d.effects {

@@ -368,8 +368,9 @@ impl Cluster {
     }
 }
 
-/// Submits `spec` with `key` to whichever of the nodes at `urls` leads,
-/// retrying (same key) across errors and leader changes until acknowledged.
+/// Submits `spec` with `key` through the nodes at `urls` (any node
+/// forwards to the leader), retrying (same key) across errors and leader
+/// changes until acknowledged.
 pub async fn submit_to_leader(
     urls: &[String],
     spec: &str,
@@ -383,14 +384,8 @@ pub async fn submit_to_leader(
             Instant::now() < end,
             "submit {key} not acknowledged in {deadline:?}: {last}"
         );
-        let mut leader = None;
+        // Any node will do: followers forward writes to the leader.
         for url in urls {
-            if let Some(st) = cluster_status(url).await.filter(|s| s.leader_id != 0) {
-                leader = urls.get((st.leader_id - 1) as usize);
-                break;
-            }
-        }
-        if let Some(url) = leader {
             match submit(url, spec, key).await {
                 Ok(r) => return r,
                 Err(e) => last = e,
