@@ -34,6 +34,15 @@ impl Opts {
     }
 }
 
+/// Prints a command's result: `text`, or `json` with `--output json`.
+fn done(o: &Opts, text: &str, json: serde_json::Value) {
+    if o.json {
+        println!("{json}");
+    } else {
+        println!("{text}");
+    }
+}
+
 fn status_error(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", e.code(), e.message())
 }
@@ -355,7 +364,11 @@ pub async fn cancel(o: &Opts, id: u64, reason: String) -> anyhow::Result<ExitCod
         )
         .await
         .map_err(status_error)?;
-    println!("run {id} cancelling");
+    done(
+        o,
+        &format!("run {id} cancelling"),
+        serde_json::json!({"run_id": id, "cancelling": true}),
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -562,7 +575,11 @@ pub async fn cluster_init(o: &Opts, members: &[String]) -> anyhow::Result<ExitCo
         )
         .await
         .map_err(status_error)?;
-    println!("cluster formed with {} members", members.len());
+    done(
+        o,
+        &format!("cluster formed with {} members", members.len()),
+        serde_json::json!({"members": members.len()}),
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -584,9 +601,11 @@ pub async fn add_node(
         )
         .await
         .map_err(status_error)?;
-    println!(
-        "node {id} added as {}",
-        if learner { "a learner" } else { "a voter" }
+    let role = if learner { "learner" } else { "voter" };
+    done(
+        o,
+        &format!("node {id} added as a {role}"),
+        serde_json::json!({"node_id": id, "role": role}),
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -600,7 +619,11 @@ pub async fn remove_node(o: &Opts, id: u64) -> anyhow::Result<ExitCode> {
         )
         .await
         .map_err(status_error)?;
-    println!("node {id} removed");
+    done(
+        o,
+        &format!("node {id} removed"),
+        serde_json::json!({"node_id": id, "removed": true}),
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -613,7 +636,11 @@ pub async fn transfer_leader(o: &Opts, id: u64) -> anyhow::Result<ExitCode> {
         )
         .await
         .map_err(status_error)?;
-    println!("leadership handed to node {id}");
+    done(
+        o,
+        &format!("leadership handed to node {id}"),
+        serde_json::json!({"leader_id": id}),
+    );
     Ok(ExitCode::SUCCESS)
 }
 
