@@ -9,8 +9,10 @@
 //! [`DriverHandle::acknowledge`] once it has durably recorded an update.
 
 use crate::recordio::{Decoder, RECORD_BYTES_MAX_DEFAULT, RecordIoError};
+use crate::transport::{HttpRequest, HttpResponse, HttpTransport, MesosTransport, TransportError};
 use crate::types::scheduler::{self as sch, Call, CallType, Event, EventType};
 use crate::types::{B64, FrameworkInfo, Id, Offer, TaskStatus};
+use axum::http::{HeaderMap, HeaderValue, Method};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
@@ -30,8 +32,8 @@ pub enum DriverError {
     Transport {
         /// Target.
         url: String,
-        /// Cause.
-        source: reqwest::Error,
+        /// Cause (from the configured [`MesosTransport`]).
+        source: TransportError,
     },
     /// The master answered with an error status.
     #[error("master at {url} answered {status}: {body}")]
@@ -103,6 +105,10 @@ pub struct DriverConfig {
     pub record_bytes_max: usize,
     /// Capacity of the event channel to the owner.
     pub event_buffer: usize,
+    /// How HTTP reaches the master: reqwest over TCP (default) or, for
+    /// simulations, [`MesosTransport::in_process`] to the emulator's master
+    /// router.
+    pub transport: MesosTransport,
 }
 
 /// kaon's default failover timeout: one week, in seconds.
@@ -122,6 +128,7 @@ impl DriverConfig {
             unavailable_retries_max: 20,
             record_bytes_max: RECORD_BYTES_MAX_DEFAULT,
             event_buffer: 4096,
+            transport: MesosTransport::default(),
         }
     }
 }
@@ -175,7 +182,7 @@ struct Session {
 }
 
 struct Inner {
-    client: reqwest::Client,
+    transport: Arc<dyn HttpTransport>,
     config: DriverConfig,
     session: Mutex<Session>,
     stop: watch::Sender<bool>,
@@ -196,14 +203,10 @@ impl Driver {
     /// receiver or calling [`DriverHandle::stop`] ends the driver.
     pub fn subscribe(config: DriverConfig) -> (DriverHandle, mpsc::Receiver<DriverEvent>) {
         let (tx, rx) = mpsc::channel(config.event_buffer.max(1));
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+        let transport = config.transport.instantiate();
         let (stop, _) = watch::channel(false);
         let inner = Arc::new(Inner {
-            client,
+            transport,
             session: Mutex::new(Session {
                 master_url: config.master_url.trim_end_matches('/').to_owned(),
                 stream_id: None,
@@ -245,33 +248,43 @@ impl Inner {
         body: Vec<u8>,
         stream_id: Option<String>,
         streaming: bool,
-    ) -> Result<reqwest::Response, DriverError> {
+    ) -> Result<HttpResponse, DriverError> {
+        let body = bytes::Bytes::from(body);
         let mut backoff = self.config.backoff_min;
         let (mut redirects, mut unavailable) = (0u32, 0u32);
         loop {
             let base = self.session().master_url.clone();
             let url = format!("{base}/api/v1/scheduler");
-            let mut req = self
-                .client
-                .post(&url)
-                .header("Content-Type", "application/json")
-                .header("Accept", "application/json")
-                .body(body.clone());
-            if let Some(sid) = &stream_id {
-                req = req.header("Mesos-Stream-Id", sid);
+            let json = HeaderValue::from_static("application/json");
+            let mut headers = HeaderMap::new();
+            headers.insert("Content-Type", json.clone());
+            headers.insert("Accept", json);
+            if let Some(sid) = stream_id
+                .as_deref()
+                .and_then(|s| HeaderValue::from_str(s).ok())
+            {
+                headers.insert("Mesos-Stream-Id", sid);
             }
-            if !streaming {
-                req = req.timeout(self.config.request_timeout);
-            }
-            let resp = req.send().await.map_err(|source| DriverError::Transport {
+            let request = HttpRequest {
+                method: Method::POST,
                 url: url.clone(),
-                source,
-            })?;
-            match resp.status().as_u16() {
+                headers,
+                body: body.clone(),
+                timeout: (!streaming).then_some(self.config.request_timeout),
+            };
+            let resp =
+                self.transport
+                    .send(request)
+                    .await
+                    .map_err(|source| DriverError::Transport {
+                        url: url.clone(),
+                        source,
+                    })?;
+            match resp.status {
                 307 => {
                     redirects += 1;
                     let loc = resp
-                        .headers()
+                        .headers
                         .get("Location")
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("");
@@ -289,7 +302,7 @@ impl Inner {
                 }
                 503 => {
                     unavailable += 1;
-                    let text = resp.text().await.unwrap_or_default();
+                    let text = resp.text().await;
                     if unavailable > self.config.unavailable_retries_max {
                         return Err(DriverError::GaveUp {
                             url,
@@ -303,7 +316,7 @@ impl Inner {
                 }
                 s if (200..300).contains(&s) => return Ok(resp),
                 s => {
-                    let body = resp.text().await.unwrap_or_default();
+                    let body = resp.text().await;
                     return Err(DriverError::Status {
                         url,
                         status: s,
@@ -392,7 +405,7 @@ async fn stream_once(inner: &Inner, tx: &mpsc::Sender<DriverEvent>) -> StreamEnd
         }
     };
     let Some(stream_id) = resp
-        .headers()
+        .headers
         .get("Mesos-Stream-Id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)

@@ -11,4 +11,5 @@ pub mod executor;
 pub mod matching;
 pub mod recordio;
 pub mod resources;
+pub mod transport;
 pub mod types;

@@ -134,12 +134,10 @@ async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|v| *v).await;
 }
 
-pub(crate) async fn serve_master(
-    core: Arc<Core>,
-    listener: tokio::net::TcpListener,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let app = Router::new()
+/// The master's HTTP front end as a router, for its TCP server or for an
+/// in-process transport.
+pub(crate) fn master_router(core: Arc<Core>) -> Router {
+    Router::new()
         .route("/api/v1/scheduler", any(scheduler))
         .route("/master/api/v1/scheduler", any(scheduler))
         .route("/version", get(version))
@@ -158,7 +156,15 @@ pub(crate) async fn serve_master(
         .route("/slaves", get(master_slaves))
         .route("/master/teardown", axum::routing::post(master_teardown))
         .route("/teardown", axum::routing::post(master_teardown))
-        .with_state(core);
+        .with_state(core)
+}
+
+pub(crate) async fn serve_master(
+    core: Arc<Core>,
+    listener: tokio::net::TcpListener,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let app = master_router(core);
     if let Err(e) = axum::serve(listener.tap_io(nodelay), app)
         .with_graceful_shutdown(stopped(stop))
         .await

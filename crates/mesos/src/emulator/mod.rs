@@ -184,6 +184,23 @@ impl Emulator {
     /// Binds the master and agents and starts serving on the current tokio
     /// runtime.
     pub async fn start(config: EmulatorConfig) -> Result<EmulatorHandle, EmulatorError> {
+        Self::start_with(config, true).await
+    }
+
+    /// Like [`Emulator::start`] but the master binds no socket: schedulers
+    /// reach it only through [`EmulatorHandle::master_router`] (e.g. with
+    /// [`crate::transport::MesosTransport::in_process`]). `master_addr` is
+    /// then only the name the master reports (in `MasterInfo`, redirects,
+    /// `/state`); nothing listens there. Agents still bind their executor
+    /// API, since executors are separate processes.
+    pub async fn start_in_process(config: EmulatorConfig) -> Result<EmulatorHandle, EmulatorError> {
+        Self::start_with(config, false).await
+    }
+
+    async fn start_with(
+        config: EmulatorConfig,
+        bind_master: bool,
+    ) -> Result<EmulatorHandle, EmulatorError> {
         std::fs::create_dir_all(&config.work_dir).map_err(|source| EmulatorError::WorkDir {
             path: config.work_dir.display().to_string(),
             source,
@@ -202,18 +219,23 @@ impl Emulator {
             }
             tracing::info!(%master, "recovering from checkpoint");
         }
-        let master = tokio::net::TcpListener::bind(config.master_addr)
-            .await
-            .map_err(|source| EmulatorError::Bind {
+        let (master, master_addr) = if bind_master {
+            let master = tokio::net::TcpListener::bind(config.master_addr)
+                .await
+                .map_err(|source| EmulatorError::Bind {
+                    what: "master".into(),
+                    addr: config.master_addr,
+                    source,
+                })?;
+            let addr = master.local_addr().map_err(|source| EmulatorError::Bind {
                 what: "master".into(),
                 addr: config.master_addr,
                 source,
             })?;
-        let master_addr = master.local_addr().map_err(|source| EmulatorError::Bind {
-            what: "master".into(),
-            addr: config.master_addr,
-            source,
-        })?;
+            (Some(master), addr)
+        } else {
+            (None, config.master_addr)
+        };
         let master_id = uuid::Uuid::new_v4().to_string();
         let mut agents = Vec::new();
         let mut listeners = Vec::new();
@@ -283,11 +305,14 @@ impl Emulator {
             }
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut servers = vec![tokio::spawn(http::serve_master(
-            core.clone(),
-            master,
-            stop_rx.clone(),
-        ))];
+        let mut servers = Vec::new();
+        if let Some(master) = master {
+            servers.push(tokio::spawn(http::serve_master(
+                core.clone(),
+                master,
+                stop_rx.clone(),
+            )));
+        }
         for (i, l) in listeners.into_iter().enumerate() {
             servers.push(tokio::spawn(http::serve_agent(
                 core.clone(),
@@ -363,6 +388,14 @@ impl EmulatorHandle {
     /// The master's socket address.
     pub fn master_addr(&self) -> SocketAddr {
         self.core.master_addr
+    }
+
+    /// The master's HTTP API (`/api/v1/scheduler`, `/state`, ...) as an
+    /// axum router, to be served in-process, e.g. by
+    /// [`crate::transport::MesosTransport::in_process`]. It shares the
+    /// emulator's state with the master's TCP server, if any.
+    pub fn master_router(&self) -> axum::Router {
+        http::master_router(self.core.clone())
     }
 
     /// The agents' executor-API addresses, in configuration order.
