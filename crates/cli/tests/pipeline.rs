@@ -219,3 +219,56 @@ async fn new_leader_reconciles_intents_the_old_one_never_launched() {
     assert_eq!(marks, "a\nb\n", "each step's command ran exactly once");
     emu.shutdown().await;
 }
+
+/// The leader's runtime reaches Mesos through a handed-in transport: here
+/// in-process to an emulator whose master binds no socket (the simulation
+/// seam); a two-step workflow runs to success, steps as real processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_reaches_mesos_through_a_handed_in_transport() {
+    let work = tempfile::tempdir().unwrap();
+    let kaon = env!("CARGO_BIN_EXE_kaon");
+    let emu = Emulator::start_in_process(EmulatorConfig {
+        allocation_interval: Duration::from_millis(20),
+        work_dir: work.path().join("mesos"),
+        executor_path: Some(kaon.into()),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
+    // Nothing listens at the master URL: only the transport can reach it.
+    assert!(
+        std::net::TcpStream::connect(emu.master_url().trim_start_matches("http://")).is_err(),
+        "the in-process master must not listen"
+    );
+    let log = Arc::new(LocalLog::default());
+    let mut config = RuntimeConfig::new(emu.master_url(), kaon);
+    config.mesos_transport = kaon_mesos::transport::MesosTransport::in_process(emu.master_router());
+    let rt = runtime::start(log.clone(), config);
+    let marks = work.path().join("marks");
+    let source = format!(
+        "apiVersion: kaon/v1\nname: seam\nsteps:\n  a: {{shell: 'echo a >> {m}'}}\n  b: {{depends_on: [a], shell: 'echo b >> {m}'}}\n",
+        m = marks.display()
+    );
+    rt.command(Command::SubmitRun {
+        target: SubmitTarget::Inline { source },
+        params: BTreeMap::new(),
+        idempotency_key: "seam".into(),
+    })
+    .await
+    .unwrap()
+    .expect("accepted");
+    let run_id = log.with_state(|s| s.idempotency["seam"]);
+    let deadline = Instant::now() + RUN_DEADLINE;
+    while log.with_state(|s| s.run(run_id).unwrap().status) == RunStatus::Running
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        log.with_state(|s| s.run(run_id).unwrap().status),
+        RunStatus::Succeeded
+    );
+    assert_eq!(std::fs::read_to_string(&marks).unwrap(), "a\nb\n");
+    rt.shutdown().await;
+    emu.shutdown().await;
+}

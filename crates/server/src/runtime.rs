@@ -60,6 +60,9 @@ pub struct RuntimeConfig {
     /// Wall clock for decide's `now` and timer deadlines (handed in, as
     /// the Raft node's is, so a simulation can run on virtual time).
     pub clock: Arc<dyn kaon_log::Clock>,
+    /// How the Mesos driver reaches the master: HTTP over TCP (default),
+    /// or in-process to an emulator's router (simulations).
+    pub mesos_transport: kaon_mesos::transport::MesosTransport,
 }
 
 impl RuntimeConfig {
@@ -78,6 +81,7 @@ impl RuntimeConfig {
             pending_launches_max: 100_000,
             api_addr: None,
             clock: Arc::new(kaon_log::SystemClock),
+            mesos_transport: Default::default(),
         }
     }
 }
@@ -654,10 +658,9 @@ impl<L: EventLog> Runtime<L> {
             role: Some(self.config.role.clone()),
             ..Default::default()
         };
-        self.driver = Some(Driver::subscribe(DriverConfig::new(
-            self.config.master_url.clone(),
-            info,
-        )));
+        let mut driver = DriverConfig::new(self.config.master_url.clone(), info);
+        driver.transport = self.config.mesos_transport.clone();
+        self.driver = Some(Driver::subscribe(driver));
     }
 
     async fn on_driver_event(&mut self, ev: DriverEvent) {
