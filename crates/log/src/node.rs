@@ -388,26 +388,8 @@ impl RaftNode {
     /// here; returns its event index. The leader stamps the time; the
     /// index is stamped when the entry is applied.
     pub async fn propose(&self, body: Body) -> Result<u64, ProposeError> {
-        let event = Event {
-            index: 0,
-            time_unix_ms: self.clock.now_unix_ms(),
-            body: Some(body),
-        };
-        let proposal = Proposal {
-            event: events::encode(&event),
-        };
-        match self.raft.client_write(proposal).await {
-            Ok(resp) => resp.data.event_index.ok_or(ProposeError::NoEvent {
-                log_index: resp.log_id.index,
-            }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ProposeError::NotLeader {
-                    leader: f.leader_id,
-                    leader_addr: f.leader_node.map(|n| n.addr),
-                })
-            }
-            Err(e) => Err(ProposeError::Raft(e.to_string())),
-        }
+        let indexes = self.propose_many(vec![body]).await?;
+        Ok(indexes[0])
     }
 
     /// Reads the state linearizably (leader only): confirms leadership with
@@ -421,10 +403,7 @@ impl RaftNode {
         match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(_) => Ok(self.sm.with_state(f)),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(fw))) => {
-                Err(ProposeError::NotLeader {
-                    leader: fw.leader_id,
-                    leader_addr: fw.leader_node.map(|n| n.addr),
-                })
+                Err(not_leader(fw))
             }
             Err(e) => Err(ProposeError::Raft(e.to_string())),
         }
@@ -577,12 +556,7 @@ impl RaftNode {
                 Ok(resp) => out.push(resp.response.event_index.ok_or(ProposeError::NoEvent {
                     log_index: resp.log_id.index,
                 })?),
-                Err(ClientWriteError::ForwardToLeader(f)) => {
-                    return Err(ProposeError::NotLeader {
-                        leader: f.leader_id,
-                        leader_addr: f.leader_node.map(|n| n.addr),
-                    });
-                }
+                Err(ClientWriteError::ForwardToLeader(f)) => return Err(not_leader(f)),
                 Err(e) => return Err(ProposeError::Raft(e.to_string())),
             }
         }
@@ -603,10 +577,7 @@ impl RaftNode {
         match self.raft.get_read_linearizer(ReadPolicy::ReadIndex).await {
             Ok(l) => Ok(l.read_log_id().log_id().index()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(fw))) => {
-                Err(ProposeError::NotLeader {
-                    leader: fw.leader_id,
-                    leader_addr: fw.leader_node.map(|n| n.addr),
-                })
+                Err(not_leader(fw))
             }
             Err(e) => Err(ProposeError::Raft(e.to_string())),
         }
@@ -723,5 +694,13 @@ impl RaftNode {
             let _ = stop.send(());
             let _ = handle.await;
         }
+    }
+}
+
+/// openraft's "ask the leader" answer as a [`ProposeError`].
+fn not_leader(f: openraft::errors::ForwardToLeader<crate::types::TypeConfig>) -> ProposeError {
+    ProposeError::NotLeader {
+        leader: f.leader_id,
+        leader_addr: f.leader_node.map(|n| n.addr),
     }
 }

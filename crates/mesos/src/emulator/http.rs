@@ -697,17 +697,34 @@ async fn files_download(
     State(ctx): State<AgentCtx>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    let (path, p) = match sandbox_file(&ctx, &q) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    match tokio::fs::read(&p).await {
+        Ok(bytes) => bytes.into_response(),
+        Err(e) => text(StatusCode::NOT_FOUND, format!("cannot read {path}: {e}")),
+    }
+}
+
+/// The file a `/files/...` request's `?path=` names, resolved, if it lies
+/// inside the sandboxes (the work dir); else the error response. Returns
+/// the path as given (for messages) and the resolved one.
+fn sandbox_file(
+    ctx: &AgentCtx,
+    q: &HashMap<String, String>,
+) -> Result<(String, std::path::PathBuf), Response> {
     let Some(path) = q.get("path") else {
-        return text(StatusCode::BAD_REQUEST, "Expecting 'path' to be present");
+        return Err(text(
+            StatusCode::BAD_REQUEST,
+            "Expecting 'path' to be present",
+        ));
     };
     let root = std::fs::canonicalize(&ctx.core.config.work_dir).unwrap_or_default();
     match std::fs::canonicalize(path) {
-        Ok(p) if p.starts_with(&root) => match tokio::fs::read(&p).await {
-            Ok(bytes) => bytes.into_response(),
-            Err(e) => text(StatusCode::NOT_FOUND, format!("cannot read {path}: {e}")),
-        },
-        Ok(_) => text(StatusCode::FORBIDDEN, "path is outside the sandboxes"),
-        Err(_) => text(StatusCode::NOT_FOUND, format!("{path} not found")),
+        Ok(p) if p.starts_with(&root) => Ok((path.clone(), p)),
+        Ok(_) => Err(text(StatusCode::FORBIDDEN, "path is outside the sandboxes")),
+        Err(_) => Err(text(StatusCode::NOT_FOUND, format!("{path} not found"))),
     }
 }
 
@@ -721,8 +738,9 @@ async fn files_read(
     State(ctx): State<AgentCtx>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some(path) = q.get("path") else {
-        return text(StatusCode::BAD_REQUEST, "Expecting 'path' to be present");
+    let (path, p) = match sandbox_file(&ctx, &q) {
+        Ok(x) => x,
+        Err(r) => return r,
     };
     let offset: i64 = match q.get("offset").map(|o| o.parse()) {
         None => 0,
@@ -733,12 +751,6 @@ async fn files_read(
         None => FILES_READ_BYTES_MAX,
         Some(Ok(n)) => n.min(FILES_READ_BYTES_MAX),
         Some(Err(_)) => return text(StatusCode::BAD_REQUEST, "Failed to parse length"),
-    };
-    let root = std::fs::canonicalize(&ctx.core.config.work_dir).unwrap_or_default();
-    let p = match std::fs::canonicalize(path) {
-        Ok(p) if p.starts_with(&root) => p,
-        Ok(_) => return text(StatusCode::FORBIDDEN, "path is outside the sandboxes"),
-        Err(_) => return text(StatusCode::NOT_FOUND, format!("{path} not found")),
     };
     let read = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, Vec<u8>)> {
         use std::io::{Read, Seek};
