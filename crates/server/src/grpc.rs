@@ -163,13 +163,24 @@ impl<L: EventLog> KaonService<L> {
         if self.log.raft_node().is_none() {
             return Err(Status::unavailable("the effect runtime is not running"));
         }
+        Ok(Route::Leader(self.to_leader(md)?.1))
+    }
+
+    /// The leader's address and a client for it, to forward a request
+    /// that reached this non-leader; a request that was forwarded here
+    /// already is refused (no forwarding loops while leadership moves).
+    fn to_leader(
+        &self,
+        md: &MetadataMap,
+    ) -> Result<(String, v1::kaon_client::KaonClient<Channel>), Status> {
         if md.contains_key(FORWARDED_BY_HEADER) {
             return Err(self.unavailable(
                 "this node does not lead either (a forwarded request is not forwarded again)",
             ));
         }
         let (_, addr) = self.leader_target()?;
-        Ok(Route::Leader(self.peer(&addr)?))
+        let client = self.peer(&addr)?;
+        Ok((addr, client))
     }
 
     /// Runs a command on the local runtime.
@@ -202,11 +213,8 @@ impl<L: EventLog> KaonService<L> {
                 ))
             })?
         } else {
-            if md.contains_key(FORWARDED_BY_HEADER) {
-                return Err(self.unavailable("this node does not lead; no read index here"));
-            }
-            let (_, addr) = self.leader_target()?;
-            self.peer(&addr)?
+            let (addr, mut leader) = self.to_leader(md)?;
+            leader
                 .read_index(self.forwarded(md, v1::ReadIndexRequest {}))
                 .await
                 .map_err(|e| {
@@ -240,11 +248,7 @@ impl<L: EventLog> KaonService<L> {
         if st.leader == Some(st.id) {
             return Ok(None);
         }
-        if md.contains_key(FORWARDED_BY_HEADER) {
-            return Err(self.unavailable("this node does not lead either"));
-        }
-        let (_, addr) = self.leader_target()?;
-        Ok(Some(self.peer(&addr)?))
+        Ok(Some(self.to_leader(md)?.1))
     }
 
     /// The run a submit or retry started, and whether it existed already:
