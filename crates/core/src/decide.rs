@@ -93,6 +93,16 @@ pub enum TimerKey {
         /// Run.
         run: RunId,
     },
+    /// Mesos reported an attempt terminal by reconciliation: give up
+    /// waiting for its reliable update.
+    ReliableUpdate {
+        /// Run.
+        run: RunId,
+        /// Instance.
+        inst: InstId,
+        /// Attempt.
+        attempt: u32,
+    },
     /// Next cron fire.
     Schedule {
         /// Workflow.
@@ -123,6 +133,51 @@ pub struct TaskUpdate {
     pub exit_code: Option<i32>,
     /// Outputs (JSON object) reported with TASK_FINISHED.
     pub outputs_json: Option<String>,
+}
+
+/// What a Mesos status update means for the attempt it names.
+///
+/// Mesos delivers a task's updates reliably: the agent keeps resending
+/// each one (with a uuid) until the scheduler acknowledges it, and only
+/// those carry the executor's `data` (the step's outputs and exit code).
+/// A reconciliation answer (reason `REASON_RECONCILIATION`, no uuid) only
+/// says which state the master last heard of. So an attempt ends on a
+/// reliable update, on the master's own final word (task lost, invalid,
+/// unknown to Mesos), or when kaon gives up waiting; never on a
+/// reconciliation answer that names a state whose result is still with
+/// the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observation {
+    /// The update carries the task's new state, and, if terminal, its
+    /// result: record it as the attempt's state.
+    Result,
+    /// Only a report of the state (a reconciliation answer): a terminal
+    /// state here does not end the attempt, which waits for its reliable
+    /// update (at most `Limits::reliable_update_wait_ms`).
+    StateOnly,
+}
+
+impl Observation {
+    /// Classifies `u` (see the type's doc).
+    pub fn of(u: &TaskUpdate) -> Observation {
+        let reconciliation = u.uuid.is_empty() && u.reason == "REASON_RECONCILIATION";
+        match u.state {
+            _ if !reconciliation => Observation::Result,
+            // "Task is unknown" (lost, gone, unknown, ...) is final: no
+            // update will follow for a task Mesos does not know, nor for
+            // one it refused (error).
+            TaskState::Lost
+            | TaskState::Unknown
+            | TaskState::Gone
+            | TaskState::GoneByOperator
+            | TaskState::Dropped
+            | TaskState::Unreachable
+            | TaskState::Error => Observation::Result,
+            // Live states, and terminal ones whose reliable update (with
+            // the result) the agent still holds for us.
+            _ => Observation::StateOnly,
+        }
+    }
 }
 
 /// Executor progress for one task.
@@ -356,8 +411,13 @@ impl<'s> Decider<'s> {
                     return;
                 };
                 let inst = run.inst(e.instance);
-                // Only the intent that apply accepted becomes an effect.
-                let accepted = inst.attempts.last().is_some_and(|a| a.number == e.attempt);
+                // Only the intent that apply accepted becomes an effect: a
+                // redundant second intent for the same attempt (two inputs
+                // decided against one state) was a recorded no-op.
+                let accepted = inst
+                    .attempts
+                    .last()
+                    .is_some_and(|a| a.number == e.attempt && a.launch_event == event.index);
                 if accepted && !inst.attempts.last().is_some_and(|a| a.state.is_terminal()) {
                     let mut launch = e.clone();
                     launch.env.extend(kaon_env(&run.workflow, e));
@@ -404,6 +464,11 @@ impl<'s> Decider<'s> {
                     self.settle(run, e.instance);
                 } else if inst.status.is_terminal() {
                     self.after_terminal(run, e.instance);
+                } else if let Some(a) = inst.live_attempt()
+                    && a.number == e.attempt
+                    && let Some((_, since)) = a.reported_terminal
+                {
+                    self.arm_reliable_wait(run.id, e.instance, a.number, since);
                 }
             }
             Body::RetryScheduled(e) => {
@@ -1202,7 +1267,13 @@ impl<'s> Decider<'s> {
             }
             return;
         };
-        let unchanged = a.state.is_terminal() || (a.state == u.state && u.outputs_json.is_none());
+        let meaning = Observation::of(&u);
+        let unchanged = a.state.is_terminal()
+            || match meaning {
+                // A second "it ended" report changes nothing either.
+                Observation::StateOnly if u.state.is_terminal() => a.reported_terminal.is_some(),
+                _ => a.state == u.state && u.outputs_json.is_none(),
+            };
         if unchanged {
             // Already recorded: acknowledging is safe (rule 4 holds).
             if !u.uuid.is_empty() {
@@ -1223,7 +1294,7 @@ impl<'s> Decider<'s> {
         }
         let (mut state, mut reason, mut message, mut outputs) =
             (u.state, u.reason, u.message, String::new());
-        if state == TaskState::Finished {
+        if state == TaskState::Finished && meaning == Observation::Result {
             let text = u.outputs_json.unwrap_or_default();
             if text.len() > self.limits.outputs_bytes_max {
                 state = TaskState::Failed;
@@ -1243,6 +1314,12 @@ impl<'s> Decider<'s> {
                 outputs = text;
             }
         }
+        let cause = match meaning {
+            Observation::Result if state.is_terminal() && state != TaskState::Finished => {
+                crate::state::classify(state, &reason, a.kill)
+            }
+            _ => FailureCause::Unspecified,
+        };
         self.emit(Body::TaskStatusObserved(pb::TaskStatusObserved {
             run_id: run.id,
             instance: inst,
@@ -1256,7 +1333,11 @@ impl<'s> Decider<'s> {
                 "SOURCE_EXECUTOR" => pb::TaskSource::Executor,
                 _ => pb::TaskSource::Unspecified,
             } as i32,
-            exit_code: u.exit_code,
+            exit_code: if meaning == Observation::Result {
+                u.exit_code
+            } else {
+                None
+            },
             outputs_json: outputs,
             // Only when it changed: most updates repeat the agent.
             agent_id: if u.agent_id == a.agent_id {
@@ -1265,6 +1346,8 @@ impl<'s> Decider<'s> {
                 u.agent_id
             },
             mesos_uuid: u.uuid,
+            cause: cause as i32,
+            state_only: meaning == Observation::StateOnly,
         }));
     }
 
@@ -1377,8 +1460,52 @@ impl<'s> Decider<'s> {
                     timed_out: true,
                 }));
             }
+            TimerKey::ReliableUpdate { run, inst, attempt } => {
+                let Some(r) = self.active_run(run) else {
+                    return;
+                };
+                let Some(a) = r
+                    .instances
+                    .get(inst as usize)
+                    .and_then(|i| i.live_attempt())
+                    .filter(|a| a.number == attempt)
+                else {
+                    return; // its reliable update came
+                };
+                let Some((reported, since)) = a.reported_terminal else {
+                    return;
+                };
+                let due = since + self.limits.reliable_update_wait_ms;
+                if self.now < due {
+                    return self.arm_reliable_wait(run, inst, attempt, since);
+                }
+                self.emit(Body::TaskStatusObserved(pb::TaskStatusObserved {
+                    run_id: run,
+                    instance: inst,
+                    attempt,
+                    state: TaskState::Lost as i32,
+                    reason: "REASON_KAON_RELIABLE_UPDATE_MISSING".into(),
+                    message: format!(
+                        "Mesos reported {} by reconciliation, but the update with its result did not come within reliable_update_wait_ms = {}",
+                        reported.mesos_name(),
+                        self.limits.reliable_update_wait_ms
+                    ),
+                    source_kind: pb::TaskSource::Kaon as i32,
+                    cause: FailureCause::Platform as i32,
+                    ..Default::default()
+                }));
+            }
             TimerKey::Schedule { workflow, index } => self.schedule_due(&workflow, index),
         }
+    }
+
+    /// Arms the end of the wait for an attempt's reliable update (Mesos
+    /// reported it terminal by reconciliation at `since_ms`).
+    fn arm_reliable_wait(&mut self, run: RunId, inst: InstId, attempt: u32, since_ms: i64) {
+        self.effect(Effect::ArmTimer {
+            key: TimerKey::ReliableUpdate { run, inst, attempt },
+            at_ms: since_ms + self.limits.reliable_update_wait_ms,
+        });
     }
 
     fn leader_started(&mut self) {
@@ -1421,6 +1548,11 @@ impl<'s> Decider<'s> {
         self.sweep(run);
         for (idx, inst) in run.instances.iter().enumerate() {
             let i = idx as InstId;
+            if let Some(a) = inst.live_attempt()
+                && let Some((_, since)) = a.reported_terminal
+            {
+                self.arm_reliable_wait(run.id, i, a.number, since);
+            }
             if let Some(a) = inst.live_attempt()
                 && a.timeout_ms > 0
                 && a.kill.is_none()

@@ -39,6 +39,28 @@ impl TaskState {
         )
     }
 
+    /// The Mesos name of this state, e.g. `TASK_FINISHED` (the inverse of
+    /// [`TaskState::from_mesos`]).
+    pub fn mesos_name(self) -> &'static str {
+        match self {
+            TaskState::Unspecified => "TASK_UNSPECIFIED",
+            TaskState::Staging => "TASK_STAGING",
+            TaskState::Starting => "TASK_STARTING",
+            TaskState::Running => "TASK_RUNNING",
+            TaskState::Killing => "TASK_KILLING",
+            TaskState::Finished => "TASK_FINISHED",
+            TaskState::Failed => "TASK_FAILED",
+            TaskState::Killed => "TASK_KILLED",
+            TaskState::Error => "TASK_ERROR",
+            TaskState::Lost => "TASK_LOST",
+            TaskState::Dropped => "TASK_DROPPED",
+            TaskState::Unreachable => "TASK_UNREACHABLE",
+            TaskState::Gone => "TASK_GONE",
+            TaskState::GoneByOperator => "TASK_GONE_BY_OPERATOR",
+            TaskState::Unknown => "TASK_UNKNOWN",
+        }
+    }
+
     /// Parses a Mesos state name such as `TASK_RUNNING`.
     pub fn from_mesos(name: &str) -> Option<TaskState> {
         Some(match name {

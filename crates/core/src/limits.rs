@@ -61,6 +61,18 @@ pub struct Limits {
     pub task_gpus_max: u32,
     /// Longest step or workflow timeout and retry backoff.
     pub duration_ms_max: u64,
+    /// How long an attempt that Mesos reported terminal by reconciliation
+    /// (a state, not a result) waits for the reliable update that carries
+    /// its outputs and exit code. If none comes, the attempt is recorded
+    /// lost and retried under the platform budget. Mesos agents resend an
+    /// unacknowledged update at once when a scheduler subscribes and then
+    /// with backoff up to 10 minutes, hence the default.
+    #[serde(default = "reliable_update_wait_ms_default")]
+    pub reliable_update_wait_ms: i64,
+}
+
+fn reliable_update_wait_ms_default() -> i64 {
+    10 * 60 * 1000
 }
 
 impl Default for Limits {
@@ -90,6 +102,7 @@ impl Default for Limits {
             task_disk_mb_max: 1024.0 * 1024.0 * 1024.0,
             task_gpus_max: 64,
             duration_ms_max: 366 * 24 * 3600 * 1000,
+            reliable_update_wait_ms: reliable_update_wait_ms_default(),
         }
     }
 }

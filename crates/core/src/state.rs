@@ -141,6 +141,18 @@ pub struct Attempt {
     pub timeout_ms: u64,
     /// Last recorded progress event time (for rate limiting).
     pub last_progress_ms: i64,
+    /// Index of the `TaskLaunchRequested` event apply accepted for this
+    /// attempt: only that intent becomes a launch (a second, redundant
+    /// intent for the same attempt is a recorded no-op, never an effect).
+    /// 0 in snapshots written before this field existed.
+    #[serde(default)]
+    pub launch_event: u64,
+    /// Mesos reported this terminal state by reconciliation at this time
+    /// (a state, not a result): the attempt stays live and waits for the
+    /// reliable update with its outputs and exit code, at most
+    /// `Limits::reliable_update_wait_ms`.
+    #[serde(default)]
+    pub reported_terminal: Option<(TaskState, i64)>,
 }
 
 /// One instance of a plan node within a run.
@@ -572,7 +584,7 @@ impl State {
             }
             Body::TaskLaunchRequested(e) => {
                 let run = self.run_mut(e.run_id)?;
-                launch(run, e, now)
+                launch(run, e, index, now)
             }
             Body::TaskStatusObserved(e) => {
                 let run = self.run_mut(e.run_id)?;
@@ -1032,7 +1044,7 @@ fn start_iteration(run: &mut Run, i: InstId, iteration: u32, now: i64) -> Result
     Ok(())
 }
 
-fn launch(run: &mut Run, e: pb::TaskLaunchRequested, now: i64) -> Result<(), String> {
+fn launch(run: &mut Run, e: pb::TaskLaunchRequested, index: u64, now: i64) -> Result<(), String> {
     let run_id = run.id;
     let inst = inst_mut(run, e.instance)?;
     if inst.kind != InstKind::Task {
@@ -1084,6 +1096,8 @@ fn launch(run: &mut Run, e: pb::TaskLaunchRequested, now: i64) -> Result<(), Str
         message: String::new(),
         timeout_ms: e.timeout_ms,
         last_progress_ms: i64::MIN,
+        launch_event: index,
+        reported_terminal: None,
     });
     let parent = inst.parent;
     run.live_tasks += 1;
@@ -1096,7 +1110,11 @@ fn launch(run: &mut Run, e: pb::TaskLaunchRequested, now: i64) -> Result<(), Str
     Ok(())
 }
 
-/// Maps a terminal attempt to the budget it spends.
+/// The budget a terminal, unsuccessful attempt spends, from its Mesos
+/// state and reason and whether kaon asked to kill it. Decide classifies
+/// every new observation with this and records the answer in the event
+/// (`TaskStatusObserved.cause`); apply calls it only for events written
+/// before that field existed, so their replay is unchanged.
 pub fn classify(state: TaskState, reason: &str, kill: Option<KillCause>) -> FailureCause {
     match (state, kill) {
         (_, Some(KillCause::Timeout)) => FailureCause::Timeout,
@@ -1124,11 +1142,18 @@ fn observe(run: &mut Run, e: pb::TaskStatusObserved, now: i64) -> Result<(), Str
     if a.state.is_terminal() {
         return Ok(()); // duplicate delivery: at-least-once from Mesos
     }
-    let state = e.state();
-    a.state = state;
+    let (state, cause) = (e.state(), e.cause());
     if !e.agent_id.is_empty() && a.agent_id != e.agent_id {
-        a.agent_id = e.agent_id;
+        a.agent_id.clone_from(&e.agent_id);
     }
+    if e.state_only && state.is_terminal() {
+        // Mesos knows the task ended; its result is still on its way.
+        if a.reported_terminal.is_none() {
+            a.reported_terminal = Some((state, now));
+        }
+        return Ok(());
+    }
+    a.state = state;
     if !e.message.is_empty() {
         a.message = e.message;
     }
@@ -1153,7 +1178,11 @@ fn observe(run: &mut Run, e: pb::TaskStatusObserved, now: i64) -> Result<(), Str
         finish(run, inst_id, NodeStatus::Succeeded, now);
     } else {
         let a = inst.attempts.last_mut().expect("attempt exists");
-        a.cause = Some(classify(state, &e.reason, a.kill));
+        a.cause = Some(match cause {
+            // Written before decide recorded the cause.
+            FailureCause::Unspecified => classify(state, &e.reason, a.kill),
+            cause => cause,
+        });
         inst.awaiting_decision = true;
     }
     Ok(())
