@@ -100,18 +100,23 @@ async fn kill_quorum_while_step_runs(cluster: &mut Cluster, step: &str) -> i64 {
     cluster.kill(follower);
     let killed = now_ms();
     let port = cluster.mesos;
-    wait_until(
-        &format!("Mesos to report {step} terminal"),
-        Duration::from_secs(60),
-        || async {
-            let states = mesos_states(port, step).await;
-            states
-                .iter()
-                .any(|s| matches!(s.as_str(), "TASK_FINISHED" | "TASK_FAILED"))
-                .then_some(())
-        },
-    )
-    .await;
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let states = mesos_states(port, step).await;
+        if states.iter().any(|s| {
+            !matches!(
+                s.as_str(),
+                "TASK_STAGING" | "TASK_STARTING" | "TASK_RUNNING" | "TASK_KILLING"
+            )
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "Mesos did not report {step} ended within 60 s: {states:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cluster.start_node(leader);
     cluster.start_node(follower);
     cluster.wait_leader(None, Duration::from_secs(30)).await;

@@ -3,7 +3,7 @@
 //! Pure like `apply`: it reads only its arguments. The leader calls it for
 //! every input (a committed event, a client command, a Mesos update, a
 //! timer, its own start) and proposes the returned events. Effects
-//! (launch, kill, acknowledge, timers, subscribe, reconcile) are returned as
+//! (launch, kill, acknowledge, timers, subscribe) are returned as
 //! data and are derived only from *committed* events or from state, so a
 //! runtime may perform them at once: a launch effect exists only for a
 //! committed `TaskLaunchRequested` (intent before effect, brief 4.3).
@@ -59,11 +59,6 @@ pub enum Effect {
     Subscribe {
         /// Framework id from the log, if one was recorded.
         framework_id: Option<String>,
-    },
-    /// Explicit reconciliation of tasks that may be live: (task id, agent id).
-    Reconcile {
-        /// Tasks to ask about.
-        tasks: Vec<(String, String)>,
     },
 }
 
@@ -302,6 +297,10 @@ pub enum Rejection {
     /// A limit would be exceeded.
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),
+    /// The leader cannot serve the command now (it stopped: leadership
+    /// lost, the log refused a write): retry, at the next leader.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// The decider's answer.
@@ -760,6 +759,20 @@ impl<'s> Decider<'s> {
     }
 
     fn launch(&mut self, run: &Run, i: InstId, attempt: u32) {
+        match self.render(run, i, attempt) {
+            Ok(l) => self.emit(Body::TaskLaunchRequested(l)),
+            Err(m) => self.fail_node(run, i, m),
+        }
+    }
+
+    /// The launch intent of attempt `attempt` of task instance `i`: its
+    /// command and environment rendered against the run's state.
+    fn render(
+        &self,
+        run: &Run,
+        i: InstId,
+        attempt: u32,
+    ) -> Result<pb::TaskLaunchRequested, String> {
         let inst = run.inst(i);
         let PlanBody::Task(t) = &run.plan.node(inst.node).body else {
             unreachable!("launch of a non-task instance {}", inst.path)
@@ -782,7 +795,7 @@ impl<'s> Decider<'s> {
         for a in &t.argv {
             match a.render(&b) {
                 Ok(s) => argv.push(s),
-                Err(m) => return self.fail_node(run, i, format!("rendering the command: {m}")),
+                Err(m) => return Err(format!("rendering the command: {m}")),
             }
         }
         for (k, v) in &t.env {
@@ -791,11 +804,11 @@ impl<'s> Decider<'s> {
                     name: k.clone(),
                     value: s,
                 }),
-                Err(m) => return self.fail_node(run, i, format!("rendering env {k}: {m}")),
+                Err(m) => return Err(format!("rendering env {k}: {m}")),
             }
         }
         let tid = task_id(run.id, i, attempt, &inst.path);
-        self.emit(Body::TaskLaunchRequested(pb::TaskLaunchRequested {
+        Ok(pb::TaskLaunchRequested {
             run_id: run.id,
             instance: i,
             attempt,
@@ -840,7 +853,7 @@ impl<'s> Decider<'s> {
                 })
                 .collect(),
             timeout_ms: t.timeout_ms.unwrap_or(0),
-        }));
+        })
     }
 
     // ----- after something ended --------------------------------------------
@@ -1512,20 +1525,8 @@ impl<'s> Decider<'s> {
         self.effect(Effect::Subscribe {
             framework_id: self.state.framework_id.clone(),
         });
-        let live = crate::state::live_tasks(self.state);
-        if !live.is_empty() {
-            self.effect(Effect::Reconcile {
-                tasks: live
-                    .iter()
-                    .map(|(rid, i, a)| {
-                        (
-                            self.state.runs[rid].task_id(*i, a.number),
-                            a.agent_id.clone(),
-                        )
-                    })
-                    .collect(),
-            });
-        }
+        // What to reconcile is the leader's choice once Mesos answers the
+        // subscription (`leader::Leader`): it knows which launches it holds.
         for &rid in &self.state.active_runs {
             let run = &self.state.runs[&rid];
             self.resume_run(run);
@@ -1975,6 +1976,33 @@ impl<'s> Decider<'s> {
         }));
         Ok(())
     }
+}
+
+/// The launch of attempt `attempt` of task instance `inst` of run `run`,
+/// rendered from state as decide rendered its intent, with kaon's own
+/// variables: for a leader that must take up a launch it could not hold
+/// in memory. None if there is no such task instance or it fails to render.
+pub fn render_launch(
+    state: &State,
+    run: RunId,
+    inst: InstId,
+    attempt: u32,
+) -> Option<pb::TaskLaunchRequested> {
+    let r = state.run(run)?;
+    let i = r.instances.get(inst as usize)?;
+    if !matches!(r.plan.node(i.node).body, PlanBody::Task(_)) {
+        return None;
+    }
+    let limits = Limits::default();
+    let d = Decider {
+        state,
+        now: 0,
+        limits: &limits,
+        out: Decision::default(),
+    };
+    let mut l = d.render(r, inst, attempt).ok()?;
+    l.env.extend(kaon_env(&r.workflow, &l));
+    Some(l)
 }
 
 /// Variables kaon adds to every step's environment. They are derived from

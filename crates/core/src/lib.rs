@@ -22,4 +22,6 @@ pub mod state;
 
 pub use state::State;
 pub mod decide;
+pub mod leader;
+pub mod placement;
 pub mod sim;

@@ -1,18 +1,25 @@
-//! A deterministic, in-memory stand-in for the leader's runtime and Mesos.
+//! A deterministic, in-memory world for the pure [`Leader`]: a log that
+//! commits at once and a scripted Mesos that keeps Mesos' delivery rules.
 //!
-//! It drives [`decide`] and [`State::apply`] exactly as a leader would
-//! (propose, commit, apply, react; perform effects; fire timers) with
-//! simulated time and a scripted Mesos, and checks the brief's invariants
-//! as it goes. Scenario tests, property tests and benchmarks use it; the
-//! cluster simulation later wraps real nodes the same way. Pure: no clock,
-//! no randomness (outcomes come from the caller's [`Policy`]).
+//! It drives the same [`Leader`] the server's runtime does (step, ready,
+//! perform the actions, propose, advance), so the leader's rounds,
+//! batching, reconciliation and failover are what scenario tests,
+//! property tests and benchmarks exercise. The scripted Mesos delivers each
+//! task's status updates reliably as an agent does: one update in flight
+//! per task, resent after every (re-)subscription until acknowledged, and
+//! answers reconciliation with the latest state it knows (no uuid, no
+//! data) before it resends. It checks the brief's invariants as it goes.
+//! Pure: no clock, no randomness (outcomes come from the caller's
+//! [`Policy`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::decide::{Command, Decision, Effect, Input, SubmitTarget, TaskUpdate, TimerKey, decide};
+use crate::decide::{Command, Decision, SubmitTarget, TaskUpdate, TimerKey};
 use crate::events::{Body, Event, TaskState};
 use crate::ids::RunId;
+use crate::leader::{self, Action, CommandId, Leader, LeaderConfig, MesosEvent};
 use crate::limits::Limits;
+use crate::placement::Offer;
 use crate::state::State;
 
 /// What a launched task does.
@@ -40,13 +47,19 @@ impl<F: FnMut(&str, u32) -> Outcome> Policy for F {
     }
 }
 
-/// A live task in the fake Mesos.
+/// A task in the scripted Mesos.
 #[derive(Debug, Clone)]
 struct FakeTask {
     path: String,
     attempt: u32,
-    outcome: Outcome,
-    running_sent: bool,
+    /// Chosen when the task starts running.
+    outcome: Option<Outcome>,
+    /// The latest state the "master" knows (what reconciliation answers).
+    state: TaskState,
+    /// Reliable updates not yet acknowledged, oldest first.
+    updates: VecDeque<TaskUpdate>,
+    /// The head update was delivered on the current subscription.
+    head_sent: bool,
 }
 
 /// The harness.
@@ -59,43 +72,66 @@ pub struct Sim {
     pub now: i64,
     /// Limits the leader uses.
     pub limits: Limits,
-    /// Effects performed, in order (for golden checks).
-    pub effects: Vec<Effect>,
+    /// Every Mesos call the leaders made, in order (for golden checks).
+    pub actions: Vec<Action>,
     /// Task ids launched, in order.
     pub launched: Vec<String>,
+    /// The leader; None while it is down ([`Sim::crash`]).
+    leader: Option<Leader>,
+    term: u64,
     launched_set: BTreeSet<String>,
-    queue: Vec<usize>,
-    timers: BTreeMap<(i64, u64), TimerKey>,
-    timer_seq: u64,
+    /// The outcome the policy chose for each task that started.
+    chosen: BTreeMap<String, Outcome>,
     tasks: BTreeMap<String, FakeTask>,
     uuid_seq: u64,
-    committed_intents: BTreeSet<String>,
-    committed_uuids: BTreeSet<Vec<u8>>,
+    offer_seq: u64,
+    next_command: CommandId,
+    replies: BTreeMap<CommandId, leader::Reply>,
+    wake_at: Option<i64>,
+    subscribed: bool,
+}
+
+fn config(limits: &Limits, term: u64) -> LeaderConfig {
+    let mut cfg = LeaderConfig::new(1, term, "kaon");
+    cfg.limits = limits.clone();
+    cfg
 }
 
 impl Sim {
     /// A fresh leader with empty state at a fixed start time.
     pub fn new(limits: Limits) -> Self {
-        Sim {
+        let mut sim = Sim {
             state: State::default(),
             log: Vec::new(),
             now: 1_767_225_600_000, // 2026-01-01T00:00:00Z
+            leader: Some(Leader::new(config(&limits, 1))),
             limits,
-            effects: Vec::new(),
+            actions: Vec::new(),
             launched: Vec::new(),
+            term: 1,
             launched_set: BTreeSet::new(),
-            queue: Vec::new(),
-            timers: BTreeMap::new(),
-            timer_seq: 0,
+            chosen: BTreeMap::new(),
             tasks: BTreeMap::new(),
             uuid_seq: 0,
-            committed_intents: BTreeSet::new(),
-            committed_uuids: BTreeSet::new(),
-        }
+            offer_seq: 0,
+            next_command: 1,
+            replies: BTreeMap::new(),
+            wake_at: None,
+            subscribed: false,
+        };
+        sim.pump();
+        sim
     }
 
-    /// Commits and applies `bodies` at the current time; queues them for decide.
-    pub fn propose(&mut self, bodies: Vec<Body>) {
+    /// The leader (to inspect its timers and held launches).
+    pub fn leader(&self) -> &Leader {
+        self.leader.as_ref().expect("the leader is up")
+    }
+
+    /// Commits and applies `bodies` at the current time, bypassing the
+    /// leader (tests use it to race events past decide).
+    pub fn propose(&mut self, bodies: Vec<Body>) -> Vec<Event> {
+        let mut out = Vec::with_capacity(bodies.len());
         for body in bodies {
             let event = Event {
                 index: self.log.len() as u64 + 1,
@@ -105,143 +141,284 @@ impl Sim {
             self.state
                 .apply(&event)
                 .unwrap_or_else(|e| panic!("apply failed: {e}"));
-            match &event.body {
-                Some(Body::TaskLaunchRequested(l)) => {
-                    self.committed_intents.insert(l.task_id.clone());
-                }
-                Some(Body::TaskStatusObserved(o)) if !o.mesos_uuid.is_empty() => {
-                    self.committed_uuids.insert(o.mesos_uuid.clone());
-                }
-                _ => {}
+            self.log.push(event.clone());
+            out.push(event);
+        }
+        out
+    }
+
+    /// Runs the leader's rounds until nothing is left to do now: performs
+    /// its actions, commits its batches, delivers Mesos' updates.
+    pub fn pump(&mut self) {
+        for _ in 0..1_000_000 {
+            let Some(leader) = self.leader.as_mut() else {
+                return; // down: Mesos holds its updates
+            };
+            let r = leader.ready(&self.state, self.now);
+            self.wake_at = r.wake_at_ms;
+            for (id, reply) in r.replies {
+                self.replies.insert(id, reply);
             }
-            self.log.push(event);
-            self.queue.push(self.log.len() - 1);
+            let busy = !r.actions.is_empty() || !r.propose.is_empty();
+            for a in r.actions {
+                self.perform(a);
+            }
+            if !r.propose.is_empty() {
+                let committed = self.propose(r.propose);
+                if let Some(l) = self.leader.as_mut() {
+                    l.advance(&self.state, &committed, self.now);
+                }
+            }
+            let delivered = self.deliver();
+            let offered = self.offer();
+            if !busy && !delivered && !offered {
+                return;
+            }
+        }
+        panic!("the leader did not settle in 1,000,000 rounds");
+    }
+
+    fn mesos(&mut self, ev: MesosEvent) {
+        if self.subscribed
+            && let Some(l) = self.leader.as_mut()
+        {
+            l.step(&self.state, leader::Input::Mesos(ev), self.now);
         }
     }
 
-    fn handle(&mut self, d: Decision) {
-        self.propose(d.events);
-        for e in d.effects {
-            self.perform(e);
+    /// Offers one large agent while the leader holds launches.
+    fn offer(&mut self) -> bool {
+        if !self.subscribed
+            || self
+                .leader
+                .as_ref()
+                .is_none_or(|l| l.pending_launches() == 0)
+        {
+            return false;
         }
+        self.offer_seq += 1;
+        let offer = Offer {
+            id: format!("O{}", self.offer_seq),
+            agent_id: "agent-0".into(),
+            hostname: "agent-0".into(),
+            scalars: BTreeMap::from([
+                ("cpus".to_string(), 1e9),
+                ("mem".to_string(), 1e12),
+                ("disk".to_string(), 1e15),
+                ("gpus".to_string(), 1e6),
+            ]),
+            ..Offer::default()
+        };
+        self.mesos(MesosEvent::Offers(vec![offer]));
+        true
     }
 
-    fn perform(&mut self, e: Effect) {
-        match &e {
-            Effect::LaunchTask(t) => {
-                // Intent before effect: the intent must be in the committed log.
-                assert!(
-                    self.committed_intents.contains(&t.task_id),
-                    "launch of {} without a committed intent",
-                    t.task_id
-                );
-                assert!(
-                    self.launched_set.insert(t.task_id.clone()),
-                    "task {} launched twice",
-                    t.task_id
-                );
-                self.launched.push(t.task_id.clone());
-                // Outcome is chosen when the task runs (see `step`).
-                self.tasks.insert(
-                    t.task_id.clone(),
-                    FakeTask {
-                        path: t.step_path.clone(),
-                        attempt: t.attempt,
-                        outcome: Outcome::Hang,
-                        running_sent: false,
-                    },
-                );
+    /// Delivers every task's head update not yet delivered on this
+    /// subscription (task id order: deterministic).
+    fn deliver(&mut self) -> bool {
+        if !self.subscribed {
+            return false;
+        }
+        let heads: Vec<TaskUpdate> = self
+            .tasks
+            .values_mut()
+            .filter(|t| !t.head_sent && !t.updates.is_empty())
+            .map(|t| {
+                t.head_sent = true;
+                t.updates[0].clone()
+            })
+            .collect();
+        let any = !heads.is_empty();
+        for u in heads {
+            self.mesos(MesosEvent::Update(u));
+        }
+        any
+    }
+
+    fn perform(&mut self, a: Action) {
+        match &a {
+            Action::Subscribe { .. } => {
+                self.subscribed = true;
+                for t in self.tasks.values_mut() {
+                    t.head_sent = false; // resent on the new subscription
+                }
+                self.mesos(MesosEvent::Subscribed {
+                    framework_id: "fw-sim".into(),
+                });
             }
-            Effect::KillTask { task_id, .. } => {
-                if let Some(t) = self.tasks.get_mut(task_id) {
-                    t.outcome = Outcome::Fail(-9);
-                    t.running_sent = true;
-                    let id = task_id.clone();
-                    self.deliver(&id, TaskState::Killed, None, None);
+            Action::Launch { tasks, .. } => {
+                for t in tasks {
+                    // Intent before effect: the intent must be committed, and
+                    // apply must have accepted it for this attempt.
+                    let accepted = self.log.iter().any(|e| {
+                        matches!(&e.body, Some(Body::TaskLaunchRequested(l)) if l.task_id == t.task_id)
+                    });
+                    assert!(
+                        accepted,
+                        "launch of {} without a committed intent",
+                        t.task_id
+                    );
+                    assert!(
+                        self.launched_set.insert(t.task_id.clone()),
+                        "task {} launched twice",
+                        t.task_id
+                    );
+                    self.launched.push(t.task_id.clone());
+                    let attempt = crate::ids::parse_task_id(&t.task_id)
+                        .map(|(_, _, a)| a)
+                        .unwrap_or(0);
+                    self.tasks.insert(
+                        t.task_id.clone(),
+                        FakeTask {
+                            path: t.name.clone(),
+                            attempt,
+                            outcome: None,
+                            state: TaskState::Staging,
+                            updates: VecDeque::new(),
+                            head_sent: false,
+                        },
+                    );
                 }
             }
-            Effect::Acknowledge { uuid, .. } => {
+            Action::Kill { task_id, .. } => {
+                let running = self
+                    .tasks
+                    .get(task_id)
+                    .is_some_and(|t| !t.state.is_terminal());
+                if running {
+                    self.end(task_id, TaskState::Killed, None, None);
+                } else if !self.tasks.contains_key(task_id) {
+                    // Mesos answers a kill of a task it does not know as a
+                    // reconciliation: "unknown".
+                    let u = self.unknown(task_id);
+                    self.mesos(MesosEvent::Update(u));
+                }
+            }
+            Action::Acknowledge { task_id, uuid, .. } => {
+                // Inputs are events first (brief 4.4): acknowledge only what
+                // the log says already, the update's own event, or an
+                // attempt recorded in this state or ended.
+                let committed = self.log.iter().any(|e| {
+                    matches!(&e.body, Some(Body::TaskStatusObserved(o)) if &o.mesos_uuid == uuid)
+                });
+                let head = self
+                    .tasks
+                    .get(task_id)
+                    .and_then(|t| t.updates.iter().find(|u| &u.uuid == uuid));
+                let recorded = head.is_none_or(|u| self.recorded(task_id, u.state));
                 assert!(
-                    self.committed_uuids.contains(uuid),
-                    "acknowledged an update whose event is not committed"
+                    committed || recorded,
+                    "acknowledged an update of {task_id} that the log does not hold"
                 );
+                if let Some(t) = self.tasks.get_mut(task_id)
+                    && t.updates.front().is_some_and(|u| &u.uuid == uuid)
+                {
+                    t.updates.pop_front();
+                    t.head_sent = false;
+                    if t.updates.is_empty() && t.state.is_terminal() {
+                        self.tasks.remove(task_id);
+                    }
+                }
             }
-            Effect::ArmTimer { key, at_ms } => {
-                self.timer_seq += 1;
-                self.timers.insert((*at_ms, self.timer_seq), key.clone());
+            Action::Reconcile { tasks } => {
+                // The master answers from its latest knowledge, before any
+                // resent update: the race issue 8 is about.
+                let answers: Vec<TaskUpdate> = tasks
+                    .iter()
+                    .map(|(id, _)| match self.tasks.get(id) {
+                        Some(t) => TaskUpdate {
+                            task_id: id.clone(),
+                            state: t.state,
+                            reason: "REASON_RECONCILIATION".into(),
+                            message: "Reconciliation: Latest task state".into(),
+                            source: "SOURCE_MASTER".into(),
+                            agent_id: "agent-0".into(),
+                            ..TaskUpdate::default()
+                        },
+                        None => self.unknown(id),
+                    })
+                    .collect();
+                for u in answers {
+                    self.mesos(MesosEvent::Update(u));
+                }
             }
-            Effect::Subscribe { .. } | Effect::Reconcile { .. } => {}
+            Action::Decline { .. } | Action::Revive | Action::Suppress => {}
         }
-        self.effects.push(e);
+        self.actions.push(a);
     }
 
-    /// Feeds one Mesos status update through decide.
-    fn deliver(
-        &mut self,
-        task_id: &str,
-        state: TaskState,
-        exit: Option<i32>,
-        outputs: Option<String>,
-    ) {
+    /// Whether committed state already holds `state` for `task_id`'s
+    /// attempt (or the attempt ended, or state does not know the task).
+    fn recorded(&self, task_id: &str, state: TaskState) -> bool {
+        let Some((run, inst, attempt)) = crate::ids::parse_task_id(task_id) else {
+            return true;
+        };
+        let Some(a) = self
+            .state
+            .run(run)
+            .and_then(|r| r.instances.get(inst as usize))
+            .and_then(|i| i.attempts.iter().find(|a| a.number == attempt))
+        else {
+            return true;
+        };
+        a.state.is_terminal() || a.state == state
+    }
+
+    fn unknown(&self, task_id: &str) -> TaskUpdate {
+        TaskUpdate {
+            task_id: task_id.to_string(),
+            state: TaskState::Lost,
+            reason: "REASON_RECONCILIATION".into(),
+            message: "Reconciliation: Task is unknown".into(),
+            source: "SOURCE_MASTER".into(),
+            ..TaskUpdate::default()
+        }
+    }
+
+    /// Queues a reliable update from the "executor".
+    fn report(&mut self, task_id: &str, state: TaskState, exit: Option<i32>, out: Option<String>) {
         self.uuid_seq += 1;
-        let update = TaskUpdate {
+        let uuid = self.uuid_seq.to_be_bytes().repeat(2);
+        let Some(t) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        t.state = state;
+        t.updates.push_back(TaskUpdate {
             task_id: task_id.to_string(),
             state,
-            reason: if state == TaskState::Lost {
-                "REASON_AGENT_REMOVED".into()
-            } else {
-                String::new()
-            },
             source: "SOURCE_EXECUTOR".into(),
             agent_id: "agent-0".into(),
-            uuid: self.uuid_seq.to_be_bytes().repeat(2),
+            uuid,
             exit_code: exit,
-            outputs_json: outputs,
+            outputs_json: out,
             ..TaskUpdate::default()
-        };
-        if state.is_terminal() {
-            self.tasks.remove(task_id);
-        }
-        let d = decide(
-            &self.state,
-            Input::TaskUpdate(update),
-            self.now,
-            &self.limits,
-        )
-        .expect("updates are never rejected");
-        self.handle(d);
+        });
     }
 
-    /// Runs decide on every queued committed event until none is left.
-    pub fn pump(&mut self) {
-        let mut i = 0;
-        while i < self.queue.len() {
-            let idx = self.queue[i];
-            i += 1;
-            let event = self.log[idx].clone();
-            let d = decide(
-                &self.state,
-                Input::Committed(&event),
-                self.now,
-                &self.limits,
-            )
-            .expect("committed events are never rejected");
-            self.handle(d);
-        }
-        self.queue.clear();
+    fn end(&mut self, task_id: &str, state: TaskState, exit: Option<i32>, out: Option<String>) {
+        self.report(task_id, state, exit, out);
     }
 
-    /// Sends a client command; returns its decision's extra answers.
+    /// Sends a client command; returns its decision's answer.
     pub fn command(&mut self, cmd: Command) -> Result<Decision, crate::decide::Rejection> {
-        let d = decide(&self.state, Input::Command(cmd), self.now, &self.limits)?;
-        let answer = Decision {
-            events: d.events.clone(),
-            effects: Vec::new(),
-            ..d.clone()
+        let id = self.next_command;
+        self.next_command += 1;
+        let Some(l) = self.leader.as_mut() else {
+            return Err(crate::decide::Rejection::Unavailable(
+                "no leader (the simulation crashed it)".into(),
+            ));
         };
-        self.handle(d);
+        l.step(
+            &self.state,
+            leader::Input::Command { id, command: cmd },
+            self.now,
+        );
         self.pump();
-        Ok(answer)
+        let reply = self
+            .replies
+            .remove(&id)
+            .expect("the leader answers every command once it settles");
+        reply.map(|o| o.decision)
     }
 
     /// Submits an inline spec; returns the run id.
@@ -269,57 +446,87 @@ impl Sim {
         Ok(idx)
     }
 
-    /// Simulates a leader failover: a new leader rebuilds from state alone.
-    /// Pending timers and in-flight decisions of the old leader are dropped.
+    /// Simulates a leader failover: a new leader rebuilds from state alone;
+    /// the old one's held launches, timers and undecided inputs are gone,
+    /// and Mesos resends every unacknowledged update on the new
+    /// subscription.
     pub fn failover(&mut self) {
-        self.timers.clear();
-        self.queue.clear();
-        let d = decide(&self.state, Input::LeaderStarted, self.now, &self.limits)
-            .expect("never rejected");
-        self.handle(d);
+        self.crash();
+        self.recover();
+    }
+
+    /// The leader dies: nothing decides, nothing is committed, Mesos holds
+    /// the tasks' updates (tasks go on running and ending) until a new
+    /// leader subscribes ([`Sim::recover`]).
+    pub fn crash(&mut self) {
+        self.leader = None;
+        self.subscribed = false;
+    }
+
+    /// A new leader takes office (after [`Sim::crash`]).
+    pub fn recover(&mut self) {
+        self.term += 1;
+        self.leader = Some(Leader::new(config(&self.limits, self.term)));
+        self.subscribed = false;
         self.pump();
     }
 
-    /// Advances one step of the world: a task reports, or time jumps to
-    /// the next timer. Returns false when nothing is left to happen.
+    /// Whether a leader is up.
+    pub fn leader_up(&self) -> bool {
+        self.leader.is_some()
+    }
+
+    /// Advances one step of the world: a task starts or ends (whether or
+    /// not a leader listens), or time jumps to the leader's next timer.
+    /// Returns false when nothing is left to happen.
     pub fn step(&mut self, policy: &mut dyn Policy) -> bool {
         self.pump();
-        if let Some((id, t)) = self
+        let next = self
             .tasks
             .iter()
-            .find(|(_, t)| !matches!(t.outcome, Outcome::Hang) || !t.running_sent)
-            .map(|(k, v)| (k.clone(), v.clone()))
-        {
-            if !t.running_sent {
-                let outcome = policy.outcome(&t.path, t.attempt);
-                let entry = self.tasks.get_mut(&id).expect("task present");
-                entry.outcome = outcome.clone();
-                entry.running_sent = true;
-                if outcome == Outcome::Lost {
-                    self.deliver(&id, TaskState::Lost, None, None);
-                } else {
-                    self.deliver(&id, TaskState::Running, None, None);
-                }
-            } else {
-                self.now += 1_000;
-                match t.outcome {
-                    Outcome::Finish(out) => {
-                        self.deliver(&id, TaskState::Finished, Some(0), Some(out))
+            .find(|(_, t)| !t.state.is_terminal() && !matches!(t.outcome, Some(Outcome::Hang)))
+            .map(|(k, t)| (k.clone(), t.clone()));
+        if let Some((id, t)) = next {
+            match t.outcome {
+                None => {
+                    let outcome = policy.outcome(&t.path, t.attempt);
+                    self.tasks.get_mut(&id).expect("present").outcome = Some(outcome.clone());
+                    self.chosen.insert(id.clone(), outcome.clone());
+                    if outcome == Outcome::Lost {
+                        // The master's own word (agent removed): no uuid,
+                        // never resent; lost if no leader hears it (a new
+                        // leader learns it by reconciliation).
+                        self.tasks.remove(&id);
+                        self.mesos(MesosEvent::Update(TaskUpdate {
+                            task_id: id.clone(),
+                            state: TaskState::Lost,
+                            reason: "REASON_AGENT_REMOVED".into(),
+                            source: "SOURCE_MASTER".into(),
+                            agent_id: "agent-0".into(),
+                            ..TaskUpdate::default()
+                        }));
+                    } else {
+                        self.report(&id, TaskState::Running, None, None);
                     }
-                    Outcome::Fail(code) => self.deliver(&id, TaskState::Failed, Some(code), None),
-                    Outcome::Lost => self.deliver(&id, TaskState::Lost, None, None),
-                    Outcome::Hang => {}
+                }
+                Some(outcome) => {
+                    self.now += 1_000;
+                    match outcome {
+                        Outcome::Finish(out) => {
+                            self.end(&id, TaskState::Finished, Some(0), Some(out))
+                        }
+                        Outcome::Fail(code) => self.end(&id, TaskState::Failed, Some(code), None),
+                        Outcome::Lost | Outcome::Hang => {}
+                    }
                 }
             }
             self.pump();
             return true;
         }
-        if let Some((&(at, seq), _)) = self.timers.iter().next() {
-            let key = self.timers.remove(&(at, seq)).expect("present");
+        if self.leader.is_some()
+            && let Some(at) = self.wake_at
+        {
             self.now = self.now.max(at);
-            let d = decide(&self.state, Input::TimerFired(key), self.now, &self.limits)
-                .expect("never rejected");
-            self.handle(d);
             self.pump();
             return true;
         }
@@ -335,9 +542,24 @@ impl Sim {
         n
     }
 
-    /// Task ids that are live in the fake Mesos.
+    /// Task ids that are live in the scripted Mesos.
     pub fn live_tasks(&self) -> Vec<String> {
-        self.tasks.keys().cloned().collect()
+        self.tasks
+            .iter()
+            .filter(|(_, t)| !t.state.is_terminal())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// The outcome the policy chose for task `task_id` when it started
+    /// (None: it never started, e.g. killed or lost before).
+    pub fn outcome_of(&self, task_id: &str) -> Option<&Outcome> {
+        self.chosen.get(task_id)
+    }
+
+    /// The deadline of one of decide's timers, as the leader holds it.
+    pub fn timer(&self, key: &TimerKey) -> Option<i64> {
+        self.leader.as_ref().and_then(|l| l.timer(key))
     }
 
     /// Replays the committed log into a fresh state (what a follower or an

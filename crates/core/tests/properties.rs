@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use kaon_core::Limits;
-use kaon_core::events::{Body, Event};
+use kaon_core::events::{Body, Event, FailureCause, TaskState};
 use kaon_core::plan::Body as PlanBody;
 use kaon_core::sim::{Outcome, Sim};
 use kaon_core::state::{InstKind, NodeStatus, RunStatus, State};
@@ -88,6 +88,14 @@ fn outcome_of(code: u8) -> Outcome {
     }
 }
 
+/// The instance id of `inst` in `run`.
+fn inst_index(run: &kaon_core::state::Run, inst: &kaon_core::state::Instance) -> u32 {
+    run.instances
+        .iter()
+        .position(|i| std::ptr::eq(i, inst))
+        .expect("an instance of the run") as u32
+}
+
 /// Replays `log` checking invariants before and after every event.
 fn replay_checking(log: &[Event]) -> Result<State, String> {
     let mut s = State::default();
@@ -133,16 +141,28 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 96, max_shrink_iters: 2000, .. ProptestConfig::default() })]
 
     #[test]
-    fn random_workflows_meet_the_invariants(steps in workflow(), codes in proptest::collection::vec(any::<u8>(), 1..64), snap_at in any::<prop::sample::Index>(), failover_at in 0usize..40) {
+    fn random_workflows_meet_the_invariants(steps in workflow(), codes in proptest::collection::vec(any::<u8>(), 1..64), snap_at in any::<prop::sample::Index>(), failover_at in 0usize..40, downtime in 0usize..6) {
         let source = spec_of(&steps);
         let mut sim = Sim::new(Limits::default());
         let run_id = sim.submit(&source, BTreeMap::new()).map_err(|e| TestCaseError::fail(format!("rejected: {e}\n{source}")))?;
         let mut k = 0usize;
         let mut policy = |_: &str, _: u32| { k += 1; outcome_of(codes[k % codes.len()]) };
         let mut n = 0;
-        while sim.state.run(run_id).unwrap().status == RunStatus::Running && sim.step(&mut policy) {
+        loop {
+            if sim.state.run(run_id).unwrap().status != RunStatus::Running {
+                break;
+            }
+            if !sim.step(&mut policy) {
+                // Nothing moves while the leader is down: it comes back.
+                if sim.leader_up() { break; }
+                sim.recover();
+                continue;
+            }
             n += 1;
-            if n == failover_at { sim.failover(); }
+            // The leader dies for a while: tasks go on running and ending
+            // while nobody listens (their updates wait at the agent).
+            if n == failover_at { sim.crash(); }
+            if n == failover_at + downtime { sim.recover(); }
             prop_assert!(n < 50_000, "did not terminate");
         }
         let run = sim.state.run(run_id).unwrap();
@@ -159,6 +179,36 @@ proptest! {
                 prop_assert!(inst.retries_used[1] <= t.retry.platform_errors, "{}: platform retries {:?}", inst.path, inst.retries_used);
                 prop_assert!(inst.retries_used[2] <= t.retry.timeouts, "{}: timeout retries {:?}", inst.path, inst.retries_used);
                 prop_assert!(inst.attempts.len() as u32 <= 1 + t.retry.user_errors + t.retry.platform_errors + t.retry.timeouts);
+            }
+            // What is recorded about each attempt is what the task did:
+            // outputs are the ones it wrote, a failure spends the user
+            // budget and a loss the platform budget (issue 8).
+            for a in &inst.attempts {
+                let task = run.task_id(inst_index(run, inst), a.number);
+                let killed = a.kill.is_some();
+                match (sim.outcome_of(&task), a.state) {
+                    (Some(Outcome::Finish(out)), TaskState::Finished) if a.number as usize == inst.attempts.len() => {
+                        let want: serde_json::Value = serde_json::from_str(out).unwrap();
+                        let got: serde_json::Value = serde_json::from_str(inst.outputs.as_deref().unwrap_or("null")).unwrap();
+                        prop_assert_eq!(got, want, "{}: outputs are not the ones it wrote", task);
+                    }
+                    (Some(Outcome::Finish(_)), TaskState::Finished) => {}
+                    (Some(Outcome::Fail(code)), TaskState::Failed) => {
+                        prop_assert_eq!(a.exit_code, Some(*code), "{}: exit code", task);
+                        prop_assert_eq!(a.cause, Some(FailureCause::User), "{}: a failure is the user's", task);
+                    }
+                    (Some(Outcome::Lost), TaskState::Lost) => {
+                        prop_assert_eq!(a.cause, Some(FailureCause::Platform), "{}", task);
+                    }
+                    (_, TaskState::Killed) if killed => {}
+                    (None, TaskState::Lost) => {
+                        prop_assert_eq!(a.cause, Some(FailureCause::Platform), "{}: never started", task);
+                    }
+                    (o, st) if st.is_terminal() => {
+                        prop_assert!(false, "{}: recorded {:?} but the task did {:?}", task, st, o);
+                    }
+                    _ => {}
+                }
             }
             // foreach: exactly one child per element, indexed in order.
             if inst.kind == InstKind::Foreach

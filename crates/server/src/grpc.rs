@@ -191,6 +191,8 @@ impl<L: EventLog> KaonService<L> {
     ) -> Result<CommandOutcome, Status> {
         match runtime.command(cmd).await {
             Err(e) => Err(self.unavailable(&format!("the leader runtime stopped: {e}"))),
+            // Retryable: the client tries again (at the next leader).
+            Ok(Err(Rejection::Unavailable(why))) => Err(self.unavailable(&why)),
             Ok(Err(r)) => Err(rejection_status(r)),
             Ok(Ok(o)) => Ok(o),
         }
@@ -321,7 +323,7 @@ impl<L: EventLog> KaonService<L> {
         let host = pid.rsplit('@').next().unwrap_or(pid);
         let agent = format!("http://{host}");
         let state = self.get_json(&format!("{agent}/state")).await?;
-        let want = crate::runtime::executor_id(task_id);
+        let want = kaon_core::leader::executor_id(task_id);
         let mut lists: Vec<&serde_json::Value> =
             vec![&state["executors"], &state["completed_executors"]];
         for f in ["frameworks", "completed_frameworks"] {
@@ -374,6 +376,7 @@ pub fn rejection_status(r: Rejection) -> Status {
         Rejection::NotFound(_) => Status::not_found(r.to_string()),
         Rejection::FailedPrecondition(_) => Status::failed_precondition(r.to_string()),
         Rejection::LimitExceeded(_) => Status::resource_exhausted(r.to_string()),
+        Rejection::Unavailable(_) => Status::unavailable(r.to_string()),
     }
 }
 

@@ -1,0 +1,1075 @@
+//! The leader, pure: every decision the leader takes at the Mesos edge,
+//! as a state machine the I/O shell only moves bytes for.
+//!
+//! [`crate::decide`] says what one input means; the [`Leader`] says which
+//! inputs are decided together, what is proposed when, which launches wait
+//! for resources and where they run, what to reconcile, when progress is
+//! recorded, and which timers are armed. It reads no clock (`now` is an
+//! argument), holds no copy of the replicated [`State`] (the caller lends
+//! it, as applied so far), and returns everything it wants done as data.
+//! The server's runtime, the core's [`crate::sim`] and the cluster
+//! simulation all drive this same type, so batching, reconciliation and
+//! failover are exercised by the randomized tests.
+//!
+//! # The contract (in the style of etcd-io/raft's `Ready`)
+//!
+//! 1. [`Leader::step`] hands in one input (a client command, a Mesos event).
+//! 2. [`Leader::ready`] returns a [`Ready`]: events to propose, Mesos calls
+//!    to make, command answers, when to call again.
+//! 3. The shell performs `Ready::actions` at once and **in order** (an
+//!    ACCEPT before a later RECONCILE): each follows only from committed
+//!    events or from what Mesos said, never from `Ready::propose`. An
+//!    acknowledgement appears only once its observation is committed
+//!    (brief 4.4); a launch only once its intent is committed and applied
+//!    as accepted (brief 4.3).
+//! 4. The shell proposes `Ready::propose` as **one batch** and, once it is
+//!    committed and applied to the state, calls [`Leader::advance`] with
+//!    the committed events (indexes stamped), or [`Leader::abort`] if the
+//!    log refused them (the leader then stops). At most one batch is in
+//!    flight: `ready` proposes nothing while one is.
+//! 5. The shell calls `ready` again after every `step`, `advance`, and once
+//!    `Ready::wake_at_ms` has passed (timers).
+//!
+//! Decisions of one round are taken against the same state (the one after
+//! the last commit): redundant events are recorded no-ops, identical
+//! events are proposed once, only the intent apply accepted becomes a
+//! launch, and commands that could conflict get a round of their own.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::decide::{self, Command, Decision, Effect, Progress, Rejection, TaskUpdate, TimerKey};
+use crate::events::{self, Body, Event, pb};
+use crate::ids::parse_task_id;
+use crate::limits::Limits;
+use crate::placement::{self, Constraint, Offer, Request};
+use crate::state::State;
+
+/// Names a client command so its answer can be routed back.
+pub type CommandId = u64;
+
+/// How kaon's executor is started on an agent for each task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutorConfig {
+    /// Program path on the agents.
+    pub command: String,
+    /// Its argv (argv\[0\] included).
+    pub args: Vec<String>,
+    /// CPUs reserved for the executor process besides its step.
+    pub cpus: f64,
+    /// Memory reserved for the executor process, MB.
+    pub mem_mb: f64,
+}
+
+/// The leader's configuration (all limits named, with units).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaderConfig {
+    /// This node's id (recorded in `LeaderStarted`).
+    pub node_id: u64,
+    /// The Raft term it leads in.
+    pub term: u64,
+    /// Its public API address, recorded so followers forward writes there.
+    pub api_addr: Option<String>,
+    /// The core's limits (decide uses them).
+    pub limits: Limits,
+    /// How steps' executors are started.
+    pub executor: ExecutorConfig,
+    /// Launches waiting for offers held in memory; more stay recorded in
+    /// state (as live, unlaunched attempts) and are taken up as room frees.
+    pub pending_launches_max: usize,
+    /// Client commands waiting to be decided; more are refused with
+    /// RESOURCE_EXHAUSTED naming this limit.
+    pub commands_queued_max: usize,
+    /// Commands decided together in one round (only submissions combine).
+    pub command_batch_max: usize,
+    /// Events proposed in one batch (one decision's events stay together,
+    /// so a single large decision may exceed it).
+    pub round_events_max: usize,
+    /// Offers declined while nothing waits are refused for this long, s.
+    pub decline_refuse_secs_idle: f64,
+    /// Offers declined while launches still wait (none fit) are refused
+    /// for this long, s.
+    pub decline_refuse_secs_busy: f64,
+}
+
+impl LeaderConfig {
+    /// Defaults for node `node_id` leading in `term`, with the executor
+    /// `command` (argv `[kaon, executor]`).
+    pub fn new(node_id: u64, term: u64, executor_command: impl Into<String>) -> LeaderConfig {
+        LeaderConfig {
+            node_id,
+            term,
+            api_addr: None,
+            limits: Limits::default(),
+            executor: ExecutorConfig {
+                command: executor_command.into(),
+                args: vec!["kaon".into(), "executor".into()],
+                cpus: 0.01,
+                mem_mb: 16.0,
+            },
+            pending_launches_max: 100_000,
+            commands_queued_max: 65_536,
+            command_batch_max: 256,
+            round_events_max: 8_192,
+            decline_refuse_secs_idle: 5.0,
+            decline_refuse_secs_busy: 1.0,
+        }
+    }
+}
+
+/// What kaon's executor says about a running step (best effort: framework
+/// messages, not reliable updates).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecutorNews {
+    /// The step is alive.
+    Heartbeat {
+        /// Mesos task id.
+        task_id: String,
+    },
+    /// Percent complete.
+    Progress {
+        /// Mesos task id.
+        task_id: String,
+        /// 0..=100 (clamped).
+        percent: f64,
+    },
+    /// Free status text.
+    Status {
+        /// Mesos task id.
+        task_id: String,
+        /// Text (truncated to `progress_text_bytes_max` when recorded).
+        text: String,
+    },
+}
+
+/// What Mesos (through the scheduler driver) told this leader.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MesosEvent {
+    /// SUBSCRIBED: the framework id Mesos uses for us.
+    Subscribed {
+        /// Framework id.
+        framework_id: String,
+    },
+    /// OFFERS.
+    Offers(Vec<Offer>),
+    /// UPDATE (reliable or not; [`decide::Observation`] tells).
+    Update(TaskUpdate),
+    /// MESSAGE from an executor, decoded.
+    Message(ExecutorNews),
+    /// The event stream broke; the driver re-subscribes by itself.
+    Disconnected,
+    /// The driver gave up (its event channel closed): subscribe anew.
+    DriverStopped,
+    /// ERROR: Mesos ended our subscription (another scheduler took the
+    /// framework). This leader must stop.
+    SubscriptionEnded {
+        /// Mesos' message.
+        message: String,
+    },
+}
+
+/// An input to the leader.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A client command; its answer comes back with `id` in a [`Ready`].
+    Command {
+        /// Routes the answer.
+        id: CommandId,
+        /// The command.
+        command: Command,
+    },
+    /// Something Mesos said.
+    Mesos(MesosEvent),
+}
+
+/// The command a step's executor runs (encoded into `TaskInfo.data` by
+/// the shell as kaon's executor expects it).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StepCommand {
+    /// argv (empty when `shell` is set).
+    pub argv: Vec<String>,
+    /// A shell command line.
+    pub shell: Option<String>,
+    /// Environment (kaon's own variables included).
+    pub env: Vec<(String, String)>,
+}
+
+/// A task to launch, everything decided: the shell only encodes it as a
+/// Mesos `TaskInfo` with a custom `ExecutorInfo`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    /// Mesos task id (derived from run, instance, attempt, path).
+    pub task_id: String,
+    /// Task name (the step path).
+    pub name: String,
+    /// Agent it runs on.
+    pub agent_id: String,
+    /// The step's own resources (name, amount).
+    pub resources: Vec<(String, f64)>,
+    /// Executor id (one executor per attempt, so its sandbox holds that
+    /// attempt's logs).
+    pub executor_id: String,
+    /// Executor program and argv.
+    pub executor: ExecutorConfig,
+    /// What the executor runs.
+    pub step: StepCommand,
+    /// Step kind ("" = command).
+    pub kind: String,
+    /// Container image, for container steps.
+    pub container_image: String,
+}
+
+/// A call to Mesos.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// SUBSCRIBE (again) with the recorded framework id.
+    Subscribe {
+        /// Framework id from the log, if one was recorded.
+        framework_id: Option<String>,
+    },
+    /// ACCEPT one offer with LAUNCH of these tasks.
+    Launch {
+        /// The offer.
+        offer_id: String,
+        /// Tasks packed into it.
+        tasks: Vec<TaskSpec>,
+    },
+    /// DECLINE offers with a refuse filter.
+    Decline {
+        /// Offers.
+        offer_ids: Vec<String>,
+        /// Filter duration, s.
+        refuse_seconds: f64,
+    },
+    /// REVIVE: launches wait for offers.
+    Revive,
+    /// SUPPRESS: nothing waits for offers.
+    Suppress,
+    /// KILL a task.
+    Kill {
+        /// Task.
+        task_id: String,
+        /// Agent, when known ("" if not).
+        agent_id: String,
+    },
+    /// ACKNOWLEDGE an update whose observation is committed.
+    Acknowledge {
+        /// Task.
+        task_id: String,
+        /// Agent that sent it.
+        agent_id: String,
+        /// The update's uuid.
+        uuid: Vec<u8>,
+    },
+    /// RECONCILE these tasks explicitly, then implicitly (all).
+    Reconcile {
+        /// (task id, agent id or "").
+        tasks: Vec<(String, String)>,
+    },
+}
+
+/// What a command did: decide's answer and the events it committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandOutcome {
+    /// Decide's answer (events proposed, `existing_run`, `existing_version`).
+    pub decision: Decision,
+    /// The events the command itself committed, with their indexes (a
+    /// submit's run id is the index of its `RunSubmitted`).
+    pub committed: Vec<Event>,
+}
+
+/// A command's answer.
+pub type Reply = Result<CommandOutcome, Rejection>;
+
+/// What the shell must do now (see the module's contract).
+#[derive(Debug, Default)]
+pub struct Ready {
+    /// Events to propose as one batch (empty: nothing, or a batch is in
+    /// flight).
+    pub propose: Vec<Body>,
+    /// Mesos calls, to make at once and in order.
+    pub actions: Vec<Action>,
+    /// Answers to commands.
+    pub replies: Vec<(CommandId, Reply)>,
+    /// Call `ready` again at this time at the latest (a timer), ms since
+    /// the epoch.
+    pub wake_at_ms: Option<i64>,
+    /// The leader stopped (why): stop the shell; commands got UNAVAILABLE.
+    pub stop: Option<String>,
+}
+
+/// An input waiting for the next round.
+#[derive(Debug, Clone, PartialEq)]
+enum Queued {
+    Started,
+    Update(TaskUpdate),
+    Progress(Progress),
+    Timer(TimerKey),
+}
+
+/// Timers the leader keeps.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    /// One of decide's timers.
+    Decide(TimerKey),
+    /// Record a task's progress that the rate limit held back.
+    Progress(String),
+}
+
+/// Executor progress of one task as the leader tracks it.
+#[derive(Debug, Clone, Default)]
+struct Tracked {
+    /// Latest (percent, text) heard.
+    latest: (u32, String),
+    /// Latest queued for recording.
+    recorded: Option<(u32, String)>,
+    /// When it was queued (the rate limit counts from here too, since its
+    /// event may not be applied yet).
+    queued_ms: i64,
+}
+
+/// The batch in flight.
+#[derive(Debug)]
+struct Round {
+    /// Commands in it: (reply id, decision, number of its events).
+    commands: Vec<(Option<CommandId>, Decision, usize)>,
+    /// Index of the first command event in the batch.
+    first_command_event: usize,
+    /// Events in the batch.
+    events: usize,
+}
+
+/// The pure leader (see the module docs for its contract).
+#[derive(Debug)]
+pub struct Leader {
+    cfg: LeaderConfig,
+    /// Commands waiting to be decided (`None`: the leader's own).
+    commands: VecDeque<(Option<CommandId>, Command)>,
+    /// Other inputs waiting to be decided.
+    inputs: VecDeque<Queued>,
+    /// Follow-up decisions on committed events, to propose next round.
+    backlog: VecDeque<Decision>,
+    in_flight: Option<Round>,
+    to_propose: Vec<Body>,
+    /// Committed intents waiting for offers, oldest first (by sequence).
+    pending: BTreeMap<u64, pb::TaskLaunchRequested>,
+    pending_ids: BTreeMap<String, u64>,
+    next_seq: u64,
+    /// Tasks this leader sent to Mesos that have not ended.
+    sent: BTreeSet<String>,
+    /// A launch did not fit `pending_launches_max`: take launches up from
+    /// state as room frees.
+    overflowed: bool,
+    progress: BTreeMap<String, Tracked>,
+    timers: BTreeMap<Timer, i64>,
+    due: BTreeSet<(i64, Timer)>,
+    subscribed: bool,
+    suppressed: bool,
+    actions: Vec<Action>,
+    replies: Vec<(CommandId, Reply)>,
+    stopped: Option<String>,
+}
+
+/// The executor id kaon gives the executor of task `task_id` (one
+/// executor per step attempt, so its sandbox holds that attempt's logs).
+pub fn executor_id(task_id: &str) -> String {
+    format!("kaon-exec-{task_id}")
+}
+
+impl Leader {
+    /// A leader that just took office: its first round records who leads
+    /// (with the API address) and rebuilds everything from state
+    /// (`decide(LeaderStarted)`: subscribe, re-arm timers, re-derive
+    /// follow-ups an earlier leader may not have proposed).
+    pub fn new(cfg: LeaderConfig) -> Leader {
+        let mut commands = VecDeque::new();
+        if let Some(api_addr) = cfg.api_addr.clone() {
+            commands.push_back((
+                None,
+                Command::AnnounceLeader {
+                    node_id: cfg.node_id,
+                    term: cfg.term,
+                    api_addr,
+                },
+            ));
+        }
+        Leader {
+            cfg,
+            commands,
+            inputs: VecDeque::from([Queued::Started]),
+            backlog: VecDeque::new(),
+            in_flight: None,
+            to_propose: Vec::new(),
+            pending: BTreeMap::new(),
+            pending_ids: BTreeMap::new(),
+            next_seq: 0,
+            sent: BTreeSet::new(),
+            overflowed: false,
+            progress: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            due: BTreeSet::new(),
+            subscribed: false,
+            suppressed: false,
+            actions: Vec::new(),
+            replies: Vec::new(),
+            stopped: None,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LeaderConfig {
+        &self.cfg
+    }
+
+    /// Whether a batch is proposed and not yet advanced.
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Launches waiting for offers (held in memory).
+    pub fn pending_launches(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The deadline of one of decide's timers, if it is armed.
+    pub fn timer(&self, key: &TimerKey) -> Option<i64> {
+        self.timers.get(&Timer::Decide(key.clone())).copied()
+    }
+
+    /// Why the leader stopped, if it did.
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.as_deref()
+    }
+
+    /// Hands in one input. `state` is the applied state (the leader reads
+    /// it, e.g. to place offers on live launches only).
+    pub fn step(&mut self, state: &State, input: Input, now_ms: i64) {
+        if self.stopped.is_some() {
+            if let Input::Command { id, .. } = input {
+                let why = self.stopped.clone().unwrap_or_default();
+                self.replies.push((id, Err(Rejection::Unavailable(why))));
+            }
+            return;
+        }
+        match input {
+            Input::Command { id, command } => {
+                if self.commands.len() >= self.cfg.commands_queued_max {
+                    self.replies.push((
+                        id,
+                        Err(Rejection::LimitExceeded(format!(
+                            "{} commands are waiting for the leader, the limit commands_queued_max = {}",
+                            self.commands.len(),
+                            self.cfg.commands_queued_max
+                        ))),
+                    ));
+                } else {
+                    self.commands.push_back((Some(id), command));
+                }
+            }
+            Input::Mesos(ev) => self.mesos(state, ev, now_ms),
+        }
+    }
+
+    fn mesos(&mut self, state: &State, ev: MesosEvent, now_ms: i64) {
+        match ev {
+            MesosEvent::Subscribed { framework_id } => {
+                self.subscribed = true;
+                self.suppressed = false;
+                if state.framework_id.as_deref() != Some(framework_id.as_str()) {
+                    self.commands
+                        .push_back((None, Command::RecordFramework { framework_id }));
+                }
+                // Every task state says may be live, except launches still
+                // waiting here (Mesos never heard of them: it would answer
+                // "unknown", and they would be lost and launched again).
+                self.actions.push(Action::Reconcile {
+                    tasks: self.reconcile_selection(state),
+                });
+                if self.pending.is_empty() {
+                    self.suppress();
+                } else {
+                    self.actions.push(Action::Revive);
+                }
+            }
+            MesosEvent::Offers(offers) => self.offers(state, offers),
+            MesosEvent::Update(u) => {
+                if u.state.is_terminal() {
+                    self.progress.remove(&u.task_id);
+                    self.sent.remove(&u.task_id);
+                    self.unpend(&u.task_id);
+                }
+                self.inputs.push_back(Queued::Update(u));
+            }
+            MesosEvent::Message(news) => self.news(state, news, now_ms),
+            MesosEvent::Disconnected => self.subscribed = false,
+            MesosEvent::DriverStopped => {
+                self.subscribed = false;
+                self.actions.push(Action::Subscribe {
+                    framework_id: state.framework_id.clone(),
+                });
+            }
+            MesosEvent::SubscriptionEnded { message } => {
+                self.stop(format!(
+                    "Mesos ended this leader's subscription ({message}); another scheduler holds the framework"
+                ));
+            }
+        }
+    }
+
+    /// The rounds: decides what waits and hands out the next batch; fires
+    /// due timers. See the module docs.
+    pub fn ready(&mut self, state: &State, now_ms: i64) -> Ready {
+        if self.stopped.is_none() {
+            self.fire_timers(state, now_ms);
+            if self.in_flight.is_none() {
+                self.round(state, now_ms);
+            }
+        }
+        Ready {
+            propose: std::mem::take(&mut self.to_propose),
+            actions: std::mem::take(&mut self.actions),
+            replies: std::mem::take(&mut self.replies),
+            wake_at_ms: self.due.first().map(|(at, _)| *at),
+            stop: self.stopped.clone(),
+        }
+    }
+
+    /// The batch handed out by `ready` is committed and applied: `committed`
+    /// are its events with their indexes, in order; `state` includes them.
+    /// Answers the commands in it and decides on each committed event.
+    pub fn advance(&mut self, state: &State, committed: &[Event], now_ms: i64) {
+        let round = self
+            .in_flight
+            .take()
+            .expect("advance is called only for a batch in flight");
+        assert_eq!(
+            committed.len(),
+            round.events,
+            "the log committed {} events of a batch of {}",
+            committed.len(),
+            round.events
+        );
+        let mut at = round.first_command_event;
+        for (id, d, n) in round.commands {
+            let mine = committed[at..at + n].to_vec();
+            at += n;
+            if let Some(id) = id {
+                self.replies.push((
+                    id,
+                    Ok(CommandOutcome {
+                        decision: d,
+                        committed: mine,
+                    }),
+                ));
+            }
+        }
+        for e in committed {
+            let d = decide::decide(state, decide::Input::Committed(e), now_ms, &self.cfg.limits)
+                .expect("decide never rejects a committed event");
+            self.absorb(state, d.effects);
+            if !d.events.is_empty() {
+                self.backlog.push_back(Decision {
+                    events: d.events,
+                    ..Decision::default()
+                });
+            }
+        }
+    }
+
+    /// The log refused the batch in flight (lost leadership, storage
+    /// failure): the leader stops; every waiting command is answered
+    /// UNAVAILABLE (a client retries it at the next leader).
+    pub fn abort(&mut self, why: &str) {
+        self.stop(format!("the log refused a write ({why})"));
+    }
+
+    fn stop(&mut self, why: String) {
+        if self.stopped.is_some() {
+            return;
+        }
+        if let Some(round) = self.in_flight.take() {
+            for (id, _, _) in round.commands {
+                if let Some(id) = id {
+                    self.replies
+                        .push((id, Err(Rejection::Unavailable(why.clone()))));
+                }
+            }
+        }
+        for (id, _) in self.commands.drain(..) {
+            if let Some(id) = id {
+                self.replies
+                    .push((id, Err(Rejection::Unavailable(why.clone()))));
+            }
+        }
+        self.stopped = Some(why);
+    }
+
+    // ----- rounds ------------------------------------------------------------
+
+    fn round(&mut self, state: &State, now: i64) {
+        let max = self.cfg.round_events_max;
+        let mut events: Vec<Body> = Vec::new();
+        let mut seen: BTreeSet<Vec<u8>> = BTreeSet::new();
+        // Follow-ups and inputs decided against this same state may repeat
+        // an event (two finished dependencies both start a step): propose
+        // it once. Commands' events are never merged (two submits without
+        // a key are two runs).
+        let mut push = |events: &mut Vec<Body>, b: Body| {
+            let key = events::encode(&Event {
+                index: 0,
+                time_unix_ms: 0,
+                body: Some(b.clone()),
+            });
+            if seen.insert(key) {
+                events.push(b);
+            }
+        };
+        while let Some(d) = self.backlog.front() {
+            if !events.is_empty() && events.len() + d.events.len() > max {
+                break;
+            }
+            let d = self.backlog.pop_front().expect("front exists");
+            for b in d.events {
+                push(&mut events, b);
+            }
+        }
+        while events.len() < max
+            && let Some(q) = self.inputs.pop_front()
+        {
+            let input = match q {
+                Queued::Started => decide::Input::LeaderStarted,
+                Queued::Update(u) => decide::Input::TaskUpdate(u),
+                Queued::Progress(p) => decide::Input::Progress(p),
+                Queued::Timer(k) => decide::Input::TimerFired(k),
+            };
+            let d = decide::decide(state, input, now, &self.cfg.limits)
+                .expect("decide rejects only commands");
+            self.absorb(state, d.effects);
+            for b in d.events {
+                push(&mut events, b);
+            }
+        }
+        let first_command_event = events.len();
+        let commands = self.decide_commands(state, now, &mut events);
+        if events.is_empty() {
+            debug_assert!(
+                commands.is_empty(),
+                "a command without events is answered at once"
+            );
+            return;
+        }
+        self.in_flight = Some(Round {
+            commands,
+            first_command_event,
+            events: events.len(),
+        });
+        self.to_propose = events;
+    }
+
+    /// Decides waiting commands against `state`. Those whose decisions
+    /// combine safely (they only submit runs, with distinct idempotency
+    /// keys, within `active_runs_max`) share the round; any other command
+    /// is decided alone, against the state its predecessors produced.
+    /// Rejections and commands that propose nothing are answered at once.
+    fn decide_commands(
+        &mut self,
+        state: &State,
+        now: i64,
+        events: &mut Vec<Body>,
+    ) -> Vec<(Option<CommandId>, Decision, usize)> {
+        let limits = self.cfg.limits.clone();
+        let mut taken: Vec<(Option<CommandId>, Decision, usize)> = Vec::new();
+        let mut keys: BTreeSet<String> = BTreeSet::new();
+        let active = state.active_runs.len();
+        while taken.len() < self.cfg.command_batch_max
+            && let Some((id, cmd)) = self.commands.pop_front()
+        {
+            let d = match decide::decide(state, decide::Input::Command(cmd.clone()), now, &limits) {
+                Err(r) => {
+                    if let Some(id) = id {
+                        self.replies.push((id, Err(r)));
+                    }
+                    continue;
+                }
+                Ok(d) => d,
+            };
+            if d.events.is_empty() {
+                if let Some(id) = id {
+                    self.replies.push((
+                        id,
+                        Ok(CommandOutcome {
+                            decision: d,
+                            committed: Vec::new(),
+                        }),
+                    ));
+                }
+                continue;
+            }
+            let key = d.events.iter().find_map(|e| match e {
+                Body::RunSubmitted(r) if !r.idempotency_key.is_empty() => {
+                    Some(r.idempotency_key.clone())
+                }
+                _ => None,
+            });
+            let combinable = d.events.iter().all(|e| matches!(e, Body::RunSubmitted(_)))
+                && key.as_ref().is_none_or(|k| !keys.contains(k))
+                && active + taken.len() < limits.active_runs_max;
+            if !taken.is_empty() && !combinable {
+                // Next round, against the state this round produces.
+                self.commands.push_front((id, cmd));
+                break;
+            }
+            keys.extend(key);
+            let n = d.events.len();
+            events.extend(d.events.iter().cloned());
+            self.absorb(state, d.effects.clone());
+            taken.push((
+                id,
+                Decision {
+                    effects: Vec::new(),
+                    ..d
+                },
+                n,
+            ));
+            if !combinable {
+                break;
+            }
+        }
+        taken
+    }
+
+    // ----- effects -----------------------------------------------------------
+
+    fn absorb(&mut self, state: &State, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::LaunchTask(l) => self.pend(state, l),
+                Effect::KillTask { task_id, agent_id } => {
+                    // A launch that never left: Mesos answers the kill with
+                    // "unknown task", which ends the attempt.
+                    self.unpend(&task_id);
+                    self.actions.push(Action::Kill { task_id, agent_id });
+                }
+                Effect::Acknowledge {
+                    task_id,
+                    agent_id,
+                    uuid,
+                } => self.actions.push(Action::Acknowledge {
+                    task_id,
+                    agent_id,
+                    uuid,
+                }),
+                Effect::ArmTimer { key, at_ms } => self.arm(Timer::Decide(key), at_ms),
+                Effect::Subscribe { framework_id } => {
+                    self.subscribed = false;
+                    self.actions.push(Action::Subscribe { framework_id });
+                }
+            }
+        }
+    }
+
+    fn pend(&mut self, state: &State, l: pb::TaskLaunchRequested) {
+        if !attempt_live(state, &l.task_id)
+            || self.pending_ids.contains_key(&l.task_id)
+            || self.sent.contains(&l.task_id)
+        {
+            return;
+        }
+        if self.pending.len() >= self.cfg.pending_launches_max {
+            // Not lost: the intent is in state; it is taken up again when
+            // room frees (`refill`).
+            self.overflowed = true;
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pending_ids.insert(l.task_id.clone(), seq);
+        self.pending.insert(seq, l);
+        if self.subscribed && self.suppressed {
+            self.suppressed = false;
+            self.actions.push(Action::Revive);
+        }
+    }
+
+    fn unpend(&mut self, task_id: &str) {
+        if let Some(seq) = self.pending_ids.remove(task_id) {
+            self.pending.remove(&seq);
+        }
+    }
+
+    fn suppress(&mut self) {
+        if !self.suppressed {
+            self.suppressed = true;
+            self.actions.push(Action::Suppress);
+        }
+    }
+
+    /// Live tasks to ask Mesos about: every attempt state says may be live
+    /// except launches still waiting here for an offer.
+    fn reconcile_selection(&self, state: &State) -> Vec<(String, String)> {
+        crate::state::live_tasks(state)
+            .into_iter()
+            .map(|(rid, i, a)| (state.runs[&rid].task_id(i, a.number), a.agent_id.clone()))
+            .filter(|(t, _)| !self.pending_ids.contains_key(t))
+            .collect()
+    }
+
+    /// Takes launches up from state after an overflow: live attempts that
+    /// never reached Mesos from this leader (still staging, not pending,
+    /// not sent), oldest run first.
+    fn refill(&mut self, state: &State) {
+        if !self.overflowed || self.pending.len() > self.cfg.pending_launches_max / 2 {
+            return;
+        }
+        self.overflowed = false;
+        for &rid in &state.active_runs {
+            let run = &state.runs[&rid];
+            for (i, inst) in run.instances.iter().enumerate() {
+                let Some(a) = inst.live_attempt() else {
+                    continue;
+                };
+                if a.state != events::TaskState::Staging {
+                    continue;
+                }
+                let task_id = run.task_id(i as u32, a.number);
+                if self.pending_ids.contains_key(&task_id) || self.sent.contains(&task_id) {
+                    continue;
+                }
+                if self.pending.len() >= self.cfg.pending_launches_max {
+                    self.overflowed = true;
+                    return;
+                }
+                // The launch as its committed intent described it.
+                if let Some(l) = relaunch_intent(state, rid, i as u32, a.number) {
+                    self.pend(state, l);
+                }
+            }
+        }
+    }
+
+    fn offers(&mut self, state: &State, offers: Vec<Offer>) {
+        // Launches whose attempt ended while they waited never go out.
+        let dead: Vec<String> = self
+            .pending
+            .values()
+            .filter(|l| !attempt_live(state, &l.task_id))
+            .map(|l| l.task_id.clone())
+            .collect();
+        for t in dead {
+            self.unpend(&t);
+        }
+        self.refill(state);
+        let requests: Vec<Request> = self.pending.values().map(|l| self.request(l)).collect();
+        let plan = placement::place(&requests, &offers);
+        for (offer_id, placements) in plan.launches {
+            let mut tasks = Vec::with_capacity(placements.len());
+            for p in placements {
+                let Some(seq) = self.pending_ids.remove(&p.task_id) else {
+                    continue;
+                };
+                let l = self
+                    .pending
+                    .remove(&seq)
+                    .expect("pending ids index pending");
+                self.sent.insert(l.task_id.clone());
+                tasks.push(self.task_spec(&l, p.agent_id));
+            }
+            self.actions.push(Action::Launch { offer_id, tasks });
+        }
+        if !plan.decline.is_empty() {
+            let refuse_seconds = if self.pending.is_empty() {
+                self.cfg.decline_refuse_secs_idle
+            } else {
+                self.cfg.decline_refuse_secs_busy
+            };
+            self.actions.push(Action::Decline {
+                offer_ids: plan.decline,
+                refuse_seconds,
+            });
+        }
+        if self.pending.is_empty() {
+            self.suppress();
+        }
+    }
+
+    /// What a launch needs from an offer: its resources plus the
+    /// executor's share, and its constraints.
+    fn request(&self, l: &pb::TaskLaunchRequested) -> Request {
+        let r = l.resources.unwrap_or_default();
+        let mut scalars = BTreeMap::from([
+            ("cpus".to_string(), r.cpus + self.cfg.executor.cpus),
+            ("mem".to_string(), r.mem_mb + self.cfg.executor.mem_mb),
+        ]);
+        if r.disk_mb > 0.0 {
+            scalars.insert("disk".into(), r.disk_mb);
+        }
+        if r.gpus > 0 {
+            scalars.insert("gpus".into(), f64::from(r.gpus));
+        }
+        let constraints = l
+            .constraints
+            .iter()
+            .map(|c| match &c.op {
+                Some(pb::constraint::Op::Equals(v)) => Constraint::Equals {
+                    name: c.attribute.clone(),
+                    value: v.clone(),
+                },
+                Some(pb::constraint::Op::Like(p)) => Constraint::like(&c.attribute, p)
+                    // Validated at submit; a pattern that no longer
+                    // compiles matches nothing rather than everything.
+                    .unwrap_or(Constraint::Hostname {
+                        hostname: "\u{0}".into(),
+                    }),
+                None => Constraint::Hostname {
+                    hostname: "\u{0}".into(),
+                },
+            })
+            .collect();
+        Request {
+            id: l.task_id.clone(),
+            scalars,
+            ports: 0,
+            constraints,
+        }
+    }
+
+    fn task_spec(&self, l: &pb::TaskLaunchRequested, agent_id: String) -> TaskSpec {
+        let r = l.resources.unwrap_or_default();
+        let mut resources = vec![("cpus".to_string(), r.cpus), ("mem".to_string(), r.mem_mb)];
+        if r.disk_mb > 0.0 {
+            resources.push(("disk".into(), r.disk_mb));
+        }
+        if r.gpus > 0 {
+            resources.push(("gpus".into(), f64::from(r.gpus)));
+        }
+        TaskSpec {
+            task_id: l.task_id.clone(),
+            name: l.step_path.clone(),
+            agent_id,
+            resources,
+            executor_id: executor_id(&l.task_id),
+            executor: self.cfg.executor.clone(),
+            step: StepCommand {
+                argv: if l.shell { Vec::new() } else { l.argv.clone() },
+                shell: if l.shell {
+                    l.argv.first().cloned()
+                } else {
+                    None
+                },
+                env: l
+                    .env
+                    .iter()
+                    .map(|e| (e.name.clone(), e.value.clone()))
+                    .collect(),
+            },
+            kind: l.kind.clone(),
+            container_image: l.container_image.clone(),
+        }
+    }
+
+    // ----- timers and progress ---------------------------------------------
+
+    fn arm(&mut self, t: Timer, at_ms: i64) {
+        if let Some(old) = self.timers.insert(t.clone(), at_ms) {
+            self.due.remove(&(old, t.clone()));
+        }
+        self.due.insert((at_ms, t));
+    }
+
+    fn fire_timers(&mut self, state: &State, now: i64) {
+        while let Some((at, _)) = self.due.first()
+            && *at <= now
+        {
+            let (_, t) = self.due.pop_first().expect("first exists");
+            self.timers.remove(&t);
+            match t {
+                Timer::Decide(k) => self.inputs.push_back(Queued::Timer(k)),
+                Timer::Progress(task_id) => self.record_progress(state, task_id, now),
+            }
+        }
+    }
+
+    fn news(&mut self, state: &State, news: ExecutorNews, now: i64) {
+        let task_id = match news {
+            // Liveness only; Mesos tells us when an executor dies.
+            ExecutorNews::Heartbeat { .. } => return,
+            ExecutorNews::Progress { task_id, percent } => {
+                let p = if percent.is_finite() {
+                    percent.clamp(0.0, 100.0) as u32
+                } else {
+                    0
+                };
+                self.progress.entry(task_id.clone()).or_default().latest.0 = p;
+                task_id
+            }
+            ExecutorNews::Status { task_id, text } => {
+                self.progress.entry(task_id.clone()).or_default().latest.1 = text;
+                task_id
+            }
+        };
+        self.record_progress(state, task_id, now);
+    }
+
+    /// Queues `task_id`'s latest progress for recording unless it is
+    /// recorded already. Progress is rate limited per attempt
+    /// (`progress_interval_ms_min`); what is held back is recorded when the
+    /// interval has passed, so the last percent and text of a quiet step
+    /// are never lost.
+    fn record_progress(&mut self, state: &State, task_id: String, now: i64) {
+        let Some(last_recorded) = live_attempt_progress_ms(state, &task_id) else {
+            self.progress.remove(&task_id);
+            return;
+        };
+        let interval = self.cfg.limits.progress_interval_ms_min;
+        let Some(t) = self.progress.get_mut(&task_id) else {
+            return;
+        };
+        if t.recorded.as_ref() == Some(&t.latest) {
+            return;
+        }
+        let last = last_recorded.max(t.queued_ms);
+        if now.saturating_sub(last) >= interval {
+            t.recorded = Some(t.latest.clone());
+            t.queued_ms = now;
+            let (percent, text) = t.latest.clone();
+            self.inputs.push_back(Queued::Progress(Progress {
+                task_id,
+                percent,
+                text,
+            }));
+        } else {
+            let at = last.saturating_add(interval);
+            self.arm(Timer::Progress(task_id), at);
+        }
+    }
+}
+
+/// Whether state says the attempt behind `task_id` is live.
+fn attempt_live(state: &State, task_id: &str) -> bool {
+    live_attempt_progress_ms(state, task_id).is_some()
+}
+
+/// The live attempt's last recorded progress time, if `task_id` names a
+/// live attempt.
+fn live_attempt_progress_ms(state: &State, task_id: &str) -> Option<i64> {
+    let (run, inst, attempt) = parse_task_id(task_id)?;
+    state
+        .run(run)?
+        .instances
+        .get(inst as usize)?
+        .live_attempt()
+        .filter(|a| a.number == attempt)
+        .map(|a| a.last_progress_ms)
+}
+
+/// Re-derives a launch (its rendered intent, with kaon's variables) from
+/// state and the plan, for a live attempt that must be taken up again
+/// after an overflow: the same rendering decide used (decide re-renders
+/// from the same recorded state, so the command is identical).
+fn relaunch_intent(
+    state: &State,
+    run: crate::ids::RunId,
+    inst: u32,
+    attempt: u32,
+) -> Option<pb::TaskLaunchRequested> {
+    decide::render_launch(state, run, inst, attempt)
+}

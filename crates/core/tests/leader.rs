@@ -1,0 +1,513 @@
+//! The pure leader's own rules (kaon_core::leader): rounds, batching,
+//! what is reconciled, offers and placement, progress deferral, errors.
+//! Each test drives `Leader` by hand: step, ready, commit, advance.
+
+use std::collections::BTreeMap;
+
+use kaon_core::Limits;
+use kaon_core::decide::{Command, Rejection, SubmitTarget, TaskUpdate};
+use kaon_core::events::{Body, Event, TaskState};
+use kaon_core::leader::{
+    Action, CommandId, ExecutorNews, Input, Leader, LeaderConfig, MesosEvent, Ready, Reply,
+};
+use kaon_core::placement::Offer;
+use kaon_core::state::State;
+
+/// A leader over a log that commits every batch at once.
+struct World {
+    state: State,
+    log: Vec<Event>,
+    now: i64,
+    leader: Leader,
+    actions: Vec<Action>,
+    replies: BTreeMap<CommandId, Reply>,
+    batches: Vec<Vec<Body>>,
+    next_id: CommandId,
+}
+
+impl World {
+    fn new() -> World {
+        World::with(LeaderConfig::new(1, 1, "kaon"))
+    }
+
+    fn with(cfg: LeaderConfig) -> World {
+        let mut w = World {
+            state: State::default(),
+            log: Vec::new(),
+            now: 1_767_225_600_000,
+            leader: Leader::new(cfg),
+            actions: Vec::new(),
+            replies: BTreeMap::new(),
+            batches: Vec::new(),
+            next_id: 1,
+        };
+        w.settle();
+        w
+    }
+
+    /// One `ready`, its batch committed and advanced.
+    fn round(&mut self) -> Ready {
+        let mut r = self.leader.ready(&self.state, self.now);
+        self.actions.extend(r.actions.iter().cloned());
+        for (id, reply) in std::mem::take(&mut r.replies) {
+            self.replies.insert(id, reply);
+        }
+        if !r.propose.is_empty() {
+            self.batches.push(r.propose.clone());
+            let mut committed = Vec::new();
+            for body in r.propose.clone() {
+                let e = Event {
+                    index: self.log.len() as u64 + 1,
+                    time_unix_ms: self.now,
+                    body: Some(body),
+                };
+                self.state.apply(&e).unwrap();
+                self.log.push(e.clone());
+                committed.push(e);
+            }
+            self.leader.advance(&self.state, &committed, self.now);
+        }
+        r
+    }
+
+    /// Rounds until nothing is proposed.
+    fn settle(&mut self) {
+        for _ in 0..1000 {
+            let r = self.round();
+            if r.propose.is_empty() {
+                // Replies and actions of follow-ups come with the next call.
+                let r = self.round();
+                if r.propose.is_empty() {
+                    return;
+                }
+            }
+        }
+        panic!("did not settle");
+    }
+
+    fn mesos(&mut self, ev: MesosEvent) {
+        self.leader.step(&self.state, Input::Mesos(ev), self.now);
+    }
+
+    fn command(&mut self, command: Command) -> CommandId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.leader
+            .step(&self.state, Input::Command { id, command }, self.now);
+        id
+    }
+
+    fn submit(&mut self, source: &str, key: &str) -> CommandId {
+        self.command(Command::SubmitRun {
+            target: SubmitTarget::Inline {
+                source: source.into(),
+            },
+            params: BTreeMap::new(),
+            idempotency_key: key.into(),
+        })
+    }
+
+    fn subscribe(&mut self) {
+        self.mesos(MesosEvent::Subscribed {
+            framework_id: "fw".into(),
+        });
+        self.settle();
+    }
+
+    fn offer(&mut self, id: &str, cpus: f64, attrs: &[(&str, &str)]) {
+        self.mesos(MesosEvent::Offers(vec![Offer {
+            id: id.into(),
+            agent_id: format!("agent-{id}"),
+            hostname: format!("host-{id}"),
+            scalars: BTreeMap::from([("cpus".into(), cpus), ("mem".into(), 1e6)]),
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Offer::default()
+        }]));
+        self.settle();
+    }
+
+    fn launched(&self) -> Vec<String> {
+        self.actions
+            .iter()
+            .flat_map(|a| match a {
+                Action::Launch { tasks, .. } => tasks.iter().map(|t| t.task_id.clone()).collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    fn update(&mut self, task: &str, state: TaskState, uuid: u8) {
+        self.mesos(MesosEvent::Update(TaskUpdate {
+            task_id: task.into(),
+            state,
+            source: "SOURCE_EXECUTOR".into(),
+            agent_id: "agent-O1".into(),
+            uuid: vec![uuid; 16],
+            outputs_json: (state == TaskState::Finished).then(|| "{}".to_string()),
+            ..TaskUpdate::default()
+        }));
+        self.settle();
+    }
+}
+
+const JOIN: &str = "apiVersion: kaon/v1\nname: j\nsteps:\n  a: {run: [./a]}\n  b: {run: [./b], when: 'false'}\n  c: {depends_on: [a, b], run: [./c]}\n";
+
+#[test]
+fn a_step_woken_twice_in_one_round_is_launched_once() {
+    // a and b end in the same round: both committed observations wake c,
+    // decided against the same state. c's intent is proposed once and
+    // launched once.
+    let mut w = World::new();
+    w.subscribe();
+    w.submit(
+        "apiVersion: kaon/v1\nname: j\nsteps:\n  a: {run: [./a]}\n  b: {run: [./b]}\n  c: {depends_on: [a, b], run: [./c]}\n",
+        "",
+    );
+    w.settle();
+    w.offer("O1", 100.0, &[]);
+    let (a, b) = (w.launched()[0].clone(), w.launched()[1].clone());
+    w.update(&a, TaskState::Running, 1);
+    w.update(&b, TaskState::Running, 2);
+    for (t, uuid) in [(&a, 3), (&b, 4)] {
+        w.mesos(MesosEvent::Update(TaskUpdate {
+            task_id: t.clone(),
+            state: TaskState::Finished,
+            source: "SOURCE_EXECUTOR".into(),
+            uuid: vec![uuid; 16],
+            outputs_json: Some("{}".into()),
+            ..TaskUpdate::default()
+        }));
+    }
+    w.settle();
+    w.offer("O2", 100.0, &[]);
+    let launched = w.launched();
+    assert_eq!(launched.len(), 3, "a, b and c, once each: {launched:?}");
+    assert!(launched[2].ends_with(":c"));
+    for batch in &w.batches {
+        let intents: Vec<&Body> = batch
+            .iter()
+            .filter(|b| matches!(b, Body::TaskLaunchRequested(_)))
+            .collect();
+        let mut unique = intents.clone();
+        unique.dedup();
+        assert_eq!(
+            intents.len(),
+            unique.len(),
+            "an event proposed twice in one batch"
+        );
+    }
+}
+
+#[test]
+fn acknowledgements_follow_commits_and_one_batch_is_in_flight() {
+    let mut w = World::new();
+    w.subscribe();
+    w.submit(JOIN, "");
+    w.settle();
+    w.offer("O1", 100.0, &[]);
+    let a = w.launched()[0].clone();
+    w.mesos(MesosEvent::Update(TaskUpdate {
+        task_id: a.clone(),
+        state: TaskState::Running,
+        uuid: vec![9; 16],
+        agent_id: "agent-O1".into(),
+        ..TaskUpdate::default()
+    }));
+    let r = w.leader.ready(&w.state, w.now);
+    assert_eq!(r.propose.len(), 1, "the observation");
+    assert!(
+        !r.actions
+            .iter()
+            .any(|x| matches!(x, Action::Acknowledge { .. })),
+        "no ack before the commit"
+    );
+    // While the batch is in flight, nothing else is proposed.
+    w.update(&a, TaskState::Finished, 10);
+    let again = w.leader.ready(&w.state, w.now);
+    assert!(again.propose.is_empty() && w.leader.in_flight());
+    // Commit it: the ack comes with the next ready.
+    let mut committed = Vec::new();
+    for body in r.propose {
+        let e = Event {
+            index: w.log.len() as u64 + 1,
+            time_unix_ms: w.now,
+            body: Some(body),
+        };
+        w.state.apply(&e).unwrap();
+        w.log.push(e.clone());
+        committed.push(e);
+    }
+    w.leader.advance(&w.state, &committed, w.now);
+    let after = w.leader.ready(&w.state, w.now);
+    assert!(after.actions.contains(&Action::Acknowledge {
+        task_id: a,
+        agent_id: "agent-O1".into(),
+        uuid: vec![9; 16]
+    }));
+}
+
+#[test]
+fn reconciles_every_live_task_but_the_launches_it_holds() {
+    // Leader 1 launches a; b waits for an offer; leader 2 takes over.
+    let mut w = World::new();
+    w.subscribe();
+    w.submit(
+        "apiVersion: kaon/v1\nname: two\nsteps:\n  a: {run: [./a]}\n  b: {run: [./b], resources: {cpus: 50}}\n",
+        "",
+    );
+    w.settle();
+    w.offer("O1", 10.0, &[]); // fits a only
+    let launched = w.launched();
+    assert_eq!(launched.len(), 1);
+    let a = launched[0].clone();
+    // A re-subscription of the same leader: b is its own launch, never
+    // reconciled (Mesos would call it unknown: lost, launched again).
+    w.actions.clear();
+    w.subscribe();
+    let tasks = w
+        .actions
+        .iter()
+        .find_map(|x| match x {
+            Action::Reconcile { tasks } => Some(tasks.clone()),
+            _ => None,
+        })
+        .expect("reconciles on every subscription");
+    assert_eq!(tasks, vec![(a.clone(), String::new())]);
+    assert!(w.actions.contains(&Action::Revive), "b waits for offers");
+    // A new leader holds nothing: it reconciles both.
+    let mut cfg = LeaderConfig::new(2, 2, "kaon");
+    cfg.limits = Limits::default();
+    w.leader = Leader::new(cfg);
+    w.settle();
+    w.actions.clear();
+    w.subscribe();
+    let tasks = w
+        .actions
+        .iter()
+        .find_map(|x| match x {
+            Action::Reconcile { tasks } => Some(tasks.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(tasks.len(), 2, "{tasks:?}");
+}
+
+#[test]
+fn placement_honours_constraints_and_declines_what_it_cannot_use() {
+    let mut w = World::new();
+    w.subscribe();
+    w.submit(
+        "apiVersion: kaon/v1\nname: eu\nsteps:\n  a: {run: [./a], constraints: [{attribute: zone, like: 'eu-.*'}]}\n",
+        "",
+    );
+    w.settle();
+    w.offer("O1", 10.0, &[("zone", "us-east-1")]);
+    assert!(w.launched().is_empty(), "not in the us");
+    assert!(
+        w.actions.iter().any(|x| matches!(x, Action::Decline { offer_ids, refuse_seconds } if offer_ids == &vec!["O1".to_string()] && *refuse_seconds == 1.0)),
+        "declined briefly while the launch waits: {:?}",
+        w.actions
+    );
+    w.offer("O2", 10.0, &[("zone", "eu-west-1")]);
+    assert_eq!(w.launched().len(), 1);
+    assert!(
+        w.actions.contains(&Action::Suppress),
+        "nothing waits: offers suppressed"
+    );
+    let Some(Action::Launch { offer_id, tasks }) = w
+        .actions
+        .iter()
+        .find(|x| matches!(x, Action::Launch { .. }))
+    else {
+        panic!()
+    };
+    assert_eq!(offer_id, "O2");
+    let t = &tasks[0];
+    assert_eq!(t.agent_id, "agent-O2");
+    assert_eq!(t.executor_id, format!("kaon-exec-{}", t.task_id));
+    assert!(
+        t.step.env.iter().any(|(k, _)| k == "KAON_TASK_ID"),
+        "kaon's variables reach the step"
+    );
+}
+
+#[test]
+fn a_launch_whose_attempt_ended_never_goes_out() {
+    let mut w = World::new();
+    w.subscribe();
+    let id = w.submit(
+        "apiVersion: kaon/v1\nname: big\nsteps:\n  a: {run: [./a], resources: {cpus: 50}}\n",
+        "",
+    );
+    w.settle();
+    let run = match w.replies.remove(&id) {
+        Some(Ok(o)) => {
+            o.committed
+                .iter()
+                .find(|e| matches!(e.body, Some(Body::RunSubmitted(_))))
+                .unwrap()
+                .index
+        }
+        other => panic!("{other:?}"),
+    };
+    w.command(Command::CancelRun {
+        run_id: run,
+        reason: "no".into(),
+    });
+    w.settle();
+    assert!(
+        w.actions.iter().any(|x| matches!(x, Action::Kill { .. })),
+        "the held launch is killed (Mesos answers: unknown)"
+    );
+    w.offer("O1", 100.0, &[]);
+    assert!(w.launched().is_empty(), "{:?}", w.actions);
+}
+
+#[test]
+fn only_submissions_share_a_round_other_commands_go_alone() {
+    let mut w = World::new();
+    w.subscribe();
+    w.batches.clear();
+    let one = "apiVersion: kaon/v1\nname: one\nsteps:\n  a: {run: [./a]}\n";
+    // Two registrations of new versions of the same workflow: each must
+    // see the other's version, so they are decided one after the other.
+    w.command(Command::RegisterWorkflow { source: one.into() });
+    w.command(Command::RegisterWorkflow {
+        source: one.replace("./a", "./b"),
+    });
+    w.submit(one, "k1");
+    w.submit(one, "k2");
+    w.submit(one, "k1"); // same key as an earlier one in the round
+    w.settle();
+    let versions: Vec<u32> = w
+        .log
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::WorkflowRegistered(r)) => Some(r.version),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(versions, vec![1, 2], "each registration saw the one before");
+    let runs: Vec<u64> = w
+        .log
+        .iter()
+        .filter(|e| matches!(e.body, Some(Body::RunSubmitted(_))))
+        .map(|e| e.index)
+        .collect();
+    assert_eq!(runs.len(), 2, "k1 once, k2 once");
+    // The three submits answered: the repeated key with the first run.
+    let answers: Vec<Option<u64>> = (3..=5)
+        .map(|id| match &w.replies[&id] {
+            Ok(o) => o
+                .decision
+                .existing_run
+                .or_else(|| o.committed.first().map(|e| e.index)),
+            Err(e) => panic!("{e}"),
+        })
+        .collect();
+    assert_eq!(answers[0], answers[2], "{answers:?}");
+}
+
+#[test]
+fn a_refused_write_answers_unavailable_and_stops() {
+    let mut w = World::new();
+    w.subscribe();
+    let id = w.submit(JOIN, "");
+    let r = w.leader.ready(&w.state, w.now);
+    assert!(!r.propose.is_empty());
+    let later = w.submit(JOIN, "");
+    w.leader.abort("lost leadership");
+    let r = w.leader.ready(&w.state, w.now);
+    assert!(r.stop.is_some());
+    let got: BTreeMap<CommandId, Reply> = r.replies.into_iter().collect();
+    for i in [id, later] {
+        assert!(
+            matches!(&got[&i], Err(Rejection::Unavailable(m)) if m.contains("lost leadership")),
+            "{:?}",
+            got.get(&i)
+        );
+    }
+}
+
+#[test]
+fn a_full_command_queue_is_refused_naming_its_limit() {
+    let mut cfg = LeaderConfig::new(1, 1, "kaon");
+    cfg.commands_queued_max = 2;
+    let mut w = World::with(cfg);
+    for _ in 0..3 {
+        w.submit(JOIN, "");
+    }
+    let r = w.leader.ready(&w.state, w.now);
+    let refused: Vec<&Reply> = r.replies.iter().map(|(_, r)| r).collect();
+    assert!(
+        refused.iter().any(
+            |r| matches!(r, Err(Rejection::LimitExceeded(m)) if m.contains("commands_queued_max"))
+        ),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn progress_held_back_by_the_rate_limit_is_recorded_later() {
+    let mut w = World::new();
+    w.subscribe();
+    w.submit(JOIN, "");
+    w.settle();
+    w.offer("O1", 100.0, &[]);
+    let a = w.launched()[0].clone();
+    w.update(&a, TaskState::Running, 1);
+    let progress = |w: &World| {
+        w.log
+            .iter()
+            .filter_map(|e| match &e.body {
+                Some(Body::ProgressReported(p)) => Some((p.percent, p.status_text.clone())),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    w.mesos(MesosEvent::Message(ExecutorNews::Progress {
+        task_id: a.clone(),
+        percent: 10.0,
+    }));
+    w.settle();
+    w.now += 100;
+    w.mesos(MesosEvent::Message(ExecutorNews::Progress {
+        task_id: a.clone(),
+        percent: 40.0,
+    }));
+    w.mesos(MesosEvent::Message(ExecutorNews::Status {
+        task_id: a.clone(),
+        text: "loading".into(),
+    }));
+    let r = w.round();
+    assert_eq!(progress(&w), vec![(10, String::new())], "rate limited");
+    let wake = r.wake_at_ms.expect("a deferred record is armed");
+    assert_eq!(
+        wake,
+        w.now - 100 + Limits::default().progress_interval_ms_min
+    );
+    w.now = wake;
+    w.settle();
+    assert_eq!(
+        progress(&w),
+        vec![(10, String::new()), (40, "loading".to_string())],
+        "the last percent and text of a quiet step are kept"
+    );
+}
+
+#[test]
+fn a_subscription_taken_by_another_scheduler_stops_the_leader() {
+    let mut w = World::new();
+    w.subscribe();
+    w.mesos(MesosEvent::SubscriptionEnded {
+        message: "Framework failed over".into(),
+    });
+    let r = w.leader.ready(&w.state, w.now);
+    assert!(r.stop.unwrap().contains("Framework failed over"));
+    let id = w.submit(JOIN, "");
+    let r = w.leader.ready(&w.state, w.now);
+    assert!(matches!(&r.replies[..], [(i, Err(Rejection::Unavailable(_)))] if *i == id));
+}
