@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 use thiserror::Error;
+use tokio::time::Instant;
 
 /// Name of the checkpoint file inside the work dir.
 pub const CHECKPOINT_FILE: &str = "checkpoint.json";

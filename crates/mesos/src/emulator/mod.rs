@@ -7,10 +7,12 @@
 //! `kaon-mesos-emulator` binary).
 
 pub mod checkpoint;
+pub mod clock;
 mod http;
 pub mod process;
 mod state;
 
+pub use clock::Clock;
 pub use state::Leadership;
 
 use crate::resources::Resources;
@@ -124,6 +126,11 @@ pub struct EmulatorConfig {
     pub executor_reregistration_timeout: Duration,
     /// Period of HEARTBEAT events to subscribed executors (Mesos: 30 min).
     pub executor_heartbeat_interval: Duration,
+    /// Wall clock for `TaskStatus.timestamp` and other wall-clock values
+    /// (default: the system clock). A simulation on paused tokio time gives
+    /// [`Clock::from_tokio`] so timestamps are deterministic too; every
+    /// duration and deadline already follows tokio time.
+    pub clock: Clock,
 }
 
 impl Default for EmulatorConfig {
@@ -144,6 +151,7 @@ impl Default for EmulatorConfig {
             checkpoint: false,
             executor_reregistration_timeout: Duration::from_secs(2),
             executor_heartbeat_interval: Duration::from_secs(30 * 60),
+            clock: Clock::system(),
         }
     }
 }

@@ -19,8 +19,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
 /// Upper bound for `refuse_seconds`, as in Mesos (one year).
 pub const REFUSE_SECONDS_MAX: f64 = 31_536_000.0;
@@ -47,13 +48,6 @@ pub enum Leadership {
 pub fn frame<T: Serialize>(event: &T) -> Bytes {
     let json = serde_json::to_vec(event).unwrap_or_else(|_| b"{}".to_vec());
     Bytes::from(recordio::encode(&json))
-}
-
-fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 fn new_uuid() -> B64 {
@@ -256,6 +250,11 @@ pub(crate) enum CallAuth {
 impl Core {
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wall-clock seconds since the epoch, from the configured clock.
+    fn now_secs(&self) -> f64 {
+        self.config.clock.now_secs()
     }
 
     pub fn check_stream(&self, framework_id: &str, stream_id: Option<&str>) -> CallAuth {
@@ -679,6 +678,7 @@ impl Core {
     }
 
     fn master_update(
+        &self,
         fw: &Framework,
         task_id: &Id,
         state: TaskState,
@@ -691,7 +691,7 @@ impl Core {
         status.reason = Some(reason.into());
         status.message = Some(message);
         status.agent_id = agent_id;
-        status.timestamp = Some(now_secs());
+        status.timestamp = Some(self.now_secs());
         let mut ev = sch::Event::bare(sch::EventType::Update);
         ev.update = Some(sch::Update { status });
         fw.send(&ev);
@@ -822,7 +822,7 @@ impl Core {
                 TaskState::Lost
             };
             for (t, _) in &tasks {
-                Self::master_update(
+                self.master_update(
                     fw,
                     &t.task_id,
                     state,
@@ -840,7 +840,7 @@ impl Core {
         for (task, refusal) in tasks {
             let fw = &st.frameworks[framework];
             if let Some((reason, message)) = refusal {
-                Self::master_update(
+                self.master_update(
                     fw,
                     &task.task_id,
                     TaskState::Error,
@@ -851,7 +851,7 @@ impl Core {
                 continue;
             }
             if let Err(message) = Self::validate_task(&st, framework, agent, &task) {
-                Self::master_update(
+                self.master_update(
                     fw,
                     &task.task_id,
                     TaskState::Error,
@@ -874,7 +874,7 @@ impl Core {
                 need.add(&Resources::from_mesos(&e.resources));
             }
             if !pool.contains(&need) {
-                Self::master_update(
+                self.master_update(
                     fw,
                     &task.task_id,
                     TaskState::Error,
@@ -1355,7 +1355,7 @@ impl Core {
         }
         status.agent_id = Some(Id::new(&st.agents[agent].id));
         if status.timestamp.is_none() {
-            status.timestamp = Some(now_secs());
+            status.timestamp = Some(self.now_secs());
         }
         let Some(fw) = st.frameworks.get_mut(framework) else {
             return;
@@ -1481,7 +1481,7 @@ impl Core {
             s.message = Some("Reconciliation: Latest task state".into());
             s.agent_id = t.status.agent_id.clone();
             s.executor_id = t.status.executor_id.clone();
-            s.timestamp = Some(now_secs());
+            s.timestamp = Some(self.now_secs());
             s
         };
         let mut out = Vec::new();
@@ -1506,7 +1506,7 @@ impl Core {
                         s.reason = Some("REASON_RECONCILIATION".into());
                         s.message = Some("Reconciliation: Task is unknown".into());
                         s.agent_id = t.agent_id.clone();
-                        s.timestamp = Some(now_secs());
+                        s.timestamp = Some(self.now_secs());
                         out.push(s);
                     }
                 }
@@ -1951,7 +1951,7 @@ impl Core {
                 s.message = Some("Agent was lost".into());
                 s.agent_id = Some(agent_id.clone());
                 s.executor_id = Some(Id::new(&t.executor_id));
-                s.timestamp = Some(now_secs());
+                s.timestamp = Some(self.now_secs());
                 t.status = s.clone();
                 updates.push(s);
             }
