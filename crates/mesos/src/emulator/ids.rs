@@ -60,11 +60,9 @@ impl Ids {
                 let b = uuid::Uuid::new_v4().into_bytes();
                 u64::from_le_bytes(b[..8].try_into().unwrap_or_default())
             }
-            Source::Seeded(state) => {
-                mix(state
-                    .fetch_add(GAMMA, Ordering::Relaxed)
-                    .wrapping_add(GAMMA))
-            }
+            Source::Seeded(state) => mix(state
+                .fetch_add(GAMMA, Ordering::Relaxed)
+                .wrapping_add(GAMMA)),
         }
     }
 

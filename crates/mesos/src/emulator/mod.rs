@@ -9,10 +9,12 @@
 pub mod checkpoint;
 pub mod clock;
 mod http;
+pub mod ids;
 pub mod process;
 mod state;
 
 pub use clock::Clock;
+pub use ids::{IdSource, Ids};
 pub use state::Leadership;
 
 use crate::resources::Resources;
@@ -131,6 +133,12 @@ pub struct EmulatorConfig {
     /// [`Clock::from_tokio`] so timestamps are deterministic too; every
     /// duration and deadline already follows tokio time.
     pub clock: Clock,
+    /// Source of the ids Mesos draws at random: master id (and with it the
+    /// framework, agent and offer ids), Mesos-Stream-Ids, status update
+    /// uuids, sandbox run directories. [`IdSource::Seeded`] makes them a
+    /// function of the seed and the order of calls, for a deterministic
+    /// simulation (default: [`IdSource::Random`]).
+    pub ids: IdSource,
 }
 
 impl Default for EmulatorConfig {
@@ -152,6 +160,7 @@ impl Default for EmulatorConfig {
             executor_reregistration_timeout: Duration::from_secs(2),
             executor_heartbeat_interval: Duration::from_secs(30 * 60),
             clock: Clock::system(),
+            ids: IdSource::Random,
         }
     }
 }
@@ -244,7 +253,8 @@ impl Emulator {
         } else {
             (None, config.master_addr)
         };
-        let master_id = uuid::Uuid::new_v4().to_string();
+        let ids = Ids::new(config.ids);
+        let master_id = ids.uuid_string();
         let mut agents = Vec::new();
         let mut listeners = Vec::new();
         for (i, a) in config.agents.iter().enumerate() {
@@ -302,6 +312,7 @@ impl Emulator {
             allocate: Notify::new(),
             processes_changed: Notify::new(),
             executor_path,
+            ids,
         });
         if let Some(ck) = recovered {
             let executors = {

@@ -50,10 +50,6 @@ pub fn frame<T: Serialize>(event: &T) -> Bytes {
     Bytes::from(recordio::encode(&json))
 }
 
-fn new_uuid() -> B64 {
-    B64(uuid::Uuid::new_v4().as_bytes().to_vec())
-}
-
 pub(crate) struct Subscription {
     pub stream_id: String,
     pub tx: mpsc::UnboundedSender<Bytes>,
@@ -236,6 +232,8 @@ pub(crate) struct Core {
     pub allocate: Notify,
     pub processes_changed: Notify,
     pub executor_path: PathBuf,
+    /// Source of every random id (random, or seeded for a simulation).
+    pub ids: super::ids::Ids,
 }
 
 /// Outcome of validating a scheduler call against framework state.
@@ -255,6 +253,11 @@ impl Core {
     /// Wall-clock seconds since the epoch, from the configured clock.
     fn now_secs(&self) -> f64 {
         self.config.clock.now_secs()
+    }
+
+    /// A fresh status update uuid, from the configured id source.
+    fn new_uuid(&self) -> B64 {
+        B64(self.ids.uuid_bytes().to_vec())
     }
 
     pub fn check_stream(&self, framework_id: &str, stream_id: Option<&str>) -> CallAuth {
@@ -336,7 +339,7 @@ impl Core {
         suppressed_roles: &[String],
     ) -> (String, mpsc::UnboundedReceiver<Bytes>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let stream_id = uuid::Uuid::new_v4().to_string();
+        let stream_id = self.ids.uuid_string();
         let mut st = self.lock();
         if let Some(message) = Self::subscribe_error(&st, &info) {
             tracing::info!(%message, "SUBSCRIBE refused with an ERROR event");
@@ -962,7 +965,7 @@ impl Core {
             .join("executors")
             .join(executor_id)
             .join("runs")
-            .join(uuid::Uuid::new_v4().to_string())
+            .join(self.ids.uuid_string())
     }
 
     /// Replaces a bare `kaon-executor` command with the configured path.
@@ -1155,7 +1158,7 @@ impl Core {
                     for state in [TaskState::Starting, TaskState::Running] {
                         let mut s = TaskStatus::new(job.task_id.clone(), state);
                         s.source = Some(Source::Executor);
-                        s.uuid = Some(new_uuid());
+                        s.uuid = Some(self.new_uuid());
                         self.status_update(&mut st, job.agent, &job.framework, s);
                     }
                 } else {
@@ -1178,7 +1181,7 @@ impl Core {
                     s.source = Some(Source::Agent);
                     s.reason = Some("REASON_CONTAINER_LAUNCH_FAILED".into());
                     s.message = Some(err.to_string());
-                    s.uuid = Some(new_uuid());
+                    s.uuid = Some(self.new_uuid());
                     self.status_update(&mut st, job.agent, &job.framework, s);
                 }
                 if let Some(e) = st.agents[job.agent].executors.remove(&key) {
@@ -1220,7 +1223,7 @@ impl Core {
                 s.reason = Some("REASON_EXECUTOR_REGISTRATION_TIMEOUT".into());
                 s.message =
                     Some("Executor did not register within the registration timeout".into());
-                s.uuid = Some(new_uuid());
+                s.uuid = Some(core.new_uuid());
                 core.status_update(&mut st, agent, &framework, s);
             }
             if let Some(p) = pgid {
@@ -1318,7 +1321,7 @@ impl Core {
                 s.reason = Some("REASON_EXECUTOR_TERMINATED".into());
                 s.message = Some("Executor terminated".into());
             }
-            s.uuid = Some(new_uuid());
+            s.uuid = Some(self.new_uuid());
             self.status_update(&mut st, agent, framework, s);
         }
         if !e.command_task
@@ -1564,7 +1567,7 @@ impl Core {
                 // that understand it.
                 let mut s = TaskStatus::new(k.task_id.clone(), TaskState::Killing);
                 s.source = Some(Source::Executor);
-                s.uuid = Some(new_uuid());
+                s.uuid = Some(self.new_uuid());
                 self.status_update(&mut st, agent, framework, s);
             }
         } else if e.queued.iter().any(|t| t.task_id == k.task_id) || e.sub.is_none() {
@@ -1573,7 +1576,7 @@ impl Core {
             s.source = Some(Source::Agent);
             s.reason = Some("REASON_TASK_KILLED_DURING_LAUNCH".into());
             s.message = Some("Killed before delivery to the executor".into());
-            s.uuid = Some(new_uuid());
+            s.uuid = Some(self.new_uuid());
             self.status_update(&mut st, agent, framework, s);
         } else {
             let mut ev = ex::Event::bare(ex::EventType::Kill);
@@ -1740,7 +1743,7 @@ impl Core {
             s.source = Some(Source::Agent);
             s.reason = Some("REASON_AGENT_RESTARTED".into());
             s.message = Some("Task was not listed by the re-subscribing executor".into());
-            s.uuid = Some(new_uuid());
+            s.uuid = Some(self.new_uuid());
             self.status_update(&mut st, agent, framework, s);
         }
         let e = st.agents[agent]
