@@ -11,7 +11,7 @@ use super::state::{Core, ExecRec, Framework, State, TaskRec, UpdateStream};
 use crate::resources::Resources;
 use crate::types::{Attribute, B64, ExecutorInfo, FrameworkInfo, Resource, TaskInfo, TaskStatus};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -259,7 +259,7 @@ pub(crate) fn restore(ck: Checkpoint, st: &mut State) -> Vec<(usize, String, Str
                 sub: None,
                 epoch: 0,
                 suppressed: false,
-                filters: HashMap::new(),
+                filters: BTreeMap::new(),
                 tasks,
             },
         );

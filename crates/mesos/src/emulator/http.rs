@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::serve::ListenerExt as _;
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -695,7 +695,7 @@ async fn agent_state(State(ctx): State<AgentCtx>) -> Response {
 /// Mesos's `/files/download`; paths outside the work dir are refused.
 async fn files_download(
     State(ctx): State<AgentCtx>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
     let (path, p) = match sandbox_file(&ctx, &q) {
         Ok(x) => x,
@@ -712,7 +712,7 @@ async fn files_download(
 /// the path as given (for messages) and the resolved one.
 fn sandbox_file(
     ctx: &AgentCtx,
-    q: &HashMap<String, String>,
+    q: &BTreeMap<String, String>,
 ) -> Result<(String, std::path::PathBuf), Response> {
     let Some(path) = q.get("path") else {
         return Err(text(
@@ -736,7 +736,7 @@ const FILES_READ_BYTES_MAX: u64 = 1 << 20;
 /// the sandboxes are refused.
 async fn files_read(
     State(ctx): State<AgentCtx>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
     let (path, p) = match sandbox_file(&ctx, &q) {
         Ok(x) => x,

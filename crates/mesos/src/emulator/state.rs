@@ -15,7 +15,7 @@ use crate::types::{
 };
 use bytes::Bytes;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -66,7 +66,7 @@ pub(crate) struct Framework {
     /// Per agent: every unexpired refuse filter (resources refused, until).
     /// As in Mesos, each filter blocks offers that are a subset of what it
     /// refused; filters accumulate and are cleared by REVIVE.
-    pub filters: HashMap<usize, Vec<(Resources, Instant)>>,
+    pub filters: BTreeMap<usize, Vec<(Resources, Instant)>>,
     pub tasks: BTreeMap<String, TaskRec>,
 }
 
@@ -137,7 +137,7 @@ pub(crate) struct Agent {
     pub executors: BTreeMap<(String, String), ExecRec>,
     pub updates: BTreeMap<(String, String), UpdateStream>,
     /// Uuids of every update recorded, to drop replays after a re-subscribe.
-    pub seen_uuids: std::collections::HashSet<Vec<u8>>,
+    pub seen_uuids: BTreeSet<Vec<u8>>,
     /// Simulated agent restart in progress: the executor API answers 503.
     pub recovering: bool,
     /// Executor UPDATE calls refused while recovering (for tests).
@@ -366,7 +366,7 @@ impl Core {
                 sub: None,
                 epoch: 0,
                 suppressed: false,
-                filters: HashMap::new(),
+                filters: BTreeMap::new(),
                 tasks: BTreeMap::new(),
             });
         if let Some(old) = fw.sub.take() {
