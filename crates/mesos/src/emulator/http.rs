@@ -635,13 +635,10 @@ struct AgentCtx {
     agent: usize,
 }
 
-pub(crate) async fn serve_agent(
-    core: Arc<Core>,
-    agent: usize,
-    listener: tokio::net::TcpListener,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let app = Router::new()
+/// Agent `agent`'s HTTP front end as a router, for its TCP server or to be
+/// called in-process (executors running in the emulator's process).
+pub(crate) fn agent_router(core: Arc<Core>, agent: usize) -> Router {
+    Router::new()
         .route("/api/v1/executor", any(executor_api))
         .route("/slave(1)/api/v1/executor", any(executor_api))
         .route("/health", get(health))
@@ -650,7 +647,16 @@ pub(crate) async fn serve_agent(
         .route("/slave(1)/state", get(agent_state))
         .route("/files/download", get(files_download))
         .route("/files/read", get(files_read))
-        .with_state(AgentCtx { core, agent });
+        .with_state(AgentCtx { core, agent })
+}
+
+pub(crate) async fn serve_agent(
+    core: Arc<Core>,
+    agent: usize,
+    listener: tokio::net::TcpListener,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let app = agent_router(core, agent);
     if let Err(e) = axum::serve(listener.tap_io(nodelay), app)
         .with_graceful_shutdown(stopped(stop))
         .await

@@ -128,6 +128,13 @@ pub struct EmulatorConfig {
     pub executor_reregistration_timeout: Duration,
     /// Period of HEARTBEAT events to subscribed executors (Mesos: 30 min).
     pub executor_heartbeat_interval: Duration,
+    /// Whether agents bind their TCP socket (default: true). Without one,
+    /// an agent is reached only through [`EmulatorHandle::agent_router`],
+    /// which suits executors that run in-process (see
+    /// [`EmulatorConfig::launcher`]); its address is then only a name
+    /// (in offers, `AgentInfo`, `MESOS_AGENT_ENDPOINT`), port 0 becoming
+    /// 5051 + the agent's index so that names differ.
+    pub agent_sockets: bool,
     /// Wall clock for `TaskStatus.timestamp` and other wall-clock values
     /// (default: the system clock). A simulation on paused tokio time gives
     /// [`Clock::from_tokio`] so timestamps are deterministic too; every
@@ -161,8 +168,19 @@ impl Default for EmulatorConfig {
             executor_heartbeat_interval: Duration::from_secs(30 * 60),
             clock: Clock::system(),
             ids: IdSource::Random,
+            agent_sockets: true,
         }
     }
+}
+
+/// The name an agent without a socket goes by: its configured address, or
+/// port `5051 + index` (Mesos's agent port) when it asked for port 0.
+fn unbound_agent_addr(configured: SocketAddr, index: usize) -> SocketAddr {
+    if configured.port() != 0 {
+        return configured;
+    }
+    let port = u16::try_from(5051 + index).unwrap_or(u16::MAX);
+    SocketAddr::new(configured.ip(), port)
 }
 
 /// Finds `kaon-executor`: the configured path, else next to the current
@@ -209,7 +227,10 @@ impl Emulator {
     /// [`crate::transport::MesosTransport::in_process`]). `master_addr` is
     /// then only the name the master reports (in `MasterInfo`, redirects,
     /// `/state`); nothing listens there. Agents still bind their executor
-    /// API, since executors are separate processes.
+    /// API, since real executors are separate processes, unless
+    /// [`EmulatorConfig::agent_sockets`] is off (executors run in-process,
+    /// through [`EmulatorHandle::agent_router`]): then nothing binds a
+    /// socket at all.
     pub async fn start_in_process(config: EmulatorConfig) -> Result<EmulatorHandle, EmulatorError> {
         Self::start_with(config, false).await
     }
@@ -258,19 +279,25 @@ impl Emulator {
         let mut agents = Vec::new();
         let mut listeners = Vec::new();
         for (i, a) in config.agents.iter().enumerate() {
-            let what = format!("agent {i}");
-            let l = tokio::net::TcpListener::bind(a.addr)
-                .await
-                .map_err(|source| EmulatorError::Bind {
-                    what: what.clone(),
+            let addr = if config.agent_sockets {
+                let what = format!("agent {i}");
+                let l = tokio::net::TcpListener::bind(a.addr)
+                    .await
+                    .map_err(|source| EmulatorError::Bind {
+                        what: what.clone(),
+                        addr: a.addr,
+                        source,
+                    })?;
+                let addr = l.local_addr().map_err(|source| EmulatorError::Bind {
+                    what,
                     addr: a.addr,
                     source,
                 })?;
-            let addr = l.local_addr().map_err(|source| EmulatorError::Bind {
-                what,
-                addr: a.addr,
-                source,
-            })?;
+                listeners.push((i, l));
+                addr
+            } else {
+                unbound_agent_addr(a.addr, i)
+            };
             agents.push(Agent {
                 id: format!("{master_id}-S{i}"),
                 hostname: a.hostname.clone().unwrap_or_else(|| addr.ip().to_string()),
@@ -286,7 +313,6 @@ impl Emulator {
                 lost: false,
                 completed_executors: Default::default(),
             });
-            listeners.push(l);
         }
         let agent_addrs = agents.iter().map(|a| a.addr).collect();
         let executor_path = config
@@ -332,7 +358,7 @@ impl Emulator {
                 stop_rx.clone(),
             )));
         }
-        for (i, l) in listeners.into_iter().enumerate() {
+        for (i, l) in listeners {
             servers.push(tokio::spawn(http::serve_agent(
                 core.clone(),
                 i,
@@ -417,9 +443,28 @@ impl EmulatorHandle {
         http::master_router(self.core.clone())
     }
 
-    /// The agents' executor-API addresses, in configuration order.
+    /// The agents' executor-API addresses, in configuration order (only
+    /// names when [`EmulatorConfig::agent_sockets`] is off).
     pub fn agent_addrs(&self) -> &[SocketAddr] {
         &self.agent_addrs
+    }
+
+    /// Agent `index`'s HTTP API (`/api/v1/executor`, `/state`, `/health`,
+    /// `/files/download`, `/files/read`) as an axum router, to be called
+    /// in-process (e.g. with
+    /// [`crate::transport::MesosTransport::in_process`]). It shares the
+    /// emulator's state with the agent's TCP server, if any; the mirror of
+    /// [`EmulatorHandle::master_router`].
+    ///
+    /// # Panics
+    /// If there is no agent `index`.
+    pub fn agent_router(&self, index: usize) -> axum::Router {
+        assert!(
+            index < self.agent_addrs.len(),
+            "no agent {index}: the emulator has {}",
+            self.agent_addrs.len()
+        );
+        http::agent_router(self.core.clone(), index)
     }
 
     /// The agents' ids, in configuration order.
