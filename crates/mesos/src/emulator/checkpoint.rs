@@ -149,7 +149,7 @@ pub(crate) fn snapshot(st: &State, master_addr: SocketAddr) -> Checkpoint {
                     info: rec.info.clone(),
                     command_task: rec.command_task,
                     http_command_executor: rec.http_command_executor,
-                    pgid: rec.pgid,
+                    pgid: rec.pgid(),
                     tasks: rec.tasks.iter().cloned().collect(),
                     queued: rec.queued.clone(),
                     resources: rec.resources.to_mesos(),
@@ -291,7 +291,10 @@ pub(crate) fn restore(ck: Checkpoint, st: &mut State) -> Vec<(usize, String, Str
                     info: e.info,
                     command_task: e.command_task,
                     http_command_executor: e.http_command_executor,
-                    pgid: e.pgid,
+                    process: e.pgid.map(|pgid| {
+                        std::sync::Arc::new(super::launcher::ProcessGroup { pgid })
+                            as std::sync::Arc<dyn super::launcher::LaunchedProcess>
+                    }),
                     sub: None,
                     queued: e.queued,
                     tasks: e.tasks.into_iter().collect(),

@@ -10,11 +10,15 @@ pub mod checkpoint;
 pub mod clock;
 mod http;
 pub mod ids;
+pub mod launcher;
 pub mod process;
 mod state;
 
 pub use clock::Clock;
 pub use ids::{IdSource, Ids};
+pub use launcher::{
+    LaunchKind, LaunchRequest, Launched, LaunchedProcess, Launcher, ProcessGroup, ProcessLauncher,
+};
 pub use state::Leadership;
 
 use crate::resources::Resources;
@@ -146,6 +150,11 @@ pub struct EmulatorConfig {
     /// function of the seed and the order of calls, for a deterministic
     /// simulation (default: [`IdSource::Random`]).
     pub ids: IdSource,
+    /// How agents start executors and command tasks (default:
+    /// [`ProcessLauncher`], real processes in their own process groups).
+    /// A simulation hands in an in-process one, e.g.
+    /// [`scripted::ScriptedLauncher`], together with `agent_sockets: false`.
+    pub launcher: Arc<dyn Launcher>,
 }
 
 impl Default for EmulatorConfig {
@@ -169,6 +178,7 @@ impl Default for EmulatorConfig {
             clock: Clock::system(),
             ids: IdSource::Random,
             agent_sockets: true,
+            launcher: Arc::new(ProcessLauncher),
         }
     }
 }
@@ -562,14 +572,14 @@ impl EmulatorHandle {
                 for ((f, _), e) in a.executors.iter_mut() {
                     e.sub = None;
                     if !keep.contains(f) {
-                        doomed.extend(e.pgid);
+                        doomed.extend(e.process.clone());
                     }
                 }
             }
             doomed
         };
         for p in doomed {
-            process::signal_group(p, libc::SIGKILL);
+            p.signal(libc::SIGKILL);
         }
         self.stop_servers().await;
     }
@@ -602,9 +612,7 @@ impl Drop for EmulatorHandle {
         let st = self.core.lock();
         for a in &st.agents {
             for e in a.executors.values() {
-                if let Some(p) = e.pgid {
-                    process::signal_group(p, libc::SIGKILL);
-                }
+                e.signal(libc::SIGKILL);
             }
         }
     }

@@ -4,6 +4,7 @@
 //! that feed the HTTP streaming responses.
 
 use super::EmulatorConfig;
+use super::launcher::{LaunchKind, LaunchRequest, LaunchedProcess};
 use super::process::{self, stout_duration};
 use crate::recordio;
 use crate::resources::Resources;
@@ -97,7 +98,8 @@ pub(crate) struct ExecRec {
     pub command_task: bool,
     /// Command task run through kaon-executor as command executor.
     pub http_command_executor: bool,
-    pub pgid: Option<i32>,
+    /// What the launcher started (`None` until it has started).
+    pub process: Option<Arc<dyn LaunchedProcess>>,
     pub sub: Option<mpsc::UnboundedSender<Bytes>>,
     /// Tasks waiting for the executor to SUBSCRIBE.
     pub queued: Vec<TaskInfo>,
@@ -112,6 +114,18 @@ pub(crate) struct ExecRec {
 }
 
 impl ExecRec {
+    /// The process group of a real process (checkpointed).
+    pub fn pgid(&self) -> Option<i32> {
+        self.process.as_ref().and_then(|p| p.pgid())
+    }
+
+    /// Signals the launched process, if started.
+    pub fn signal(&self, signal: i32) {
+        if let Some(p) = &self.process {
+            p.signal(signal);
+        }
+    }
+
     fn send(&self, event: &ex::Event) -> bool {
         match &self.sub {
             Some(tx) => tx.send(frame(event)).is_ok(),
@@ -197,6 +211,9 @@ pub(crate) struct SpawnJob {
     framework: String,
     executor_id: String,
     task_id: Id,
+    task: TaskInfo,
+    kind: LaunchKind,
+    agent_id: String,
     command: CommandInfo,
     env: Vec<(String, String)>,
     sandbox: PathBuf,
@@ -1093,7 +1110,7 @@ impl Core {
             info,
             command_task,
             http_command_executor: via_executor,
-            pgid: None,
+            process: None,
             sub: None,
             queued: Vec::new(),
             tasks: BTreeSet::from([task_id.clone()]),
@@ -1109,11 +1126,21 @@ impl Core {
         // Registered now (so more tasks for this executor queue up behind
         // it); the fork/exec happens in `run_spawn`, outside the lock.
         st.agents[agent].executors.insert(key, rec);
+        let kind = if command_task {
+            LaunchKind::CommandTask
+        } else if via_executor {
+            LaunchKind::CommandExecutor
+        } else {
+            LaunchKind::Executor
+        };
         Some(SpawnJob {
             agent,
             framework: framework.to_owned(),
             executor_id,
             task_id: task.task_id.clone(),
+            task,
+            kind,
+            agent_id: st.agents[agent].id.clone(),
             command,
             env,
             sandbox,
@@ -1126,33 +1153,44 @@ impl Core {
     /// the state lock held, so acknowledgements and other calls interleave
     /// with a large ACCEPT.
     fn run_spawn(self: &Arc<Self>, job: SpawnJob) {
-        let spawned = process::spawn(&job.command, &job.env, &job.sandbox, !job.survive);
+        let request = LaunchRequest {
+            kind: job.kind,
+            agent: job.agent,
+            agent_id: job.agent_id.clone(),
+            framework_id: job.framework.clone(),
+            executor_id: job.executor_id.clone(),
+            task: job.task.clone(),
+            command: job.command.clone(),
+            env: job.env.clone(),
+            sandbox: job.sandbox.clone(),
+            die_with_parent: !job.survive,
+            agent_router: super::http::agent_router(self.clone(), job.agent),
+            ids: self.ids.clone(),
+            clock: self.config.clock.clone(),
+        };
+        let spawned = self.config.launcher.launch(request);
         let mut st = self.lock();
         let key = (job.framework.clone(), job.executor_id.clone());
         match spawned {
-            Ok(child) => {
-                let pgid = child.id().map(|p| p as i32);
+            Ok(launched) => {
+                let process = launched.process;
                 st.live_processes += 1;
-                self.watch_child(
-                    child,
+                self.watch_exit(
+                    launched.exit,
                     job.agent,
                     job.framework.clone(),
                     job.executor_id.clone(),
                 );
                 let Some(e) = st.agents[job.agent].executors.get_mut(&key) else {
                     // Removed while starting (teardown, shutdown): stop it.
-                    if let Some(p) = pgid {
-                        process::signal_group(p, libc::SIGKILL);
-                    }
+                    process.signal(libc::SIGKILL);
                     return;
                 };
-                e.pgid = pgid;
+                e.process = Some(process.clone());
                 if e.kill_requested || e.shutting_down {
                     // A KILL or SHUTDOWN arrived while the process started.
-                    if let Some(p) = pgid {
-                        process::signal_group(p, libc::SIGTERM);
-                        self.kill_after(p, self.config.command_kill_grace);
-                    }
+                    process.signal(libc::SIGTERM);
+                    self.kill_after(process, self.config.command_kill_grace);
                 }
                 if job.command_task {
                     for state in [TaskState::Starting, TaskState::Running] {
@@ -1212,8 +1250,8 @@ impl Core {
                 return;
             }
             tracing::warn!(%framework, %executor, "executor did not subscribe in time; destroying it");
-            let (pgid, tasks): (Option<i32>, Vec<String>) =
-                (e.pgid, e.tasks.iter().cloned().collect());
+            let (process, tasks): (Option<Arc<dyn LaunchedProcess>>, Vec<String>) =
+                (e.process.clone(), e.tasks.iter().cloned().collect());
             if let Some(e) = st.agents[agent].executors.get_mut(&key) {
                 e.shutting_down = true;
             }
@@ -1226,24 +1264,24 @@ impl Core {
                 s.uuid = Some(core.new_uuid());
                 core.status_update(&mut st, agent, &framework, s);
             }
-            if let Some(p) = pgid {
-                process::signal_group(p, libc::SIGKILL);
+            if let Some(p) = process {
+                p.signal(libc::SIGKILL);
             }
         });
     }
 
-    fn watch_child(
+    fn watch_exit(
         self: &Arc<Self>,
-        mut child: tokio::process::Child,
+        exit: futures_util::future::BoxFuture<'static, Option<std::process::ExitStatus>>,
         agent: usize,
         framework: String,
         executor: String,
     ) {
         let core = Arc::downgrade(self);
         tokio::spawn(async move {
-            let status = child.wait().await;
+            let status = exit.await;
             let Some(core) = core.upgrade() else { return };
-            core.process_exited(agent, &framework, &executor, status.ok());
+            core.process_exited(agent, &framework, &executor, status);
         });
     }
 
@@ -1263,10 +1301,8 @@ impl Core {
             return;
         };
         st.agents[agent].executor_ended(&key.0, &key.1, &e);
-        if let Some(p) = e.pgid {
-            // Leftover children of the group die with their leader.
-            process::signal_group(p, libc::SIGKILL);
-        }
+        // Leftover children of the group die with their leader.
+        e.signal(libc::SIGKILL);
         st.agents[agent].used.subtract(&e.resources);
         let code = status.and_then(|s| s.code());
         let signal = status.and_then(|s| s.signal());
@@ -1558,8 +1594,8 @@ impl Core {
         if e.command_task {
             let first = !e.kill_requested;
             e.kill_requested = true;
-            if let Some(p) = e.pgid {
-                process::signal_group(p, libc::SIGTERM);
+            if let Some(p) = e.process.clone() {
+                p.signal(libc::SIGTERM);
                 self.kill_after(p, grace);
             }
             if first && killing_state {
@@ -1588,10 +1624,10 @@ impl Core {
         }
     }
 
-    fn kill_after(&self, pgid: i32, grace: Duration) {
+    fn kill_after(&self, process: Arc<dyn LaunchedProcess>, grace: Duration) {
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            process::signal_group(pgid, libc::SIGKILL);
+            process.signal(libc::SIGKILL);
         });
     }
 
@@ -1615,12 +1651,10 @@ impl Core {
             .shutdown_grace_period
             .map(|g| g.to_std())
             .unwrap_or(self.config.executor_shutdown_grace);
-        if (e.command_task || !e.send(&ex::Event::bare(ex::EventType::Shutdown)))
-            && let Some(p) = e.pgid
-        {
-            process::signal_group(p, libc::SIGTERM);
+        if e.command_task || !e.send(&ex::Event::bare(ex::EventType::Shutdown)) {
+            e.signal(libc::SIGTERM);
         }
-        if let Some(p) = e.pgid {
+        if let Some(p) = e.process.clone() {
             self.kill_after(p, grace);
         }
     }
@@ -1914,9 +1948,7 @@ impl Core {
         a.recovering = true; // the executor API stops answering normally
         let agent_id = Id::new(&a.id);
         for e in std::mem::take(&mut a.executors).into_values() {
-            if let Some(p) = e.pgid {
-                process::signal_group(p, libc::SIGKILL);
-            }
+            e.signal(libc::SIGKILL);
         }
         a.updates.clear();
         a.used = Resources::default();
@@ -1994,7 +2026,7 @@ impl Core {
 
     /// Kills every process group and waits (bounded) until all were reaped.
     pub async fn shutdown_all(&self, wait_max: Duration) {
-        let pgids: Vec<i32> = {
+        let processes: Vec<Arc<dyn LaunchedProcess>> = {
             let mut st = self.lock();
             st.shutting_down = true;
             st.offers.clear();
@@ -2008,11 +2040,11 @@ impl Core {
             }
             st.agents
                 .iter()
-                .flat_map(|a| a.executors.values().filter_map(|e| e.pgid))
+                .flat_map(|a| a.executors.values().filter_map(|e| e.process.clone()))
                 .collect()
         };
-        for p in &pgids {
-            process::signal_group(*p, libc::SIGKILL);
+        for p in &processes {
+            p.signal(libc::SIGKILL);
         }
         let deadline = tokio::time::Instant::now() + wait_max;
         loop {
