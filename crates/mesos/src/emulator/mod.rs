@@ -12,6 +12,7 @@ mod http;
 pub mod ids;
 pub mod launcher;
 pub mod process;
+pub mod scripted;
 mod state;
 
 pub use clock::Clock;
