@@ -513,6 +513,58 @@ impl EmulatorHandle {
         self.core.lose_agent(index);
     }
 
+    /// Breaks framework `framework_id`'s subscription stream like a broken
+    /// TCP connection: the stream just ends (no ERROR, so the scheduler
+    /// driver re-subscribes with the same framework id), the framework is
+    /// disconnected, its offers are gone, and its failover timer runs as
+    /// after any disconnection. Returns whether it was subscribed.
+    pub fn drop_subscription(&self, framework_id: &str) -> bool {
+        self.core.drop_subscription(framework_id)
+    }
+
+    /// Simulates a Mesos master failover (a new leader at the same address,
+    /// with a new master id): every scheduler stream ends, outstanding
+    /// offers are gone (no RESCIND: the new master never made them),
+    /// frameworks are disconnected with no failover timer (as after a real
+    /// failover, a framework that never comes back is orphaned, not
+    /// removed), but agents keep their tasks, executors and unacknowledged
+    /// status updates. A re-SUBSCRIBE with the framework id works and gets
+    /// the pending updates again. Combine with
+    /// [`EmulatorHandle::set_leadership`] to make the election take a while.
+    pub fn master_failover(&self) {
+        self.core.master_failover();
+    }
+
+    /// Delivers every unacknowledged in-flight status update again right
+    /// now (a duplicate, exactly as a retry would resend it; the retry
+    /// schedule is unchanged). Returns how many were sent.
+    pub fn redeliver_updates(&self) -> usize {
+        self.core.redeliver_updates()
+    }
+
+    /// Status updates held by the agents that the scheduler has not
+    /// acknowledged yet (in flight or queued behind one per task).
+    pub fn pending_updates(&self) -> usize {
+        self.core.pending_updates()
+    }
+
+    /// Sends `signal` to the executor (or command task) `executor_id` of
+    /// `framework_id` on agent `index`, as an agent or an operator would:
+    /// `libc::SIGKILL` crashes it (TASK_FAILED `REASON_EXECUTOR_TERMINATED`
+    /// for its unfinished tasks, FAILURE to the scheduler). Works for real
+    /// processes and in-process launches alike. Returns whether it was
+    /// running.
+    pub fn signal_executor(
+        &self,
+        index: usize,
+        framework_id: &str,
+        executor_id: &str,
+        signal: i32,
+    ) -> bool {
+        self.core
+            .signal_executor(index, framework_id, executor_id, signal)
+    }
+
     /// Simulates a restart of agent `index` with checkpointing: executor
     /// streams are cut and the executor API answers 503 ("recovering")
     /// until [`EmulatorHandle::finish_agent_recovery`]; tasks keep running.

@@ -2005,6 +2005,107 @@ impl Core {
         }
     }
 
+    /// Breaks `framework`'s subscription stream as a broken TCP connection
+    /// would: the stream ends (no ERROR event) and the master handles the
+    /// disconnection as usual (offers dropped, failover timer armed).
+    /// Returns whether the framework was subscribed.
+    pub fn drop_subscription(self: &Arc<Self>, framework: &str) -> bool {
+        let stream_id = self
+            .lock()
+            .frameworks
+            .get(framework)
+            .and_then(|f| f.sub.as_ref().map(|s| s.stream_id.clone()));
+        match stream_id {
+            Some(sid) => {
+                self.disconnected(framework, &sid);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Simulates a master failover in place: a new master (new master id,
+    /// fresh offer and framework counters) takes over at the same address.
+    /// Every scheduler stream ends without an ERROR, outstanding offers,
+    /// refuse filters and suppression are gone, frameworks are disconnected
+    /// with no failover timer (it does not survive a master failover,
+    /// MESOS-4659). Agents keep their tasks, executors and unacknowledged
+    /// status updates; a re-SUBSCRIBE with the framework id gets them again.
+    pub fn master_failover(&self) {
+        let mut st = self.lock();
+        st.master_id = self.ids.uuid_string();
+        st.next_offer = 0;
+        st.next_framework = 0;
+        st.offers.clear();
+        for fw in st.frameworks.values_mut() {
+            // Dropping the sender ends the stream; the stream's own
+            // disconnection hook then finds no subscription and does nothing.
+            fw.sub = None;
+            fw.epoch += 1; // disarms pending failover timers
+            fw.filters.clear();
+            fw.suppressed = false;
+        }
+        tracing::info!(master_id = %st.master_id, "simulated master failover");
+    }
+
+    /// Sends every in-flight (unacknowledged head) status update again now,
+    /// as a retry would, to subscribed frameworks; the retry schedule is
+    /// left alone. Updates queued behind an unacknowledged one stay queued.
+    /// Returns how many were sent.
+    pub fn redeliver_updates(&self) -> usize {
+        let st = self.lock();
+        let mut sent = 0;
+        for agent in &st.agents {
+            for ((f, _), stream) in &agent.updates {
+                let (Some(head), Some(fw)) = (stream.queue.front(), st.frameworks.get(f)) else {
+                    continue;
+                };
+                let mut ev = sch::Event::bare(sch::EventType::Update);
+                ev.update = Some(sch::Update {
+                    status: head.clone(),
+                });
+                if fw.send(&ev) {
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    }
+
+    /// Status updates the agents hold that the scheduler has not
+    /// acknowledged (in flight or queued behind one).
+    pub fn pending_updates(&self) -> usize {
+        self.lock()
+            .agents
+            .iter()
+            .flat_map(|a| a.updates.values())
+            .map(|s| s.queue.len())
+            .sum()
+    }
+
+    /// Sends `signal` to a launched executor (or command task) as `kill`
+    /// would. Returns whether it was running.
+    pub fn signal_executor(
+        &self,
+        agent: usize,
+        framework: &str,
+        executor: &str,
+        signal: i32,
+    ) -> bool {
+        let process = self.lock().agents.get(agent).and_then(|a| {
+            a.executors
+                .get(&(framework.to_owned(), executor.to_owned()))
+                .and_then(|e| e.process.clone())
+        });
+        match process {
+            Some(p) => {
+                p.signal(signal);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Simulates an agent restart: executor streams close and the executor
     /// API answers 503 until [`Core::finish_agent_recovery`].
     pub fn restart_agent(&self, agent: usize) {
