@@ -219,8 +219,14 @@ impl std::fmt::Debug for ScriptedLauncher {
 impl ScriptedLauncher {
     /// A launcher whose tasks follow `script(task)`.
     pub fn new(script: impl Fn(&TaskInfo) -> Script + Send + Sync + 'static) -> Self {
+        Self::from_script_fn(Arc::new(script))
+    }
+
+    /// Like [`ScriptedLauncher::new`], for a chooser already shared as a
+    /// [`ScriptFn`] (e.g. by several emulators of one simulation).
+    pub fn from_script_fn(script: ScriptFn) -> Self {
         ScriptedLauncher {
-            script: Arc::new(script),
+            script,
             running: Arc::new(Mutex::new(BTreeMap::new())),
             serial: AtomicU64::new(0),
         }
