@@ -11,7 +11,7 @@ use crate::recordio::{Decoder, RECORD_BYTES_MAX_DEFAULT};
 use crate::types::executor::{self as ex, Call, CallType, Event, EventType};
 use crate::types::{B64, Id, Source, TaskInfo, TaskState, TaskStatus};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -295,7 +295,7 @@ struct Running {
 struct Executor {
     env: ExecutorEnv,
     client: reqwest::Client,
-    tasks: HashMap<String, Running>,
+    tasks: BTreeMap<String, Running>,
     /// Launched tasks with no acknowledged update yet.
     unacked_tasks: BTreeMap<String, TaskInfo>,
     /// Updates sent but not ACKNOWLEDGED, in send order.
@@ -314,7 +314,7 @@ pub async fn run(env: ExecutorEnv) -> Result<i32, ExecutorError> {
     let mut exe = Executor {
         env,
         client: reqwest::Client::new(),
-        tasks: HashMap::new(),
+        tasks: BTreeMap::new(),
         unacked_tasks: BTreeMap::new(),
         unacked_updates: Vec::new(),
         internal_tx,

@@ -11,11 +11,11 @@ use super::state::{Core, ExecRec, Framework, State, TaskRec, UpdateStream};
 use crate::resources::Resources;
 use crate::types::{Attribute, B64, ExecutorInfo, FrameworkInfo, Resource, TaskInfo, TaskStatus};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 use thiserror::Error;
+use tokio::time::Instant;
 
 /// Name of the checkpoint file inside the work dir.
 pub const CHECKPOINT_FILE: &str = "checkpoint.json";
@@ -149,7 +149,7 @@ pub(crate) fn snapshot(st: &State, master_addr: SocketAddr) -> Checkpoint {
                     info: rec.info.clone(),
                     command_task: rec.command_task,
                     http_command_executor: rec.http_command_executor,
-                    pgid: rec.pgid,
+                    pgid: rec.pgid(),
                     tasks: rec.tasks.iter().cloned().collect(),
                     queued: rec.queued.clone(),
                     resources: rec.resources.to_mesos(),
@@ -259,7 +259,7 @@ pub(crate) fn restore(ck: Checkpoint, st: &mut State) -> Vec<(usize, String, Str
                 sub: None,
                 epoch: 0,
                 suppressed: false,
-                filters: HashMap::new(),
+                filters: BTreeMap::new(),
                 tasks,
             },
         );
@@ -291,7 +291,10 @@ pub(crate) fn restore(ck: Checkpoint, st: &mut State) -> Vec<(usize, String, Str
                     info: e.info,
                     command_task: e.command_task,
                     http_command_executor: e.http_command_executor,
-                    pgid: e.pgid,
+                    process: e.pgid.map(|pgid| {
+                        std::sync::Arc::new(super::launcher::ProcessGroup { pgid })
+                            as std::sync::Arc<dyn super::launcher::LaunchedProcess>
+                    }),
                     sub: None,
                     queued: e.queued,
                     tasks: e.tasks.into_iter().collect(),

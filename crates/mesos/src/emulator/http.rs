@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::serve::ListenerExt as _;
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -635,13 +635,10 @@ struct AgentCtx {
     agent: usize,
 }
 
-pub(crate) async fn serve_agent(
-    core: Arc<Core>,
-    agent: usize,
-    listener: tokio::net::TcpListener,
-    stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let app = Router::new()
+/// Agent `agent`'s HTTP front end as a router, for its TCP server or to be
+/// called in-process (executors running in the emulator's process).
+pub(crate) fn agent_router(core: Arc<Core>, agent: usize) -> Router {
+    Router::new()
         .route("/api/v1/executor", any(executor_api))
         .route("/slave(1)/api/v1/executor", any(executor_api))
         .route("/health", get(health))
@@ -650,7 +647,16 @@ pub(crate) async fn serve_agent(
         .route("/slave(1)/state", get(agent_state))
         .route("/files/download", get(files_download))
         .route("/files/read", get(files_read))
-        .with_state(AgentCtx { core, agent });
+        .with_state(AgentCtx { core, agent })
+}
+
+pub(crate) async fn serve_agent(
+    core: Arc<Core>,
+    agent: usize,
+    listener: tokio::net::TcpListener,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let app = agent_router(core, agent);
     if let Err(e) = axum::serve(listener.tap_io(nodelay), app)
         .with_graceful_shutdown(stopped(stop))
         .await
@@ -695,7 +701,7 @@ async fn agent_state(State(ctx): State<AgentCtx>) -> Response {
 /// Mesos's `/files/download`; paths outside the work dir are refused.
 async fn files_download(
     State(ctx): State<AgentCtx>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
     let (path, p) = match sandbox_file(&ctx, &q) {
         Ok(x) => x,
@@ -712,7 +718,7 @@ async fn files_download(
 /// the path as given (for messages) and the resolved one.
 fn sandbox_file(
     ctx: &AgentCtx,
-    q: &HashMap<String, String>,
+    q: &BTreeMap<String, String>,
 ) -> Result<(String, std::path::PathBuf), Response> {
     let Some(path) = q.get("path") else {
         return Err(text(
@@ -736,7 +742,7 @@ const FILES_READ_BYTES_MAX: u64 = 1 << 20;
 /// the sandboxes are refused.
 async fn files_read(
     State(ctx): State<AgentCtx>,
-    Query(q): Query<HashMap<String, String>>,
+    Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
     let (path, p) = match sandbox_file(&ctx, &q) {
         Ok(x) => x,

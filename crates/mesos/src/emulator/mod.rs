@@ -7,10 +7,19 @@
 //! `kaon-mesos-emulator` binary).
 
 pub mod checkpoint;
+pub mod clock;
 mod http;
+pub mod ids;
+pub mod launcher;
 pub mod process;
+pub mod scripted;
 mod state;
 
+pub use clock::Clock;
+pub use ids::{IdSource, Ids};
+pub use launcher::{
+    LaunchKind, LaunchRequest, Launched, LaunchedProcess, Launcher, ProcessGroup, ProcessLauncher,
+};
 pub use state::Leadership;
 
 use crate::resources::Resources;
@@ -124,6 +133,29 @@ pub struct EmulatorConfig {
     pub executor_reregistration_timeout: Duration,
     /// Period of HEARTBEAT events to subscribed executors (Mesos: 30 min).
     pub executor_heartbeat_interval: Duration,
+    /// Whether agents bind their TCP socket (default: true). Without one,
+    /// an agent is reached only through [`EmulatorHandle::agent_router`],
+    /// which suits executors that run in-process (see
+    /// [`EmulatorConfig::launcher`]); its address is then only a name
+    /// (in offers, `AgentInfo`, `MESOS_AGENT_ENDPOINT`), port 0 becoming
+    /// 5051 + the agent's index so that names differ.
+    pub agent_sockets: bool,
+    /// Wall clock for `TaskStatus.timestamp` and other wall-clock values
+    /// (default: the system clock). A simulation on paused tokio time gives
+    /// [`Clock::from_tokio`] so timestamps are deterministic too; every
+    /// duration and deadline already follows tokio time.
+    pub clock: Clock,
+    /// Source of the ids Mesos draws at random: master id (and with it the
+    /// framework, agent and offer ids), Mesos-Stream-Ids, status update
+    /// uuids, sandbox run directories. [`IdSource::Seeded`] makes them a
+    /// function of the seed and the order of calls, for a deterministic
+    /// simulation (default: [`IdSource::Random`]).
+    pub ids: IdSource,
+    /// How agents start executors and command tasks (default:
+    /// [`ProcessLauncher`], real processes in their own process groups).
+    /// A simulation hands in an in-process one, e.g.
+    /// [`scripted::ScriptedLauncher`], together with `agent_sockets: false`.
+    pub launcher: Arc<dyn Launcher>,
 }
 
 impl Default for EmulatorConfig {
@@ -144,8 +176,22 @@ impl Default for EmulatorConfig {
             checkpoint: false,
             executor_reregistration_timeout: Duration::from_secs(2),
             executor_heartbeat_interval: Duration::from_secs(30 * 60),
+            clock: Clock::system(),
+            ids: IdSource::Random,
+            agent_sockets: true,
+            launcher: Arc::new(ProcessLauncher),
         }
     }
+}
+
+/// The name an agent without a socket goes by: its configured address, or
+/// port `5051 + index` (Mesos's agent port) when it asked for port 0.
+fn unbound_agent_addr(configured: SocketAddr, index: usize) -> SocketAddr {
+    if configured.port() != 0 {
+        return configured;
+    }
+    let port = u16::try_from(5051 + index).unwrap_or(u16::MAX);
+    SocketAddr::new(configured.ip(), port)
 }
 
 /// Finds `kaon-executor`: the configured path, else next to the current
@@ -192,7 +238,10 @@ impl Emulator {
     /// [`crate::transport::MesosTransport::in_process`]). `master_addr` is
     /// then only the name the master reports (in `MasterInfo`, redirects,
     /// `/state`); nothing listens there. Agents still bind their executor
-    /// API, since executors are separate processes.
+    /// API, since real executors are separate processes, unless
+    /// [`EmulatorConfig::agent_sockets`] is off (executors run in-process,
+    /// through [`EmulatorHandle::agent_router`]): then nothing binds a
+    /// socket at all.
     pub async fn start_in_process(config: EmulatorConfig) -> Result<EmulatorHandle, EmulatorError> {
         Self::start_with(config, false).await
     }
@@ -236,23 +285,30 @@ impl Emulator {
         } else {
             (None, config.master_addr)
         };
-        let master_id = uuid::Uuid::new_v4().to_string();
+        let ids = Ids::new(config.ids);
+        let master_id = ids.uuid_string();
         let mut agents = Vec::new();
         let mut listeners = Vec::new();
         for (i, a) in config.agents.iter().enumerate() {
-            let what = format!("agent {i}");
-            let l = tokio::net::TcpListener::bind(a.addr)
-                .await
-                .map_err(|source| EmulatorError::Bind {
-                    what: what.clone(),
+            let addr = if config.agent_sockets {
+                let what = format!("agent {i}");
+                let l = tokio::net::TcpListener::bind(a.addr)
+                    .await
+                    .map_err(|source| EmulatorError::Bind {
+                        what: what.clone(),
+                        addr: a.addr,
+                        source,
+                    })?;
+                let addr = l.local_addr().map_err(|source| EmulatorError::Bind {
+                    what,
                     addr: a.addr,
                     source,
                 })?;
-            let addr = l.local_addr().map_err(|source| EmulatorError::Bind {
-                what,
-                addr: a.addr,
-                source,
-            })?;
+                listeners.push((i, l));
+                addr
+            } else {
+                unbound_agent_addr(a.addr, i)
+            };
             agents.push(Agent {
                 id: format!("{master_id}-S{i}"),
                 hostname: a.hostname.clone().unwrap_or_else(|| addr.ip().to_string()),
@@ -268,7 +324,6 @@ impl Emulator {
                 lost: false,
                 completed_executors: Default::default(),
             });
-            listeners.push(l);
         }
         let agent_addrs = agents.iter().map(|a| a.addr).collect();
         let executor_path = config
@@ -294,6 +349,7 @@ impl Emulator {
             allocate: Notify::new(),
             processes_changed: Notify::new(),
             executor_path,
+            ids,
         });
         if let Some(ck) = recovered {
             let executors = {
@@ -313,7 +369,7 @@ impl Emulator {
                 stop_rx.clone(),
             )));
         }
-        for (i, l) in listeners.into_iter().enumerate() {
+        for (i, l) in listeners {
             servers.push(tokio::spawn(http::serve_agent(
                 core.clone(),
                 i,
@@ -398,9 +454,28 @@ impl EmulatorHandle {
         http::master_router(self.core.clone())
     }
 
-    /// The agents' executor-API addresses, in configuration order.
+    /// The agents' executor-API addresses, in configuration order (only
+    /// names when [`EmulatorConfig::agent_sockets`] is off).
     pub fn agent_addrs(&self) -> &[SocketAddr] {
         &self.agent_addrs
+    }
+
+    /// Agent `index`'s HTTP API (`/api/v1/executor`, `/state`, `/health`,
+    /// `/files/download`, `/files/read`) as an axum router, to be called
+    /// in-process (e.g. with
+    /// [`crate::transport::MesosTransport::in_process`]). It shares the
+    /// emulator's state with the agent's TCP server, if any; the mirror of
+    /// [`EmulatorHandle::master_router`].
+    ///
+    /// # Panics
+    /// If there is no agent `index`.
+    pub fn agent_router(&self, index: usize) -> axum::Router {
+        assert!(
+            index < self.agent_addrs.len(),
+            "no agent {index}: the emulator has {}",
+            self.agent_addrs.len()
+        );
+        http::agent_router(self.core.clone(), index)
     }
 
     /// The agents' ids, in configuration order.
@@ -436,6 +511,58 @@ impl EmulatorHandle {
     /// FAILURE with the agent id, and it makes no more offers.
     pub fn lose_agent(&self, index: usize) {
         self.core.lose_agent(index);
+    }
+
+    /// Breaks framework `framework_id`'s subscription stream like a broken
+    /// TCP connection: the stream just ends (no ERROR, so the scheduler
+    /// driver re-subscribes with the same framework id), the framework is
+    /// disconnected, its offers are gone, and its failover timer runs as
+    /// after any disconnection. Returns whether it was subscribed.
+    pub fn drop_subscription(&self, framework_id: &str) -> bool {
+        self.core.drop_subscription(framework_id)
+    }
+
+    /// Simulates a Mesos master failover (a new leader at the same address,
+    /// with a new master id): every scheduler stream ends, outstanding
+    /// offers are gone (no RESCIND: the new master never made them),
+    /// frameworks are disconnected with no failover timer (as after a real
+    /// failover, a framework that never comes back is orphaned, not
+    /// removed), but agents keep their tasks, executors and unacknowledged
+    /// status updates. A re-SUBSCRIBE with the framework id works and gets
+    /// the pending updates again. Combine with
+    /// [`EmulatorHandle::set_leadership`] to make the election take a while.
+    pub fn master_failover(&self) {
+        self.core.master_failover();
+    }
+
+    /// Delivers every unacknowledged in-flight status update again right
+    /// now (a duplicate, exactly as a retry would resend it; the retry
+    /// schedule is unchanged). Returns how many were sent.
+    pub fn redeliver_updates(&self) -> usize {
+        self.core.redeliver_updates()
+    }
+
+    /// Status updates held by the agents that the scheduler has not
+    /// acknowledged yet (in flight or queued behind one per task).
+    pub fn pending_updates(&self) -> usize {
+        self.core.pending_updates()
+    }
+
+    /// Sends `signal` to the executor (or command task) `executor_id` of
+    /// `framework_id` on agent `index`, as an agent or an operator would:
+    /// `libc::SIGKILL` crashes it (TASK_FAILED `REASON_EXECUTOR_TERMINATED`
+    /// for its unfinished tasks, FAILURE to the scheduler). Works for real
+    /// processes and in-process launches alike. Returns whether it was
+    /// running.
+    pub fn signal_executor(
+        &self,
+        index: usize,
+        framework_id: &str,
+        executor_id: &str,
+        signal: i32,
+    ) -> bool {
+        self.core
+            .signal_executor(index, framework_id, executor_id, signal)
     }
 
     /// Simulates a restart of agent `index` with checkpointing: executor
@@ -498,14 +625,14 @@ impl EmulatorHandle {
                 for ((f, _), e) in a.executors.iter_mut() {
                     e.sub = None;
                     if !keep.contains(f) {
-                        doomed.extend(e.pgid);
+                        doomed.extend(e.process.clone());
                     }
                 }
             }
             doomed
         };
         for p in doomed {
-            process::signal_group(p, libc::SIGKILL);
+            p.signal(libc::SIGKILL);
         }
         self.stop_servers().await;
     }
@@ -538,9 +665,7 @@ impl Drop for EmulatorHandle {
         let st = self.core.lock();
         for a in &st.agents {
             for e in a.executors.values() {
-                if let Some(p) = e.pgid {
-                    process::signal_group(p, libc::SIGKILL);
-                }
+                e.signal(libc::SIGKILL);
             }
         }
     }

@@ -4,6 +4,7 @@
 //! that feed the HTTP streaming responses.
 
 use super::EmulatorConfig;
+use super::launcher::{LaunchKind, LaunchRequest, LaunchedProcess};
 use super::process::{self, stout_duration};
 use crate::recordio;
 use crate::resources::Resources;
@@ -15,12 +16,13 @@ use crate::types::{
 };
 use bytes::Bytes;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
 /// Upper bound for `refuse_seconds`, as in Mesos (one year).
 pub const REFUSE_SECONDS_MAX: f64 = 31_536_000.0;
@@ -49,17 +51,6 @@ pub fn frame<T: Serialize>(event: &T) -> Bytes {
     Bytes::from(recordio::encode(&json))
 }
 
-fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-fn new_uuid() -> B64 {
-    B64(uuid::Uuid::new_v4().as_bytes().to_vec())
-}
-
 pub(crate) struct Subscription {
     pub stream_id: String,
     pub tx: mpsc::UnboundedSender<Bytes>,
@@ -76,7 +67,7 @@ pub(crate) struct Framework {
     /// Per agent: every unexpired refuse filter (resources refused, until).
     /// As in Mesos, each filter blocks offers that are a subset of what it
     /// refused; filters accumulate and are cleared by REVIVE.
-    pub filters: HashMap<usize, Vec<(Resources, Instant)>>,
+    pub filters: BTreeMap<usize, Vec<(Resources, Instant)>>,
     pub tasks: BTreeMap<String, TaskRec>,
 }
 
@@ -107,7 +98,8 @@ pub(crate) struct ExecRec {
     pub command_task: bool,
     /// Command task run through kaon-executor as command executor.
     pub http_command_executor: bool,
-    pub pgid: Option<i32>,
+    /// What the launcher started (`None` until it has started).
+    pub process: Option<Arc<dyn LaunchedProcess>>,
     pub sub: Option<mpsc::UnboundedSender<Bytes>>,
     /// Tasks waiting for the executor to SUBSCRIBE.
     pub queued: Vec<TaskInfo>,
@@ -122,6 +114,18 @@ pub(crate) struct ExecRec {
 }
 
 impl ExecRec {
+    /// The process group of a real process (checkpointed).
+    pub fn pgid(&self) -> Option<i32> {
+        self.process.as_ref().and_then(|p| p.pgid())
+    }
+
+    /// Signals the launched process, if started.
+    pub fn signal(&self, signal: i32) {
+        if let Some(p) = &self.process {
+            p.signal(signal);
+        }
+    }
+
     fn send(&self, event: &ex::Event) -> bool {
         match &self.sub {
             Some(tx) => tx.send(frame(event)).is_ok(),
@@ -147,7 +151,7 @@ pub(crate) struct Agent {
     pub executors: BTreeMap<(String, String), ExecRec>,
     pub updates: BTreeMap<(String, String), UpdateStream>,
     /// Uuids of every update recorded, to drop replays after a re-subscribe.
-    pub seen_uuids: std::collections::HashSet<Vec<u8>>,
+    pub seen_uuids: BTreeSet<Vec<u8>>,
     /// Simulated agent restart in progress: the executor API answers 503.
     pub recovering: bool,
     /// Executor UPDATE calls refused while recovering (for tests).
@@ -207,6 +211,9 @@ pub(crate) struct SpawnJob {
     framework: String,
     executor_id: String,
     task_id: Id,
+    task: TaskInfo,
+    kind: LaunchKind,
+    agent_id: String,
     command: CommandInfo,
     env: Vec<(String, String)>,
     sandbox: PathBuf,
@@ -242,6 +249,8 @@ pub(crate) struct Core {
     pub allocate: Notify,
     pub processes_changed: Notify,
     pub executor_path: PathBuf,
+    /// Source of every random id (random, or seeded for a simulation).
+    pub ids: super::ids::Ids,
 }
 
 /// Outcome of validating a scheduler call against framework state.
@@ -256,6 +265,16 @@ pub(crate) enum CallAuth {
 impl Core {
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wall-clock seconds since the epoch, from the configured clock.
+    fn now_secs(&self) -> f64 {
+        self.config.clock.now_secs()
+    }
+
+    /// A fresh status update uuid, from the configured id source.
+    fn new_uuid(&self) -> B64 {
+        B64(self.ids.uuid_bytes().to_vec())
     }
 
     pub fn check_stream(&self, framework_id: &str, stream_id: Option<&str>) -> CallAuth {
@@ -337,7 +356,7 @@ impl Core {
         suppressed_roles: &[String],
     ) -> (String, mpsc::UnboundedReceiver<Bytes>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let stream_id = uuid::Uuid::new_v4().to_string();
+        let stream_id = self.ids.uuid_string();
         let mut st = self.lock();
         if let Some(message) = Self::subscribe_error(&st, &info) {
             tracing::info!(%message, "SUBSCRIBE refused with an ERROR event");
@@ -364,7 +383,7 @@ impl Core {
                 sub: None,
                 epoch: 0,
                 suppressed: false,
-                filters: HashMap::new(),
+                filters: BTreeMap::new(),
                 tasks: BTreeMap::new(),
             });
         if let Some(old) = fw.sub.take() {
@@ -679,6 +698,7 @@ impl Core {
     }
 
     fn master_update(
+        &self,
         fw: &Framework,
         task_id: &Id,
         state: TaskState,
@@ -691,7 +711,7 @@ impl Core {
         status.reason = Some(reason.into());
         status.message = Some(message);
         status.agent_id = agent_id;
-        status.timestamp = Some(now_secs());
+        status.timestamp = Some(self.now_secs());
         let mut ev = sch::Event::bare(sch::EventType::Update);
         ev.update = Some(sch::Update { status });
         fw.send(&ev);
@@ -822,7 +842,7 @@ impl Core {
                 TaskState::Lost
             };
             for (t, _) in &tasks {
-                Self::master_update(
+                self.master_update(
                     fw,
                     &t.task_id,
                     state,
@@ -840,7 +860,7 @@ impl Core {
         for (task, refusal) in tasks {
             let fw = &st.frameworks[framework];
             if let Some((reason, message)) = refusal {
-                Self::master_update(
+                self.master_update(
                     fw,
                     &task.task_id,
                     TaskState::Error,
@@ -851,7 +871,7 @@ impl Core {
                 continue;
             }
             if let Err(message) = Self::validate_task(&st, framework, agent, &task) {
-                Self::master_update(
+                self.master_update(
                     fw,
                     &task.task_id,
                     TaskState::Error,
@@ -874,7 +894,7 @@ impl Core {
                 need.add(&Resources::from_mesos(&e.resources));
             }
             if !pool.contains(&need) {
-                Self::master_update(
+                self.master_update(
                     fw,
                     &task.task_id,
                     TaskState::Error,
@@ -962,7 +982,7 @@ impl Core {
             .join("executors")
             .join(executor_id)
             .join("runs")
-            .join(uuid::Uuid::new_v4().to_string())
+            .join(self.ids.uuid_string())
     }
 
     /// Replaces a bare `kaon-executor` command with the configured path.
@@ -1090,7 +1110,7 @@ impl Core {
             info,
             command_task,
             http_command_executor: via_executor,
-            pgid: None,
+            process: None,
             sub: None,
             queued: Vec::new(),
             tasks: BTreeSet::from([task_id.clone()]),
@@ -1106,11 +1126,21 @@ impl Core {
         // Registered now (so more tasks for this executor queue up behind
         // it); the fork/exec happens in `run_spawn`, outside the lock.
         st.agents[agent].executors.insert(key, rec);
+        let kind = if command_task {
+            LaunchKind::CommandTask
+        } else if via_executor {
+            LaunchKind::CommandExecutor
+        } else {
+            LaunchKind::Executor
+        };
         Some(SpawnJob {
             agent,
             framework: framework.to_owned(),
             executor_id,
             task_id: task.task_id.clone(),
+            task,
+            kind,
+            agent_id: st.agents[agent].id.clone(),
             command,
             env,
             sandbox,
@@ -1123,39 +1153,50 @@ impl Core {
     /// the state lock held, so acknowledgements and other calls interleave
     /// with a large ACCEPT.
     fn run_spawn(self: &Arc<Self>, job: SpawnJob) {
-        let spawned = process::spawn(&job.command, &job.env, &job.sandbox, !job.survive);
+        let request = LaunchRequest {
+            kind: job.kind,
+            agent: job.agent,
+            agent_id: job.agent_id.clone(),
+            framework_id: job.framework.clone(),
+            executor_id: job.executor_id.clone(),
+            task: job.task.clone(),
+            command: job.command.clone(),
+            env: job.env.clone(),
+            sandbox: job.sandbox.clone(),
+            die_with_parent: !job.survive,
+            agent_router: super::http::agent_router(self.clone(), job.agent),
+            ids: self.ids.clone(),
+            clock: self.config.clock.clone(),
+        };
+        let spawned = self.config.launcher.launch(request);
         let mut st = self.lock();
         let key = (job.framework.clone(), job.executor_id.clone());
         match spawned {
-            Ok(child) => {
-                let pgid = child.id().map(|p| p as i32);
+            Ok(launched) => {
+                let process = launched.process;
                 st.live_processes += 1;
-                self.watch_child(
-                    child,
+                self.watch_exit(
+                    launched.exit,
                     job.agent,
                     job.framework.clone(),
                     job.executor_id.clone(),
                 );
                 let Some(e) = st.agents[job.agent].executors.get_mut(&key) else {
                     // Removed while starting (teardown, shutdown): stop it.
-                    if let Some(p) = pgid {
-                        process::signal_group(p, libc::SIGKILL);
-                    }
+                    process.signal(libc::SIGKILL);
                     return;
                 };
-                e.pgid = pgid;
+                e.process = Some(process.clone());
                 if e.kill_requested || e.shutting_down {
                     // A KILL or SHUTDOWN arrived while the process started.
-                    if let Some(p) = pgid {
-                        process::signal_group(p, libc::SIGTERM);
-                        self.kill_after(p, self.config.command_kill_grace);
-                    }
+                    process.signal(libc::SIGTERM);
+                    self.kill_after(process, self.config.command_kill_grace);
                 }
                 if job.command_task {
                     for state in [TaskState::Starting, TaskState::Running] {
                         let mut s = TaskStatus::new(job.task_id.clone(), state);
                         s.source = Some(Source::Executor);
-                        s.uuid = Some(new_uuid());
+                        s.uuid = Some(self.new_uuid());
                         self.status_update(&mut st, job.agent, &job.framework, s);
                     }
                 } else {
@@ -1178,7 +1219,7 @@ impl Core {
                     s.source = Some(Source::Agent);
                     s.reason = Some("REASON_CONTAINER_LAUNCH_FAILED".into());
                     s.message = Some(err.to_string());
-                    s.uuid = Some(new_uuid());
+                    s.uuid = Some(self.new_uuid());
                     self.status_update(&mut st, job.agent, &job.framework, s);
                 }
                 if let Some(e) = st.agents[job.agent].executors.remove(&key) {
@@ -1209,8 +1250,8 @@ impl Core {
                 return;
             }
             tracing::warn!(%framework, %executor, "executor did not subscribe in time; destroying it");
-            let (pgid, tasks): (Option<i32>, Vec<String>) =
-                (e.pgid, e.tasks.iter().cloned().collect());
+            let (process, tasks): (Option<Arc<dyn LaunchedProcess>>, Vec<String>) =
+                (e.process.clone(), e.tasks.iter().cloned().collect());
             if let Some(e) = st.agents[agent].executors.get_mut(&key) {
                 e.shutting_down = true;
             }
@@ -1220,27 +1261,27 @@ impl Core {
                 s.reason = Some("REASON_EXECUTOR_REGISTRATION_TIMEOUT".into());
                 s.message =
                     Some("Executor did not register within the registration timeout".into());
-                s.uuid = Some(new_uuid());
+                s.uuid = Some(core.new_uuid());
                 core.status_update(&mut st, agent, &framework, s);
             }
-            if let Some(p) = pgid {
-                process::signal_group(p, libc::SIGKILL);
+            if let Some(p) = process {
+                p.signal(libc::SIGKILL);
             }
         });
     }
 
-    fn watch_child(
+    fn watch_exit(
         self: &Arc<Self>,
-        mut child: tokio::process::Child,
+        exit: futures_util::future::BoxFuture<'static, Option<std::process::ExitStatus>>,
         agent: usize,
         framework: String,
         executor: String,
     ) {
         let core = Arc::downgrade(self);
         tokio::spawn(async move {
-            let status = child.wait().await;
+            let status = exit.await;
             let Some(core) = core.upgrade() else { return };
-            core.process_exited(agent, &framework, &executor, status.ok());
+            core.process_exited(agent, &framework, &executor, status);
         });
     }
 
@@ -1260,10 +1301,8 @@ impl Core {
             return;
         };
         st.agents[agent].executor_ended(&key.0, &key.1, &e);
-        if let Some(p) = e.pgid {
-            // Leftover children of the group die with their leader.
-            process::signal_group(p, libc::SIGKILL);
-        }
+        // Leftover children of the group die with their leader.
+        e.signal(libc::SIGKILL);
         st.agents[agent].used.subtract(&e.resources);
         let code = status.and_then(|s| s.code());
         let signal = status.and_then(|s| s.signal());
@@ -1318,7 +1357,7 @@ impl Core {
                 s.reason = Some("REASON_EXECUTOR_TERMINATED".into());
                 s.message = Some("Executor terminated".into());
             }
-            s.uuid = Some(new_uuid());
+            s.uuid = Some(self.new_uuid());
             self.status_update(&mut st, agent, framework, s);
         }
         if !e.command_task
@@ -1355,7 +1394,7 @@ impl Core {
         }
         status.agent_id = Some(Id::new(&st.agents[agent].id));
         if status.timestamp.is_none() {
-            status.timestamp = Some(now_secs());
+            status.timestamp = Some(self.now_secs());
         }
         let Some(fw) = st.frameworks.get_mut(framework) else {
             return;
@@ -1481,7 +1520,7 @@ impl Core {
             s.message = Some("Reconciliation: Latest task state".into());
             s.agent_id = t.status.agent_id.clone();
             s.executor_id = t.status.executor_id.clone();
-            s.timestamp = Some(now_secs());
+            s.timestamp = Some(self.now_secs());
             s
         };
         let mut out = Vec::new();
@@ -1506,7 +1545,7 @@ impl Core {
                         s.reason = Some("REASON_RECONCILIATION".into());
                         s.message = Some("Reconciliation: Task is unknown".into());
                         s.agent_id = t.agent_id.clone();
-                        s.timestamp = Some(now_secs());
+                        s.timestamp = Some(self.now_secs());
                         out.push(s);
                     }
                 }
@@ -1555,8 +1594,8 @@ impl Core {
         if e.command_task {
             let first = !e.kill_requested;
             e.kill_requested = true;
-            if let Some(p) = e.pgid {
-                process::signal_group(p, libc::SIGTERM);
+            if let Some(p) = e.process.clone() {
+                p.signal(libc::SIGTERM);
                 self.kill_after(p, grace);
             }
             if first && killing_state {
@@ -1564,7 +1603,7 @@ impl Core {
                 // that understand it.
                 let mut s = TaskStatus::new(k.task_id.clone(), TaskState::Killing);
                 s.source = Some(Source::Executor);
-                s.uuid = Some(new_uuid());
+                s.uuid = Some(self.new_uuid());
                 self.status_update(&mut st, agent, framework, s);
             }
         } else if e.queued.iter().any(|t| t.task_id == k.task_id) || e.sub.is_none() {
@@ -1573,7 +1612,7 @@ impl Core {
             s.source = Some(Source::Agent);
             s.reason = Some("REASON_TASK_KILLED_DURING_LAUNCH".into());
             s.message = Some("Killed before delivery to the executor".into());
-            s.uuid = Some(new_uuid());
+            s.uuid = Some(self.new_uuid());
             self.status_update(&mut st, agent, framework, s);
         } else {
             let mut ev = ex::Event::bare(ex::EventType::Kill);
@@ -1585,10 +1624,10 @@ impl Core {
         }
     }
 
-    fn kill_after(&self, pgid: i32, grace: Duration) {
+    fn kill_after(&self, process: Arc<dyn LaunchedProcess>, grace: Duration) {
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            process::signal_group(pgid, libc::SIGKILL);
+            process.signal(libc::SIGKILL);
         });
     }
 
@@ -1612,12 +1651,10 @@ impl Core {
             .shutdown_grace_period
             .map(|g| g.to_std())
             .unwrap_or(self.config.executor_shutdown_grace);
-        if (e.command_task || !e.send(&ex::Event::bare(ex::EventType::Shutdown)))
-            && let Some(p) = e.pgid
-        {
-            process::signal_group(p, libc::SIGTERM);
+        if e.command_task || !e.send(&ex::Event::bare(ex::EventType::Shutdown)) {
+            e.signal(libc::SIGTERM);
         }
-        if let Some(p) = e.pgid {
+        if let Some(p) = e.process.clone() {
             self.kill_after(p, grace);
         }
     }
@@ -1740,7 +1777,7 @@ impl Core {
             s.source = Some(Source::Agent);
             s.reason = Some("REASON_AGENT_RESTARTED".into());
             s.message = Some("Task was not listed by the re-subscribing executor".into());
-            s.uuid = Some(new_uuid());
+            s.uuid = Some(self.new_uuid());
             self.status_update(&mut st, agent, framework, s);
         }
         let e = st.agents[agent]
@@ -1911,9 +1948,7 @@ impl Core {
         a.recovering = true; // the executor API stops answering normally
         let agent_id = Id::new(&a.id);
         for e in std::mem::take(&mut a.executors).into_values() {
-            if let Some(p) = e.pgid {
-                process::signal_group(p, libc::SIGKILL);
-            }
+            e.signal(libc::SIGKILL);
         }
         a.updates.clear();
         a.used = Resources::default();
@@ -1951,7 +1986,7 @@ impl Core {
                 s.message = Some("Agent was lost".into());
                 s.agent_id = Some(agent_id.clone());
                 s.executor_id = Some(Id::new(&t.executor_id));
-                s.timestamp = Some(now_secs());
+                s.timestamp = Some(self.now_secs());
                 t.status = s.clone();
                 updates.push(s);
             }
@@ -1967,6 +2002,107 @@ impl Core {
                 status: None,
             });
             fw.send(&ev);
+        }
+    }
+
+    /// Breaks `framework`'s subscription stream as a broken TCP connection
+    /// would: the stream ends (no ERROR event) and the master handles the
+    /// disconnection as usual (offers dropped, failover timer armed).
+    /// Returns whether the framework was subscribed.
+    pub fn drop_subscription(self: &Arc<Self>, framework: &str) -> bool {
+        let stream_id = self
+            .lock()
+            .frameworks
+            .get(framework)
+            .and_then(|f| f.sub.as_ref().map(|s| s.stream_id.clone()));
+        match stream_id {
+            Some(sid) => {
+                self.disconnected(framework, &sid);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Simulates a master failover in place: a new master (new master id,
+    /// fresh offer and framework counters) takes over at the same address.
+    /// Every scheduler stream ends without an ERROR, outstanding offers,
+    /// refuse filters and suppression are gone, frameworks are disconnected
+    /// with no failover timer (it does not survive a master failover,
+    /// MESOS-4659). Agents keep their tasks, executors and unacknowledged
+    /// status updates; a re-SUBSCRIBE with the framework id gets them again.
+    pub fn master_failover(&self) {
+        let mut st = self.lock();
+        st.master_id = self.ids.uuid_string();
+        st.next_offer = 0;
+        st.next_framework = 0;
+        st.offers.clear();
+        for fw in st.frameworks.values_mut() {
+            // Dropping the sender ends the stream; the stream's own
+            // disconnection hook then finds no subscription and does nothing.
+            fw.sub = None;
+            fw.epoch += 1; // disarms pending failover timers
+            fw.filters.clear();
+            fw.suppressed = false;
+        }
+        tracing::info!(master_id = %st.master_id, "simulated master failover");
+    }
+
+    /// Sends every in-flight (unacknowledged head) status update again now,
+    /// as a retry would, to subscribed frameworks; the retry schedule is
+    /// left alone. Updates queued behind an unacknowledged one stay queued.
+    /// Returns how many were sent.
+    pub fn redeliver_updates(&self) -> usize {
+        let st = self.lock();
+        let mut sent = 0;
+        for agent in &st.agents {
+            for ((f, _), stream) in &agent.updates {
+                let (Some(head), Some(fw)) = (stream.queue.front(), st.frameworks.get(f)) else {
+                    continue;
+                };
+                let mut ev = sch::Event::bare(sch::EventType::Update);
+                ev.update = Some(sch::Update {
+                    status: head.clone(),
+                });
+                if fw.send(&ev) {
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    }
+
+    /// Status updates the agents hold that the scheduler has not
+    /// acknowledged (in flight or queued behind one).
+    pub fn pending_updates(&self) -> usize {
+        self.lock()
+            .agents
+            .iter()
+            .flat_map(|a| a.updates.values())
+            .map(|s| s.queue.len())
+            .sum()
+    }
+
+    /// Sends `signal` to a launched executor (or command task) as `kill`
+    /// would. Returns whether it was running.
+    pub fn signal_executor(
+        &self,
+        agent: usize,
+        framework: &str,
+        executor: &str,
+        signal: i32,
+    ) -> bool {
+        let process = self.lock().agents.get(agent).and_then(|a| {
+            a.executors
+                .get(&(framework.to_owned(), executor.to_owned()))
+                .and_then(|e| e.process.clone())
+        });
+        match process {
+            Some(p) => {
+                p.signal(signal);
+                true
+            }
+            None => false,
         }
     }
 
@@ -1991,7 +2127,7 @@ impl Core {
 
     /// Kills every process group and waits (bounded) until all were reaped.
     pub async fn shutdown_all(&self, wait_max: Duration) {
-        let pgids: Vec<i32> = {
+        let processes: Vec<Arc<dyn LaunchedProcess>> = {
             let mut st = self.lock();
             st.shutting_down = true;
             st.offers.clear();
@@ -2005,11 +2141,11 @@ impl Core {
             }
             st.agents
                 .iter()
-                .flat_map(|a| a.executors.values().filter_map(|e| e.pgid))
+                .flat_map(|a| a.executors.values().filter_map(|e| e.process.clone()))
                 .collect()
         };
-        for p in &pgids {
-            process::signal_group(*p, libc::SIGKILL);
+        for p in &processes {
+            p.signal(libc::SIGKILL);
         }
         let deadline = tokio::time::Instant::now() + wait_max;
         loop {
