@@ -190,6 +190,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
             }
         };
         let service = kaon_server::grpc::ServiceConfig {
+            peer_channel: None,
             mesos_master: Some(master.clone()),
         };
         kaon_server::grpc::serve(log, runtime, service, listener, shutdown).await?;

@@ -98,6 +98,16 @@ pub enum TimerKey {
         /// Attempt.
         attempt: u32,
     },
+    /// A kill was asked for and the task has not ended yet: send the kill
+    /// again (a kill can be lost with a Mesos connection or a leader).
+    KillResend {
+        /// Run.
+        run: RunId,
+        /// Instance.
+        inst: InstId,
+        /// Attempt.
+        attempt: u32,
+    },
     /// Next cron fire.
     Schedule {
         /// Workflow.
@@ -492,6 +502,7 @@ impl<'s> Decider<'s> {
                         task_id: r.task_id(e.instance, e.attempt),
                         agent_id: a.agent_id.clone(),
                     });
+                    self.arm_kill_resend(e.run_id, e.instance, e.attempt, event.time_unix_ms);
                 }
             }
             Body::NodeFinished(e) => {
@@ -1263,6 +1274,13 @@ impl<'s> Decider<'s> {
                 .then_some((run, inst, a))
         });
         let Some((run, inst, a)) = found else {
+            if self.is_from_a_newer_log(&u.task_id) {
+                // A leader that has not applied everything yet (one that is
+                // being deposed and does not know it) must not touch what a
+                // newer leader launched: no ack (Mesos resends it to whoever
+                // subscribes next), no kill.
+                return;
+            }
             // Not a task this state knows (a leftover of an older log, or
             // garbage): acknowledge it and make sure it is not running.
             if !u.uuid.is_empty() {
@@ -1362,6 +1380,23 @@ impl<'s> Decider<'s> {
             cause: cause as i32,
             state_only: meaning == Observation::StateOnly,
         }));
+    }
+
+    /// Whether `task_id` names an attempt this state cannot know yet: its
+    /// run, instance or attempt lies beyond what has been applied here.
+    fn is_from_a_newer_log(&self, task_id: &str) -> bool {
+        let Some((rid, inst, attempt)) = parse_task_id(task_id) else {
+            return false;
+        };
+        if rid > self.state.applied_index {
+            return true;
+        }
+        self.state
+            .run(rid)
+            .is_some_and(|r| match r.instances.get(inst as usize) {
+                None => true,
+                Some(i) => attempt as usize > i.attempts.len(),
+            })
     }
 
     fn progress(&mut self, p: Progress) {
@@ -1508,8 +1543,34 @@ impl<'s> Decider<'s> {
                     ..Default::default()
                 }));
             }
+            TimerKey::KillResend { run, inst, attempt } => {
+                let Some(r) = self.state.run(run) else {
+                    return;
+                };
+                let Some(a) = r
+                    .instances
+                    .get(inst as usize)
+                    .and_then(|i| i.live_attempt())
+                    .filter(|a| a.number == attempt && a.kill.is_some())
+                else {
+                    return; // it ended
+                };
+                self.effect(Effect::KillTask {
+                    task_id: r.task_id(inst, attempt),
+                    agent_id: a.agent_id.clone(),
+                });
+                self.arm_kill_resend(run, inst, attempt, self.now);
+            }
             TimerKey::Schedule { workflow, index } => self.schedule_due(&workflow, index),
         }
+    }
+
+    /// Arms the next resend of a kill asked for at `since_ms`.
+    fn arm_kill_resend(&mut self, run: RunId, inst: InstId, attempt: u32, since_ms: i64) {
+        self.effect(Effect::ArmTimer {
+            key: TimerKey::KillResend { run, inst, attempt },
+            at_ms: since_ms + self.limits.kill_resend_ms,
+        });
     }
 
     /// Arms the end of the wait for an attempt's reliable update (Mesos
@@ -1553,6 +1614,17 @@ impl<'s> Decider<'s> {
                 && let Some((_, since)) = a.reported_terminal
             {
                 self.arm_reliable_wait(run.id, i, a.number, since);
+            }
+            // A kill an earlier leader asked for may never have reached
+            // Mesos: ask again (killing twice is harmless).
+            if let Some(a) = inst.live_attempt()
+                && a.kill.is_some()
+            {
+                self.effect(Effect::KillTask {
+                    task_id: run.task_id(i, a.number),
+                    agent_id: a.agent_id.clone(),
+                });
+                self.arm_kill_resend(run.id, i, a.number, self.now);
             }
             if let Some(a) = inst.live_attempt()
                 && a.timeout_ms > 0

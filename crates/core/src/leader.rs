@@ -330,6 +330,10 @@ struct Tracked {
 /// The batch in flight.
 #[derive(Debug)]
 struct Round {
+    /// Launch intents in it (their task ids). The state machine may apply
+    /// them before `advance` reports the batch: until then they are this
+    /// leader's own launches all the same (never reconciled).
+    launches: BTreeSet<String>,
     /// Commands in it: (reply id, decision, number of its events).
     commands: Vec<(Option<CommandId>, Decision, usize)>,
     /// Index of the first command event in the batch.
@@ -657,7 +661,15 @@ impl Leader {
             );
             return;
         }
+        let launches = events
+            .iter()
+            .filter_map(|b| match b {
+                Body::TaskLaunchRequested(l) => Some(l.task_id.clone()),
+                _ => None,
+            })
+            .collect();
         self.in_flight = Some(Round {
+            launches,
             commands,
             first_command_event,
             events: events.len(),
@@ -804,12 +816,17 @@ impl Leader {
     }
 
     /// Live tasks to ask Mesos about: every attempt state says may be live
-    /// except launches still waiting here for an offer.
+    /// except this leader's own launches that have not left it (waiting
+    /// for an offer, or intents in the batch in flight, which the applied
+    /// state may already show).
     fn reconcile_selection(&self, state: &State) -> Vec<(String, String)> {
+        let in_flight = self.in_flight.as_ref().map(|r| &r.launches);
         crate::state::live_tasks(state)
             .into_iter()
             .map(|(rid, i, a)| (state.runs[&rid].task_id(i, a.number), a.agent_id.clone()))
-            .filter(|(t, _)| !self.pending_ids.contains_key(t))
+            .filter(|(t, _)| {
+                !self.pending_ids.contains_key(t) && !in_flight.is_some_and(|l| l.contains(t))
+            })
             .collect()
     }
 

@@ -69,6 +69,14 @@ pub struct Limits {
     /// with backoff up to 10 minutes, hence the default.
     #[serde(default = "reliable_update_wait_ms_default")]
     pub reliable_update_wait_ms: i64,
+    /// How often a kill is sent again while its task has not ended (a kill
+    /// can be lost with a Mesos connection, a master failover or a leader).
+    #[serde(default = "kill_resend_ms_default")]
+    pub kill_resend_ms: i64,
+}
+
+fn kill_resend_ms_default() -> i64 {
+    30_000
 }
 
 fn reliable_update_wait_ms_default() -> i64 {
@@ -103,6 +111,7 @@ impl Default for Limits {
             task_gpus_max: 64,
             duration_ms_max: 366 * 24 * 3600 * 1000,
             reliable_update_wait_ms: reliable_update_wait_ms_default(),
+            kill_resend_ms: kill_resend_ms_default(),
         }
     }
 }

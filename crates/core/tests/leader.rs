@@ -511,3 +511,51 @@ fn a_subscription_taken_by_another_scheduler_stops_the_leader() {
     let r = w.leader.ready(&w.state, w.now);
     assert!(matches!(&r.replies[..], [(i, Err(Rejection::Unavailable(_)))] if *i == id));
 }
+
+#[test]
+fn an_intent_in_flight_is_never_reconciled_even_once_applied() {
+    // The state machine applies a batch before the shell reports it with
+    // `advance`. A SUBSCRIBED in between must not reconcile the launch in
+    // that batch: Mesos would answer "unknown" (it was never sent), and the
+    // step would be retried while this leader launches it anyway (found by
+    // the cluster simulation, seed 826).
+    let mut w = World::new();
+    w.subscribe();
+    w.submit(
+        "apiVersion: kaon/v1\nname: one\nsteps:\n  a: {run: [./a]}\n",
+        "",
+    );
+    // Commit the submit; its follow-up (the launch intent) goes next round.
+    w.round();
+    let r = w.leader.ready(&w.state, w.now);
+    assert!(
+        r.propose
+            .iter()
+            .any(|b| matches!(b, Body::TaskLaunchRequested(_))),
+        "{:?}",
+        r.propose
+    );
+    for body in r.propose {
+        let e = Event {
+            index: w.log.len() as u64 + 1,
+            time_unix_ms: w.now,
+            body: Some(body),
+        };
+        w.state.apply(&e).unwrap();
+        w.log.push(e);
+    }
+    // Applied, not yet advanced: a re-subscription now.
+    w.mesos(MesosEvent::Subscribed {
+        framework_id: "fw".into(),
+    });
+    let r = w.leader.ready(&w.state, w.now);
+    let tasks = r
+        .actions
+        .iter()
+        .find_map(|x| match x {
+            Action::Reconcile { tasks } => Some(tasks.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(tasks.is_empty(), "its own launch reconciled: {tasks:?}");
+}

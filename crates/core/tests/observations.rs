@@ -350,3 +350,87 @@ fn an_observation_written_before_causes_were_recorded_replays_as_before() {
     let a = &l.state.run(run).unwrap().instances[1].attempts[0];
     assert_eq!(a.cause, Some(FailureCause::Platform));
 }
+
+#[test]
+fn a_kill_that_never_took_effect_is_sent_again() {
+    // A step timeout asks for a kill; the kill is lost (a Mesos connection
+    // broke): the task is still running when the resend timer fires, so the
+    // kill goes out again; a new leader sends it again too.
+    let mut l = Leader::new();
+    let run =
+        l.submit("apiVersion: kaon/v1\nname: slow\nsteps:\n  a: {run: [./a], timeout: 10s}\n");
+    let a = l.launched()[0].clone();
+    l.update(reliable(&a, TaskState::Running, 1));
+    l.now += 10_000;
+    l.input(Input::TimerFired(TimerKey::StepTimeout {
+        run,
+        inst: 1,
+        attempt: 1,
+    }));
+    let kills = |l: &Leader| {
+        l.effects
+            .iter()
+            .filter(|e| matches!(e, Effect::KillTask { task_id, .. } if *task_id == a))
+            .count()
+    };
+    assert_eq!(kills(&l), 1);
+    let key = TimerKey::KillResend {
+        run,
+        inst: 1,
+        attempt: 1,
+    };
+    assert!(l.effects.contains(&Effect::ArmTimer {
+        key: key.clone(),
+        at_ms: l.now + l.limits.kill_resend_ms
+    }));
+    l.now += l.limits.kill_resend_ms;
+    l.input(Input::TimerFired(key.clone()));
+    assert_eq!(kills(&l), 2, "the kill is sent again");
+    let d = decide(&l.state, Input::LeaderStarted, l.now, &l.limits).unwrap();
+    assert!(
+        d.effects
+            .iter()
+            .any(|e| matches!(e, Effect::KillTask { task_id, .. } if *task_id == a)),
+        "a new leader sends the kill again"
+    );
+    // Once it ended, nothing more is sent.
+    l.update(reliable(&a, TaskState::Killed, 2));
+    let before = kills(&l);
+    l.now += l.limits.kill_resend_ms;
+    l.input(Input::TimerFired(key));
+    assert_eq!(kills(&l), before);
+}
+
+#[test]
+fn a_leader_behind_the_log_leaves_newer_tasks_alone() {
+    // A deposed leader that has not applied the newest events still holds
+    // the Mesos subscription for a moment. An update for a task a newer
+    // leader launched (a later attempt, a later run) must not be
+    // acknowledged (Mesos would forget the task and report it unknown to
+    // the real leader) nor killed.
+    let mut l = Leader::new();
+    let run = l.submit("apiVersion: kaon/v1\nname: one\nsteps:\n  a: {run: [./a]}\n");
+    let a = l.launched()[0].clone();
+    let newer_attempt = a.replace("-a1:", "-a2:");
+    let newer_run = format!("r{}-i1-a1:a", l.state.applied_index + 10);
+    for t in [newer_attempt, newer_run] {
+        let d = decide(
+            &l.state,
+            Input::TaskUpdate(reliable(&t, TaskState::Finished, 7)),
+            l.now,
+            &l.limits,
+        )
+        .unwrap();
+        assert!(d.events.is_empty() && d.effects.is_empty(), "{t}: {d:?}");
+    }
+    // A task of an older log this state knows nothing of is still cleaned up.
+    let d = decide(
+        &l.state,
+        Input::TaskUpdate(reliable("r1-i1-a1:ghost", TaskState::Running, 8)),
+        l.now,
+        &l.limits,
+    )
+    .unwrap();
+    assert_eq!(d.effects.len(), 2, "acknowledged and killed: {d:?}");
+    assert!(run > 1);
+}

@@ -33,6 +33,7 @@ pub mod mem_network;
 pub mod network;
 pub mod node;
 mod record;
+pub mod rt;
 pub mod state_machine;
 pub mod storage;
 pub mod types;

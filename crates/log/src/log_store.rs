@@ -57,6 +57,7 @@ pub struct LogStore {
 struct Inner {
     db: Database,
     path: PathBuf,
+    io: crate::storage::Io,
 }
 
 fn log_key(index: u64) -> String {
@@ -81,7 +82,11 @@ impl LogStore {
             Ok(())
         })?;
         let store = LogStore {
-            inner: Arc::new(Inner { db, path }),
+            inner: Arc::new(Inner {
+                db,
+                path,
+                io: crate::storage::Io::of(storage),
+            }),
         };
         store.verify()?;
         Ok(store)
@@ -276,11 +281,7 @@ impl LogStore {
         &self,
         f: impl FnOnce(&LogStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, io::Error> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || f(&this))
-            .await
-            .map_err(io::Error::other)?
-            .map_err(io::Error::from)
+        self.inner.io.clone().run(self.clone(), f).await
     }
 }
 

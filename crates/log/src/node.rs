@@ -199,7 +199,7 @@ pub struct RaftNode {
     raft: Raft,
     sm: StateMachineStore,
     log: LogStore,
-    server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    server: std::sync::Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -224,14 +224,19 @@ impl RaftNode {
         .validate()
         .map_err(|e| NodeError::Config(e.to_string()))?;
         let (storage, dir) = (config.storage.clone(), config.data_dir.clone());
-        let (log, sm) = tokio::task::spawn_blocking(move || {
+        let open = move || {
             Ok::<_, StoreError>((
                 LogStore::open_on(&storage, &dir)?,
                 StateMachineStore::open_on(&storage, &dir)?,
             ))
-        })
-        .await
-        .map_err(|e| NodeError::Raft(e.to_string()))??;
+        };
+        // Memory opens inline (a simulation must not depend on OS threads).
+        let (log, sm) = match &config.storage {
+            Storage::Files => tokio::task::spawn_blocking(open)
+                .await
+                .map_err(|e| NodeError::Raft(e.to_string()))??,
+            Storage::Memory(_) => open()?,
+        };
         let listen_err = |source| NodeError::Listen {
             addr: config.listen,
             source,
@@ -305,7 +310,7 @@ impl RaftNode {
             raft,
             sm,
             log,
-            server: Some((stop_tx, server)),
+            server: std::sync::Mutex::new(Some((stop_tx, server))),
             clock: config.clock,
         })
     }
@@ -687,10 +692,13 @@ impl RaftNode {
     }
 
     /// Stops Raft and the RPC server (as a crash would, minus the
-    /// unflushed writes: every write here is already durable).
-    pub async fn shutdown(mut self) {
+    /// unflushed writes: every write here is already durable). Takes
+    /// `&self` so a node shared by its API and runtime can be stopped
+    /// (a simulation's crash); calls after the first do nothing.
+    pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
-        if let Some((stop, handle)) = self.server.take() {
+        let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((stop, handle)) = server {
             let _ = stop.send(());
             let _ = handle.await;
         }

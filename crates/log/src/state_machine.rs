@@ -140,6 +140,7 @@ struct Inner {
     /// in Raft); this is what [`StateMachineStore::applied_event_index`]
     /// reports, so "event n applied" always implies "event n on disk".
     durable_events: AtomicU64,
+    io: crate::storage::Io,
 }
 
 /// The kaon state machine store. Cloning is cheap (shared handle); openraft
@@ -257,6 +258,7 @@ impl StateMachineStore {
                 path,
                 durable_events: AtomicU64::new(applied.event_index),
                 mem: RwLock::new(Mem { state, applied }),
+                io: crate::storage::Io::of(storage),
             }),
         })
     }
@@ -470,11 +472,7 @@ impl StateMachineStore {
         &self,
         f: impl FnOnce(&StateMachineStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, io::Error> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || f(&this))
-            .await
-            .map_err(io::Error::other)?
-            .map_err(io::Error::from)
+        self.inner.io.clone().run(self.clone(), f).await
     }
 
     /// Captures the current state for a snapshot. Called by openraft from

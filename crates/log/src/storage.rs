@@ -50,13 +50,22 @@ pub enum Storage {
 #[derive(Clone, Default)]
 pub struct MemStorage {
     disks: Arc<Mutex<BTreeMap<String, Arc<MemDisk>>>>,
+    /// Simulated latency of every store operation, microseconds (a slow
+    /// disk), waited on `tokio::time` before the operation runs.
+    latency_us: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl fmt::Debug for MemStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        let open: Vec<&String> = disks
+            .iter()
+            .filter(|(_, d)| d.open.load(Ordering::Acquire))
+            .map(|(k, _)| k)
+            .collect();
         f.debug_struct("MemStorage")
             .field("files", &disks.keys().collect::<Vec<_>>())
+            .field("open", &open)
             .finish()
     }
 }
@@ -65,6 +74,31 @@ impl MemStorage {
     /// An empty in-memory data directory.
     pub fn new() -> MemStorage {
         MemStorage::default()
+    }
+
+    /// Makes every store operation on this "disk" take `latency` (virtual
+    /// time under a paused clock): a slow disk, for simulations.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.latency_us.store(
+            u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The simulated latency of one store operation.
+    pub fn latency(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.latency_us.load(Ordering::Relaxed))
+    }
+
+    /// The process that held these databases died: whatever of it still
+    /// runs can no longer read or write them (its I/O fails), and the next
+    /// life may open them at once. What was committed stays.
+    pub fn crash(&self) {
+        let disks = self.disks.lock().unwrap_or_else(|p| p.into_inner());
+        for d in disks.values() {
+            d.life.fetch_add(1, Ordering::AcqRel);
+            d.open.store(false, Ordering::Release);
+        }
     }
 
     fn disk(&self, name: &str) -> Arc<MemDisk> {
@@ -80,37 +114,100 @@ impl MemStorage {
 struct MemDisk {
     bytes: InMemoryBackend,
     open: AtomicBool,
+    /// Bumped by [`MemStorage::crash`]: handles of an older life fail.
+    life: std::sync::atomic::AtomicU64,
 }
 
 /// The backend handed to redb: delegates to the shared [`MemDisk`] and
-/// releases it when redb closes the database.
+/// releases it when redb closes the database. It belongs to one life of
+/// the node: after a crash it refuses all I/O.
 #[derive(Debug)]
-struct MemDiskHandle(Arc<MemDisk>);
+struct MemDiskHandle(Arc<MemDisk>, u64);
+
+impl MemDiskHandle {
+    fn alive(&self) -> Result<&InMemoryBackend, BackendIoError> {
+        if self.0.life.load(Ordering::Acquire) == self.1 {
+            Ok(&self.0.bytes)
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the node crashed: this disk belongs to its next life",
+            ))
+        }
+    }
+}
 
 impl StorageBackend for MemDiskHandle {
     fn len(&self) -> Result<u64, BackendIoError> {
-        self.0.bytes.len()
+        self.alive()?.len()
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BackendIoError> {
-        self.0.bytes.read(offset, out)
+        self.alive()?.read(offset, out)
     }
 
     fn set_len(&self, len: u64) -> Result<(), BackendIoError> {
-        self.0.bytes.set_len(len)
+        self.alive()?.set_len(len)
     }
 
     fn sync_data(&self) -> Result<(), BackendIoError> {
-        self.0.bytes.sync_data()
+        self.alive()?.sync_data()
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendIoError> {
-        self.0.bytes.write(offset, data)
+        self.alive()?.write(offset, data)
     }
 
     fn close(&self) -> Result<(), BackendIoError> {
-        self.0.open.store(false, Ordering::Release);
+        if self.0.life.load(Ordering::Acquire) == self.1 {
+            self.0.open.store(false, Ordering::Release);
+        }
         Ok(())
+    }
+}
+
+/// How a store runs its (synchronous) redb operations.
+#[derive(Debug, Clone)]
+pub(crate) enum Io {
+    /// On tokio's blocking thread pool (files: fsync blocks).
+    Pool,
+    /// Inline on the calling task, after the disk's simulated latency:
+    /// memory never blocks, and a simulation must not depend on the
+    /// timing of OS threads.
+    Inline(MemStorage),
+}
+
+impl Io {
+    pub(crate) fn of(storage: &Storage) -> Io {
+        match storage {
+            Storage::Files => Io::Pool,
+            Storage::Memory(m) => Io::Inline(m.clone()),
+        }
+    }
+
+    /// Runs `f` as this storage wants it run.
+    pub(crate) async fn run<S, T>(
+        &self,
+        this: S,
+        f: impl FnOnce(&S) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, io::Error>
+    where
+        S: Send + 'static,
+        T: Send + 'static,
+    {
+        match self {
+            Io::Pool => tokio::task::spawn_blocking(move || f(&this))
+                .await
+                .map_err(io::Error::other)?
+                .map_err(io::Error::from),
+            Io::Inline(mem) => {
+                let latency = mem.latency();
+                if !latency.is_zero() {
+                    tokio::time::sleep(latency).await;
+                }
+                f(&this).map_err(io::Error::from)
+            }
+        }
     }
 }
 
@@ -146,7 +243,10 @@ pub(crate) fn open_database(
             let fresh = disk.bytes.len().map(|n| n == 0).unwrap_or(true);
             // On failure redb calls `close`, which clears the open flag.
             let db = Database::builder()
-                .create_with_backend(MemDiskHandle(disk))
+                .create_with_backend(MemDiskHandle(
+                    disk.clone(),
+                    disk.life.load(Ordering::Acquire),
+                ))
                 .ctx(&path, "open database")?;
             if fresh {
                 let txn = begin_durable(&db, &path)?;

@@ -11,6 +11,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Proposal,
         R = Applied,
+        AsyncRuntime = crate::rt::KaonRuntime,
 );
 
 /// Shorthands for openraft's generic types instantiated with [`TypeConfig`].

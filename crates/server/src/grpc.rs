@@ -49,10 +49,29 @@ const LOG_READ_BYTES_DEFAULT: u32 = 64 << 10;
 pub const LOG_READ_BYTES_MAX: u32 = 1 << 20;
 
 /// What a node's API needs besides the log and the runtime.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ServiceConfig {
     /// Mesos master URL (to find agents' sandboxes for step logs).
     pub mesos_master: Option<String>,
+    /// How this node reaches another node's API (forwarded writes, read
+    /// indexes) by its recorded address: `None` dials gRPC over TCP; a
+    /// simulation hands in channels that stay in its process.
+    pub peer_channel: Option<PeerChannel>,
+}
+
+/// Builds a (lazily connected) channel to the API at `host:port`.
+pub type PeerChannel = Arc<dyn Fn(&str) -> Channel + Send + Sync>;
+
+impl std::fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceConfig")
+            .field("mesos_master", &self.mesos_master)
+            .field(
+                "peer_channel",
+                &self.peer_channel.as_ref().map(|_| "custom"),
+            )
+            .finish()
+    }
 }
 
 /// The service.
@@ -133,11 +152,14 @@ impl<L: EventLog> KaonService<L> {
         if let Some(c) = peers.get(addr) {
             return Ok(v1::kaon_client::KaonClient::new(c.clone()));
         }
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(format!("leader API address {addr:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = match &self.config.peer_channel {
+            Some(make) => make(addr),
+            None => Channel::from_shared(format!("http://{addr}"))
+                .map_err(|e| Status::internal(format!("leader API address {addr:?}: {e}")))?
+                .connect_timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .connect_lazy(),
+        };
         peers.insert(addr.to_string(), channel.clone());
         Ok(v1::kaon_client::KaonClient::new(channel))
     }

@@ -102,6 +102,7 @@ enum Msg {
 #[derive(Clone)]
 pub struct RuntimeHandle {
     tx: mpsc::Sender<Msg>,
+    task: Arc<tokio::task::AbortHandle>,
 }
 
 impl RuntimeHandle {
@@ -123,14 +124,35 @@ impl RuntimeHandle {
     }
 
     /// Stops the runtime (and its Mesos subscription; Mesos keeps the tasks
-    /// running for the failover timeout). Returns when it has stopped.
+    /// running for the failover timeout). Returns when it has stopped, or
+    /// after `RUNTIME_STOP_WAIT`, when it is aborted (a Mesos call that
+    /// hangs must not keep a deposed leader acting).
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Shutdown(tx)).await.is_ok() {
-            let _ = rx.await;
+        let graceful = async {
+            if self.tx.send(Msg::Shutdown(tx)).await.is_ok() {
+                let _ = rx.await;
+            }
+        };
+        if tokio::time::timeout(RUNTIME_STOP_WAIT, graceful)
+            .await
+            .is_err()
+        {
+            tracing::warn!(wait = ?RUNTIME_STOP_WAIT, "the runtime did not stop in time: aborted");
         }
+        self.abort();
+    }
+
+    /// Stops the runtime at once, wherever it is (as a crash would): its
+    /// task is dropped with everything it held.
+    pub fn abort(&self) {
+        self.task.abort();
     }
 }
+
+/// How long [`RuntimeHandle::shutdown`] waits for the runtime to stop by
+/// itself before aborting it.
+const RUNTIME_STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// Where the current runtime lives: `Some` only on the leader.
 pub type RuntimeSlot = Arc<tokio::sync::RwLock<Option<RuntimeHandle>>>;
@@ -146,11 +168,21 @@ const LEADERSHIP_CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Runs the effect runtime exactly while this node leads (brief 4.5): it
 /// starts once the node is leader and has applied everything committed, and
-/// is shut down (closing its Mesos subscription) as soon as it is not.
+/// is shut down (closing its Mesos subscription) as soon as it is not, or
+/// when the node shuts down (the supervisor then ends too).
 pub fn supervise(log: Arc<crate::log::RaftLog>, config: RuntimeConfig) -> RuntimeSlot {
+    supervise_task(log, config).0
+}
+
+/// [`supervise`], also returning the supervisor's task (a simulation
+/// aborts it, and the runtime in the slot, to crash a node).
+pub fn supervise_task(
+    log: Arc<crate::log::RaftLog>,
+    config: RuntimeConfig,
+) -> (RuntimeSlot, tokio::task::JoinHandle<()>) {
     let slot: RuntimeSlot = Arc::new(tokio::sync::RwLock::new(None));
     let out = slot.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut metrics = log.node().metrics_watch();
         loop {
             let st = log.node().status();
@@ -197,17 +229,32 @@ pub fn supervise(log: Arc<crate::log::RaftLog>, config: RuntimeConfig) -> Runtim
                 }
             }
             // Woken by any metrics change; the timeout re-checks the applied index.
-            metrics.changed(Duration::from_millis(100)).await;
+            if !metrics.changed(Duration::from_millis(100)).await {
+                // The node shut down: so does its runtime, and this loop.
+                if let Some(h) = slot.write().await.take() {
+                    h.shutdown().await;
+                }
+                return;
+            }
         }
     });
-    out
+    (out, task)
 }
 
 /// Starts the runtime on the current tokio runtime.
 pub fn start<L: EventLog>(log: Arc<L>, config: RuntimeConfig) -> RuntimeHandle {
+    use tracing::Instrument;
     let (tx, rx) = mpsc::channel(1024);
-    tokio::spawn(run(log, config, rx));
-    RuntimeHandle { tx }
+    let (node, term) = log
+        .cluster_status()
+        .map(|c| (c.id, c.term))
+        .unwrap_or((1, 0));
+    let span = tracing::info_span!("leader", node, term);
+    let task = tokio::spawn(run(log, config, rx).instrument(span));
+    RuntimeHandle {
+        tx,
+        task: Arc::new(task.abort_handle()),
+    }
 }
 
 /// The core's view of this runtime's configuration.
@@ -315,6 +362,7 @@ async fn run<L: EventLog>(log: Arc<L>, config: RuntimeConfig, mut rx: mpsc::Rece
     if let Some(done) = shutdown {
         let _ = done.send(());
     }
+    tracing::info!("the leader's runtime stopped");
 }
 
 /// The Mesos side of the shell: the driver, and the encoding of the
@@ -343,7 +391,11 @@ impl Mesos {
             DriverEvent::Offers(offers) => {
                 Some(MesosEvent::Offers(offers.iter().map(offer_view).collect()))
             }
-            DriverEvent::Update(status) => Some(MesosEvent::Update(to_task_update(&status))),
+            DriverEvent::Update(status) => {
+                let u = to_task_update(&status);
+                tracing::debug!(task = %u.task_id, state = ?u.state, reason = %u.reason, uuid = !u.uuid.is_empty(), "Mesos update");
+                Some(MesosEvent::Update(u))
+            }
             DriverEvent::Message { data, .. } => {
                 match serde_json::from_slice::<ExecutorMessage>(&data) {
                     Ok(m) => Some(MesosEvent::Message(match m {
@@ -383,6 +435,7 @@ impl Mesos {
     /// what was not acknowledged, reconciliation finds launches that did
     /// not arrive, and the leader re-declines or re-kills as it goes.
     async fn perform(&mut self, action: Action) {
+        tracing::debug!(?action, "Mesos call");
         if let Action::Subscribe { framework_id } = action {
             return self.subscribe(framework_id);
         }
