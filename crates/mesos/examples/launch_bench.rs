@@ -10,7 +10,7 @@
 use kaon_mesos::driver::{Driver, DriverConfig, DriverEvent};
 use kaon_mesos::emulator::{AgentConfig, Emulator, EmulatorConfig};
 use kaon_mesos::executor::{StepSpec, executor_info};
-use kaon_mesos::matching::{OfferView, TaskRequest, match_offers};
+use kaon_core::placement::{self, Request};
 use kaon_mesos::resources::Resources;
 use kaon_mesos::types::scheduler::Operation;
 use kaon_mesos::types::{B64, CommandInfo, FrameworkInfo, Id, Resource, TaskInfo, TaskState};
@@ -68,21 +68,35 @@ async fn main() -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("driver ended"))?;
         match ev {
             DriverEvent::Offers(offers) => {
-                let views: Vec<OfferView> = offers.iter().map(OfferView::from_offer).collect();
+                // The offers as kaon's placement sees them (the same first
+                // fit kaon's leader uses).
+                let views: Vec<placement::Offer> = offers
+                    .iter()
+                    .map(|o| {
+                        let r = Resources::from_mesos(&o.resources);
+                        placement::Offer {
+                            id: o.id.value.clone(),
+                            agent_id: o.agent_id.value.clone(),
+                            hostname: o.hostname.clone(),
+                            scalars: r.scalars,
+                            ..placement::Offer::default()
+                        }
+                    })
+                    .collect();
                 let mut reqs = Vec::new();
                 for &i in pending.iter().take(inflight_max.saturating_sub(inflight)) {
                     let mut r = Resources::from_mesos(&task_res(0.01));
                     if custom {
                         r.add(&Resources::from_mesos(&task_res(0.01)));
                     }
-                    reqs.push(TaskRequest {
+                    reqs.push(Request {
                         id: format!("t{i}"),
-                        resources: r,
+                        scalars: r.scalars,
                         ports: 0,
                         constraints: vec![],
                     });
                 }
-                let plan = match_offers(&reqs, &views);
+                let plan = placement::place(&reqs, &views);
                 started.get_or_insert_with(Instant::now);
                 for (offer_id, placements) in plan.launches {
                     let tasks: Vec<TaskInfo> = placements
@@ -90,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
                         .map(|p| TaskInfo {
                             name: p.task_id.clone(),
                             task_id: Id::new(&p.task_id),
-                            agent_id: p.agent_id.clone(),
+                            agent_id: Id::new(&p.agent_id),
                             resources: task_res(0.01),
                             executor: custom.then(|| {
                                 executor_info(
@@ -118,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                     pending.retain(|i| !placements.iter().any(|p| p.task_id == format!("t{i}")));
                     h.accept(
-                        vec![offer_id],
+                        vec![Id::new(offer_id)],
                         vec![Operation::launch(tasks)],
                         Some(REFUSE_SECONDS),
                     )
@@ -129,7 +143,11 @@ async fn main() -> anyhow::Result<()> {
                     declined_with_work = true;
                 }
                 if !plan.decline.is_empty() {
-                    h.decline(plan.decline, Some(REFUSE_SECONDS)).await?;
+                    h.decline(
+                        plan.decline.into_iter().map(Id::new).collect(),
+                        Some(REFUSE_SECONDS),
+                    )
+                    .await?;
                 }
             }
             DriverEvent::Update(s) => {

@@ -8,7 +8,6 @@
 pub mod driver;
 pub mod emulator;
 pub mod executor;
-pub mod matching;
 pub mod recordio;
 pub mod resources;
 pub mod transport;
