@@ -29,9 +29,9 @@ fn lines(marks: &Path, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// The executor sandboxes of `step` (any attempt) under the emulator's work
-/// directory: `slaves/*/frameworks/*/executors/<executor id>`.
-fn sandboxes(mesos: &Path, step: &str) -> Vec<PathBuf> {
+/// The executor sandboxes of `step` of run `run` (any attempt) under the
+/// emulator's work directory: `slaves/*/frameworks/*/executors/<executor id>`.
+fn sandboxes(mesos: &Path, run: u64, step: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let dirs = |p: &Path| -> Vec<PathBuf> {
         std::fs::read_dir(p)
@@ -43,7 +43,7 @@ fn sandboxes(mesos: &Path, step: &str) -> Vec<PathBuf> {
             for ex in dirs(&fw.join("executors")) {
                 let name = ex.file_name().unwrap().to_string_lossy().into_owned();
                 // Executor ids end with the task id, `r<run>-i<inst>-a<attempt>:<path>`.
-                if name.ends_with(&format!(":{step}")) {
+                if name.ends_with(&format!(":{step}")) && name.contains(&format!("-r{run}-")) {
                     out.push(ex);
                 }
             }
@@ -52,9 +52,9 @@ fn sandboxes(mesos: &Path, step: &str) -> Vec<PathBuf> {
     out
 }
 
-/// The Mesos state of every task whose id contains `step`, from the
+/// The Mesos state of every task of `step` of run `run`, from the
 /// emulator's `/master/tasks`.
-async fn mesos_states(mesos_port: u16, step: &str) -> Vec<String> {
+async fn mesos_states(mesos_port: u16, run: u64, step: &str) -> Vec<String> {
     let url = format!("http://127.0.0.1:{mesos_port}/master/tasks");
     let Ok(r) = reqwest::get(&url).await else {
         return Vec::new();
@@ -70,26 +70,26 @@ async fn mesos_states(mesos_port: u16, step: &str) -> Vec<String> {
         .into_iter()
         .flatten()
         .filter(|t| {
-            t["id"]
-                .as_str()
-                .is_some_and(|id| id.ends_with(&format!(":{step}")))
+            t["id"].as_str().is_some_and(|id| {
+                id.starts_with(&format!("r{run}-")) && id.ends_with(&format!(":{step}"))
+            })
         })
         .filter_map(|t| t["state"].as_str().map(str::to_string))
         .collect()
 }
 
-/// Kills the leader and one follower the moment `step`'s sandbox appears,
-/// waits until Mesos reports `step` terminal, restarts both; returns when
-/// the cluster has a leader again. Returns when the kill happened (ms
-/// since the epoch).
-async fn kill_quorum_while_step_runs(cluster: &mut Cluster, step: &str) -> i64 {
+/// Kills the leader and one follower the moment the sandbox of `step` of
+/// run `run` appears, waits until Mesos reports the step ended, restarts
+/// both; returns when the cluster has a leader again. Returns when the
+/// kill happened (ms since the epoch).
+async fn kill_quorum_while_step_runs(cluster: &mut Cluster, run: u64, step: &str) -> i64 {
     let leader = cluster.wait_leader(None, Duration::from_secs(30)).await;
     let follower = (leader + 1) % 3;
     let mesos = cluster.dir.path().join("mesos");
     // Poll fast: the window between the sandbox appearing and the step's
     // TASK_RUNNING being committed is a few milliseconds.
     let end = std::time::Instant::now() + Duration::from_secs(30);
-    while sandboxes(&mesos, step).is_empty() {
+    while sandboxes(&mesos, run, step).is_empty() {
         assert!(
             std::time::Instant::now() < end,
             "no sandbox for step {step} appeared"
@@ -102,7 +102,7 @@ async fn kill_quorum_while_step_runs(cluster: &mut Cluster, step: &str) -> i64 {
     let port = cluster.mesos;
     let end = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let states = mesos_states(port, step).await;
+        let states = mesos_states(port, run, step).await;
         if states.iter().any(|s| {
             !matches!(
                 s.as_str(),
@@ -196,7 +196,7 @@ steps:
             .submit(&spec, &format!("fanout-{round}"), Duration::from_secs(30))
             .await
             .run_id;
-        let killed = kill_quorum_while_step_runs(&mut cluster, "gen").await;
+        let killed = kill_quorum_while_step_runs(&mut cluster, run, "gen").await;
         let r = finished(&cluster, run).await;
         hits += usize::from(hit_window(&cluster, run, killed).await);
         assert_eq!(
@@ -241,7 +241,7 @@ steps:
             )
             .await
             .run_id;
-        let killed = kill_quorum_while_step_runs(&mut cluster, "bad").await;
+        let killed = kill_quorum_while_step_runs(&mut cluster, run, "bad").await;
         let r = finished(&cluster, run).await;
         hits += usize::from(hit_window(&cluster, run, killed).await);
         assert_eq!(r.status, "failed", "{r:?}");

@@ -7,10 +7,10 @@
 //! Modes: `command` (built-in command tasks) or `executor` (one kaon-executor
 //! per task). Optional third argument: maximum tasks in flight.
 
+use kaon_core::placement::{self, Request};
 use kaon_mesos::driver::{Driver, DriverConfig, DriverEvent};
 use kaon_mesos::emulator::{AgentConfig, Emulator, EmulatorConfig};
 use kaon_mesos::executor::{StepSpec, executor_info};
-use kaon_core::placement::{self, Request};
 use kaon_mesos::resources::Resources;
 use kaon_mesos::types::scheduler::Operation;
 use kaon_mesos::types::{B64, CommandInfo, FrameworkInfo, Id, Resource, TaskInfo, TaskState};
