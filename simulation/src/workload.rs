@@ -154,6 +154,10 @@ pub fn workflows(rng: &mut Rng) -> Vec<Workflow> {
         })
         .to_string(),
     });
+    // Random DAGs.
+    for d in 0..rng.range(1, 2) {
+        out.push(random_dag(rng, &format!("dag{d}")));
+    }
     // A schedule: every minute, fires caught up within five minutes.
     out.push(Workflow {
         name: "cron".into(),
@@ -167,6 +171,64 @@ pub fn workflows(rng: &mut Rng) -> Vec<Workflow> {
         .to_string(),
     });
     out
+}
+
+/// A random valid DAG: tasks (some writing lists), foreach over a static
+/// list or over an upstream step's list, loops, conditions on upstream
+/// outputs, failure modes, sometimes an exit handler.
+fn random_dag(rng: &mut Rng, name: &str) -> Workflow {
+    let n = rng.range(2, 7) as usize;
+    let mut steps = serde_json::Map::new();
+    let mut gens: Vec<usize> = Vec::new();
+    let mut works: Vec<usize> = Vec::new();
+    for i in 0..n {
+        let deps: Vec<usize> = (0..i).filter(|_| rng.chance(35)).take(2).collect();
+        let shape = rng.below(10);
+        let mut node = if shape < 2 {
+            gens.push(i);
+            json!({"run": run("gen", knobs(rng), &rng.range(0, 3).to_string()), "retry": retry(rng)})
+        } else if shape < 6 {
+            works.push(i);
+            json!({"run": run("work", knobs(rng), ""), "retry": retry(rng)})
+        } else if shape < 8 {
+            let upstream: Vec<&usize> = gens.iter().filter(|g| deps.contains(g)).collect();
+            let items = match upstream.first() {
+                Some(g) => format!("steps.s{g}.outputs.items"),
+                None => format!("{:?}", (0..rng.range(0, 3)).collect::<Vec<_>>()),
+            };
+            json!({"foreach": {"items": items, "max_concurrency": rng.range(1, 3)},
+                   "run": run("work", knobs(rng), "${{ item }}"), "retry": retry(rng)})
+        } else {
+            json!({
+                "repeat": {"until": "steps.check.outputs.done", "max_iterations": rng.range(1, 3), "on_max_iterations": "succeed"},
+                "steps": {
+                    "body": {"run": run("work", knobs(rng), "${{ iteration }}"), "retry": retry(rng)},
+                    "check": {"depends_on": ["body"], "run": run("check", knobs(rng), "${{ iteration }}"), "retry": retry(rng)}
+                }
+            })
+        };
+        node["depends_on"] = json!(deps.iter().map(|d| format!("s{d}")).collect::<Vec<_>>());
+        node["on_failure"] = json!(*rng.pick(&["fail_fast", "finish_running", "ignore"]));
+        if let Some(w) = works.iter().find(|w| deps.contains(w))
+            && rng.chance(30)
+        {
+            node["when"] = json!(format!("steps.s{w}.outputs.v % 2 == 0"));
+        }
+        steps.insert(format!("s{i}"), node);
+    }
+    let mut spec = json!({
+        "apiVersion": "kaon/v1", "name": name,
+        "defaults": {"resources": {"cpus": 0.2, "mem": "32MiB"}, "timeout": "20s"},
+        "steps": steps
+    });
+    if rng.chance(50) {
+        spec["on_exit"] = json!({"report": {"run": run("work", Knobs { fail: 0, hang: 0, crash: 0 }, "${{ run.status }}")}});
+    }
+    Workflow {
+        name: name.to_string(),
+        cron: false,
+        spec: spec.to_string(),
+    }
 }
 
 /// The clients' acts over `span`, with their times, sorted.

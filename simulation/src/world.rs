@@ -171,6 +171,10 @@ pub struct World {
     rng: Rng,
     opts: Options,
     net: MemNetwork,
+    /// Nodes the scripts cut off at a launch, for the world to crash.
+    freeze: Arc<Mutex<Option<Vec<usize>>>>,
+    /// The scripts may cut nodes off (during the fault span only).
+    nemesis_on: Arc<std::sync::atomic::AtomicBool>,
     emu: EmulatorHandle,
     launcher: Arc<ScriptedLauncher>,
     nodes: Vec<Node>,
@@ -201,12 +205,46 @@ impl World {
         let clock = TokioClock::starting_at(EPOCH_MS);
         let ledger: SharedLedger = Arc::new(Mutex::new(Ledger::default()));
         let up_logs: Arc<Mutex<BTreeMap<u64, Arc<RaftLog>>>> = Default::default();
+        let net = MemNetwork::new();
+        let freeze: Arc<Mutex<Option<Vec<usize>>>> = Default::default();
+        // Per seed: how often a launch is the moment the nemesis takes the
+        // quorum away (percent), as issue 8's reproduction does by hand.
+        let freeze_percent = if opts.faults {
+            *rng.pick(&[0, 0, 5, 15])
+        } else {
+            0
+        };
+        let nemesis_on = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let script = {
             let (ledger, up_logs) = (ledger.clone(), up_logs.clone());
+            let (net, freeze, on) = (net.clone(), freeze.clone(), nemesis_on.clone());
             move |task: &kaon_mesos::types::TaskInfo| {
                 let id = task.task_id.value.clone();
                 let spec = workload::step_spec(task);
                 let (scripted, script) = workload::script_for(seed, &id, &spec);
+                // The step is starting and its TASK_RUNNING is not yet
+                // committed: cut the leader and one follower off at once
+                // (the world then crashes them and restarts them later), so
+                // the step may end while no leader listens.
+                if on.load(Ordering::Relaxed)
+                    && crate::rng::hash(seed ^ 0x6672_6565_7a65, &id) % 100 < freeze_percent
+                {
+                    let mut f = freeze.lock().unwrap();
+                    if f.is_none() {
+                        let logs = up_logs.lock().unwrap();
+                        let leader = logs
+                            .iter()
+                            .find(|(_, l)| l.node().status().state == "Leader")
+                            .map(|(id, _)| *id);
+                        if let Some(leader) = leader
+                            && let Some(other) = logs.keys().copied().find(|&n| n != leader)
+                        {
+                            net.isolate(leader);
+                            net.isolate(other);
+                            *f = Some(vec![leader as usize - 1, other as usize - 1]);
+                        }
+                    }
+                }
                 let mut l = ledger.lock().unwrap();
                 *l.started.entry(id.clone()).or_default() += 1;
                 l.scripted.insert(id.clone(), scripted);
@@ -257,11 +295,24 @@ impl World {
             })
             .collect();
         let workflows = workload::workflows(&mut rng);
+        // A workload kaon refuses would only test the retry loop.
+        for w in &workflows {
+            if let Err(errs) = kaon_core::compile_source(&w.spec, &kaon_core::Limits::default()) {
+                let errs: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+                anyhow::bail!(
+                    "the workload's {} spec is invalid: {}",
+                    w.name,
+                    errs.join("; ")
+                );
+            }
+        }
         let mut w = World {
             seed,
             rng,
             opts,
-            net: MemNetwork::new(),
+            net,
+            freeze,
+            nemesis_on,
             emu,
             launcher,
             nodes,
@@ -455,6 +506,18 @@ impl World {
                 let (_, act) = acts.next().expect("peeked");
                 self.act(act);
             }
+            let frozen = self.freeze.lock().unwrap().take();
+            if let Some(nodes) = frozen {
+                self.fault("quorum lost at a launch");
+                for &i in &nodes {
+                    self.crash_node(i).await;
+                    heals.push((
+                        now + Duration::from_millis(fault_rng.range(1_000, 5_000)),
+                        Heal::Restart(i),
+                    ));
+                }
+                self.net.heal();
+            }
             if self.opts.faults && now >= next_fault {
                 self.inject(&mut fault_rng, &mut heals).await;
                 next_fault = now + Duration::from_millis(fault_rng.range(1_500, 7_000));
@@ -472,6 +535,14 @@ impl World {
             tokio::time::sleep(tick).await;
         }
         // Heal everything: links, disks, clocks, crashed nodes.
+        self.nemesis_on.store(false, Ordering::Relaxed);
+        let frozen = self.freeze.lock().unwrap().take();
+        if let Some(nodes) = frozen {
+            for i in nodes {
+                self.crash_node(i).await;
+                heals.push((tokio::time::Instant::now(), Heal::Restart(i)));
+            }
+        }
         for (_, h) in std::mem::take(&mut heals) {
             self.heal(h).await;
         }
@@ -691,8 +762,8 @@ impl World {
                 }
             }
             5 => {
-                // Lossy, slow, reordering links for a while.
-                let (loss, delay) = (rng.range(1, 20), rng.range(5, 40));
+                // Lossy, slow, reordering, duplicating links for a while.
+                let (loss, delay, dup) = (rng.range(1, 20), rng.range(5, 40), rng.range(0, 10));
                 let max_ms = rng.range(5, 150);
                 let mut frng = rng.fork();
                 let f = Arc::new(Mutex::new(move |_m: &kaon_log::mem_network::Message| {
@@ -701,11 +772,13 @@ impl World {
                         Fate::Drop
                     } else if r < loss + delay {
                         Fate::Delay(Duration::from_millis(frng.range(1, max_ms)))
+                    } else if r < loss + delay + dup {
+                        Fate::Duplicate(Duration::from_millis(frng.range(1, max_ms)))
                     } else {
                         Fate::Deliver
                     }
                 }));
-                self.fault("message loss and delay");
+                self.fault("message loss, delay and duplication");
                 self.net
                     .set_filter(Some(Arc::new(move |m| (f.lock().unwrap())(m))));
                 heals.push((back(rng, 2_000, 10_000), Heal::Filter));

@@ -73,6 +73,10 @@ pub enum Fate {
     Delay(Duration),
     /// Never arrives.
     Drop,
+    /// A request that arrives now and once more after this long (a
+    /// retransmission the receiver sees twice); the sender gets the first
+    /// reply. For a reply leg this is the same as `Deliver`.
+    Duplicate(Duration),
 }
 
 /// Decides each message's fate; called in send order with the hub locked
@@ -88,6 +92,8 @@ pub struct MemNetworkStats {
     pub delayed: u64,
     /// Messages lost to cut links or to the filter.
     pub dropped: u64,
+    /// Requests delivered twice.
+    pub duplicated: u64,
     /// Calls to an address with no node behind it.
     pub refused: u64,
 }
@@ -251,18 +257,24 @@ impl MemNetwork {
                 hub.stats.delayed += 1;
             }
             Fate::Drop => hub.stats.dropped += 1,
+            Fate::Duplicate(_) => {
+                hub.stats.delivered += 1;
+                hub.stats.duplicated += 1;
+            }
         }
         (fate, hub.drop_timeout.unwrap_or(DEFAULT_DROP_TIMEOUT))
     }
 
-    /// Carries one leg: `Ok` once it arrived, `Unavailable` if it was lost.
-    async fn carry(&self, msg: Message) -> Result<(), Status> {
+    /// Carries one leg: `Ok(again)` once it arrived (`again`: deliver a
+    /// copy that much later), `Unavailable` if it was lost.
+    async fn carry(&self, msg: Message) -> Result<Option<Duration>, Status> {
         let (fate, drop_timeout) = self.fate(msg);
         match fate {
-            Fate::Deliver => Ok(()),
+            Fate::Deliver => Ok(None),
+            Fate::Duplicate(after) => Ok((!msg.reply).then_some(after)),
             Fate::Delay(d) => {
                 tokio::time::sleep(d).await;
-                Ok(())
+                Ok(None)
             }
             Fate::Drop => {
                 tokio::time::sleep(drop_timeout).await;
@@ -288,11 +300,13 @@ pub(crate) struct MemLink {
 
 impl MemLink {
     /// One call: the request leg, the handler `handle` on the receiving
-    /// node, then the reply leg.
+    /// node (twice if the request is duplicated: the copy runs later, its
+    /// reply lost), then the reply leg.
     pub(crate) async fn call<T, F, Fut>(&self, kind: RpcKind, handle: F) -> Result<T, Status>
     where
-        F: FnOnce(Arc<RaftRpcServer>) -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
+        F: Fn(Arc<RaftRpcServer>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, Status>> + Send + 'static,
+        T: Send + 'static,
     {
         let target = self.net.hub().nodes.get(&self.addr).cloned().flatten();
         let Some((to, server)) = target else {
@@ -303,7 +317,8 @@ impl MemLink {
             )));
         };
         let from = self.from;
-        self.net
+        let again = self
+            .net
             .carry(Message {
                 from,
                 to,
@@ -311,7 +326,14 @@ impl MemLink {
                 reply: false,
             })
             .await?;
-        let result = handle(server).await;
+        let result = handle(server.clone()).await;
+        if let Some(after) = again {
+            let copy = handle(server);
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                let _ = copy.await;
+            });
+        }
         self.net
             .carry(Message {
                 from: to,

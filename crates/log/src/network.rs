@@ -146,10 +146,13 @@ impl Conn {
         match self {
             Conn::Grpc(mut c) => c.append_entries(p).await.map(Response::into_inner),
             Conn::Mem(link) => {
-                link.call(RpcKind::AppendEntries, |s| async move {
-                    RaftService::append_entries(&*s, Request::new(p))
-                        .await
-                        .map(Response::into_inner)
+                link.call(RpcKind::AppendEntries, move |s| {
+                    let p = p.clone();
+                    async move {
+                        RaftService::append_entries(&*s, Request::new(p))
+                            .await
+                            .map(Response::into_inner)
+                    }
                 })
                 .await
             }
@@ -160,10 +163,13 @@ impl Conn {
         match self {
             Conn::Grpc(mut c) => c.vote(p).await.map(Response::into_inner),
             Conn::Mem(link) => {
-                link.call(RpcKind::Vote, |s| async move {
-                    RaftService::vote(&*s, Request::new(p))
-                        .await
-                        .map(Response::into_inner)
+                link.call(RpcKind::Vote, move |s| {
+                    let p = p.clone();
+                    async move {
+                        RaftService::vote(&*s, Request::new(p))
+                            .await
+                            .map(Response::into_inner)
+                    }
                 })
                 .await
             }
@@ -174,10 +180,13 @@ impl Conn {
         match self {
             Conn::Grpc(mut c) => c.transfer_leader(p).await.map(Response::into_inner),
             Conn::Mem(link) => {
-                link.call(RpcKind::TransferLeader, |s| async move {
-                    RaftService::transfer_leader(&*s, Request::new(p))
-                        .await
-                        .map(Response::into_inner)
+                link.call(RpcKind::TransferLeader, move |s| {
+                    let p = p.clone();
+                    async move {
+                        RaftService::transfer_leader(&*s, Request::new(p))
+                            .await
+                            .map(Response::into_inner)
+                    }
                 })
                 .await
             }
@@ -209,9 +218,12 @@ impl Conn {
                 .await
                 .map(Response::into_inner),
             Conn::Mem(link) => {
-                link.call(RpcKind::InstallSnapshot, |s| async move {
-                    s.receive_snapshot(futures_util::stream::iter(chunks.into_iter().map(Ok)))
-                        .await
+                link.call(RpcKind::InstallSnapshot, move |s| {
+                    let chunks = chunks.clone();
+                    async move {
+                        s.receive_snapshot(futures_util::stream::iter(chunks.into_iter().map(Ok)))
+                            .await
+                    }
                 })
                 .await
             }
