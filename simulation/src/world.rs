@@ -441,7 +441,7 @@ impl World {
         if let Some(rt) = up.slot.write().await.take() {
             rt.abort();
         }
-        up.log.node().shutdown().await;
+        up.log.node().stop().await;
         // The process is gone: its disk belongs to the next life, whatever
         // of the old one a client call still holds.
         self.nodes[i].storage.crash();

@@ -692,10 +692,17 @@ impl RaftNode {
     }
 
     /// Stops Raft and the RPC server (as a crash would, minus the
-    /// unflushed writes: every write here is already durable). Takes
-    /// `&self` so a node shared by its API and runtime can be stopped
-    /// (a simulation's crash); calls after the first do nothing.
-    pub async fn shutdown(&self) {
+    /// unflushed writes: every write here is already durable), and
+    /// releases the node's files.
+    pub async fn shutdown(self) {
+        self.stop().await;
+    }
+
+    /// [`RaftNode::shutdown`] for a node others still hold (its API and
+    /// runtime, in a simulation's crash): Raft and the RPC server stop at
+    /// once; the files are released when the last holder drops the node.
+    /// Calls after the first do nothing.
+    pub async fn stop(&self) {
         let _ = self.raft.shutdown().await;
         let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some((stop, handle)) = server {
