@@ -33,23 +33,19 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use kaon_api::v1;
 use kaon_api::v1::kaon_client::KaonClient;
 use kaon_core::events::{Body, Event, TaskState};
+use kaon_harness::Cluster;
 use tonic::transport::Channel;
 
 type Client = KaonClient<Channel>;
 
-/// Deadline for one cluster-status probe.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-/// How often health is polled while waiting for a condition.
-const POLL: Duration = Duration::from_millis(20);
 /// Cluster start / recovery deadline.
 const HEALTHY_DEADLINE: Duration = Duration::from_secs(60);
 /// Deadline for a workflow run (chain/fan) to finish.
@@ -73,7 +69,7 @@ struct Args {
     only: Vec<String>,
 }
 
-const PHASES: [&str; 4] = ["throughput", "latency", "failover", "sched"];
+const PHASES: [&str; 4] = ["throughput", "latency", "sched", "failover"];
 
 fn usage() -> &'static str {
     "usage: kaon-cluster-bench [--kaon PATH] [--dir DIR] [--out FILE.jsonl] [--wf-out FILE.jsonl]
@@ -139,250 +135,6 @@ fn parse() -> anyhow::Result<Args> {
         bail!("--concurrency and --runs must be at least 1");
     }
     Ok(a)
-}
-
-// ---------------------------------------------------------------- processes
-
-/// A child process in its own process group; the group is SIGKILLed when
-/// dropped (unless the child was already reaped).
-struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command, log: &Path) -> anyhow::Result<Proc> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        let child = cmd
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {cmd:?}"))?;
-        Ok(Proc { child })
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Sends `sig` to the process group if the child has not been reaped.
-    fn signal_group(&mut self, sig: i32) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            // SAFETY: kill(2) on the group this child leads (it is not reaped,
-            // so the pid is still ours).
-            unsafe {
-                libc::kill(-self.pid(), sig);
-            }
-        }
-    }
-
-    /// SIGKILLs the group and reaps the child.
-    fn kill9(mut self) {
-        self.signal_group(libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-
-    /// Sends `sig`, waits up to `grace` for the exit, then SIGKILLs the group.
-    fn stop(mut self, sig: i32, grace: Duration) {
-        self.signal_group(sig);
-        let end = Instant::now() + grace;
-        while Instant::now() < end {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.kill9();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.signal_group(libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Three `kaon server` nodes (ids 1..=3) and one external Mesos emulator.
-struct Cluster {
-    kaon: PathBuf,
-    dir: PathBuf,
-    mesos: u16,
-    raft: [u16; 3],
-    api: [u16; 3],
-    nodes: [Option<Proc>; 3],
-    emulator: Option<Proc>,
-}
-
-impl Cluster {
-    /// Starts the emulator (one agent with `agent_cpus` cpus) and three nodes.
-    async fn start(kaon: &Path, dir: &Path, agent_cpus: f64) -> anyhow::Result<Cluster> {
-        let mesos = free_port()?;
-        let mut c = Cluster {
-            kaon: kaon.to_path_buf(),
-            dir: dir.to_path_buf(),
-            mesos,
-            raft: [free_port()?, free_port()?, free_port()?],
-            api: [free_port()?, free_port()?, free_port()?],
-            nodes: [None, None, None],
-            emulator: None,
-        };
-        c.emulator = Some(Proc::spawn(
-            Command::new(kaon)
-                .arg("mesos-emulator")
-                .args(["--master", &format!("127.0.0.1:{mesos}")])
-                .arg("--work-dir")
-                .arg(dir.join("mesos"))
-                .arg("--executor-path")
-                .arg(kaon)
-                .args([
-                    "--agent",
-                    &format!(
-                        "127.0.0.1:0;cpus={agent_cpus};mem=16384;disk=100000;ports=31000-32000"
-                    ),
-                ]),
-            &dir.join("emulator.log"),
-        )?);
-        let end = Instant::now() + HEALTHY_DEADLINE;
-        while std::net::TcpStream::connect(("127.0.0.1", mesos)).is_err() {
-            if Instant::now() > end {
-                bail!("the Mesos emulator did not listen on {mesos}");
-            }
-            tokio::time::sleep(POLL).await;
-        }
-        for i in 0..3 {
-            c.start_node(i)?;
-        }
-        Ok(c)
-    }
-
-    fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
-        let mut cmd = Command::new(&self.kaon);
-        cmd.args(["server", "--node-id", &(i + 1).to_string()])
-            .args(["--listen", &format!("127.0.0.1:{}", self.api[i])])
-            .args(["--raft-listen", &format!("127.0.0.1:{}", self.raft[i])])
-            .arg("--data-dir")
-            .arg(self.dir.join(format!("n{}", i + 1)))
-            .args([
-                "--mesos-master",
-                &format!("http://127.0.0.1:{}", self.mesos),
-            ]);
-        for (j, port) in self.raft.iter().enumerate() {
-            if j != i {
-                cmd.args(["--peer", &format!("{}=127.0.0.1:{port}", j + 1)]);
-            }
-        }
-        self.nodes[i] = Some(Proc::spawn(
-            &mut cmd,
-            &self.dir.join(format!("n{}.log", i + 1)),
-        )?);
-        Ok(())
-    }
-
-    fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.api[i])
-    }
-
-    async fn connect(&self, i: usize) -> anyhow::Result<Client> {
-        let ch = Channel::from_shared(self.url(i))?
-            .connect_timeout(PROBE_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
-        Ok(KaonClient::new(ch))
-    }
-
-    async fn status(&self, i: usize) -> anyhow::Result<v1::ClusterStatusResponse> {
-        let fut = async {
-            let mut c = self.connect(i).await?;
-            Ok::<_, anyhow::Error>(
-                c.cluster_status(v1::ClusterStatusRequest {})
-                    .await?
-                    .into_inner(),
-            )
-        };
-        tokio::time::timeout(PROBE_TIMEOUT, fut).await?
-    }
-
-    /// Waits until every node answers, all name the same leader, the leader
-    /// sees 3 members with no lag, and all applied the same events. Returns
-    /// the leader's index (node id - 1).
-    async fn wait_healthy(&self, deadline: Duration) -> anyhow::Result<usize> {
-        let end = Instant::now() + deadline;
-        let mut last = String::new();
-        loop {
-            let mut sts = Vec::new();
-            for i in 0..3 {
-                match self.status(i).await {
-                    Ok(s) => sts.push(s),
-                    Err(e) => {
-                        last = format!("node {}: {e:#}", i + 1);
-                        break;
-                    }
-                }
-            }
-            if sts.len() == 3 {
-                let l = sts[0].leader_id;
-                let same = sts.iter().all(|s| s.leader_id == l);
-                let applied = sts.iter().all(|s| {
-                    s.applied_event_index == sts[0].applied_event_index
-                        && s.applied_index == s.committed_index
-                });
-                if l != 0 && same && applied {
-                    let ls = &sts[(l - 1) as usize];
-                    if ls.state == "Leader"
-                        && ls.members.len() == 3
-                        && ls.members.iter().all(|m| m.lag_entries == 0)
-                    {
-                        return Ok((l - 1) as usize);
-                    }
-                }
-                last = format!(
-                    "{:?}",
-                    sts.iter()
-                        .map(|s| (
-                            s.node_id,
-                            s.leader_id,
-                            s.state.clone(),
-                            s.applied_event_index
-                        ))
-                        .collect::<Vec<_>>()
-                );
-            }
-            if Instant::now() > end {
-                bail!(
-                    "cluster not healthy within {deadline:?} (last: {last}); logs in {}",
-                    self.dir.display()
-                );
-            }
-            tokio::time::sleep(POLL).await;
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in self.nodes.iter_mut() {
-            if let Some(p) = n.take() {
-                p.stop(libc::SIGTERM, Duration::from_secs(5));
-            }
-        }
-        if let Some(e) = self.emulator.take() {
-            // The emulator stops on SIGINT (Ctrl-C) and kills its tasks.
-            e.stop(libc::SIGINT, Duration::from_secs(5));
-        }
-    }
 }
 
 // ---------------------------------------------------------------- workflows
@@ -549,30 +301,82 @@ impl Out {
 
 // ---------------------------------------------------------------- phases
 
-/// `concurrency` submitters for `secs`; returns (latencies in s, errors,
-/// submits completed inside the window, committed events in the window).
+/// Errors of a phase by gRPC code (`Unavailable`, `DeadlineExceeded`, ...;
+/// `ClientTimeout` when the bench's own per-call deadline fired), each
+/// with the first message seen, so a failure says why.
+#[derive(Default)]
+struct Errors {
+    by_code: BTreeMap<String, (u64, String)>,
+}
+
+impl Errors {
+    fn add(&mut self, code: &str, message: &str) {
+        let e = self
+            .by_code
+            .entry(code.to_string())
+            .or_insert_with(|| (0, message.chars().take(200).collect()));
+        e.0 += 1;
+    }
+    fn merge(&mut self, other: Errors) {
+        for (code, (n, msg)) in other.by_code {
+            let e = self.by_code.entry(code).or_insert((0, msg));
+            e.0 += n;
+        }
+    }
+    fn total(&self) -> u64 {
+        self.by_code.values().map(|(n, _)| n).sum()
+    }
+    fn json(&self) -> serde_json::Value {
+        self.by_code
+            .iter()
+            .map(|(c, (n, m))| {
+                (
+                    c.clone(),
+                    serde_json::json!({"count": n, "first_message": m}),
+                )
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+    fn summary(&self) -> String {
+        if self.by_code.is_empty() {
+            return "errors 0".into();
+        }
+        let parts: Vec<String> = self
+            .by_code
+            .iter()
+            .map(|(c, (n, m))| format!("{c} x{n} ({m})"))
+            .collect();
+        format!("errors {}: {}", self.total(), parts.join("; "))
+    }
+}
+
+/// The bench's own deadline on one submit under load (a submit that takes
+/// longer is counted as `ClientTimeout`).
+const LOAD_CALL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// `concurrency` submitters for `secs`; returns (latencies in s, errors by
+/// code, submits completed inside the window, committed events in the
+/// window).
 async fn load(
     cluster: &Cluster,
     leader: usize,
     concurrency: usize,
     secs: f64,
-) -> anyhow::Result<(Vec<f64>, u64, u64, u64)> {
+) -> anyhow::Result<(Vec<f64>, Errors, u64, u64)> {
     let client = cluster.connect(leader).await?;
-    let before = cluster.status(leader).await?.applied_event_index;
+    let before = status(cluster, leader).await?.applied_event_index;
     let t0 = Instant::now();
     let stop_at = t0 + Duration::from_secs_f64(secs);
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         let mut c = client.clone();
         workers.push(tokio::spawn(async move {
-            let (mut lat, mut errors, mut in_window) = (Vec::new(), 0u64, 0u64);
+            let (mut lat, mut errors, mut in_window) = (Vec::new(), Errors::default(), 0u64);
             while Instant::now() < stop_at {
                 let s = Instant::now();
-                match tokio::time::timeout(
-                    Duration::from_secs(10),
-                    submit(&mut c, "bench-skip", ""),
-                )
-                .await
+                match tokio::time::timeout(LOAD_CALL_DEADLINE, submit(&mut c, "bench-skip", ""))
+                    .await
                 {
                     Ok(Ok(_)) => {
                         let done = Instant::now();
@@ -581,7 +385,11 @@ async fn load(
                             in_window += 1;
                         }
                     }
-                    _ => errors += 1,
+                    Ok(Err(st)) => errors.add(&format!("{:?}", st.code()), st.message()),
+                    Err(_) => errors.add(
+                        "ClientTimeout",
+                        &format!("no answer within the bench's {LOAD_CALL_DEADLINE:?}"),
+                    ),
                 }
             }
             (lat, errors, in_window)
@@ -589,15 +397,35 @@ async fn load(
     }
     // The committed index at the end of the window (not after the stragglers).
     tokio::time::sleep_until(stop_at.into()).await;
-    let after = cluster.status(leader).await?.applied_event_index;
-    let (mut lat, mut errors, mut in_window) = (Vec::new(), 0, 0);
+    let after = status(cluster, leader).await?.applied_event_index;
+    let (mut lat, mut errors, mut in_window) = (Vec::new(), Errors::default(), 0);
     for w in workers {
         let (l, e, n) = w.await?;
         lat.extend(l);
-        errors += e;
+        errors.merge(e);
         in_window += n;
     }
     Ok((sorted(lat), errors, in_window, after - before))
+}
+
+/// Node `i`'s ClusterStatus, or an error saying it did not answer.
+async fn status(cluster: &Cluster, i: usize) -> anyhow::Result<v1::ClusterStatusResponse> {
+    cluster
+        .status(i)
+        .await
+        .with_context(|| format!("node {} does not answer ClusterStatus", i + 1))
+}
+
+/// The highest Raft term any answering node reports (each election raises
+/// it at least by one).
+async fn max_term(cluster: &Cluster) -> u64 {
+    let mut t = 0;
+    for i in 0..cluster.len() {
+        if let Some(s) = cluster.status(i).await {
+            t = t.max(s.term);
+        }
+    }
+    t
 }
 
 async fn phase_throughput(
@@ -619,7 +447,7 @@ async fn phase_throughput(
         "events": events, "events_per_s": events as f64 / a.secs,
         "submits": submits, "submits_per_s": submits as f64 / a.secs,
         "events_per_submit": events as f64 / submits.max(1) as f64,
-        "errors": errors,
+        "errors": errors.total(), "errors_by_code": errors.json(),
         "p50_ms": pct(&lat, 50.0) * 1e3, "p99_ms": pct(&lat, 99.0) * 1e3,
     });
     out.row(
@@ -628,10 +456,11 @@ async fn phase_throughput(
             a.concurrency, a.secs
         ),
         format!(
-            "{:.0} events/s ({:.0} submits/s x {:.1} events; errors {errors})",
+            "{:.0} events/s ({:.0} submits/s x {:.1} events; {})",
             events as f64 / a.secs,
             submits as f64 / a.secs,
-            events as f64 / submits.max(1) as f64
+            events as f64 / submits.max(1) as f64,
+            errors.summary()
         ),
     );
     out.row(
@@ -726,16 +555,10 @@ async fn phase_failover(
             c.cluster_status(v1::ClusterStatusRequest {}).await?;
             clients.push(c);
         }
-        let term_before = cluster.status(leader).await?.term;
-        let victim = cluster.nodes[leader]
-            .take()
-            .context("the leader's process is not running")?;
+        let term_before = status(cluster, leader).await?.term;
         let kill_ms = now_unix_ms();
         let t0 = Instant::now();
-        // SAFETY: kill(2) on a child we started and have not reaped.
-        unsafe {
-            libc::kill(victim.pid(), libc::SIGKILL);
-        }
+        cluster.kill(leader);
         let key = format!("failover-{nonce}-{k}");
         let mut attempts = 0usize;
         let (run_id, via) = loop {
@@ -819,12 +642,11 @@ async fn phase_failover(
             matches!(&e.body, Some(Body::RunFinished(f)) if f.outcome == kaon_core::events::RunOutcome::Succeeded as i32)
         });
         // Restart the killed node from its data dir; wait until healthy.
-        victim.kill9();
         let r0 = Instant::now();
         cluster.start_node(leader)?;
         let new_leader = cluster.wait_healthy(HEALTHY_DEADLINE).await?;
         let recovery_s = r0.elapsed().as_secs_f64();
-        let term_after = cluster.status(new_leader).await?.term;
+        let term_after = status(cluster, new_leader).await?.term;
         out.line(serde_json::json!({
             "test": "failover", "kill": k + 1, "killed_node": leader + 1,
             "new_leader": new_leader + 1, "via_node": via + 1, "term_before": term_before,
@@ -1108,7 +930,10 @@ async fn run(a: Args) -> anyhow::Result<()> {
         table: Vec::new(),
     };
     // 2 slots: each step asks cpus 1 (+ 0.01 for kaon's executor).
-    let mut cluster = Cluster::start(&a.kaon, &dir, 2.1).await?;
+    let mut cluster = Cluster::builder(&a.kaon)
+        .dir(&dir)
+        .agent("127.0.0.1:0;cpus=2.1;mem=16384;disk=100000;ports=31000-32000")
+        .start()?;
     let t_start = Instant::now();
     let mut leader = cluster.wait_healthy(HEALTHY_DEADLINE).await?;
     eprintln!(
@@ -1128,18 +953,36 @@ async fn run(a: Args) -> anyhow::Result<()> {
         "nodes": 3, "leader": leader + 1, "agent_cpus": 2.1, "step_cpus": 1,
     }));
     let on = |p: &str| a.only.iter().any(|x| x == p);
-    if on("throughput") {
-        phase_throughput(&cluster, &a, &mut out, leader).await?;
+    // Elections per phase: the highest Raft term before and after. Without
+    // faults (every phase but failover) there must be none (issue 8).
+    let mut elections = Vec::new();
+    for phase in PHASES {
+        if !on(phase) {
+            continue;
+        }
+        let term_before = max_term(&cluster).await;
+        match phase {
+            "throughput" => phase_throughput(&cluster, &a, &mut out, leader).await?,
+            "latency" => phase_latency(&cluster, &a, &mut out, leader).await?,
+            "sched" => phase_sched(&cluster, &a, &mut out, leader).await?,
+            "failover" => leader = phase_failover(&mut cluster, &a, &mut out, leader).await?,
+            _ => unreachable!("PHASES holds the phases run() knows"),
+        }
+        if phase != "failover" {
+            leader = cluster.wait_healthy(HEALTHY_DEADLINE).await?;
+        }
+        let term_after = max_term(&cluster).await;
+        let n = term_after.saturating_sub(term_before);
+        out.line(serde_json::json!({
+            "test": "elections", "phase": phase, "term_before": term_before,
+            "term_after": term_after, "elections": n,
+        }));
+        elections.push(format!("{phase} {n}"));
     }
-    if on("latency") {
-        phase_latency(&cluster, &a, &mut out, leader).await?;
-    }
-    if on("sched") {
-        phase_sched(&cluster, &a, &mut out, leader).await?;
-    }
-    if on("failover") {
-        leader = phase_failover(&mut cluster, &a, &mut out, leader).await?;
-    }
+    out.row(
+        "elections per phase (Raft term increase)",
+        elections.join(", "),
+    );
     let _ = leader;
     drop(cluster);
     println!();

@@ -6,14 +6,14 @@
 
 mod common;
 
-use common::{Cluster, kaon, leader_of, wait_for};
+use common::{kaon, leader_of, wait_for};
 use std::time::Duration;
 
 #[test]
 fn leader_killed_mid_run_and_the_run_completes_exactly_once() {
-    let mut cluster = Cluster::start();
+    let mut cluster = common::cluster();
     let api = cluster.api.clone();
-    let dir = cluster.dir.path().to_path_buf();
+    let dir = cluster.dir.as_path().to_path_buf();
     // Every node serves and agrees on one leader of three members.
     let leader = wait_for(
         "a leader of 3 members on every node",

@@ -99,14 +99,14 @@ async fn wait_executions(marks: &Path, more: usize) {
 
 /// Restarts node `i` and waits until all three agree on a leader again.
 async fn restart(cluster: &mut Cluster, i: usize) -> usize {
-    cluster.start_node(i);
+    cluster.start_node(i).unwrap();
     cluster.wait_leader(None, Duration::from_secs(30)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_runs_survive_repeated_leader_sigkill_with_exactly_once_steps() {
-    let mut cluster = Cluster::start();
-    let marks = cluster.dir.path().join("marks");
+    let mut cluster = common::cluster();
+    let marks = cluster.dir.as_path().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
     let spec = spec(&marks);
     let started = Instant::now();
@@ -269,7 +269,7 @@ async fn many_runs_survive_repeated_leader_sigkill_with_exactly_once_steps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_submit_across_a_leader_change_returns_the_same_run() {
-    let mut cluster = Cluster::start();
+    let mut cluster = common::cluster();
     let spec = "apiVersion: kaon/v1\nname: once\nsteps:\n  a: {run: [\"true\"], resources: {cpus: 0.1, mem: 16MiB}}\n";
     let leader = cluster.wait_leader(None, Duration::from_secs(30)).await;
     let first = common::submit(&cluster.url(leader), spec, "K")
@@ -302,7 +302,7 @@ async fn idempotent_submit_across_a_leader_change_returns_the_same_run() {
 /// and that runtime never subscribes again, so nothing launches.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_old_leader_does_not_stall_the_new_leader() {
-    let mut cluster = Cluster::start();
+    let mut cluster = common::cluster();
     let spec = "apiVersion: kaon/v1\nname: after\nsteps:\n  a: {run: [\"true\"], resources: {cpus: 0.1, mem: 16MiB}}\n";
     cluster.wait_leader(None, Duration::from_secs(30)).await;
     for round in 0..3 {

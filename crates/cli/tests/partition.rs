@@ -66,7 +66,13 @@ async fn minority_leader_cannot_commit_majority_continues_and_it_converges_after
     let set = |i: usize, j: usize, cut: bool| {
         switches[i][j].as_ref().unwrap().send_replace(cut);
     };
-    let cluster = Cluster::start_with(raft.clone(), |i, j| format!("127.0.0.1:{}", ports[i][j]));
+    let ports2 = ports.clone();
+    let cluster = Cluster::builder(common::KAON)
+        .peers(raft.clone(), move |i, j| {
+            format!("127.0.0.1:{}", ports2[i][j])
+        })
+        .start()
+        .unwrap();
     let old = cluster.wait_leader(None, Duration::from_secs(30)).await;
     // (Raft traffic goes through the proxies: each node dials its
     // `--peer` addresses, whatever the membership records. If it did not,

@@ -85,7 +85,7 @@ async fn mesos_states(mesos_port: u16, run: u64, step: &str) -> Vec<String> {
 async fn kill_quorum_while_step_runs(cluster: &mut Cluster, run: u64, step: &str) -> i64 {
     let leader = cluster.wait_leader(None, Duration::from_secs(30)).await;
     let follower = (leader + 1) % 3;
-    let mesos = cluster.dir.path().join("mesos");
+    let mesos = cluster.dir.as_path().join("mesos");
     // Poll fast: the window between the sandbox appearing and the step's
     // TASK_RUNNING being committed is a few milliseconds.
     let end = std::time::Instant::now() + Duration::from_secs(30);
@@ -117,8 +117,8 @@ async fn kill_quorum_while_step_runs(cluster: &mut Cluster, run: u64, step: &str
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    cluster.start_node(leader);
-    cluster.start_node(follower);
+    cluster.start_node(leader).unwrap();
+    cluster.start_node(follower).unwrap();
     cluster.wait_leader(None, Duration::from_secs(30)).await;
     killed
 }
@@ -165,8 +165,8 @@ const ROUNDS: usize = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_that_ends_while_no_leader_listens_keeps_its_outputs_and_runs_once() {
-    let mut cluster = Cluster::start();
-    let marks = cluster.dir.path().join("marks");
+    let mut cluster = common::cluster();
+    let marks = cluster.dir.as_path().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
     cluster.wait_leader(None, Duration::from_secs(30)).await;
     let mut hits = 0;

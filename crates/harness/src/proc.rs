@@ -1,0 +1,115 @@
+//! Child processes in their own process groups.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+/// A child process leading its own process group. Dropping it SIGKILLs the
+/// group and reaps the child, so nothing it started outlives its owner.
+pub struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    /// Spawns `cmd` in a new process group with stdin closed and stdout and
+    /// stderr appended to `log`.
+    pub fn spawn(cmd: &mut Command, log: &Path) -> anyhow::Result<Proc> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let child = cmd
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
+        Ok(Proc { child })
+    }
+
+    /// Spawns `cmd` in a new process group as it is configured (the caller
+    /// sets up stdio, e.g. a piped stdout to read the first line).
+    pub fn spawn_raw(cmd: &mut Command) -> anyhow::Result<Proc> {
+        let child = cmd
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
+        Ok(Proc { child })
+    }
+
+    /// The child (e.g. to take its piped stdout).
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// The process id (also the process group id).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Whether the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends `sig` to the process group, if the child has not been reaped
+    /// (so the pid is still ours).
+    pub fn signal_group(&mut self, sig: i32) {
+        if self.is_running() {
+            // SAFETY: kill(2) on the group this unreaped child leads.
+            unsafe {
+                libc::kill(-self.pid(), sig);
+            }
+        }
+    }
+
+    /// SIGKILLs the group and waits until the child is gone.
+    pub fn kill9(mut self) {
+        self.kill_in_place();
+    }
+
+    fn kill_in_place(&mut self) {
+        // SIGCONT first: a stopped group dies of SIGKILL too, but its
+        // children would stay stopped if they escaped the group.
+        self.signal_group(libc::SIGKILL);
+        self.signal_group(libc::SIGCONT);
+        let _ = self.child.wait();
+    }
+
+    /// Sends `sig`, waits up to `grace` for the exit, then SIGKILLs the group.
+    pub fn stop(mut self, sig: i32, grace: Duration) {
+        self.signal_group(sig);
+        let end = Instant::now() + grace;
+        while Instant::now() < end && self.is_running() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill_in_place();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill_in_place();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released: another process may
+/// take it before the caller binds it, which is rare enough here).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// The last `n` lines of a file (for failure reports).
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
