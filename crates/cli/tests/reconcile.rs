@@ -17,17 +17,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Cluster, get_run, wait_until};
+use common::{Cluster, get_run, lines, wait_until};
 use kaon_core::events::{Body, TaskState};
-
-/// Every line of `marks/<name>`.
-fn lines(marks: &Path, name: &str) -> Vec<String> {
-    std::fs::read_to_string(marks.join(name))
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
 
 /// The executor sandboxes of `step` of run `run` (any attempt) under the
 /// emulator's work directory: `slaves/*/frameworks/*/executors/<executor id>`.

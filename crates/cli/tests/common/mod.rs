@@ -67,3 +67,13 @@ pub fn leader_of(api: u16) -> Option<u64> {
     let l = v["leader_id"].as_u64()?;
     (l != 0 && v["members"].as_array()?.len() == 3).then_some(l)
 }
+
+/// Every line of `marks/<name>` (steps append to such files, so tests
+/// count executions from outside kaon); none if the file is missing.
+pub fn lines(marks: &Path, name: &str) -> Vec<String> {
+    std::fs::read_to_string(marks.join(name))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
