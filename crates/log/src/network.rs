@@ -82,6 +82,8 @@ pub struct NetworkFactory {
     /// (a proxy, a different network, a name only it resolves).
     dial: Arc<BTreeMap<u64, String>>,
     channels: Arc<Mutex<BTreeMap<u64, (String, Channel)>>>,
+    /// See [`NetworkFactory::with_append_timeout`].
+    append_timeout: Duration,
 }
 
 impl NetworkFactory {
@@ -94,7 +96,16 @@ impl NetworkFactory {
             transport,
             dial: Arc::new(dial),
             channels: Arc::default(),
+            append_timeout: Duration::ZERO,
         }
+    }
+
+    /// AppendEntries RPCs carrying entries may take up to `t` (at least
+    /// openraft's own deadline, the heartbeat interval): see
+    /// `NodeConfig::append_timeout_ms`.
+    pub fn with_append_timeout(mut self, t: Duration) -> NetworkFactory {
+        self.append_timeout = t;
+        self
     }
 
     fn channel(&self, target: u64, addr: &str) -> Result<Channel, String> {
@@ -129,7 +140,11 @@ impl RaftNetworkFactory<C> for NetworkFactory {
             }),
             Transport::Mem(net) => Ok(Conn::Mem(net.link(self.from, node.addr.clone()))),
         };
-        PeerClient { target, client }
+        PeerClient {
+            target,
+            client,
+            append_timeout: self.append_timeout,
+        }
     }
 }
 
@@ -235,6 +250,8 @@ impl Conn {
 pub struct PeerClient {
     target: u64,
     client: Result<Conn, String>,
+    /// Deadline of an AppendEntries with entries (never below openraft's).
+    append_timeout: Duration,
 }
 
 fn status_to_rpc(target: u64, s: Status) -> RPCError<C> {
@@ -292,8 +309,15 @@ impl RaftNetworkV2<C> for PeerClient {
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        self.unary(&rpc, option.hard_ttl(), |c, p| c.append_entries(p))
-            .await
+        // A heartbeat (no entries) keeps openraft's deadline: a follower
+        // that cannot answer one in time should look slow. Entries get the
+        // longer one, so a slow fsync under load is waited for, not retried.
+        let ttl = if rpc.entries.is_empty() {
+            option.hard_ttl()
+        } else {
+            option.hard_ttl().max(self.append_timeout)
+        };
+        self.unary(&rpc, ttl, |c, p| c.append_entries(p)).await
     }
 
     async fn vote(

@@ -218,3 +218,77 @@ async fn isolated_leader_cannot_commit_majority_moves_on_and_it_converges_after_
         n.shutdown().await;
     }
 }
+
+/// Issue 8 (the bench's errors without faults): a leader that hears no
+/// quorum's replies for longer than its lease (the followers' answers are
+/// late; they still hear it, so nobody elects) has its writes refused by
+/// openraft before they are appended. Such a write waits for the lease to
+/// come back, up to `lease_wait_ms_max`, instead of failing at once; once
+/// the lease cannot come back within that limit, it fails as "not the
+/// leader" (UNAVAILABLE to a client, which retries).
+#[tokio::test(start_paused = true)]
+async fn a_write_during_a_lapsed_leader_lease_waits_for_it_then_commits() {
+    let net = MemNetwork::new();
+    let nodes = start_cluster(&net, TokioClock::starting_at(EPOCH_MS)).await;
+    let all: BTreeSet<u64> = nodes.keys().copied().collect();
+    assert_eq!(propose(&nodes, &all, fw("before")).await, 1);
+    let leader = wait_leader(&nodes[&1], &all).await;
+    let term = nodes[&leader].status().term;
+    let followers: Vec<u64> = all.iter().copied().filter(|&f| f != leader).collect();
+
+    // The followers' replies are lost, for 500 ms (virtual): longer than
+    // the lease (the maximum election timeout, 240 ms), shorter than
+    // lease_wait_ms_max (2 s).
+    for &f in &followers {
+        net.cut(f, leader);
+    }
+    let (net2, fs) = (net.clone(), followers.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await; // the fault's length
+        for f in fs {
+            net2.restore(f, leader);
+        }
+    });
+    // By the time this write reaches the leader, its lease has lapsed
+    // (300 ms without a reply).
+    tokio::time::sleep(Duration::from_millis(300)).await; // the fault's length
+    let i = nodes[&leader]
+        .propose(fw("during"))
+        .await
+        .expect("the write waits for the lease and commits");
+    assert_eq!(i, 2);
+    assert_eq!(
+        nodes[&leader].status().term,
+        term,
+        "no election: the followers heard the leader throughout"
+    );
+
+    // Replies lost for good: the write fails once lease_wait_ms_max is up,
+    // naming that limit.
+    for &f in &followers {
+        net.cut(f, leader);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // the lease lapses
+    let t0 = tokio::time::Instant::now();
+    let err = nodes[&leader]
+        .propose(fw("lost"))
+        .await
+        .expect_err("no quorum replies: the write fails");
+    assert!(
+        matches!(
+            err,
+            kaon_log::ProposeError::LeaseLapsed { waited_ms: 2_000 }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("lease_wait_ms_max = 2000 ms"),
+        "{err}"
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(2_000),
+        "it waited lease_wait_ms_max first: {:?}",
+        t0.elapsed()
+    );
+    net.heal();
+}
