@@ -546,7 +546,13 @@ async fn phase_failover(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     // Kills after which the step needed more than one launch attempt.
     let mut relaunched = 0usize;
+    // Elections between a healthy cluster and the next kill.
+    let (mut depositions, mut last_term_after) = (0u64, None);
     for k in 0..a.failovers {
+        // The leader now: a restarted node may have deposed the one the
+        // last round ended with (it comes back with a higher term; openraft
+        // has no pre-vote), and killing a follower measures nothing.
+        leader = cluster.wait_healthy(HEALTHY_DEADLINE).await?;
         let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
         let mut clients = Vec::new();
         for &i in &survivors {
@@ -556,6 +562,11 @@ async fn phase_failover(
             clients.push(c);
         }
         let term_before = status(cluster, leader).await?.term;
+        if let Some(t) = last_term_after {
+            // Elections after the last round was healthy: a restarted node
+            // deposed the leader.
+            depositions += term_before.saturating_sub(t);
+        }
         let kill_ms = now_unix_ms();
         let t0 = Instant::now();
         cluster.kill(leader);
@@ -647,6 +658,7 @@ async fn phase_failover(
         let new_leader = cluster.wait_healthy(HEALTHY_DEADLINE).await?;
         let recovery_s = r0.elapsed().as_secs_f64();
         let term_after = status(cluster, new_leader).await?.term;
+        last_term_after = Some(term_after);
         out.line(serde_json::json!({
             "test": "failover", "kill": k + 1, "killed_node": leader + 1,
             "new_leader": new_leader + 1, "via_node": via + 1, "term_before": term_before,
@@ -677,6 +689,7 @@ async fn phase_failover(
         "to_commit": stats(&commit), "to_launch_intent": stats(&intent),
         "to_task_running": stats(&running), "restart_to_healthy": stats(&recovery),
         "kills_with_relaunched_step": relaunched,
+        "elections_after_healthy": depositions,
     }));
     out.row(
         "failover: kill -9 leader -> first successful submit",
@@ -693,6 +706,10 @@ async fn phase_failover(
     out.row(
         "failover: kills whose step needed a second launch attempt",
         format!("{relaunched} of {}", a.failovers),
+    );
+    out.row(
+        "failover: elections after the cluster was healthy again (a restarted node deposing the leader)",
+        format!("{depositions} in {} kills", a.failovers),
     );
     out.row(
         "failover: restart of killed node -> cluster healthy",
