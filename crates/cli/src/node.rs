@@ -90,6 +90,12 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let exe =
         std::env::current_exe().context("locating the kaon binary (it is also the executor)")?;
     let rt = tokio::runtime::Runtime::new()?;
+    // Every path absolute from the start (issue 9, A): the embedded
+    // emulator's executors run inside their sandboxes, and logs and errors
+    // should name the place a user can find.
+    let mut args = args;
+    args.data_dir = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("resolving --data-dir {}", args.data_dir.display()))?;
     rt.block_on(async move {
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;

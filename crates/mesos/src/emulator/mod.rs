@@ -250,6 +250,24 @@ impl Emulator {
         config: EmulatorConfig,
         bind_master: bool,
     ) -> Result<EmulatorHandle, EmulatorError> {
+        let mut config = config;
+        // Absolute before anything uses them: an executor runs with its
+        // sandbox as working directory, so a relative work dir (`kaon
+        // server` with its default `--data-dir kaon-data`) would be
+        // resolved inside the sandbox itself (issue 9, A).
+        let absolute = |p: &PathBuf| {
+            std::path::absolute(p).map_err(|source| EmulatorError::WorkDir {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        config.work_dir = absolute(&config.work_dir)?;
+        // A bare program name is looked up in PATH; a path is made absolute.
+        if let Some(p) = &config.executor_path
+            && p.components().count() > 1
+        {
+            config.executor_path = Some(absolute(p)?);
+        }
         std::fs::create_dir_all(&config.work_dir).map_err(|source| EmulatorError::WorkDir {
             path: config.work_dir.display().to_string(),
             source,
@@ -259,7 +277,6 @@ impl Emulator {
         } else {
             None
         };
-        let mut config = config;
         if let Some(ck) = &recovered {
             let (master, agents) = checkpoint::recovered_addrs(ck);
             config.master_addr = master;

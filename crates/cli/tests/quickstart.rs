@@ -1,0 +1,117 @@
+//! Issue 9, A: the README's quickstart, exactly as written. The commands
+//! are read from README.md ("## Run kaon": the `kaon server` block and the
+//! block that submits the reference pipeline), `./target/release/kaon` is
+//! replaced by the binary under test, and they run from a fresh working
+//! directory (with `examples/` linked in, as in a checkout): no flags
+//! beyond the README's. The reference pipeline must succeed. Before the
+//! fix, the default relative `--data-dir kaon-data` nested every sandbox in
+//! itself and the first step failed ("Directory nonexistent").
+//!
+//! The server listens on its default port, 127.0.0.1:7070, as the README
+//! says: nothing else on this machine may hold it while the test runs.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{KAON, Proc};
+
+/// The ```sh blocks of the README section `heading`, in order.
+fn sh_blocks(readme: &str, heading: &str) -> Vec<String> {
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with(heading))
+        .unwrap_or_else(|| panic!("README has a section {heading:?}"));
+    let mut blocks = Vec::new();
+    let mut rest = section;
+    while let Some(start) = rest.find("```sh\n") {
+        let body = &rest[start + 6..];
+        let end = body.find("```").expect("a closed code block");
+        blocks.push(body[..end].to_string());
+        rest = &body[end + 3..];
+    }
+    blocks
+}
+
+/// The README's commands with the binary under test.
+fn with_binary(cmd: &str) -> String {
+    cmd.replace("./target/release/kaon", KAON)
+}
+
+#[test]
+fn the_readme_quickstart_runs_the_reference_pipeline_with_no_flags() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(repo.join("README.md")).unwrap();
+    let blocks = sh_blocks(&readme, "Run kaon");
+    let server = blocks
+        .iter()
+        .find(|b| b.contains("kaon server"))
+        .expect("the README starts a server");
+    let submit = blocks
+        .iter()
+        .find(|b| b.contains("kaon submit"))
+        .expect("the README submits the reference pipeline");
+    let server_cmd = with_binary(server.trim());
+    assert!(
+        !server_cmd.contains(" --"),
+        "the quickstart's server takes no flags: {server_cmd}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        repo.join("examples").canonicalize().unwrap(),
+        dir.path().join("examples"),
+    )
+    .unwrap();
+    let mut argv = server_cmd.split_whitespace();
+    let mut server = Proc::spawn_raw(
+        Command::new(argv.next().unwrap())
+            .args(argv)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join("server.stderr")).unwrap()),
+    )
+    .unwrap();
+    let stdout = server.child_mut().stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+    assert!(
+        line.contains("127.0.0.1:7070"),
+        "the server listens on the README's address: {line:?}\n{}",
+        common::tail(&dir.path().join("server.stderr"), 20)
+    );
+
+    // The submit block, line by line as a user pastes it (the first
+    // command, with its continuation lines, is the submit itself).
+    let submit_cmd = with_binary(submit.split("\n./").next().unwrap());
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(&submit_cmd)
+        .current_dir(dir.path())
+        .env("PWD", dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("succeeded"),
+        "the reference pipeline succeeds: {submit_cmd}\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        common::tail(&dir.path().join("server.stderr"), 30)
+    );
+    // Everything it made is in the fresh directory's kaon-data.
+    let data = dir.path().join("kaon-data");
+    assert!(data.join("raft").is_dir() && data.join("mesos").is_dir());
+    let (code, runs, _) = common::kaon_at("http://127.0.0.1:7070", &["runs"]);
+    assert_eq!(code, 0, "kaon runs works: {runs}");
+    assert!(runs.contains("succeeded"), "{runs}");
+    server.stop(libc::SIGTERM, Duration::from_secs(10));
+}
