@@ -500,6 +500,81 @@ pub async fn workflows(o: &Opts) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `kaon schedule list`.
+pub async fn schedules(o: &Opts) -> anyhow::Result<ExitCode> {
+    let r = o
+        .client()?
+        .call(v1::ListSchedulesRequest {}, |mut k, r| async move {
+            k.list_schedules(r).await
+        })
+        .await
+        .map_err(status_error)?;
+    let when = |ms: i64| {
+        if ms == 0 {
+            "never".to_string()
+        } else {
+            format!("{ms} (unix ms)")
+        }
+    };
+    if o.json {
+        let list: Vec<_> = r
+            .schedules
+            .iter()
+            .map(|s| {
+                serde_json::json!({"workflow": s.workflow, "index": s.index, "cron": s.cron,
+                    "timezone": s.timezone, "paused": s.paused, "last_fire_unix_ms": s.last_fire_unix_ms})
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+    } else if r.schedules.is_empty() {
+        println!("no schedules (a workflow's schedules come with `kaon workflow register`)");
+    } else {
+        for s in &r.schedules {
+            println!(
+                "{} #{}  {:<20} {:<16} {}  last fire: {}",
+                s.workflow,
+                s.index,
+                s.cron,
+                if s.timezone.is_empty() {
+                    "UTC"
+                } else {
+                    &s.timezone
+                },
+                if s.paused { "paused" } else { "active" },
+                when(s.last_fire_unix_ms)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kaon schedule pause|resume WORKFLOW [INDEX]`.
+pub async fn set_schedule_paused(
+    o: &Opts,
+    workflow: &str,
+    index: u32,
+    paused: bool,
+) -> anyhow::Result<ExitCode> {
+    o.client()?
+        .call(
+            v1::SetSchedulePausedRequest {
+                workflow: workflow.to_string(),
+                index,
+                paused,
+            },
+            |mut k, r| async move { k.set_schedule_paused(r).await },
+        )
+        .await
+        .map_err(status_error)?;
+    let word = if paused { "paused" } else { "resumed" };
+    done(
+        o,
+        &format!("schedule {workflow} #{index} {word}"),
+        serde_json::json!({"workflow": workflow, "index": index, "paused": paused}),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `kaon cluster status`: the view of the first node that answers (give
 /// one `--server` to ask a particular node).
 pub async fn cluster_status(o: &Opts) -> anyhow::Result<ExitCode> {

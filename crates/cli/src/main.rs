@@ -175,6 +175,29 @@ enum WorkflowCmd {
 }
 
 #[derive(Subcommand)]
+enum ScheduleCmd {
+    /// List every workflow's cron schedules (paused or not, last fire).
+    List,
+    /// Pause a schedule: no fires until it is resumed (missed fires inside
+    /// its catch-up window run on resume).
+    Pause {
+        /// Workflow name.
+        workflow: String,
+        /// Schedule index in the spec's `schedules:` (0-based, as `list` shows).
+        #[arg(default_value_t = 0)]
+        index: u32,
+    },
+    /// Resume a paused schedule.
+    Resume {
+        /// Workflow name.
+        workflow: String,
+        /// Schedule index (0-based, as `list` shows).
+        #[arg(default_value_t = 0)]
+        index: u32,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Check workflow specs offline: print every error (exit 1) or a summary (exit 0).
     Validate {
@@ -217,6 +240,9 @@ enum Cmd {
     /// Workflow definitions: register, list.
     #[command(subcommand)]
     Workflow(WorkflowCmd),
+    /// Cron schedules: list, pause, resume.
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
     /// Audit a node's event log: verify the hash chain, replay to an index.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -316,6 +342,13 @@ fn main() -> ExitCode {
         }) => block(client::logs(&o, id, &step, attempt, stderr, tail, follow)),
         Cmd::Workflow(WorkflowCmd::Register { file }) => block(client::register(&o, &file)),
         Cmd::Workflow(WorkflowCmd::List) => block(client::workflows(&o)),
+        Cmd::Schedule(ScheduleCmd::List) => block(client::schedules(&o)),
+        Cmd::Schedule(ScheduleCmd::Pause { workflow, index }) => {
+            block(client::set_schedule_paused(&o, &workflow, index, true))
+        }
+        Cmd::Schedule(ScheduleCmd::Resume { workflow, index }) => {
+            block(client::set_schedule_paused(&o, &workflow, index, false))
+        }
         Cmd::Cluster(ClusterCmd::Status) => block(client::cluster_status(&o)),
         Cmd::Cluster(ClusterCmd::Init { members }) => block(client::cluster_init(&o, &members)),
         Cmd::Cluster(ClusterCmd::AddNode {

@@ -248,3 +248,52 @@ fn watch_draws_a_live_board_with_progress_on_a_terminal() {
     assert!(seen.contains(": succeeded"), "{seen:?}");
     assert!(seen.contains("ok   after"), "{seen:?}");
 }
+
+/// Issue 9, A: `kaon schedule list|pause|resume` against a server: a
+/// registered workflow's schedule is listed, paused and resumed; a
+/// schedule that does not exist is an error that says so.
+#[test]
+fn schedules_are_listed_paused_and_resumed_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path());
+    let spec = dir.path().join("nightly.yaml");
+    std::fs::write(
+        &spec,
+        "apiVersion: kaon/v1\nname: nightly\nsteps:\n  a: {run: [\"true\"]}\nschedules:\n  - {cron: \"0 3 * * *\", timezone: Europe/Amsterdam}\n",
+    )
+    .unwrap();
+    let (code, out, err) = kaon(&server, &["workflow", "register", spec.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let list = |server: &Server| -> serde_json::Value {
+        let (code, out, err) = kaon(server, &["--output", "json", "schedule", "list"]);
+        assert_eq!(code, 0, "{out}{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let l = list(&server);
+    assert_eq!(l.as_array().unwrap().len(), 1, "{l}");
+    assert_eq!(l[0]["workflow"], "nightly");
+    assert_eq!(l[0]["cron"], "0 3 * * *");
+    assert_eq!(l[0]["timezone"], "Europe/Amsterdam");
+    assert_eq!(l[0]["paused"], false);
+
+    let (code, out, err) = kaon(&server, &["schedule", "pause", "nightly"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("schedule nightly #0 paused"), "{out}");
+    assert_eq!(list(&server)[0]["paused"], true);
+    let (code, out, err) = kaon(&server, &["schedule", "resume", "nightly", "0"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(list(&server)[0]["paused"], false);
+
+    let (code, _, err) = kaon(&server, &["schedule", "pause", "nightly", "5"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no schedule 5"), "{err}");
+    let (code, _, err) = kaon(&server, &["schedule", "pause", "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nope"), "{err}");
+    let (code, out, _) = kaon(&server, &["schedule", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("nightly #0") && out.contains("active"),
+        "{out}"
+    );
+}
