@@ -71,12 +71,12 @@ pub async fn submit(
     key: Option<String>,
     watch: bool,
 ) -> anyhow::Result<ExitCode> {
-    let spec = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+    let workflow = submit_target(file)?;
     let mut c = o.client()?;
     // A key makes the retries inside `call` safe: a submit whose answer was
     // lost in a leader change returns the same run.
     let req = v1::SubmitRunRequest {
-        workflow: Some(v1::submit_run_request::Workflow::InlineSpec(spec)),
+        workflow: Some(workflow),
         params_json: parse_params(params)?,
         idempotency_key: key.clone().unwrap_or_else(new_idempotency_key),
     };
@@ -106,6 +106,43 @@ pub async fn submit(
     } else {
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// What `kaon submit TARGET` runs: a spec file (inline, registered as a
+/// new version if it changed), or, when no such file exists and TARGET is
+/// a workflow name, `NAME` (its latest version) or `NAME@VERSION` of a
+/// registered workflow (issue 9, G).
+fn submit_target(target: &str) -> anyhow::Result<v1::submit_run_request::Workflow> {
+    use v1::submit_run_request::Workflow;
+    let path = std::path::Path::new(target);
+    if path.exists() || target == "-" {
+        let spec = if target == "-" {
+            std::io::read_to_string(std::io::stdin()).context("reading the spec from stdin")?
+        } else {
+            std::fs::read_to_string(path).with_context(|| format!("reading {target}"))?
+        };
+        return Ok(Workflow::InlineSpec(spec));
+    }
+    let looks_like_file = target.contains('/')
+        || [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|ext| target.ends_with(ext));
+    if looks_like_file {
+        anyhow::bail!("reading {target}: no such file");
+    }
+    let (name, version) = match target.split_once('@') {
+        Some((n, v)) => (
+            n,
+            v.parse::<u32>().ok().filter(|v| *v > 0).with_context(|| {
+                format!("{target}: the version after @ must be a number from 1 (e.g. {n}@2)")
+            })?,
+        ),
+        None => (target, 0),
+    };
+    Ok(Workflow::Registered(v1::WorkflowRef {
+        name: name.to_string(),
+        version,
+    }))
 }
 
 /// `kaon run retry`: a new run of a failed or cancelled run that reuses

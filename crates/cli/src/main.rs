@@ -208,9 +208,10 @@ enum Cmd {
     /// Run a kaon node (a one-node cluster with an embedded Mesos emulator
     /// by default).
     Server(Box<node::ServerArgs>),
-    /// Submit a run of a spec file.
+    /// Submit a run of a spec file, or of a registered workflow.
     Submit {
-        /// Spec file.
+        /// Spec file (`-`: standard input), or `NAME` / `NAME@VERSION` of a
+        /// registered workflow (latest version without `@`).
         file: String,
         /// Parameter `NAME=VALUE` (VALUE is JSON if it parses, else text).
         #[arg(short = 'p', long = "param")]

@@ -297,3 +297,69 @@ fn schedules_are_listed_paused_and_resumed_from_the_cli() {
         "{out}"
     );
 }
+
+/// Issue 9, G: `kaon submit NAME[@VERSION]` runs a registered workflow
+/// (before: "No such file"); a missing spec file, a bad version and an
+/// unknown workflow are clear errors; `kaon runs --status bogus` is an
+/// error naming the statuses, not an empty list.
+#[test]
+fn submit_runs_a_registered_workflow_by_name_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path());
+    let spec = dir.path().join("wf.yaml");
+    for (v, step) in [(1, "one"), (2, "two")] {
+        std::fs::write(
+            &spec,
+            format!("apiVersion: kaon/v1\nname: byname\nsteps:\n  {step}: {{run: [\"true\"]}}\n"),
+        )
+        .unwrap();
+        let (code, out, err) = kaon(&server, &["workflow", "register", spec.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.contains(&format!("byname version {v}")), "{out}");
+    }
+    let run_of = |target: &str| -> serde_json::Value {
+        let (code, out, err) = kaon(&server, &["--output", "json", "submit", target, "--watch"]);
+        assert_eq!(code, 0, "submit {target}: {out}{err}");
+        let id = out
+            .lines()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["run_id"].as_u64())
+            .unwrap_or_else(|| panic!("a run id in {out}"));
+        let (code, out, err) = kaon(
+            &server,
+            &["--output", "json", "run", "show", &id.to_string()],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let r = run_of("byname@1");
+    assert_eq!(
+        (r["version"].as_u64(), r["status"].as_str()),
+        (Some(1), Some("succeeded")),
+        "{r}"
+    );
+    let r = run_of("byname");
+    assert_eq!(
+        (r["version"].as_u64(), r["status"].as_str()),
+        (Some(2), Some("succeeded")),
+        "{r}"
+    );
+
+    let (code, _, err) = kaon(&server, &["submit", "byname@x"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("the version after @ must be a number"),
+        "{err}"
+    );
+    let (code, _, err) = kaon(&server, &["submit", "missing.yaml"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("missing.yaml: no such file"), "{err}");
+    let (code, _, err) = kaon(&server, &["submit", "nosuchworkflow"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nosuchworkflow"), "{err}");
+    let (code, _, err) = kaon(&server, &["runs", "--status", "bogus"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("unknown status \"bogus\"") && err.contains("succeeded"),
+        "{err}"
+    );
+}

@@ -581,6 +581,15 @@ impl<L: EventLog> Kaon for KaonService<L> {
     ) -> Result<Response<v1::ListRunsResponse>, Status> {
         self.read_barrier(req.metadata()).await?;
         let req = req.into_inner();
+        // A misspelt status filter is an error, not an empty list (issue 9, G).
+        const STATUSES: [&str; 4] = ["running", "succeeded", "failed", "cancelled"];
+        if !req.status.is_empty() && !STATUSES.contains(&req.status.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "status: unknown status {:?} (one of {})",
+                req.status,
+                STATUSES.join(", ")
+            )));
+        }
         let size = match req.page_size {
             0 => 50,
             n if n > LIST_PAGE_SIZE_MAX => {
