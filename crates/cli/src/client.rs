@@ -409,6 +409,26 @@ pub async fn cancel(o: &Opts, id: u64, reason: String) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+/// How far back `kaon run logs --tail N` looks for the last N lines (the
+/// server's `LOG_READ_BYTES_MAX`: one read).
+const TAIL_SCAN_BYTES_MAX: u32 = 1 << 20;
+
+/// Where the last `n` lines of `data` start (a final line without a
+/// newline counts as a line).
+fn last_lines_start(data: &[u8], n: usize) -> usize {
+    if n == 0 {
+        return data.len();
+    }
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    body.iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(n - 1)
+        .map(|(i, _)| i + 1)
+        .unwrap_or(0)
+}
+
 /// `kaon run logs`: a step attempt's stdout or stderr; `--follow` keeps
 /// reading until the attempt ends.
 pub async fn logs(
@@ -422,14 +442,38 @@ pub async fn logs(
 ) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let mut c = o.client()?;
-    let mut offset: i64 = tail.map(|t| -(t as i64)).unwrap_or(0);
+    let stream = if stderr { "stderr" } else { "stdout" };
+    let mut offset: i64 = 0;
     let mut out = std::io::stdout().lock();
+    if let Some(n) = tail {
+        // The last `n` lines, found in the final TAIL_SCAN_BYTES_MAX bytes
+        // (a log whose last lines are longer than that starts mid-line).
+        let req = v1::ReadStepLogsRequest {
+            run_id: id,
+            step_path: step.to_string(),
+            attempt,
+            stream: stream.into(),
+            offset: -i64::from(TAIL_SCAN_BYTES_MAX),
+            max_bytes: TAIL_SCAN_BYTES_MAX,
+        };
+        let r = c
+            .call(req, |mut k, r| async move { k.read_step_logs(r).await })
+            .await
+            .map_err(status_error)?;
+        let start = last_lines_start(&r.data, n as usize);
+        out.write_all(&r.data[start..])?;
+        out.flush()?;
+        offset = r.offset + r.data.len() as i64;
+        if !follow || r.complete {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     loop {
         let req = v1::ReadStepLogsRequest {
             run_id: id,
             step_path: step.to_string(),
             attempt,
-            stream: if stderr { "stderr" } else { "stdout" }.into(),
+            stream: stream.into(),
             offset,
             max_bytes: 0,
         };

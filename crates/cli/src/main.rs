@@ -96,8 +96,8 @@ enum RunCmd {
         /// Print stderr instead of stdout.
         #[arg(long)]
         stderr: bool,
-        /// Only the last BYTES bytes.
-        #[arg(long, value_name = "BYTES")]
+        /// Only the last N lines (looked for in the log's final 1 MiB).
+        #[arg(long, value_name = "N")]
         tail: Option<u32>,
         /// Keep printing as the step writes, until the attempt ends.
         #[arg(short, long)]

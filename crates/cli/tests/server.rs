@@ -120,7 +120,7 @@ fn step_logs_and_retry_of_a_failed_run() {
         &spec,
         format!(
             "apiVersion: kaon/v1\nname: retryable\nsteps:\n  \
-             a: {{shell: 'echo hello-from-a; echo a >> {m}'}}\n  \
+             a: {{shell: 'printf \"one\\ntwo\\nhello-from-a\\n\"; echo a >> {m}'}}\n  \
              b: {{depends_on: [a], retry: {{user_errors: 0}}, shell: 'echo b >> {m}; test -f {f} || {{ echo missing-flag >&2; exit 3; }}'}}\n",
             m = marks.display(),
             f = flag.display()
@@ -132,15 +132,25 @@ fn step_logs_and_retry_of_a_failed_run() {
     let run: u64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
     let (code, out, err) = kaon(&server, &["run", "logs", &run.to_string(), "a"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out, "hello-from-a\n");
+    assert_eq!(out, "one\ntwo\nhello-from-a\n");
     let (code, out, err) = kaon(&server, &["run", "logs", &run.to_string(), "b", "--stderr"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("missing-flag"), "{out}");
-    let (code, out, _) = kaon(
-        &server,
-        &["run", "logs", &run.to_string(), "a", "--tail", "5"],
+    // --tail counts lines (issue 9, G; it counted bytes).
+    let tail = |n: &str| {
+        kaon(
+            &server,
+            &["run", "logs", &run.to_string(), "a", "--tail", n],
+        )
+    };
+    assert_eq!(tail("2"), (0, "two\nhello-from-a\n".into(), String::new()));
+    assert_eq!(tail("1").1, "hello-from-a\n");
+    assert_eq!(
+        tail("5").1,
+        "one\ntwo\nhello-from-a\n",
+        "fewer lines than asked: all"
     );
-    assert_eq!((code, out.as_str()), (0, "om-a\n"));
+    assert_eq!(tail("0").1, "");
     let (code, _, err) = kaon(&server, &["run", "logs", &run.to_string(), "nope"]);
     assert_eq!(code, 2);
     assert!(
