@@ -159,22 +159,6 @@ fn values(marks: &Path, name: &str) -> Vec<String> {
     v
 }
 
-/// Every executor sandbox under the emulator's work dir.
-fn sandboxes(mesos: &Path) -> BTreeSet<PathBuf> {
-    let dirs = |p: &Path| -> Vec<PathBuf> {
-        std::fs::read_dir(p)
-            .map(|rd| rd.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default()
-    };
-    let mut out = BTreeSet::new();
-    for agent in dirs(&mesos.join("slaves")) {
-        for fw in dirs(&agent.join("frameworks")) {
-            out.extend(dirs(&fw.join("executors")));
-        }
-    }
-    out
-}
-
 /// What the nemesis did in one pass (printed, so a failure shows the
 /// schedule that led to it).
 #[derive(Default)]
@@ -206,11 +190,11 @@ async fn fault(cluster: &mut Cluster, rng: &mut Rng, log: &mut Log, partitions: 
             // (its sandbox appeared) and no quorum is left to record what
             // it reports.
             let mesos = cluster.mesos_dir();
-            let before = sandboxes(&mesos);
+            let before = common::executor_sandboxes(&mesos);
             let end = Instant::now() + Duration::from_secs(10);
             let mut hit = false;
             while Instant::now() < end {
-                if sandboxes(&mesos).len() > before.len() {
+                if common::executor_sandboxes(&mesos).len() > before.len() {
                     hit = true;
                     break;
                 }

@@ -20,27 +20,16 @@ use std::time::Duration;
 use common::{Cluster, get_run, lines, wait_until};
 use kaon_core::events::{Body, TaskState};
 
-/// The executor sandboxes of `step` of run `run` (any attempt) under the
-/// emulator's work directory: `slaves/*/frameworks/*/executors/<executor id>`.
+/// The executor sandboxes of `step` of run `run` (any attempt).
 fn sandboxes(mesos: &Path, run: u64, step: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let dirs = |p: &Path| -> Vec<PathBuf> {
-        std::fs::read_dir(p)
-            .map(|rd| rd.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default()
-    };
-    for agent in dirs(&mesos.join("slaves")) {
-        for fw in dirs(&agent.join("frameworks")) {
-            for ex in dirs(&fw.join("executors")) {
-                let name = ex.file_name().unwrap().to_string_lossy().into_owned();
-                // Executor ids end with the task id, `r<run>-i<inst>-a<attempt>:<path>`.
-                if name.ends_with(&format!(":{step}")) && name.contains(&format!("-r{run}-")) {
-                    out.push(ex);
-                }
-            }
-        }
-    }
-    out
+    common::executor_sandboxes(mesos)
+        .into_iter()
+        .filter(|ex| {
+            let name = ex.file_name().unwrap().to_string_lossy().into_owned();
+            // Executor ids end with the task id, `r<run>-i<inst>-a<attempt>:<path>`.
+            name.ends_with(&format!(":{step}")) && name.contains(&format!("-r{run}-"))
+        })
+        .collect()
 }
 
 /// The Mesos state of every task of `step` of run `run`, from the
@@ -89,7 +78,7 @@ async fn kill_quorum_while_step_runs(cluster: &mut Cluster, run: u64, step: &str
     }
     cluster.kill(leader);
     cluster.kill(follower);
-    let killed = now_ms();
+    let killed = common::now_unix_ms();
     let port = cluster.mesos;
     let end = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -141,13 +130,6 @@ async fn hit_window(cluster: &Cluster, run: u64, killed_ms: i64) -> bool {
             matches!(&e.body, Some(Body::TaskStatusObserved(o)) if o.state() == TaskState::Running)
                 && e.time_unix_ms > killed_ms
         })
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// Rounds per case: the kill lands in the few-millisecond window between

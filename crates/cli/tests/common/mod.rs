@@ -77,3 +77,21 @@ pub fn lines(marks: &Path, name: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Every executor sandbox under the emulator's work directory `mesos`:
+/// `slaves/*/frameworks/*/executors/<executor id>` (an executor id ends
+/// with its task id, `r<run>-i<inst>-a<attempt>:<path>`).
+pub fn executor_sandboxes(mesos: &Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+    let dirs = |p: &Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let mut out = std::collections::BTreeSet::new();
+    for agent in dirs(&mesos.join("slaves")) {
+        for fw in dirs(&agent.join("frameworks")) {
+            out.extend(dirs(&fw.join("executors")));
+        }
+    }
+    out
+}
