@@ -8,6 +8,7 @@ pub mod v1 {
 }
 
 pub mod client;
+pub mod codec;
 
 /// Encoded file descriptor set of the API, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock};
 
-use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
 use cel::objects::{Key, Map};
 use cel::{Context, Env, Program, Value};
 
@@ -33,6 +33,10 @@ pub struct Expression {
     pub step_refs: Option<BTreeSet<String>>,
     /// Top-level variables referenced (`params`, `steps`, `item`, ...).
     pub variables: BTreeSet<String>,
+    /// Names in `step_refs` written only in bracket form (`steps['x']`).
+    /// Versions before this one did not check them, so a spec read back from
+    /// the log is not refused for them.
+    pub indexed_step_refs: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Expression {
@@ -88,15 +92,22 @@ pub fn compile(source: &str, limits: &Limits) -> Result<Expression, String> {
     let refs = program.references();
     let mut variables = BTreeSet::new();
     for v in refs.variables() {
-        variables.insert(v.to_string());
+        if !walk.bound.contains(v) {
+            variables.insert(v.to_string());
+        }
     }
     Ok(Expression {
         source: source.to_string(),
         program: Arc::new(program),
+        indexed_step_refs: walk
+            .indexed_refs
+            .difference(&walk.step_refs)
+            .cloned()
+            .collect(),
         step_refs: if walk.steps_used_opaquely {
             None
         } else {
-            Some(walk.step_refs)
+            Some(walk.step_refs.union(&walk.indexed_refs).cloned().collect())
         },
         variables,
     })
@@ -107,7 +118,10 @@ struct Walk {
     nodes: usize,
     max_comprehension_depth: u32,
     step_refs: BTreeSet<String>,
+    indexed_refs: BTreeSet<String>,
     steps_used_opaquely: bool,
+    /// Variables a comprehension binds (`x` in `list.map(x, x * 2)`).
+    bound: BTreeSet<String>,
 }
 
 impl Walk {
@@ -130,6 +144,17 @@ impl Walk {
                 }
             }
             Expr::Call(call) => {
+                // `steps['name']` is the same reference as `steps.name`
+                // (the only way to write a name with a '-').
+                if call.func_name == cel::common::ast::operators::INDEX
+                    && let [operand, key] = call.args.as_slice()
+                    && matches!(&operand.expr, Expr::Ident(name) if name == "steps")
+                    && let Expr::Literal(LiteralValue::String(field)) = &key.expr
+                {
+                    self.nodes += 2;
+                    self.indexed_refs.insert(field.to_string());
+                    return;
+                }
                 if let Some(t) = &call.target {
                     self.visit(t, depth);
                 }
@@ -138,6 +163,9 @@ impl Walk {
                 }
             }
             Expr::Comprehension(c) => {
+                self.bound.insert(c.iter_var.clone());
+                self.bound.extend(c.iter_var2.clone());
+                self.bound.insert(c.accu_var.clone());
                 let d = depth + 1;
                 self.max_comprehension_depth = self.max_comprehension_depth.max(d);
                 self.visit(&c.iter_range, depth);
@@ -335,8 +363,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.step_refs, Some(BTreeSet::from(["prepare".to_string()])));
-        let opaque = compile("steps['prepare'].outputs.x", &Limits::default()).unwrap();
+        // The bracket form is the same reference (and the only way to
+        // write a name with a '-').
+        let indexed = compile("steps['user-selection'].outputs.x", &Limits::default()).unwrap();
+        assert_eq!(
+            indexed.step_refs,
+            Some(BTreeSet::from(["user-selection".to_string()]))
+        );
+        assert_eq!(
+            indexed.indexed_step_refs,
+            BTreeSet::from(["user-selection".to_string()])
+        );
+        // A computed key is opaque: every visible step is put in the context.
+        let opaque = compile("steps[params.which].outputs.x", &Limits::default()).unwrap();
         assert_eq!(opaque.step_refs, None);
+        // Comprehension variables are not free variables.
+        let bound = compile("[1, 2].map(x, x * 2)", &Limits::default()).unwrap();
+        assert!(bound.variables.is_empty(), "{:?}", bound.variables);
     }
 
     #[test]

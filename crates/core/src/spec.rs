@@ -473,6 +473,16 @@ pub fn parse(source: &str, limits: &Limits) -> Result<WorkflowSpec, SpecError> {
                     message = rest.to_string();
                 }
             }
+            if message.contains("recursion limit exceeded") {
+                // The parser's own words come with a path hundreds of
+                // characters long; name kaon's limit and where it starts.
+                path = path.split('.').take(4).collect::<Vec<_>>().join(".");
+                message = format!(
+                    "the spec nests too deep for the YAML parser; groups may nest \
+                     at most nesting_depth_max = {} deep",
+                    limits.nesting_depth_max
+                );
+            }
             let mut e = SpecError::new(&path, message);
             if let Some(loc) = location {
                 e.line = Some(loc.line());

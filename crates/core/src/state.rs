@@ -439,7 +439,7 @@ fn replay_limits() -> Limits {
 pub fn plan_from_json(spec_json: &str) -> Result<Plan, String> {
     let spec: crate::spec::WorkflowSpec =
         serde_json::from_str(spec_json).map_err(|e| e.to_string())?;
-    crate::validate::compile(&spec, &replay_limits()).map_err(|errs| {
+    crate::validate::compile_recorded(&spec, &replay_limits()).map_err(|errs| {
         errs.iter()
             .map(|e| e.to_string())
             .collect::<Vec<_>>()

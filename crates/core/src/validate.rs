@@ -76,7 +76,23 @@ pub fn compile_source(source: &str, limits: &Limits) -> Result<Plan, Vec<SpecErr
 
 /// Validates a parsed spec, reporting every error found.
 pub fn compile(spec: &WorkflowSpec, limits: &Limits) -> Result<Plan, Vec<SpecError>> {
+    compile_with(spec, limits, true)
+}
+
+/// Compiles a spec read back from the log. The leader admitted it under the
+/// rules of its version, so checks added since (`Compiler::admission`) are
+/// not applied: a log written by an older kaon must replay.
+pub fn compile_recorded(spec: &WorkflowSpec, limits: &Limits) -> Result<Plan, Vec<SpecError>> {
+    compile_with(spec, limits, false)
+}
+
+fn compile_with(
+    spec: &WorkflowSpec,
+    limits: &Limits,
+    admission: bool,
+) -> Result<Plan, Vec<SpecError>> {
     let mut c = Compiler {
+        admission,
         limits,
         errors: Vec::new(),
         nodes: Vec::new(),
@@ -135,6 +151,12 @@ pub fn compile(spec: &WorkflowSpec, limits: &Limits) -> Result<Plan, Vec<SpecErr
     }
     if spec.steps.is_empty() {
         c.err("steps", "a workflow needs at least one step");
+    }
+    // Count what the templates expand to before expanding them: a small spec
+    // of nested `uses` can describe billions of nodes (issue 9 D).
+    if let Err(e) = check_expansion(spec, limits) {
+        c.errors.push(e);
+        return Err(dedup(c.errors));
     }
     let ctx = Scope {
         levels: Vec::new(),
@@ -208,6 +230,131 @@ pub fn compile(spec: &WorkflowSpec, limits: &Limits) -> Result<Plan, Vec<SpecErr
         task_count: tasks,
         group_count: groups,
     })
+}
+
+/// Does the pattern match any time within 8 years of a fixed date (two
+/// leap days, every weekday on every date)? `0 0 31 2 *` does not. The date
+/// is fixed so that validation stays a pure function of the spec.
+fn fires_ever(c: &croner::Cron) -> bool {
+    use chrono::TimeZone;
+    let Some(start) = chrono::Utc.with_ymd_and_hms(2001, 1, 1, 0, 0, 0).single() else {
+        return true;
+    };
+    let horizon_ms: i64 = 8 * 366 * 24 * 3_600 * 1_000;
+    match c.find_next_occurrence(&start, true) {
+        Ok(t) => t.timestamp_millis() - start.timestamp_millis() <= horizon_ms,
+        Err(_) => false,
+    }
+}
+
+/// `steps.a-b`: a dotted reference to a name with a '-' (CEL reads it as
+/// `steps.a - b`).
+fn dashed_step_ref() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| {
+        regex::Regex::new(r"\bsteps\.[A-Za-z_][A-Za-z0-9_]*(-[A-Za-z0-9_]+)+").expect("valid regex")
+    })
+}
+
+/// Counts the nodes the workflow would have once every `uses` is expanded,
+/// without expanding anything: time and memory linear in the spec's size.
+/// Refuses, naming `steps_per_workflow_max` and the template that crosses
+/// it, a spec whose expansion is over the limit. Unknown and recursive
+/// templates count as one node here; the full check reports them.
+fn check_expansion(spec: &WorkflowSpec, limits: &Limits) -> Result<(), SpecError> {
+    /// Expanded size of each template, filled in on first use.
+    struct Counter<'a> {
+        spec: &'a WorkflowSpec,
+        sizes: BTreeMap<&'a str, usize>,
+        stack: Vec<&'a str>,
+    }
+    impl<'a> Counter<'a> {
+        fn steps(&mut self, steps: &'a Steps) -> usize {
+            let mut total = 0usize;
+            for node in steps.values() {
+                let inner = match (&node.steps, &node.uses) {
+                    (Some(s), _) => self.steps(s),
+                    (None, Some(t)) => self.template(t),
+                    (None, None) => 0,
+                };
+                total = total.saturating_add(1).saturating_add(inner);
+            }
+            total
+        }
+        fn template(&mut self, name: &'a str) -> usize {
+            if let Some(&n) = self.sizes.get(name) {
+                return n;
+            }
+            let Some((key, t)) = self.spec.templates.get_key_value(name) else {
+                return 0;
+            };
+            if self.stack.contains(&name) {
+                return 0;
+            }
+            self.stack.push(name);
+            let n = self.steps(&t.steps);
+            self.stack.pop();
+            self.sizes.insert(key.as_str(), n);
+            n
+        }
+    }
+    let mut c = Counter {
+        spec,
+        sizes: BTreeMap::new(),
+        stack: Vec::new(),
+    };
+    let mut total = c.steps(&spec.steps);
+    if let Some(exit) = &spec.on_exit {
+        total = total.saturating_add(c.steps(exit));
+    }
+    if total <= limits.steps_per_workflow_max {
+        return Ok(());
+    }
+    let shown = |n: usize| {
+        if n == usize::MAX {
+            "more than 18446744073709551615".to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    // The smallest template already over the limit on its own is where the
+    // blow-up happens; without one, name the largest template used.
+    let over = c
+        .sizes
+        .iter()
+        .filter(|(_, n)| **n > limits.steps_per_workflow_max)
+        .min_by_key(|(_, n)| **n);
+    let largest = c.sizes.iter().max_by_key(|(_, n)| **n);
+    let (path, message) = match (over, largest) {
+        (Some((t, n)), _) => (
+            format!("templates.{t}"),
+            format!(
+                "template {t:?} expands to {} nodes, over the limit steps_per_workflow_max = {} \
+                 (the workflow would have {} nodes)",
+                shown(*n),
+                limits.steps_per_workflow_max,
+                shown(total)
+            ),
+        ),
+        (None, Some((t, n))) if *n > 0 => (
+            "steps".to_string(),
+            format!(
+                "the workflow expands to {} nodes, over the limit steps_per_workflow_max = {} \
+                 (the largest template, {t:?}, expands to {n} nodes)",
+                shown(total),
+                limits.steps_per_workflow_max
+            ),
+        ),
+        _ => (
+            "steps".to_string(),
+            format!(
+                "workflow has {} nodes, over the limit steps_per_workflow_max = {}",
+                shown(total),
+                limits.steps_per_workflow_max
+            ),
+        ),
+    };
+    Err(SpecError::new(&path, message))
 }
 
 /// Checks submit-time parameters against the plan and fills in defaults.
@@ -354,6 +501,9 @@ struct Scope {
 }
 
 struct Compiler<'a> {
+    /// Admitting a new spec (every check) or compiling one from the log
+    /// (only the checks every version has made; see `compile_recorded`).
+    admission: bool,
     limits: &'a Limits,
     errors: Vec<SpecError>,
     nodes: Vec<PlanNode>,
@@ -465,6 +615,22 @@ impl Compiler<'_> {
     /// Variables must be bound; `steps.x` must name a visible node that is
     /// upstream of the referencing node (otherwise its outputs may not exist yet).
     fn check_refs(&mut self, path: &str, e: &Expression, scope: &Scope) {
+        // `steps.user-selection` parses as `steps.user - selection`: say so
+        // once instead of reporting a step and a variable that do not exist.
+        if self.admission
+            && let Some(m) = dashed_step_ref().find(&e.source)
+        {
+            let name = &m.as_str()["steps.".len()..];
+            self.err(
+                path,
+                format!(
+                    "{:?} reads as a subtraction in {:?}: write steps['{name}'] for a step name with '-'",
+                    m.as_str(),
+                    e.source
+                ),
+            );
+            return;
+        }
         for v in &e.variables {
             if v != "steps" && !scope.vars.contains(v) {
                 let hint = did_you_mean(v, scope.vars.iter());
@@ -480,6 +646,9 @@ impl Compiler<'_> {
         }
         let Some(refs) = &e.step_refs else { return };
         'refs: for r in refs {
+            if !self.admission && e.indexed_step_refs.contains(r) {
+                continue;
+            }
             // Innermost level first: the current siblings, then outer levels.
             for level in scope.levels.iter().rev() {
                 if let Some(pos) = level.names.iter().position(|n| n == r) {
@@ -502,6 +671,37 @@ impl Compiler<'_> {
                     did_you_mean(r, all.iter())
                 ),
             );
+        }
+    }
+
+    /// Fields that kaon passes to Mesos as written: a `${{ }}` there would
+    /// reach the agent unrendered, so it is refused.
+    fn literal_only(&mut self, path: &str, text: &str) {
+        if self.admission && text.contains("${{") {
+            self.err(
+                path,
+                "${{ }} is not rendered here: this field is passed to Mesos as written; use a literal value",
+            );
+        }
+    }
+
+    /// An expression that uses no variable has one value: compute it now and
+    /// refuse the wrong type at validate, not at run time.
+    fn constant_type(&mut self, path: &str, e: &Expression, want: &str, hint: &str) {
+        if !self.admission || !e.variables.is_empty() {
+            return;
+        }
+        match expr::eval(e, &expr::Bindings::default()) {
+            Ok(v) if expr::json_type(&v) == want => {}
+            Ok(v) => self.err(
+                path,
+                format!(
+                    "{:?} is always the {} {v}: {hint}",
+                    e.source,
+                    expr::json_type(&v)
+                ),
+            ),
+            Err(m) => self.err(path, format!("cannot be evaluated: {m}")),
         }
     }
 
@@ -637,10 +837,12 @@ impl Compiler<'_> {
         depth: usize,
         using: &mut Vec<String>,
     ) -> NodeId {
-        let when = n
-            .when
-            .as_ref()
-            .and_then(|w| self.expression(&format!("{path}.when"), w, scope));
+        let when = n.when.as_ref().and_then(|w| {
+            let wpath = format!("{path}.when");
+            let e = self.expression(&wpath, w, scope)?;
+            self.constant_type(&wpath, &e, "bool", "a condition must be true or false");
+            Some(e)
+        });
         let on_failure = n.on_failure.unwrap_or(inherited_failure);
         let inherit_to_children = if on_failure == FailureMode::Ignore {
             inherited_failure
@@ -650,6 +852,14 @@ impl Compiler<'_> {
         let foreach = n.foreach.as_ref().and_then(|f| {
             let fpath = format!("{path}.foreach");
             let items = self.expression(&format!("{fpath}.items"), &f.items, scope);
+            if let Some(e) = &items {
+                self.constant_type(
+                    &format!("{fpath}.items"),
+                    e,
+                    "list",
+                    "foreach needs a list (e.g. \"['us', 'eu']\" or \"steps.a.outputs.regions\")",
+                );
+            }
             let var = f.var.clone().unwrap_or_else(|| "item".to_string());
             if f.var.is_some() {
                 self.check_name(&format!("{fpath}.as"), &var);
@@ -947,6 +1157,20 @@ impl Compiler<'_> {
             if f.uri.trim().is_empty() {
                 self.err(&format!("{path}.files[{i}].uri"), "uri is empty");
             }
+            self.literal_only(&format!("{path}.files[{i}].uri"), &f.uri);
+        }
+        if let Some(image) = &n.image {
+            self.literal_only(&format!("{path}.image"), image);
+        }
+        for (i, c) in n.constraints.iter().enumerate() {
+            let cpath = format!("{path}.constraints[{i}]");
+            self.literal_only(&format!("{cpath}.attribute"), &c.attribute);
+            if let Some(v) = &c.equals {
+                self.literal_only(&format!("{cpath}.equals"), v);
+            }
+            if let Some(v) = &c.like {
+                self.literal_only(&format!("{cpath}.like"), v);
+            }
         }
         let resources = self.resources(path, n.resources.as_ref(), defaults.resources.as_ref());
         let mut constraints = Vec::new();
@@ -966,10 +1190,10 @@ impl Compiler<'_> {
                 _ => self.err(&cpath, "a constraint needs exactly one of equals and like"),
             }
         }
-        let retry = self.retry(
-            &format!("{path}.retry"),
-            n.retry.as_ref().or(defaults.retry.as_ref()),
-        );
+        let retry = match (&n.retry, &defaults.retry) {
+            (Some(r), _) => self.retry(&format!("{path}.retry"), Some(r)),
+            (None, d) => self.retry("defaults.retry", d.as_ref()),
+        };
         let timeout_ms = match (&n.timeout, &defaults.timeout) {
             (Some(t), _) => self.duration(&format!("{path}.timeout"), t),
             (None, Some(t)) => humantime::parse_duration(t)
@@ -1031,9 +1255,16 @@ impl Compiler<'_> {
         r: Option<&ResourceSpec>,
         d: Option<&ResourceSpec>,
     ) -> Resources {
-        let rpath = format!("{path}.resources");
-        let pick = |f: fn(&ResourceSpec) -> bool| -> Option<&ResourceSpec> {
-            r.filter(|r| f(r)).or(d.filter(|d| f(d)))
+        // A value taken from `defaults` is reported once, at `defaults.*`,
+        // not once per step that inherits it.
+        let node_path = format!("{path}.resources");
+        let pick = |f: fn(&ResourceSpec) -> bool| -> Option<(&ResourceSpec, String)> {
+            match r.filter(|r| f(r)) {
+                Some(r) => Some((r, node_path.clone())),
+                None => d
+                    .filter(|d| f(d))
+                    .map(|d| (d, "defaults.resources".to_string())),
+            }
         };
         let mut out = Resources {
             cpus: 0.1,
@@ -1041,7 +1272,7 @@ impl Compiler<'_> {
             disk_mb: 0.0,
             gpus: 0,
         };
-        if let Some(src) = pick(|x| x.cpus.is_some()) {
+        if let Some((src, rpath)) = pick(|x| x.cpus.is_some()) {
             let c = src.cpus.unwrap_or_default();
             if !c.is_finite() || c <= 0.0 || c > self.limits.task_cpus_max {
                 self.err(
@@ -1055,7 +1286,7 @@ impl Compiler<'_> {
                 out.cpus = c;
             }
         }
-        if let Some(src) = pick(|x| x.mem.is_some())
+        if let Some((src, rpath)) = pick(|x| x.mem.is_some())
             && let Some(m) = src
                 .mem
                 .as_ref()
@@ -1073,7 +1304,7 @@ impl Compiler<'_> {
                 out.mem_mb = m;
             }
         }
-        if let Some(src) = pick(|x| x.disk.is_some())
+        if let Some((src, rpath)) = pick(|x| x.disk.is_some())
             && let Some(m) = src
                 .disk
                 .as_ref()
@@ -1091,7 +1322,7 @@ impl Compiler<'_> {
                 out.disk_mb = m;
             }
         }
-        if let Some(src) = pick(|x| x.gpus.is_some()) {
+        if let Some((src, rpath)) = pick(|x| x.gpus.is_some()) {
             let g = src.gpus.unwrap_or_default();
             if g.fract() != 0.0 || g < 0.0 || g > f64::from(self.limits.task_gpus_max) {
                 self.err(
@@ -1181,7 +1412,28 @@ impl Compiler<'_> {
         }
         for (i, s) in self.spec.schedules.iter().enumerate() {
             let path = format!("schedules[{i}]");
+            let fields = s.cron.split_whitespace().count();
             let cron = match croner::Cron::from_str(&s.cron) {
+                Ok(_) if self.admission && !(fields == 1 || fields == 5 || fields == 6) => {
+                    self.err(
+                        &format!("{path}.cron"),
+                        format!(
+                            "cron pattern {:?} has {fields} fields: use 5 (minute hour day-of-month month day-of-week) or 6 (seconds first)",
+                            s.cron
+                        ),
+                    );
+                    None
+                }
+                Ok(c) if self.admission && !fires_ever(&c) => {
+                    self.err(
+                        &format!("{path}.cron"),
+                        format!(
+                            "cron pattern {:?} never fires (no matching date in the next 8 years)",
+                            s.cron
+                        ),
+                    );
+                    None
+                }
                 Ok(c) => Some(c),
                 Err(e) => {
                     self.err(
