@@ -123,6 +123,50 @@ async fn reconcile_explicit_then_implicit() {
     emu.shutdown().await;
 }
 
+/// Mesos answers reconciliation with the state of the update being
+/// delivered (`task->status_update_state()`), not a later one still queued
+/// behind it; `/master/state` shows the latest (issue 9 F).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_answers_the_state_being_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    launch(&h, &offer, vec![command_task("d1", &offer, "sleep 30")]).await;
+    // STARTING delivered and not acknowledged; RUNNING queued behind it.
+    update(&mut rx, "d1", TaskState::Starting).await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let st = master_state(&emu.master_url()).await;
+        if st["frameworks"][0]["tasks"][0]["state"] == "TASK_RUNNING" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "task never RUNNING at the master: {st}"
+        );
+        tokio::task::yield_now().await;
+    }
+    h.reconcile(vec![(Id::new("d1"), Some(offer.agent_id.clone()))])
+        .await
+        .unwrap();
+    let answer = wait_for(&mut rx, "reconciliation answer", |e| match e {
+        DriverEvent::Update(s) if s.reason.as_deref() == Some("REASON_RECONCILIATION") => {
+            Some(s.clone())
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        answer.state,
+        TaskState::Starting,
+        "the answer is the update being delivered, not the queued RUNNING"
+    );
+    h.stop();
+    emu.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resubscribe_with_same_id_keeps_tasks_running() {
     let dir = tempfile::tempdir().unwrap();

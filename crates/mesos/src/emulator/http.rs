@@ -281,7 +281,7 @@ async fn operator_api(State(core): State<Arc<Core>>, headers: HeaderMap, body: B
     let frameworks = || {
         serde_json::json!({
             "frameworks": st.frameworks.values().map(|f| serde_json::json!({
-                "framework_info": f.info, "active": f.sub.is_some() && !f.suppressed,
+                "framework_info": f.info, "active": f.sub.is_some(),
                 "connected": f.sub.is_some(), "recovered": false,
             })).collect::<Vec<_>>(),
             "completed_frameworks": st.completed.iter().map(|id| serde_json::json!({
@@ -376,7 +376,7 @@ fn state_json(core: &Arc<Core>) -> serde_json::Value {
                 .collect();
             serde_json::json!({
                 "id": f.id, "name": f.info.name, "user": f.info.user,
-                "active": f.sub.is_some() && !f.suppressed, "connected": f.sub.is_some(), "recovered": false,
+                "active": f.sub.is_some(), "connected": f.sub.is_some(), "recovered": false,
                 "failover_timeout": f.info.failover_timeout.unwrap_or(0.0),
                 "checkpoint": f.info.checkpoint.unwrap_or(false),
                 "capabilities": f.info.capabilities.iter().map(|c| c.kind.clone()).collect::<Vec<_>>(),

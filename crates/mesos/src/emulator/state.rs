@@ -1513,8 +1513,24 @@ impl Core {
         let Some(fw) = st.frameworks.get(framework) else {
             return;
         };
+        // Mesos answers `task->status_update_state()`: the state of the
+        // update being delivered (the oldest unacknowledged one), not the
+        // latest state, which may still be queued behind it (master.cpp,
+        // `Master::reconcile`). `/master/state` shows the latest.
         let answer = |t: &TaskRec| {
-            let mut s = TaskStatus::new(t.status.task_id.clone(), t.status.state);
+            let delivering = st
+                .agents
+                .get(t.agent)
+                .and_then(|a| {
+                    a.updates
+                        .get(&(framework.to_owned(), t.status.task_id.value.clone()))
+                })
+                .and_then(|u| u.queue.front())
+                .map(|s| s.state);
+            let mut s = TaskStatus::new(
+                t.status.task_id.clone(),
+                delivering.unwrap_or(t.status.state),
+            );
             s.source = Some(Source::Master);
             s.reason = Some("REASON_RECONCILIATION".into());
             s.message = Some("Reconciliation: Latest task state".into());
