@@ -8,73 +8,76 @@ use std::time::Duration;
 use anyhow::Context;
 use kaon_server::log::EventLog;
 
-/// `kaon server` options.
+/// `kaon server` options. Each is also read from `KAON_<NAME>` (the flag's
+/// name in capitals, `-` as `_`: `KAON_DATA_DIR`, `KAON_PEER` as a
+/// comma-separated list). Precedence: the command line, then the
+/// environment, then `--config`, then the default.
 #[derive(clap::Args, Debug)]
 pub struct ServerArgs {
     /// Address for the gRPC API.
-    #[arg(long, default_value = "127.0.0.1:7070")]
+    #[arg(long, default_value = "127.0.0.1:7070", env = "KAON_LISTEN")]
     pub listen: String,
     /// Data directory: the replicated event log (`raft/`) and the embedded
     /// emulator's task sandboxes (`mesos/`).
-    #[arg(long, default_value = "kaon-data")]
+    #[arg(long, default_value = "kaon-data", env = "KAON_DATA_DIR")]
     pub data_dir: std::path::PathBuf,
     /// Address for Raft RPC between kaon nodes.
-    #[arg(long, default_value = "127.0.0.1:7071")]
+    #[arg(long, default_value = "127.0.0.1:7071", env = "KAON_RAFT_LISTEN")]
     pub raft_listen: std::net::SocketAddr,
     /// This node's id in the cluster.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, env = "KAON_NODE_ID")]
     pub node_id: u64,
     /// Other members, `ID=HOST:PORT` of their Raft address (repeatable). A
     /// fresh cluster is formed from this node and its peers.
-    #[arg(long = "peer")]
+    #[arg(long = "peer", env = "KAON_PEER", value_delimiter = ',')]
     pub peers: Vec<String>,
     /// Mesos master URL; without it an embedded Mesos emulator is started.
-    #[arg(long)]
+    #[arg(long, env = "KAON_MESOS_MASTER")]
     pub mesos_master: Option<String>,
     /// Framework name shown by Mesos.
-    #[arg(long, default_value = "kaon")]
+    #[arg(long, default_value = "kaon", env = "KAON_FRAMEWORK_NAME")]
     pub framework_name: String,
     /// Mesos role kaon registers in.
-    #[arg(long, default_value = "*")]
+    #[arg(long, default_value = "*", env = "KAON_ROLE")]
     pub role: String,
     /// Seconds Mesos keeps kaon's tasks running while no leader is subscribed.
-    #[arg(long, default_value_t = kaon_mesos::driver::FAILOVER_TIMEOUT_DEFAULT_SECS)]
+    #[arg(long, default_value_t = kaon_mesos::driver::FAILOVER_TIMEOUT_DEFAULT_SECS, env = "KAON_FAILOVER_TIMEOUT")]
     pub failover_timeout: f64,
     /// Do not form a cluster: wait to be added to one (`kaon cluster
     /// add-node` on a member) or formed by `kaon cluster init`.
-    #[arg(long)]
+    #[arg(long, env = "KAON_JOIN")]
     pub join: bool,
     /// A TOML file with any of these options, named as the flags without
     /// dashes (`node-id = 2`, `peer = ["1=10.0.0.1:7071"]`, `join = true`);
     /// flags given on the command line win.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "KAON_CONFIG")]
     pub config: Option<std::path::PathBuf>,
     /// Raft leader heartbeat interval, ms.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 40, env = "KAON_HEARTBEAT_MS")]
     pub heartbeat_ms: u64,
     /// Raft election timeout range `MIN-MAX`, ms: a follower that hears no
     /// leader for a random time in this range starts an election (the
     /// leader's lease is MAX). Lower fails over faster; too low for the
     /// machine's scheduling delays causes needless elections.
-    #[arg(long, default_value = "120-240", value_parser = parse_range)]
+    #[arg(long, default_value = "120-240", value_parser = parse_range, env = "KAON_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: (u64, u64),
     /// Build a snapshot every this many Raft log entries.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, env = "KAON_SNAPSHOT_EVERY_ENTRIES")]
     pub snapshot_every_entries: u64,
     /// Raft log entries kept behind a snapshot (for followers slightly
     /// behind; the event archive keeps all history regardless).
-    #[arg(long, default_value_t = 1_000)]
+    #[arg(long, default_value_t = 1_000, env = "KAON_KEEP_LOG_ENTRIES")]
     pub keep_log_entries: u64,
     /// The API address other nodes and clients use to reach this node
     /// (default: the address it listens on; set it when listening on
     /// 0.0.0.0).
-    #[arg(long)]
+    #[arg(long, env = "KAON_ADVERTISE_API")]
     pub advertise_api: Option<String>,
     /// The Raft address (`HOST:PORT`, a name is fine) other nodes dial for
     /// this node; it is recorded in the cluster's membership when this node
     /// forms the cluster (default: `--raft-listen`; required when that is a
     /// wildcard such as 0.0.0.0).
-    #[arg(long)]
+    #[arg(long, env = "KAON_ADVERTISE_RAFT")]
     pub advertise_raft: Option<String>,
 }
 
@@ -97,6 +100,12 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     args.data_dir = std::path::absolute(&args.data_dir)
         .with_context(|| format!("resolving --data-dir {}", args.data_dir.display()))?;
     rt.block_on(async move {
+        // The API port first (issue 9 G): a port in use must stop the node
+        // before it starts an emulator or forms or joins a cluster.
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("listening on {} (--listen)", args.listen))?;
+        let addr = listener.local_addr()?;
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
         let (master, emulator) = match args.mesos_master {
@@ -154,10 +163,6 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
                 .await
                 .context("no Raft leader within 10 s")?;
         }
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .with_context(|| format!("listening on {}", args.listen))?;
-        let addr = listener.local_addr()?;
         let log = Arc::new(kaon_server::log::RaftLog::new(node));
         let mut config =
             kaon_server::runtime::RuntimeConfig::new(master.clone(), exe.display().to_string());
@@ -241,6 +246,12 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
     Ok((a, b))
 }
 
+/// The environment variable of a server option: `data-dir` ->
+/// `KAON_DATA_DIR`.
+pub fn env_name(key: &str) -> String {
+    format!("KAON_{}", key.to_uppercase().replace('-', "_"))
+}
+
 /// Expands `kaon server --config FILE`: every `key = value` of the TOML
 /// file becomes `--key value` unless the command line already has
 /// `--key` (arrays repeat the flag; `true` is a bare switch). Unknown keys
@@ -286,7 +297,9 @@ pub fn expand_config(
                 .unwrap_or_default();
             anyhow::bail!("--config {path}: unknown option {key:?}{hint}");
         }
-        if given(&key) {
+        // The command line wins over the file, and so does the
+        // environment (`KAON_<KEY>`, see `ServerArgs`).
+        if given(&key) || std::env::var_os(env_name(&key)).is_some() {
             continue;
         }
         let flag = format!("--{key}");

@@ -19,6 +19,28 @@ use std::time::Duration;
 
 use common::{KAON, Proc};
 
+/// Starts `cmd` (a `kaon server`) in `dir`, its stderr to
+/// `dir/server.stderr`, and returns it with the first line it prints (empty
+/// if none within 60 s).
+fn start_in(dir: &Path, cmd: &mut Command) -> (Proc, String) {
+    let mut server = Proc::spawn_raw(
+        cmd.current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("server.stderr")).unwrap()),
+    )
+    .unwrap();
+    let stdout = server.child_mut().stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+    (server, line)
+}
+
 /// The ```sh blocks of the README section `heading`, in order.
 fn sh_blocks(readme: &str, heading: &str) -> Vec<String> {
     let section = readme
@@ -67,23 +89,9 @@ fn the_readme_quickstart_runs_the_reference_pipeline_with_no_flags() {
     )
     .unwrap();
     let mut argv = server_cmd.split_whitespace();
-    let mut server = Proc::spawn_raw(
-        Command::new(argv.next().unwrap())
-            .args(argv)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.path().join("server.stderr")).unwrap()),
-    )
-    .unwrap();
-    let stdout = server.child_mut().stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+    let mut cmd = Command::new(argv.next().unwrap());
+    cmd.args(argv);
+    let (server, line) = start_in(dir.path(), &mut cmd);
     assert!(
         line.contains("127.0.0.1:7070"),
         "the server listens on the README's address: {line:?}\n{}",
@@ -114,4 +122,68 @@ fn the_readme_quickstart_runs_the_reference_pipeline_with_no_flags() {
     assert_eq!(code, 0, "kaon runs works: {runs}");
     assert!(runs.contains("succeeded"), "{runs}");
     server.stop(libc::SIGTERM, Duration::from_secs(10));
+}
+
+/// Issue 9 G: every server flag also comes from `KAON_<NAME>`, and the
+/// environment wins over `--config` (the command line wins over both).
+#[test]
+fn server_flags_come_from_kaon_environment_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = common::free_port();
+    let raft = common::free_port();
+    let data = dir.path().join("from-env");
+    // The file names other values: the environment must win over them.
+    let config = dir.path().join("kaon.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:1\"\nframework-name = \"from-file\"\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(KAON);
+    cmd.args(["server", "--config"])
+        .arg(&config)
+        .env("KAON_LISTEN", format!("127.0.0.1:{api}"))
+        .env("KAON_RAFT_LISTEN", format!("127.0.0.1:{raft}"))
+        .env("KAON_DATA_DIR", &data);
+    let (server, line) = start_in(dir.path(), &mut cmd);
+    let stderr = common::tail(&dir.path().join("server.stderr"), 20);
+    assert!(
+        line.contains(&format!("listening on 127.0.0.1:{api}")),
+        "KAON_LISTEN is used, over the file's listen: {line:?}\n{stderr}"
+    );
+    assert!(
+        line.contains(&data.display().to_string()),
+        "KAON_DATA_DIR is used: {line:?}"
+    );
+    assert!(data.join("raft").exists(), "the log is in KAON_DATA_DIR");
+    server.stop(libc::SIGTERM, Duration::from_secs(10));
+}
+
+/// Issue 9 G: a taken API port stops the server before it forms a cluster
+/// (no event log is created), and the error says so once.
+#[test]
+fn a_taken_api_port_is_refused_before_the_node_forms_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let data = dir.path().join("data");
+    let out = Command::new(KAON)
+        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--raft-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the server must not start: {stderr}");
+    assert!(
+        stderr.contains(&format!("listening on 127.0.0.1:{port} (--listen)")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("in use").count(), 1, "said once: {stderr}");
+    assert!(
+        !data.join("raft").exists(),
+        "no event log was created before the port was checked"
+    );
+    drop(taken);
 }

@@ -648,10 +648,12 @@ async fn redelivery_duplicates_the_in_flight_update() {
     emu.shutdown().await;
 }
 
-/// The race the scheduler must tolerate: the task finished at the agent,
-/// but its reliable TASK_FINISHED waits behind the unacknowledged
-/// TASK_RUNNING. A reconciliation answer already says TASK_FINISHED (no
-/// uuid, no data); the reliable update with the outputs comes after the ack.
+/// The task finished at the agent, but its reliable TASK_FINISHED waits
+/// behind the unacknowledged TASK_RUNNING. As in Mesos 1.11, whose master
+/// answers `task->status_update_state()`, the reconciliation answer is the
+/// state being delivered, TASK_RUNNING (no uuid, no data), not the queued
+/// TASK_FINISHED (issue 9 F); the reliable update with the outputs comes
+/// after the ack.
 #[tokio::test(start_paused = true)]
 async fn reconciliation_answer_races_the_reliable_update() {
     let dir = tempfile::tempdir().unwrap();
@@ -690,7 +692,11 @@ async fn reconciliation_answer_races_the_reliable_update() {
             break s;
         }
     };
-    assert_eq!(answer.state, TaskState::Finished);
+    assert_eq!(
+        answer.state,
+        TaskState::Running,
+        "the state being delivered, not the one queued behind it"
+    );
     assert_eq!(answer.reason.as_deref(), Some("REASON_RECONCILIATION"));
     assert!(answer.data.is_none());
     h.acknowledge(&running).await.unwrap();
