@@ -276,6 +276,9 @@ pub fn expand_config(
             path = Some(p.to_string());
         }
     }
+    // `KAON_CONFIG` names the file as `--config` does (the flag wins).
+    let path = path
+        .or_else(|| std::env::var_os(env_name("config")).map(|p| p.to_string_lossy().into_owned()));
     let Some(path) = path else { return Ok(argv) };
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading --config {path}"))?;

@@ -23,6 +23,12 @@ use common::{KAON, Proc};
 /// `dir/server.stderr`, and returns it with the first line it prints (empty
 /// if none within 60 s).
 fn start_in(dir: &Path, cmd: &mut Command) -> (Proc, String) {
+    // The developer's own KAON_* settings must not change what is tested.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KAON_") && cmd.get_envs().all(|(e, _)| e != k.as_str()) {
+            cmd.env_remove(&k);
+        }
+    }
     let mut server = Proc::spawn_raw(
         cmd.current_dir(dir)
             .stdin(Stdio::null())
@@ -186,4 +192,34 @@ fn a_taken_api_port_is_refused_before_the_node_forms_a_cluster() {
         "no event log was created before the port was checked"
     );
     drop(taken);
+}
+
+/// `KAON_CONFIG` names the config file as `--config` does: a file with an
+/// unknown key is refused, naming the file, so it was read.
+#[test]
+fn kaon_config_names_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kaon.toml");
+    std::fs::write(&config, "no-such-option = 1\n").unwrap();
+    let out = Command::new(KAON)
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--raft-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("KAON_CONFIG", &config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("unknown option \"no-such-option\"")
+            && stderr.contains(&config.display().to_string()),
+        "{stderr}"
+    );
 }

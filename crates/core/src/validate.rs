@@ -232,15 +232,16 @@ fn compile_with(
     })
 }
 
-/// Does the pattern match any time within 8 years of a fixed date (two
-/// leap days, every weekday on every date)? `0 0 31 2 *` does not. The date
+/// Does the pattern match any time within 28 years of a fixed date (a
+/// full cycle of the Gregorian calendar between 2001 and 2028: Feb 29 falls
+/// on every weekday)? `0 0 31 2 *` does not. The date
 /// is fixed so that validation stays a pure function of the spec.
 fn fires_ever(c: &croner::Cron) -> bool {
     use chrono::TimeZone;
     let Some(start) = chrono::Utc.with_ymd_and_hms(2001, 1, 1, 0, 0, 0).single() else {
         return true;
     };
-    let horizon_ms: i64 = 8 * 366 * 24 * 3_600 * 1_000;
+    let horizon_ms: i64 = 28 * 366 * 24 * 3_600 * 1_000;
     match c.find_next_occurrence(&start, true) {
         Ok(t) => t.timestamp_millis() - start.timestamp_millis() <= horizon_ms,
         Err(_) => false,
@@ -252,7 +253,10 @@ fn fires_ever(c: &croner::Cron) -> bool {
 fn dashed_step_ref() -> &'static regex::Regex {
     static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     RE.get_or_init(|| {
-        regex::Regex::new(r"\bsteps\.[A-Za-z_][A-Za-z0-9_]*(-[A-Za-z0-9_]+)+").expect("valid regex")
+        // Not after a '.', a word character or a quote: `params.steps.a-1`
+        // and `'steps.a-b'` are not step references.
+        regex::Regex::new(r"(?:^|[^\w.'\x22])(steps\.[A-Za-z_][A-Za-z0-9_]*(?:-[A-Za-z0-9_]+)+)")
+            .expect("valid regex")
     })
 }
 
@@ -267,21 +271,29 @@ fn check_expansion(spec: &WorkflowSpec, limits: &Limits) -> Result<(), SpecError
         spec: &'a WorkflowSpec,
         sizes: BTreeMap<&'a str, usize>,
         stack: Vec<&'a str>,
+        depth_max: usize,
     }
     impl<'a> Counter<'a> {
-        fn steps(&mut self, steps: &'a Steps) -> usize {
+        /// `depth` bounds the recursion: deeper than `nesting_depth_max`
+        /// the full check refuses the spec anyway, so nothing below is
+        /// counted (a chain of thousands of templates must not overflow
+        /// the stack here).
+        fn steps(&mut self, steps: &'a Steps, depth: usize) -> usize {
+            if depth > self.depth_max {
+                return 0;
+            }
             let mut total = 0usize;
             for node in steps.values() {
                 let inner = match (&node.steps, &node.uses) {
-                    (Some(s), _) => self.steps(s),
-                    (None, Some(t)) => self.template(t),
+                    (Some(s), _) => self.steps(s, depth + 1),
+                    (None, Some(t)) => self.template(t, depth + 1),
                     (None, None) => 0,
                 };
                 total = total.saturating_add(1).saturating_add(inner);
             }
             total
         }
-        fn template(&mut self, name: &'a str) -> usize {
+        fn template(&mut self, name: &'a str, depth: usize) -> usize {
             if let Some(&n) = self.sizes.get(name) {
                 return n;
             }
@@ -292,7 +304,7 @@ fn check_expansion(spec: &WorkflowSpec, limits: &Limits) -> Result<(), SpecError
                 return 0;
             }
             self.stack.push(name);
-            let n = self.steps(&t.steps);
+            let n = self.steps(&t.steps, depth);
             self.stack.pop();
             self.sizes.insert(key.as_str(), n);
             n
@@ -302,10 +314,11 @@ fn check_expansion(spec: &WorkflowSpec, limits: &Limits) -> Result<(), SpecError
         spec,
         sizes: BTreeMap::new(),
         stack: Vec::new(),
+        depth_max: limits.nesting_depth_max,
     };
-    let mut total = c.steps(&spec.steps);
+    let mut total = c.steps(&spec.steps, 1);
     if let Some(exit) = &spec.on_exit {
-        total = total.saturating_add(c.steps(exit));
+        total = total.saturating_add(c.steps(exit, 1));
     }
     if total <= limits.steps_per_workflow_max {
         return Ok(());
@@ -618,7 +631,7 @@ impl Compiler<'_> {
         // `steps.user-selection` parses as `steps.user - selection`: say so
         // once instead of reporting a step and a variable that do not exist.
         if self.admission
-            && let Some(m) = dashed_step_ref().find(&e.source)
+            && let Some(m) = dashed_step_ref().captures(&e.source).and_then(|c| c.get(1))
         {
             let name = &m.as_str()["steps.".len()..];
             self.err(
@@ -1428,7 +1441,7 @@ impl Compiler<'_> {
                     self.err(
                         &format!("{path}.cron"),
                         format!(
-                            "cron pattern {:?} never fires (no matching date in the next 8 years)",
+                            "cron pattern {:?} never fires (no matching date in 28 years)",
                             s.cron
                         ),
                     );

@@ -174,3 +174,22 @@ fn recorded_specs_skip_checks_added_since() {
     let spec = kaon_core::spec::parse(src, &Limits::default()).unwrap();
     kaon_core::validate::compile_recorded(&spec, &Limits::default()).expect("compiles as recorded");
 }
+
+/// A chain of 5,000 templates, each using the next: the expansion count
+/// stops at `nesting_depth_max` instead of recursing 5,000 deep (which
+/// overflowed the stack), and the nesting limit is what is reported.
+#[test]
+fn a_long_chain_of_templates_is_refused_without_deep_recursion() {
+    let mut src = String::from("apiVersion: kaon/v1\nname: chain\ntemplates:\n");
+    for i in 0..5_000 {
+        src += &format!("  t{i}: {{steps: {{a: {{uses: t{}}}}}}}\n", i + 1);
+    }
+    src += "  t5000: {steps: {a: {run: [x]}}}\nsteps:\n  s: {uses: t0}\n";
+    let errs = compile_source(&src, &Limits::default()).unwrap_err();
+    assert!(
+        errs.iter().any(|e| e
+            .to_string()
+            .contains("over the limit nesting_depth_max = 8")),
+        "{errs:?}"
+    );
+}
