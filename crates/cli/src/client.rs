@@ -670,13 +670,14 @@ pub async fn cluster_status(o: &Opts) -> anyhow::Result<ExitCode> {
         let members: Vec<_> = r
             .members
             .iter()
-            .map(|m| serde_json::json!({"id": m.id, "raft_addr": m.raft_addr, "api_addr": m.api_addr, "voter": m.voter, "lag_entries": m.lag_entries}))
+            .map(|m| serde_json::json!({"id": m.id, "raft_addr": m.raft_addr, "api_addr": m.api_addr, "voter": m.voter, "lag_entries": m.lag_entries, "reachable": m.reachable}))
             .collect();
         println!(
             "{}",
             serde_json::json!({"node_id": r.node_id, "state": r.state, "term": r.term, "leader_id": r.leader_id,
                 "last_log_index": r.last_log_index, "committed_index": r.committed_index, "applied_index": r.applied_index,
-                "applied_event_index": r.applied_event_index, "state_digest": r.state_digest, "members": members})
+                "applied_event_index": r.applied_event_index, "state_digest": r.state_digest, "members": members,
+                "ready": r.ready, "not_ready_reason": r.not_ready_reason})
         );
     } else {
         println!(
@@ -694,9 +695,15 @@ pub async fn cluster_status(o: &Opts) -> anyhow::Result<ExitCode> {
             r.applied_index,
             r.applied_event_index
         );
+        if r.ready {
+            println!("ready: serves reads and writes");
+        } else {
+            println!("NOT READY: {}", r.not_ready_reason);
+        }
+        let leads = r.leader_id == r.node_id;
         for m in &r.members {
             println!(
-                "  member {} raft {} api {} {} lag {}",
+                "  member {} raft {} api {} {} lag {}{}",
                 m.id,
                 m.raft_addr,
                 if m.api_addr.is_empty() {
@@ -705,7 +712,12 @@ pub async fn cluster_status(o: &Opts) -> anyhow::Result<ExitCode> {
                     &m.api_addr
                 },
                 if m.voter { "voter" } else { "learner" },
-                m.lag_entries
+                m.lag_entries,
+                match (leads, m.reachable) {
+                    (false, _) => "",
+                    (true, true) => " reachable",
+                    (true, false) => " UNREACHABLE",
+                }
             );
         }
     }
@@ -716,13 +728,8 @@ pub async fn cluster_status(o: &Opts) -> anyhow::Result<ExitCode> {
 pub async fn cluster_init(o: &Opts, members: &[String]) -> anyhow::Result<ExitCode> {
     let mut map = HashMap::new();
     for m in members {
-        let (id, addr) = m
-            .split_once('=')
-            .with_context(|| format!("--member {m:?}: expected ID=HOST:PORT (Raft address)"))?;
-        let id: u64 = id
-            .parse()
-            .with_context(|| format!("--member {m:?}: the id must be a number"))?;
-        map.insert(id, addr.to_string());
+        let (id, addr) = parse_member(m)?;
+        map.insert(id, addr);
     }
     o.client()?
         .call(
@@ -739,6 +746,21 @@ pub async fn cluster_init(o: &Opts, members: &[String]) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+/// Parses `--member ID=HOST:PORT`, checking the address as the server
+/// will (so a typo is refused before anything is sent).
+pub fn parse_member(m: &str) -> anyhow::Result<(u64, String)> {
+    let (id, addr) = m
+        .split_once('=')
+        .with_context(|| format!("--member {m:?}: expected ID=HOST:PORT (Raft address)"))?;
+    let id: u64 = id
+        .parse()
+        .with_context(|| format!("--member {m:?}: the id must be a number"))?;
+    anyhow::ensure!(id > 0, "--member {m:?}: node ids start at 1");
+    kaon_log::membership::parse_raft_addr(addr)
+        .map_err(|e| anyhow::anyhow!("--member {m:?}: raft address {e}"))?;
+    Ok((id, addr.to_string()))
+}
+
 /// `kaon cluster add-node`.
 pub async fn add_node(
     o: &Opts,
@@ -746,6 +768,9 @@ pub async fn add_node(
     raft_addr: String,
     learner: bool,
 ) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(id > 0, "node ids start at 1");
+    kaon_log::membership::parse_raft_addr(&raft_addr)
+        .map_err(|e| anyhow::anyhow!("raft address {e}"))?;
     o.client()?
         .call(
             v1::AddNodeRequest {

@@ -116,8 +116,12 @@ enum ClusterCmd {
         #[arg(long = "member", required = true)]
         members: Vec<String>,
     },
-    /// Add a node (started with `--join`): it catches up as a learner,
-    /// then becomes a voter unless `--learner`.
+    /// Add a node (started with `--join`): it catches up as a learner
+    /// (within the server's catch-up timeout, 10 s by default), then
+    /// becomes a voter unless `--learner`. A node that does not catch up
+    /// stays a learner (no quorum is lost) and the command fails saying so;
+    /// a promotion that would leave fewer than a quorum of reachable voters
+    /// is refused.
     AddNode {
         /// The new node's id.
         id: u64,
@@ -139,6 +143,27 @@ enum ClusterCmd {
     },
     /// Build a snapshot on the node asked (compacting its log behind it).
     Snapshot,
+    /// Offline recovery of a cluster that lost its majority for good: on a
+    /// STOPPED survivor, make the given members the only voters (usually
+    /// just this node), then start it again; it elects itself and every
+    /// event it holds is kept. Use the survivor with the highest last log
+    /// index (`--dry-run` prints it); wipe the other survivors and add them
+    /// back with `add-node`. See README, "Recovering a cluster".
+    Recover {
+        /// The stopped node's data directory.
+        #[arg(long, default_value = "kaon-data")]
+        data_dir: std::path::PathBuf,
+        /// This node's id (needed only when several members are given).
+        #[arg(long)]
+        node_id: Option<u64>,
+        /// A member of the recovered cluster, `ID=HOST:PORT` (Raft address),
+        /// this node included (repeatable).
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+        /// Print what the log holds and what would be written; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -360,6 +385,12 @@ fn main() -> ExitCode {
         Cmd::Cluster(ClusterCmd::RemoveNode { id }) => block(client::remove_node(&o, id)),
         Cmd::Cluster(ClusterCmd::TransferLeader { id }) => block(client::transfer_leader(&o, id)),
         Cmd::Cluster(ClusterCmd::Snapshot) => block(client::snapshot(&o)),
+        Cmd::Cluster(ClusterCmd::Recover {
+            data_dir,
+            node_id,
+            members,
+            dry_run,
+        }) => report(cluster_recover(&data_dir, node_id, &members, dry_run, json)),
         Cmd::Audit(AuditCmd::Verify { data_dir }) => report(audit_verify(&data_dir)),
         Cmd::Audit(AuditCmd::Replay { data_dir, until }) => {
             report(audit_replay(&data_dir, until, json))
@@ -660,6 +691,85 @@ fn open_archive(data_dir: &std::path::Path) -> anyhow::Result<kaon_log::StateMac
             dir.display()
         )
     })
+}
+
+/// `kaon cluster recover`.
+fn cluster_recover(
+    data_dir: &std::path::Path,
+    node_id: Option<u64>,
+    members: &[String],
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut map = std::collections::BTreeMap::new();
+    for m in members {
+        let (id, addr) = client::parse_member(m)?;
+        anyhow::ensure!(
+            map.insert(id, addr).is_none(),
+            "--member {m:?}: node {id} is given twice"
+        );
+    }
+    let me = match node_id {
+        Some(id) => id,
+        None if map.len() == 1 => *map.keys().next().expect("one member"),
+        None => anyhow::bail!("several members: say which one this node is with --node-id"),
+    };
+    let dir = data_dir.join("raft");
+    anyhow::ensure!(
+        dir.join("raft-log.redb").exists(),
+        "{} holds no kaon Raft log (expected raft/raft-log.redb)",
+        data_dir.display()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let r = rt
+        .block_on(kaon_log::membership::recover(&dir, me, &map, dry_run))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "recovering {} (stop the node first if it is running): {e}",
+                dir.display()
+            )
+        })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "last_log_index": r.last_log_index,
+                "last_log_term": r.last_log_term,
+                "members_before": r.members_before,
+                "members": map,
+                "term": r.term,
+                "index": r.index,
+                "written": !dry_run,
+            })
+        );
+    } else {
+        let list = |m: &std::collections::BTreeMap<u64, String>| {
+            m.iter()
+                .map(|(id, a)| format!("{id}={a}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "last log index {} (term {}); members were: {}",
+            r.last_log_index,
+            r.last_log_term,
+            list(&r.members_before)
+        );
+        if dry_run {
+            println!("dry run: nothing written");
+        } else {
+            println!(
+                "wrote membership {} at log index {} (term {}): start node {me} again; it \
+                 elects itself and commits everything it holds",
+                list(&map),
+                r.index,
+                r.term
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `kaon audit verify`.

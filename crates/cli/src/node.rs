@@ -79,6 +79,21 @@ pub struct ServerArgs {
     /// wildcard such as 0.0.0.0).
     #[arg(long, env = "KAON_ADVERTISE_RAFT")]
     pub advertise_raft: Option<String>,
+    /// Address for the admin HTTP port: `GET /healthz` (the process is
+    /// alive) and `GET /readyz` (it can serve linearizable reads and
+    /// writes; 503 with the reason otherwise). Off unless given.
+    #[arg(long, env = "KAON_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// How long `cluster add-node` waits for a new node to catch up as a
+    /// learner before it fails (the node then stays a learner), ms.
+    #[arg(long, default_value_t = 10_000, env = "KAON_CATCH_UP_TIMEOUT_MS")]
+    pub catch_up_timeout_ms: u64,
+    /// A peer is reachable when the leader heard from it within this, ms:
+    /// membership changes need a reachable majority of voters, and a leader
+    /// that has not heard from a quorum within it is not ready (health
+    /// NOT_SERVING, `/readyz` 503).
+    #[arg(long, default_value_t = 1_000, env = "KAON_CONTACT_MS_MAX")]
+    pub contact_ms_max: u64,
 }
 
 /// Runs a single-node kaon server until Ctrl-C / SIGTERM.
@@ -106,6 +121,14 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("listening on {} (--listen)", args.listen))?;
         let addr = listener.local_addr()?;
+        let admin = match &args.admin_listen {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("listening on {a} (--admin-listen)"))?,
+            ),
+            None => None,
+        };
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
         let (master, emulator) = match args.mesos_master {
@@ -130,6 +153,8 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         node_config.snapshot_every_entries = args.snapshot_every_entries;
         node_config.keep_entries_after_snapshot = args.keep_log_entries;
         node_config.advertise = advertise_raft;
+        node_config.catch_up_timeout_ms = args.catch_up_timeout_ms;
+        node_config.contact_ms_max = args.contact_ms_max;
         for p in &args.peers {
             let (id, addr) = p
                 .split_once('=')
@@ -158,10 +183,21 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
             // A peer that initialised first may have reached us already.
             tracing::info!(reason = %e, "not initializing: the log already holds a cluster");
         }
-        if node.is_initialized().await {
-            node.wait_for_leader(Duration::from_secs(10))
+        // No leader yet is no reason to exit (issue 9, B): a survivor of a
+        // lost majority must stay up, say NOT_SERVING and answer `cluster
+        // status`, and a node whose peers start later must wait for them.
+        if node.is_initialized().await
+            && node
+                .wait_for_leader(Duration::from_secs(10))
                 .await
-                .context("no Raft leader within 10 s")?;
+                .is_none()
+        {
+            tracing::warn!(
+                node = args.node_id,
+                "no Raft leader within 10 s: serving anyway, health NOT_SERVING until a \
+                 quorum of voters is reachable (`kaon cluster status`; if a majority is lost \
+                 for good, `kaon cluster recover`)"
+            );
         }
         let log = Arc::new(kaon_server::log::RaftLog::new(node));
         let mut config =
@@ -187,11 +223,29 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let admin_addr = match admin {
+            Some(listener) => {
+                let at = listener.local_addr()?;
+                let mut stop = stop_rx.clone();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let done = async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    };
+                    if let Err(e) = kaon_server::admin::serve(log, listener, done).await {
+                        tracing::error!(error = %e, "admin HTTP server stopped");
+                    }
+                });
+                format!(", admin HTTP on {at}")
+            }
+            None => String::new(),
+        };
         println!(
-            "kaon server listening on {addr} (Mesos master {master}, data in {})",
+            "kaon server listening on {addr} (Mesos master {master}, data in {}{admin_addr})",
             args.data_dir.display()
         );
-        let shutdown = async {
+        let shutdown = async move {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .expect("SIGTERM handler");
@@ -199,6 +253,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
+            let _ = stop_tx.send(true);
         };
         let service = kaon_server::grpc::ServiceConfig {
             peer_channel: None,

@@ -203,3 +203,432 @@ fn learner_joins_is_promoted_takes_over_and_a_member_is_removed() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("succeeded"), "{out}");
 }
+
+// ------------------------------------------------ mistakes that must not brick
+
+/// `GET path` on the admin port: (status code, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string()))
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// gRPC health of `service` ("" = the server) on `api`: 1 SERVING,
+/// 2 NOT_SERVING; None if it does not answer.
+fn grpc_health(api: u16, service: &str) -> Option<i32> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    rt().block_on(async {
+        let ch = tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{api}"))
+            .ok()?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .ok()?;
+        HealthClient::new(ch)
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .ok()
+            .map(|r| r.into_inner().status)
+    })
+}
+
+const SERVING: i32 = 1;
+const NOT_SERVING: i32 = 2;
+
+/// Starts `kaon server` node `id` (1-based) on loopback with its own data
+/// directory under `dir`, against the emulator on `mesos`.
+fn node(
+    dir: &std::path::Path,
+    id: usize,
+    api: u16,
+    raft: u16,
+    mesos: u16,
+    extra: &[String],
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("n{id}.stderr")))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_kaon"))
+        .args(["server", "--node-id", &id.to_string()])
+        .args(["--listen", &format!("127.0.0.1:{api}")])
+        .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
+        .arg("--data-dir")
+        .arg(dir.join(format!("n{id}")))
+        .args(["--mesos-master", &format!("http://127.0.0.1:{mesos}")])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn emulator(dir: &std::path::Path, mesos: u16) -> Child {
+    let exe = env!("CARGO_BIN_EXE_kaon");
+    Command::new(exe)
+        .args(["mesos-emulator", "--master", &format!("127.0.0.1:{mesos}")])
+        .arg("--work-dir")
+        .arg(dir.join("mesos"))
+        .args(["--executor-path", exe])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Issue 9, B and C: an address nothing listens on, or that is no address,
+/// cannot cost a one-node cluster its quorum; the stray learner is removed;
+/// a real node joins, is promoted, and once removed reports NOT_SERVING.
+#[test]
+fn a_mistyped_add_node_cannot_brick_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesos = free_port();
+    let (api, raft, admin) = (
+        [free_port(), free_port()],
+        [free_port(), free_port()],
+        [free_port(), free_port()],
+    );
+    let extra = |i: usize| {
+        vec![
+            "--admin-listen".to_string(),
+            format!("127.0.0.1:{}", admin[i]),
+            "--catch-up-timeout-ms".into(),
+            "1500".into(),
+        ]
+    };
+    let mut procs = Procs(vec![emulator(dir.path(), mesos)]);
+    procs
+        .0
+        .push(node(dir.path(), 1, api[0], raft[0], mesos, &extra(0)));
+    wait_for("node 1 to be ready", Duration::from_secs(30), || {
+        (http_get(admin[0], "/readyz")?.0 == 200).then_some(())
+    });
+    assert_eq!(
+        http_get(admin[0], "/healthz").unwrap(),
+        (200, "ok\n".into())
+    );
+    assert_eq!(grpc_health(api[0], ""), Some(SERVING));
+    assert_eq!(grpc_health(api[0], "kaon.v1.Kaon"), Some(SERVING));
+    let spec = dir.path().join("one.yaml");
+    std::fs::write(
+        &spec,
+        "apiVersion: kaon/v1\nname: one\nsteps:\n  a: {shell: 'true'}\n",
+    )
+    .unwrap();
+    let spec = spec.to_str().unwrap();
+
+    // Not an address: refused by the CLI, and by the server when sent raw.
+    let (code, _, err) = kaon(api[0], &["cluster", "add-node", "2", "not an addr"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("raft address \"not an addr\" has no port"),
+        "{err}"
+    );
+    assert!(err.contains("expected HOST:PORT"), "{err}");
+    let raw = rt().block_on(async {
+        let mut c = kaon_harness::client(&format!("http://127.0.0.1:{}", api[0]))
+            .await
+            .unwrap();
+        c.add_node(kaon_api::v1::AddNodeRequest {
+            node_id: 2,
+            raft_addr: "127.0.0.1".into(),
+            learner: false,
+        })
+        .await
+    });
+    let e = raw.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message()
+            .starts_with("raft_addr: \"127.0.0.1\" has no port"),
+        "{e:?}"
+    );
+    assert_eq!(members(api[0]), vec![(1, true)]);
+
+    // Nothing listens there: the call fails after the catch-up timeout,
+    // node 2 stays a learner (no quorum lost), and can be removed.
+    let nowhere = format!("127.0.0.1:{}", raft[1]);
+    let (code, _, err) = kaon(api[0], &["cluster", "add-node", "2", &nowhere]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("node 2 was added as a learner but did not catch up within catch_up_timeout_ms = 1500 ms"),
+        "{err}"
+    );
+    assert!(err.contains("kaon cluster remove-node 2"), "{err}");
+    assert_eq!(members(api[0]), vec![(1, true), (2, false)]);
+    let (code, out, err) = kaon(api[0], &["submit", spec, "--watch"]);
+    assert_eq!(code, 0, "the cluster still commits: {out}{err}");
+    assert_eq!(http_get(admin[0], "/readyz").unwrap().0, 200);
+    let (code, out, err) = kaon(api[0], &["cluster", "remove-node", "2"]);
+    assert_eq!((code, out.trim()), (0, "node 2 removed"), "{err}");
+    assert_eq!(members(api[0]), vec![(1, true)]);
+
+    // A restart finds a leader again (it used to exit here).
+    procs.0[1].kill().unwrap();
+    procs.0[1].wait().unwrap();
+    procs.0[1] = node(dir.path(), 1, api[0], raft[0], mesos, &extra(0));
+    wait_for("node 1 to be ready again", Duration::from_secs(30), || {
+        (http_get(admin[0], "/readyz")?.0 == 200).then_some(())
+    });
+
+    // The real node 2 joins, catches up and is promoted.
+    let mut join = extra(1);
+    join.push("--join".into());
+    procs
+        .0
+        .push(node(dir.path(), 2, api[1], raft[1], mesos, &join));
+    wait_for("node 2 to listen", Duration::from_secs(30), || {
+        http_get(admin[1], "/healthz")
+    });
+    let (code, out, err) = kaon(api[0], &["cluster", "add-node", "2", &nowhere]);
+    assert_eq!((code, out.trim()), (0, "node 2 added as a voter"), "{err}");
+    assert_eq!(members(api[0]), vec![(1, true), (2, true)]);
+    // Adding it again as it is changes nothing and succeeds (a retry).
+    let (code, _, err) = kaon(api[0], &["cluster", "add-node", "2", &nowhere]);
+    assert_eq!(code, 0, "{err}");
+    wait_for("node 2 to be ready", Duration::from_secs(20), || {
+        (grpc_health(api[1], "")? == SERVING).then_some(())
+    });
+    let (code, out, err) = kaon(api[1], &["submit", spec, "--watch"]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Removed, node 2 tells the truth: NOT_SERVING, /readyz 503.
+    let (code, _, err) = kaon(api[0], &["cluster", "remove-node", "2"]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(
+        "the removed node 2 to say NOT_SERVING",
+        Duration::from_secs(20),
+        || (grpc_health(api[1], "")? == NOT_SERVING).then_some(()),
+    );
+    let (code, body) = http_get(admin[1], "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("not ready: node 2 "), "{body}");
+    assert_eq!(http_get(admin[1], "/healthz").unwrap().0, 200);
+    assert_eq!(grpc_health(api[0], ""), Some(SERVING));
+}
+
+/// Issue 9, C: the health service and reflection, v1 and v1alpha, list
+/// every service (grpcio-reflection clients speak v1alpha).
+#[test]
+fn reflection_v1_and_v1alpha_list_the_api_and_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_server(dir.path());
+    let url = server.url.clone();
+    let (v1, v1alpha) = rt().block_on(async {
+        use tonic_reflection::pb::{v1, v1alpha};
+        let ch = tonic::transport::Channel::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut a = v1::server_reflection_client::ServerReflectionClient::new(ch.clone());
+        let req = v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            )),
+        };
+        let mut s = a
+            .server_reflection_info(tokio_stream::iter([req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let names_v1 = match s.message().await.unwrap().unwrap().message_response {
+            Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
+                l.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+            }
+            other => panic!("{other:?}"),
+        };
+        let mut b = v1alpha::server_reflection_client::ServerReflectionClient::new(ch);
+        let req = v1alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        };
+        let mut s = b
+            .server_reflection_info(tokio_stream::iter([req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let names_alpha = match s.message().await.unwrap().unwrap().message_response {
+            Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(l)) => {
+                l.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+            }
+            other => panic!("{other:?}"),
+        };
+        (names_v1, names_alpha)
+    });
+    for names in [&v1, &v1alpha] {
+        for want in ["kaon.v1.Kaon", "grpc.health.v1.Health"] {
+            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+        }
+    }
+}
+
+/// Issue 9, B and C: with 2 of 3 voters gone the survivor says
+/// NOT_SERVING; removals that would leave no reachable quorum are refused;
+/// `kaon cluster recover` brings the survivor back as a one-node cluster
+/// with every event it held.
+#[test]
+fn a_survivor_of_a_lost_majority_says_so_and_is_recovered_offline() {
+    let mut c = common::cluster();
+    let urls = c.urls();
+    let rt = rt();
+    let li = rt
+        .block_on(c.wait_healthy(Duration::from_secs(30)))
+        .unwrap();
+    let leader = li as u64 + 1;
+    let spec = "apiVersion: kaon/v1\nname: one\nsteps:\n  a: {shell: 'true'}\n";
+    for k in 0..3 {
+        rt.block_on(kaon_harness::submit_to_leader(
+            &urls,
+            spec,
+            &format!("k{k}"),
+            Duration::from_secs(30),
+        ));
+    }
+    let (fa, fb) = {
+        let f: Vec<usize> = (0..3).filter(|&i| i != li).collect();
+        (f[0], f[1])
+    };
+
+    // One follower dies: removing the other (live) follower would leave
+    // the leader and the dead node, of which only one is reachable.
+    c.kill(fa);
+    wait_for(
+        "the leader to see it unreachable",
+        Duration::from_secs(10),
+        || {
+            let s = status(c.api[li])?;
+            let m = s["members"]
+                .as_array()?
+                .iter()
+                .find(|m| m["id"] == fa + 1)?
+                .clone();
+            (m["reachable"] == false).then_some(())
+        },
+    );
+    let (code, _, err) = kaon(
+        c.api[li],
+        &["cluster", "remove-node", &(fb + 1).to_string()],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(&format!("after removing node {}: only", fb + 1)),
+        "{err}"
+    );
+    assert_eq!(members(c.api[li]).len(), 3, "nothing changed");
+    assert_eq!(
+        grpc_health(c.api[li], ""),
+        Some(SERVING),
+        "2 of 3 is a quorum"
+    );
+
+    // The second follower dies: no quorum. The survivor stays up, says
+    // NOT_SERVING, and still answers cluster status.
+    c.kill(fb);
+    wait_for(
+        "the survivor to say NOT_SERVING",
+        Duration::from_secs(20),
+        || (grpc_health(c.api[li], "")? == NOT_SERVING).then_some(()),
+    );
+    let s = status(c.api[li]).expect("cluster status still answers");
+    assert_eq!(s["ready"], false, "{s}");
+    assert!(
+        s["not_ready_reason"]
+            .as_str()
+            .unwrap()
+            .contains("no quorum answered")
+            || s["not_ready_reason"]
+                .as_str()
+                .unwrap()
+                .contains("knows no leader"),
+        "{s}"
+    );
+
+    // Offline recovery refuses a running node, then works on a stopped one.
+    let data = c.data_dir(li);
+    let me = format!("{}={}:{}", leader, c.hosts[li], c.raft[li]);
+    let (code, _, err) = kaon(
+        c.api[li],
+        &[
+            "cluster",
+            "recover",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--member",
+            &me,
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("stop the node first"), "{err}");
+    assert!(
+        err.contains("already open"),
+        "the lock is what refused: {err}"
+    );
+    c.kill(li);
+    let (code, out, err) = kaon(
+        c.api[li],
+        &[
+            "cluster",
+            "recover",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--member",
+            &me,
+            "--dry-run",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("dry run: nothing written"), "{out}");
+    let (code, out, err) = kaon(
+        c.api[li],
+        &[
+            "cluster",
+            "recover",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--member",
+            &me,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("wrote membership {me}")), "{out}");
+    c.start_node(li).unwrap();
+    wait_for(
+        "the recovered node to serve",
+        Duration::from_secs(30),
+        || (grpc_health(c.api[li], "")? == SERVING).then_some(()),
+    );
+    assert_eq!(members(c.api[li]), vec![(leader, true)]);
+    let (code, out, err) = kaon(c.api[li], &["--output", "json", "runs"]);
+    assert_eq!(code, 0, "{err}");
+    let runs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 3, "every run kept: {out}");
+    let path = std::env::temp_dir().join(format!("kaon-recover-{}.yaml", std::process::id()));
+    std::fs::write(&path, spec).unwrap();
+    let (code, out, err) = kaon(c.api[li], &["submit", path.to_str().unwrap(), "--watch"]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(code, 0, "it commits and runs again: {out}{err}");
+}

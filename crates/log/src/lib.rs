@@ -16,6 +16,8 @@
 //! - [`storage`]: where the databases live (files, or memory).
 //! - [`clock`]: the wall clock events are stamped with.
 //! - [`node`]: [`RaftNode`], a small wrapper to run one replica.
+//! - [`membership`]: the checks every membership change passes, and the
+//!   offline recovery of a cluster that lost its majority.
 //!
 //! Network, storage and clock are handed to [`RaftNode::start`] in
 //! [`NodeConfig`] rather than reached for, so several nodes can run in one
@@ -30,6 +32,7 @@ pub mod clock;
 pub mod error;
 pub mod log_store;
 pub mod mem_network;
+pub mod membership;
 pub mod network;
 pub mod node;
 mod record;
@@ -45,6 +48,7 @@ pub use mem_network::{Fate, MemNetwork};
 pub use network::Transport;
 pub use node::{
     ClusterMember, ClusterStatus, MetricsWatch, NodeConfig, NodeError, ProposeError, RaftNode,
+    Readiness,
 };
 pub use state_machine::StateMachineStore;
 pub use storage::{MemStorage, Storage};

@@ -137,12 +137,23 @@ pub struct NodeConfig {
     /// retried (every heartbeat) for up to this long before the write fails
     /// as "not the leader": a slow moment is a slow write, not an error.
     pub lease_wait_ms_max: u64,
+    /// How long adding a node waits for it to catch up as a learner before
+    /// the call fails (it then stays a learner, which does not count for
+    /// quorum, and can be removed), ms.
+    pub catch_up_timeout_ms: u64,
+    /// A peer counts as reachable when the leader heard from it within
+    /// this, ms: membership changes need a reachable majority of voters
+    /// ([`crate::membership::check_quorum`]), and a leader that has not
+    /// heard from a quorum within it reports itself not ready
+    /// ([`RaftNode::readiness`]).
+    pub contact_ms_max: u64,
 }
 
 impl NodeConfig {
     /// A config with LAN defaults: heartbeat 40 ms, election 120–240 ms,
     /// snapshot every 10 000 entries, keep 1 000, appends may take 1 s,
-    /// writes wait up to 2 s for a lapsed leader lease.
+    /// writes wait up to 2 s for a lapsed leader lease, a new node has 10 s
+    /// to catch up, a peer is reachable when heard from within 1 s.
     pub fn new(id: u64, listen: SocketAddr, data_dir: PathBuf) -> NodeConfig {
         NodeConfig {
             id,
@@ -159,6 +170,8 @@ impl NodeConfig {
             keep_entries_after_snapshot: 1_000,
             append_timeout_ms: 1_000,
             lease_wait_ms_max: 2_000,
+            catch_up_timeout_ms: 10_000,
+            contact_ms_max: 1_000,
         }
     }
 }
@@ -184,6 +197,15 @@ pub enum NodeError {
     /// openraft failed.
     #[error("raft: {0}")]
     Raft(String),
+    /// A request named something that cannot be (a bad address, an id in
+    /// use, a change that is no change).
+    #[error("{0}")]
+    Invalid(String),
+    /// The change would leave fewer than a quorum of reachable voters, or a
+    /// new node did not catch up in time; nothing that would cost the
+    /// quorum was changed.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Why a proposal was not committed.
@@ -233,6 +255,21 @@ pub struct RaftNode {
     log: LogStore,
     server: std::sync::Mutex<Option<(oneshot::Sender<()>, JoinHandle<()>)>>,
     clock: Arc<dyn Clock>,
+    /// `NodeConfig::catch_up_timeout_ms`.
+    catch_up: Duration,
+    /// `NodeConfig::contact_ms_max`.
+    contact_max: Duration,
+}
+
+/// Whether a node can serve linearizable reads and writes now, and if not,
+/// why ([`RaftNode::readiness`]; gRPC health and `/readyz` report it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// It can: it leads and heard from a quorum recently, or it knows a
+    /// leader.
+    Ready,
+    /// It cannot; the reason names what is missing.
+    NotReady(String),
 }
 
 impl RaftNode {
@@ -347,6 +384,8 @@ impl RaftNode {
             log,
             server: std::sync::Mutex::new(Some((stop_tx, server))),
             clock: config.clock,
+            catch_up: Duration::from_millis(config.catch_up_timeout_ms),
+            contact_max: Duration::from_millis(config.contact_ms_max),
         })
     }
 
@@ -403,25 +442,162 @@ impl RaftNode {
             .map_err(|e| NodeError::Raft(e.to_string()))
     }
 
-    /// Adds a node as a learner (leader only) and waits until it has caught
-    /// up with the log — by snapshot, archive included, if the leader's log
-    /// was compacted.
-    pub async fn add_learner(&self, id: u64, addr: String) -> Result<(), NodeError> {
+    /// Leader only: adds node `id` at Raft address `addr`: as a learner
+    /// first, waiting until it holds the log up to the membership entry
+    /// that added it (by snapshot, archive included, if the log was
+    /// compacted), then, if `voter`, promotes it. Refused, with nothing
+    /// changed that costs the quorum: a bad address, an id in use at
+    /// another address, a node that does not catch up within
+    /// `NodeConfig::catch_up_timeout_ms` (it stays a learner and the error
+    /// says how to remove it), and a promotion that would leave fewer than
+    /// a quorum of reachable voters. Adding a member again as it is, is a
+    /// no-op (a retried call succeeds).
+    pub async fn add_node(&self, id: u64, addr: &str, voter: bool) -> Result<(), NodeError> {
+        crate::membership::parse_raft_addr(addr)
+            .map_err(|e| NodeError::Invalid(format!("raft address {e}")))?;
+        if id == 0 {
+            return Err(NodeError::Invalid("node ids start at 1".into()));
+        }
+        let members = self.status().members;
+        if let Some(m) = members.iter().find(|m| m.id == id) {
+            if m.addr != addr {
+                return Err(NodeError::Invalid(format!(
+                    "node {id} is already a member at {}; remove it first to give it another address",
+                    m.addr
+                )));
+            }
+            if m.voter {
+                return if voter {
+                    Ok(())
+                } else {
+                    Err(NodeError::Invalid(format!(
+                        "node {id} is a voter; remove it and add it again to make it a learner"
+                    )))
+                };
+            }
+        }
+        let added = self
+            .raft
+            .add_learner(id, BasicNode { addr: addr.into() }, false)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        let target = added.log_id.index();
+        let caught_up = self
+            .raft
+            .wait(Some(self.catch_up))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).cloned().flatten())
+                        .is_some_and(|l| l.index() >= target)
+                },
+                "the new learner caught up",
+            )
+            .await;
+        if caught_up.is_err() {
+            let matched = self
+                .status()
+                .replication
+                .iter()
+                .find(|(n, _)| *n == id)
+                .map(|(_, i)| *i)
+                .unwrap_or(0);
+            return Err(NodeError::Refused(format!(
+                "node {id} was added as a learner but did not catch up within \
+                 catch_up_timeout_ms = {} ms (it holds the log up to index {matched} of {target}): \
+                 is a kaon server started with --join listening on {addr}? It stays a learner, \
+                 which does not count for quorum: run add-node again once it is up, or \
+                 `kaon cluster remove-node {id}`",
+                self.catch_up.as_millis()
+            )));
+        }
+        if !voter {
+            return Ok(());
+        }
+        let old = self.voters();
+        let mut new = old.clone();
+        new.insert(id);
+        let reachable = self.reachable();
+        crate::membership::check_quorum(&old, &reachable, "before any change")
+            .and_then(|()| {
+                crate::membership::check_quorum(
+                    &new,
+                    &reachable,
+                    &format!("after adding node {id}"),
+                )
+            })
+            .map_err(NodeError::Refused)?;
         self.raft
-            .add_learner(id, BasicNode { addr }, true)
+            .change_membership(new, true)
             .await
             .map(|_| ())
             .map_err(|e| NodeError::Raft(e.to_string()))
     }
 
-    /// Makes `voters` the voting members (leader only); learners that are
-    /// not listed stay learners.
-    pub async fn change_voters(&self, voters: BTreeSet<u64>) -> Result<(), NodeError> {
-        self.raft
-            .change_membership(voters, true)
-            .await
-            .map(|_| ())
-            .map_err(|e| NodeError::Raft(e.to_string()))
+    /// Leader only: the voters and learners the leader heard from within
+    /// `NodeConfig::contact_ms_max`, itself included. Empty elsewhere.
+    pub fn reachable(&self) -> BTreeSet<u64> {
+        use openraft::Instant as _;
+        let m = self.raft.metrics().borrow_watched().clone();
+        let Some(heartbeat) = m.heartbeat.as_ref() else {
+            return BTreeSet::new();
+        };
+        let mut out = BTreeSet::from([self.id]);
+        for (id, at) in heartbeat {
+            if let Some(at) = at
+                && at.elapsed() <= self.contact_max
+            {
+                out.insert(*id);
+            }
+        }
+        out
+    }
+
+    /// Whether this node can serve linearizable reads and writes now: a
+    /// leader that heard from a quorum within `NodeConfig::contact_ms_max`,
+    /// or a follower or learner that knows a leader. Not ready: no leader
+    /// known (an election, a lost majority), a leader cut off from its
+    /// quorum, a node removed from the membership.
+    pub fn readiness(&self) -> Readiness {
+        use openraft::Instant as _;
+        let m = self.raft.metrics().borrow_watched().clone();
+        if m.membership_config
+            .membership()
+            .get_node(&self.id)
+            .is_none()
+            && m.membership_config.log_id().is_some()
+        {
+            return Readiness::NotReady(format!(
+                "node {} is not a member of the cluster (it was removed, or never added)",
+                self.id
+            ));
+        }
+        match m.current_leader {
+            None => Readiness::NotReady(format!(
+                "node {} knows no leader (state {:?}, term {}): an election is under way, \
+                 or a majority of voters is unreachable",
+                self.id, m.state, m.current_term
+            )),
+            Some(l) if l == self.id => {
+                let fresh = m
+                    .last_quorum_acked
+                    .as_ref()
+                    .is_some_and(|at| at.elapsed() <= self.contact_max);
+                if fresh || m.membership_config.membership().voter_ids().count() == 1 {
+                    Readiness::Ready
+                } else {
+                    Readiness::NotReady(format!(
+                        "node {} leads term {} but no quorum answered it within \
+                         contact_ms_max = {} ms",
+                        self.id,
+                        m.current_term,
+                        self.contact_max.as_millis()
+                    ))
+                }
+            }
+            Some(_) => Readiness::Ready,
+        }
     }
 
     /// Proposes one event and waits until it is committed and applied
@@ -681,10 +857,20 @@ impl RaftNode {
         if self.voters().contains(&id) {
             let voters: BTreeSet<u64> = self.voters().into_iter().filter(|v| *v != id).collect();
             if voters.is_empty() {
-                return Err(NodeError::Raft(format!(
+                return Err(NodeError::Invalid(format!(
                     "node {id} is the only voter; a cluster needs at least one"
                 )));
             }
+            let reachable = self.reachable();
+            crate::membership::check_quorum(&self.voters(), &reachable, "before any change")
+                .and_then(|()| {
+                    crate::membership::check_quorum(
+                        &voters,
+                        &reachable,
+                        &format!("after removing node {id}"),
+                    )
+                })
+                .map_err(NodeError::Refused)?;
             self.raft
                 .change_membership(voters, false)
                 .await

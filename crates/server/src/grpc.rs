@@ -385,8 +385,13 @@ fn grpc_timeout(md: &MetadataMap) -> Option<Duration> {
     })
 }
 
+/// Membership errors: a bad request is INVALID_ARGUMENT, the rest (a
+/// refused change, a change in progress, not the leader) FAILED_PRECONDITION.
 fn membership_error(e: kaon_log::NodeError) -> Status {
-    Status::failed_precondition(e.to_string())
+    match e {
+        kaon_log::NodeError::Invalid(m) => Status::invalid_argument(m),
+        e => Status::failed_precondition(e.to_string()),
+    }
 }
 
 /// Maps a domain rejection to a gRPC status with a message naming the problem.
@@ -773,10 +778,20 @@ impl<L: EventLog> Kaon for KaonService<L> {
             .raft_node()
             .map(|n| kaon_core::decide::hex(&n.digest()))
             .unwrap_or_default();
+        let reachable = self
+            .log
+            .raft_node()
+            .map(|n| n.reachable())
+            .unwrap_or_default();
+        let (ready, not_ready_reason) = match readiness(&*self.log) {
+            kaon_log::Readiness::Ready => (true, String::new()),
+            kaon_log::Readiness::NotReady(why) => (false, why),
+        };
         let members = st
             .members
             .iter()
             .map(|m| v1::ClusterMember {
+                reachable: reachable.contains(&m.id),
                 id: m.id,
                 raft_addr: m.addr.clone(),
                 voter: m.voter,
@@ -798,6 +813,8 @@ impl<L: EventLog> Kaon for KaonService<L> {
             applied_event_index: st.applied_event_index,
             members,
             state_digest: digest,
+            ready,
+            not_ready_reason,
         }))
     }
 
@@ -925,6 +942,11 @@ impl<L: EventLog> Kaon for KaonService<L> {
             .raft_node()
             .ok_or_else(|| Status::failed_precondition("this node's log is not replicated"))?;
         let members: BTreeMap<u64, String> = req.into_inner().members.into_iter().collect();
+        for (id, addr) in &members {
+            kaon_log::membership::parse_raft_addr(addr).map_err(|e| {
+                Status::invalid_argument(format!("members[{id}]: raft address {e}"))
+            })?;
+        }
         if !members.contains_key(&node.id()) {
             return Err(Status::invalid_argument(format!(
                 "members must include this node ({} at {})",
@@ -954,19 +976,14 @@ impl<L: EventLog> Kaon for KaonService<L> {
         }
         let node = self.log.raft_node().expect("admin_route checked");
         let r = req.into_inner();
-        if r.node_id == 0 || r.raft_addr.is_empty() {
-            return Err(Status::invalid_argument(
-                "give the new node's id (> 0) and Raft address",
-            ));
+        if r.node_id == 0 {
+            return Err(Status::invalid_argument("node_id: node ids start at 1"));
         }
-        node.add_learner(r.node_id, r.raft_addr)
+        kaon_log::membership::parse_raft_addr(&r.raft_addr)
+            .map_err(|e| Status::invalid_argument(format!("raft_addr: {e}")))?;
+        node.add_node(r.node_id, &r.raft_addr, !r.learner)
             .await
             .map_err(membership_error)?;
-        if !r.learner {
-            let mut voters = node.voters();
-            voters.insert(r.node_id);
-            node.change_voters(voters).await.map_err(membership_error)?;
-        }
         Ok(Response::new(v1::AddNodeResponse {}))
     }
 
@@ -1052,8 +1069,12 @@ fn url_escape(s: &str) -> String {
     out
 }
 
-/// Serves the API (plus gRPC health and reflection) on `listener` until
-/// `shutdown` resolves.
+/// Serves the API (plus gRPC health and reflection, v1 and v1alpha) on
+/// `listener` until `shutdown` resolves. Health tells the truth (issue 9,
+/// C): the overall status ("") and `kaon.v1.Kaon` are SERVING only while
+/// this node can serve linearizable reads and writes
+/// ([`kaon_log::RaftNode::readiness`]), re-checked on every Raft metrics
+/// change and every [`HEALTH_RECHECK_MS`].
 pub async fn serve<L: EventLog>(
     log: Arc<L>,
     runtime: RuntimeSlot,
@@ -1062,15 +1083,18 @@ pub async fn serve<L: EventLog>(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<v1::kaon_server::KaonServer<KaonService<L>>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(kaon_api::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    tonic::transport::Server::builder()
+    let kaon_name =
+        <v1::kaon_server::KaonServer<KaonService<L>> as tonic::server::NamedService>::NAME;
+    let watcher = tokio::spawn(report_health(log.clone(), health_reporter, kaon_name));
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kaon_api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let served = tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
         .add_service(v1::kaon_server::KaonServer::new(KaonService::new(
             log, runtime, config,
         )))
@@ -1078,6 +1102,64 @@ pub async fn serve<L: EventLog>(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown,
         )
-        .await?;
+        .await;
+    watcher.abort();
+    served?;
     Ok(())
+}
+
+/// How often health is re-checked when nothing in Raft changes, ms (a
+/// leader's quorum contact ages without a metrics change).
+pub const HEALTH_RECHECK_MS: u64 = 200;
+
+/// This node's readiness: a log that does not replicate is always ready.
+pub fn readiness<L: EventLog>(log: &L) -> kaon_log::Readiness {
+    log.raft_node()
+        .map(|n| n.readiness())
+        .unwrap_or(kaon_log::Readiness::Ready)
+}
+
+async fn report_health<L: EventLog>(
+    log: Arc<L>,
+    reporter: tonic_health::server::HealthReporter,
+    kaon_name: &'static str,
+) {
+    use tonic_health::ServingStatus;
+    let mut watch = log.raft_node().map(|n| n.metrics_watch());
+    let mut last: Option<ServingStatus> = None;
+    loop {
+        let status = match readiness(&*log) {
+            kaon_log::Readiness::Ready => ServingStatus::Serving,
+            kaon_log::Readiness::NotReady(why) => {
+                if last != Some(ServingStatus::NotServing) {
+                    tracing::warn!(reason = %why, "health: NOT_SERVING");
+                }
+                ServingStatus::NotServing
+            }
+        };
+        if last != Some(status) {
+            if last == Some(ServingStatus::NotServing) {
+                tracing::info!("health: SERVING");
+            }
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(kaon_name, status).await;
+            last = Some(status);
+        }
+        let recheck = Duration::from_millis(HEALTH_RECHECK_MS);
+        match watch.as_mut() {
+            Some(w) => {
+                if !w.changed(recheck).await {
+                    // The node shut down: it serves nothing any more.
+                    reporter
+                        .set_service_status("", ServingStatus::NotServing)
+                        .await;
+                    reporter
+                        .set_service_status(kaon_name, ServingStatus::NotServing)
+                        .await;
+                    return;
+                }
+            }
+            None => tokio::time::sleep(recheck).await,
+        }
+    }
 }

@@ -9,6 +9,7 @@
 //! Raft-replicated log replaces [`log::LocalLog`] without touching the
 //! runtime.
 
+pub mod admin;
 pub mod grpc;
 pub mod log;
 pub mod runtime;
