@@ -72,6 +72,16 @@ pub async fn submit(
     watch: bool,
 ) -> anyhow::Result<ExitCode> {
     let workflow = submit_target(file)?;
+    if let v1::submit_run_request::Workflow::InlineSpec(text) = &workflow {
+        let n = schedule_count(text);
+        if n > 0 {
+            eprintln!(
+                "note: {file} has {n} schedule{}, not active: a submitted file runs once; \
+                 `kaon workflow register {file}` activates its schedules",
+                if n == 1 { "" } else { "s" }
+            );
+        }
+    }
     let mut c = o.client()?;
     // A key makes the retries inside `call` safe: a submit whose answer was
     // lost in a leader change returns the same run.
@@ -112,6 +122,14 @@ pub async fn submit(
 /// new version if it changed), or, when no such file exists and TARGET is
 /// a workflow name, `NAME` (its latest version) or `NAME@VERSION` of a
 /// registered workflow (issue 9, G).
+/// The number of `schedules:` a spec has (0 if it does not parse: the
+/// server then says why).
+fn schedule_count(text: &str) -> usize {
+    kaon_core::spec::parse(text, &kaon_core::limits::Limits::default())
+        .map(|s| s.schedules.len())
+        .unwrap_or(0)
+}
+
 fn submit_target(target: &str) -> anyhow::Result<v1::submit_run_request::Workflow> {
     use v1::submit_run_request::Workflow;
     let path = std::path::Path::new(target);
@@ -534,6 +552,7 @@ pub async fn runs(
 /// `kaon workflow register`.
 pub async fn register(o: &Opts, file: &str) -> anyhow::Result<ExitCode> {
     let spec = std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+    let schedules = schedule_count(&spec);
     let r = o
         .client()?
         .call(
@@ -554,6 +573,12 @@ pub async fn register(o: &Opts, file: &str) -> anyhow::Result<ExitCode> {
             r.version,
             if r.created { "" } else { " (unchanged)" }
         );
+        if schedules > 0 {
+            println!(
+                "{schedules} schedule{} registered (`kaon schedule list` shows them)",
+                if schedules == 1 { "" } else { "s" }
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

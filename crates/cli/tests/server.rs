@@ -272,13 +272,24 @@ fn schedules_are_listed_paused_and_resumed_from_the_cli() {
         "apiVersion: kaon/v1\nname: nightly\nsteps:\n  a: {run: [\"true\"]}\nschedules:\n  - {cron: \"0 3 * * *\", timezone: Europe/Amsterdam}\n",
     )
     .unwrap();
-    let (code, out, err) = kaon(&server, &["workflow", "register", spec.to_str().unwrap()]);
-    assert_eq!(code, 0, "{out}{err}");
     let list = |server: &Server| -> serde_json::Value {
         let (code, out, err) = kaon(server, &["--output", "json", "schedule", "list"]);
         assert_eq!(code, 0, "{out}{err}");
         serde_json::from_str(&out).unwrap()
     };
+    // Submitting the file runs it once and arms nothing (issue 9, A).
+    let (code, out, err) = kaon(&server, &["submit", spec.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains(
+            "has 1 schedule, not active: a submitted file runs once; `kaon workflow register"
+        ),
+        "{err}"
+    );
+    assert_eq!(list(&server), serde_json::json!([]));
+    let (code, out, err) = kaon(&server, &["workflow", "register", spec.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 schedule registered"), "{out}");
     let l = list(&server);
     assert_eq!(l.as_array().unwrap().len(), 1, "{l}");
     assert_eq!(l[0]["workflow"], "nightly");

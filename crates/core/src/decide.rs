@@ -1677,11 +1677,12 @@ impl<'s> Decider<'s> {
 
     // ----- schedules --------------------------------------------------------
 
-    fn latest_plan(&self, wf: &str) -> Option<&'s std::sync::Arc<Plan>> {
+    /// The plan whose schedules are active: the latest registered version's.
+    fn schedule_plan(&self, wf: &str) -> Option<&'s std::sync::Arc<Plan>> {
         self.state
             .workflows
             .get(wf)
-            .and_then(|w| w.versions.last())
+            .and_then(|w| w.schedule_version())
             .map(|v| &v.plan)
     }
 
@@ -1696,7 +1697,7 @@ impl<'s> Decider<'s> {
 
     /// Runs due fires of one schedule (bounded per call) and arms the next.
     fn schedule_due(&mut self, wf: &str, index: u32) {
-        let Some(plan) = self.latest_plan(wf) else {
+        let Some(plan) = self.schedule_plan(wf) else {
             return;
         };
         let Some(sched) = plan.schedules.get(index as usize) else {
@@ -1797,7 +1798,9 @@ impl<'s> Decider<'s> {
         let Some(w) = self.state.workflows.get(wf) else {
             return;
         };
-        let Some(v) = w.versions.last() else { return };
+        let Some(v) = w.schedule_version() else {
+            return;
+        };
         let Some(sched) = v.plan.schedules.get(index as usize) else {
             return;
         };
@@ -1839,7 +1842,7 @@ impl<'s> Decider<'s> {
     fn command(&mut self, cmd: Command) -> Result<(), Rejection> {
         match cmd {
             Command::RegisterWorkflow { source } => {
-                self.register(&source)?;
+                self.register(&source, false)?;
                 Ok(())
             }
             Command::SubmitRun {
@@ -1979,8 +1982,14 @@ impl<'s> Decider<'s> {
         Ok(())
     }
 
-    /// Validates and registers a spec; returns (name, version, plan).
-    fn register(&mut self, source: &str) -> Result<(String, u32, std::sync::Arc<Plan>), Rejection> {
+    /// Validates and records a spec; returns (name, version, plan). A spec
+    /// recorded `from_submit` (a file submitted to run) does not arm its
+    /// schedules; registering it arms them (issue 9, A).
+    fn register(
+        &mut self,
+        source: &str,
+        from_submit: bool,
+    ) -> Result<(String, u32, std::sync::Arc<Plan>), Rejection> {
         let spec =
             crate::spec::parse(source, self.limits).map_err(|e| Rejection::InvalidSpec(vec![e]))?;
         let plan = validate::compile(&spec, self.limits).map_err(Rejection::InvalidSpec)?;
@@ -1993,8 +2002,20 @@ impl<'s> Decider<'s> {
             .map(|w| w.versions.as_slice())
             .unwrap_or(&[]);
         if let Some(v) = versions.iter().find(|v| v.spec_sha256 == sha) {
-            self.out.existing_version = Some((spec.name.clone(), v.version));
-            return Ok((spec.name, v.version, v.plan.clone()));
+            let (version, plan) = (v.version, v.plan.clone());
+            if v.from_submit && !from_submit {
+                // Registered now: the same version, its schedules armed.
+                self.emit(Body::WorkflowRegistered(pb::WorkflowRegistered {
+                    name: spec.name.clone(),
+                    version,
+                    spec_json,
+                    spec_sha256: sha,
+                    from_submit: false,
+                }));
+            } else {
+                self.out.existing_version = Some((spec.name.clone(), version));
+            }
+            return Ok((spec.name, version, plan));
         }
         let version = versions.len() as u32 + 1;
         self.emit(Body::WorkflowRegistered(pb::WorkflowRegistered {
@@ -2002,6 +2023,7 @@ impl<'s> Decider<'s> {
             version,
             spec_json,
             spec_sha256: sha,
+            from_submit,
         }));
         Ok((spec.name, version, std::sync::Arc::new(plan)))
     }
@@ -2019,7 +2041,7 @@ impl<'s> Decider<'s> {
         }
         self.check_active_runs()?;
         let (name, version, plan) = match target {
-            SubmitTarget::Inline { source } => self.register(&source)?,
+            SubmitTarget::Inline { source } => self.register(&source, true)?,
             SubmitTarget::Registered { name, version } => {
                 let w = self.state.workflows.get(&name).ok_or_else(|| {
                     let hint = validate::did_you_mean(&name, self.state.workflows.keys());

@@ -343,6 +343,10 @@ pub struct WorkflowVersion {
     pub spec_sha256: String,
     /// When it was registered.
     pub registered_ms: i64,
+    /// Recorded by a submit of a spec file, not registered: its schedules
+    /// are not active (see `WorkflowRegistered.from_submit`).
+    #[serde(default)]
+    pub from_submit: bool,
     /// Compiled plan; recompiled from `spec_json` when a snapshot is restored.
     #[serde(skip, default = "empty_plan")]
     pub plan: Arc<Plan>,
@@ -368,8 +372,18 @@ pub struct ScheduleState {
 pub struct Workflow {
     /// Versions in order (version n at index n-1).
     pub versions: Vec<WorkflowVersion>,
-    /// Schedules of the latest version, by index.
+    /// Schedules of the schedule version ([`Workflow::schedule_version`]),
+    /// by index.
     pub schedules: Vec<ScheduleState>,
+}
+
+impl Workflow {
+    /// The version whose schedules are active: the latest one that was
+    /// registered (a spec file submitted to run once never arms its
+    /// schedules). None when no version was registered.
+    pub fn schedule_version(&self) -> Option<&WorkflowVersion> {
+        self.versions.iter().rev().find(|v| !v.from_submit)
+    }
 }
 
 /// The whole replicated state.
@@ -735,25 +749,50 @@ impl State {
                 versions: Vec::new(),
                 schedules: Vec::new(),
             });
-        if wf.versions.iter().any(|v| v.spec_sha256 == e.spec_sha256) {
-            return Ok(()); // identical spec registered again: no-op
-        }
-        if e.version as usize != wf.versions.len() + 1 {
-            return Ok(()); // lost a race with another registration: no-op
-        }
-        let plan = Arc::new(
-            plan_from_json(&e.spec_json)
-                .map_err(|m| format!("stored spec does not compile: {m}"))?,
-        );
-        let old_patterns: Vec<String> = wf
-            .versions
-            .last()
+        let before: Vec<String> = wf
+            .schedule_version()
             .map(|v| v.plan.schedules.iter().map(|s| s.pattern.clone()).collect())
             .unwrap_or_default();
+        if let Some(v) = wf
+            .versions
+            .iter_mut()
+            .find(|v| v.spec_sha256 == e.spec_sha256)
+        {
+            // Identical spec again: a no-op, unless a spec first recorded
+            // by a submit is now registered, which activates its schedules.
+            if !(v.from_submit && !e.from_submit) {
+                return Ok(());
+            }
+            v.from_submit = false;
+        } else {
+            if e.version as usize != wf.versions.len() + 1 {
+                return Ok(()); // lost a race with another registration: no-op
+            }
+            let plan = Arc::new(
+                plan_from_json(&e.spec_json)
+                    .map_err(|m| format!("stored spec does not compile: {m}"))?,
+            );
+            wf.versions.push(WorkflowVersion {
+                version: e.version,
+                spec_json: Arc::from(e.spec_json.as_str()),
+                spec_sha256: e.spec_sha256.clone(),
+                registered_ms: now,
+                from_submit: e.from_submit,
+                plan,
+            });
+            if e.from_submit {
+                return Ok(()); // schedules unchanged
+            }
+        }
+        let plan = wf
+            .schedule_version()
+            .expect("a registered version was just recorded")
+            .plan
+            .clone();
         let mut schedules = Vec::new();
         for (i, s) in plan.schedules.iter().enumerate() {
             // Keep bookkeeping of an unchanged schedule; start a changed one fresh.
-            match (old_patterns.get(i), wf.schedules.get(i)) {
+            match (before.get(i), wf.schedules.get(i)) {
                 (Some(p), Some(st)) if *p == s.pattern => schedules.push(st.clone()),
                 _ => schedules.push(ScheduleState {
                     paused: s.paused,
@@ -763,13 +802,6 @@ impl State {
             }
         }
         wf.schedules = schedules;
-        wf.versions.push(WorkflowVersion {
-            version: e.version,
-            spec_json: Arc::from(e.spec_json.as_str()),
-            spec_sha256: e.spec_sha256.clone(),
-            registered_ms: now,
-            plan,
-        });
         Ok(())
     }
 

@@ -408,6 +408,56 @@ fn cron_fires_in_its_time_zone_and_catches_up_within_the_window() {
     assert_eq!(sim.state.runs.len(), 3);
 }
 
+/// Issue 9, A: submitting a spec file runs it once; its schedules become
+/// active only when the workflow is registered (same version, no new one),
+/// and a later submitted edit leaves the registered schedules as they are.
+#[test]
+fn a_submitted_file_runs_once_and_registering_it_arms_its_schedules() {
+    let mut sim = Sim::new(Limits::default());
+    let src = DAILY.replace("OVERLAP", "allow_all");
+    let key = TimerKey::Schedule {
+        workflow: "nightly".into(),
+        index: 0,
+    };
+    let run = sim.submit(&src, BTreeMap::new()).unwrap();
+    assert_eq!(sim.timer(&key), None, "a submitted file arms no schedule");
+    sim.run_to_quiet(&mut |_: &str, _: u32| Outcome::Finish("{}".into()), 1000);
+    assert_eq!(sim.state.run(run).unwrap().status, RunStatus::Succeeded);
+    sim.now += 3 * 86_400_000;
+    sim.failover();
+    assert!(fires(&sim).is_empty(), "{:?}", fires(&sim));
+    assert_eq!(sim.state.runs.len(), 1, "only the submitted run");
+    let w = &sim.state.workflows["nightly"];
+    assert!(w.schedule_version().is_none() && w.schedules.is_empty());
+
+    // Registered: the same version, now with its schedule armed.
+    sim.command(Command::RegisterWorkflow {
+        source: src.clone(),
+    })
+    .unwrap();
+    let w = &sim.state.workflows["nightly"];
+    assert_eq!(w.versions.len(), 1);
+    assert_eq!(w.schedule_version().map(|v| v.version), Some(1));
+    assert!(sim.timer(&key).is_some(), "registering arms the schedule");
+
+    // A submitted edit (another cron) is a new version that runs once; the
+    // registered version's schedule stays as it was.
+    let edit = src.replace("0 3 * * *", "0 4 * * *");
+    sim.submit(&edit, BTreeMap::new()).unwrap();
+    let w = &sim.state.workflows["nightly"];
+    assert_eq!(w.versions.len(), 2);
+    assert_eq!(w.schedule_version().map(|v| v.version), Some(1));
+    assert_eq!(w.schedules.len(), 1);
+    // Replay agrees (snapshot round trip included).
+    let replayed = kaon_core::State::from_snapshot(&sim.state.to_snapshot()).unwrap();
+    assert_eq!(
+        replayed.workflows["nightly"]
+            .schedule_version()
+            .map(|v| v.version),
+        Some(1)
+    );
+}
+
 #[test]
 fn cron_overlap_policies() {
     for (policy, runs, actions) in [

@@ -725,7 +725,11 @@ impl<L: EventLog> Kaon for KaonService<L> {
         let schedules = self.log.with_state(|s| {
             let mut out = Vec::new();
             for (name, w) in &s.workflows {
-                let Some(v) = w.versions.last() else { continue };
+                // Only registered versions arm schedules (a submitted file
+                // runs once).
+                let Some(v) = w.schedule_version() else {
+                    continue;
+                };
                 for (i, (plan, st)) in v.plan.schedules.iter().zip(&w.schedules).enumerate() {
                     out.push(v1::Schedule {
                         workflow: name.clone(),
