@@ -235,15 +235,19 @@ fn step_line(s: &v1::Step) -> String {
     } else {
         String::new()
     };
+    let live = s.status == "running" || s.status == "pending";
     format!(
         "  {:<10}{} {}{}",
         s.status,
         pct,
         s.path,
-        if s.message.is_empty() {
-            String::new()
-        } else {
+        if !s.message.is_empty() {
             format!(": {}", s.message)
+        } else if live && !s.status_text.is_empty() {
+            // Progress from the executor, or why it waits (a pending reason).
+            format!(": {}", s.status_text)
+        } else {
+            String::new()
         }
     )
 }
@@ -309,13 +313,14 @@ impl Board {
             } else {
                 String::new()
             };
-            let text = if !s.status_text.is_empty() && s.status == "running" {
-                format!("  {}", s.status_text)
-            } else if !s.message.is_empty() && s.status != "succeeded" {
-                format!("  {}", s.message)
-            } else {
-                String::new()
-            };
+            let text =
+                if !s.status_text.is_empty() && (s.status == "running" || s.status == "pending") {
+                    format!("  {}", s.status_text)
+                } else if !s.message.is_empty() && s.status != "succeeded" {
+                    format!("  {}", s.message)
+                } else {
+                    String::new()
+                };
             lines.push(format!("  {mark} {:<32}{bar}{text}", s.path));
         }
         for l in &lines {

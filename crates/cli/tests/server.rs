@@ -384,3 +384,35 @@ fn submit_runs_a_registered_workflow_by_name_and_version() {
         "{err}"
     );
 }
+
+/// Issue 9, E: a step no agent can run says why in `run show`, instead of
+/// hanging silently; cancelling it works.
+#[test]
+fn a_step_no_agent_can_run_says_why_it_is_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path());
+    let spec = dir.path().join("rack.yaml");
+    std::fs::write(
+        &spec,
+        "apiVersion: kaon/v1\nname: rack\nsteps:\n  a: {shell: 'true', constraints: [{attribute: rack, like: 'us-.*'}]}\n",
+    )
+    .unwrap();
+    let (code, out, err) = kaon(&server, &["submit", spec.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let id = out.trim().strip_prefix("run ").unwrap().to_string();
+    let shown = common::wait_for(
+        "the pending reason",
+        std::time::Duration::from_secs(20),
+        || {
+            let (_, out, _) = kaon(&server, &["run", "show", &id]);
+            out.contains("can run it").then_some(out)
+        },
+    );
+    assert!(
+        shown.contains("a: pending: none of the 1 agent offering resources can run it: constraint rack like \"us-.*\" not met (agent "),
+        "{shown}"
+    );
+    assert!(shown.contains("has no attribute rack)"), "{shown}");
+    let (code, out, err) = kaon(&server, &["run", "cancel", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+}

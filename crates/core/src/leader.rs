@@ -89,6 +89,11 @@ pub struct LeaderConfig {
     /// Offers declined while launches still wait (none fit) are refused
     /// for this long, s.
     pub decline_refuse_secs_busy: f64,
+    /// Waiting launches checked per offer round for a pending reason
+    /// (no offering agent could run them even alone: a constraint no agent
+    /// meets, more resources than any agent offers). The reason is
+    /// recorded once per attempt as its status text.
+    pub pending_reasons_per_round_max: usize,
 }
 
 impl LeaderConfig {
@@ -112,6 +117,7 @@ impl LeaderConfig {
             round_events_max: 8_192,
             decline_refuse_secs_idle: 5.0,
             decline_refuse_secs_busy: 1.0,
+            pending_reasons_per_round_max: 64,
         }
     }
 }
@@ -364,6 +370,8 @@ pub struct Leader {
     /// state as room frees.
     overflowed: bool,
     progress: BTreeMap<String, Tracked>,
+    /// Waiting launches whose pending reason was recorded (once each).
+    pending_noted: BTreeSet<String>,
     timers: BTreeMap<Timer, i64>,
     due: BTreeSet<(i64, Timer)>,
     subscribed: bool,
@@ -409,6 +417,7 @@ impl Leader {
             sent: BTreeSet::new(),
             overflowed: false,
             progress: BTreeMap::new(),
+            pending_noted: BTreeSet::new(),
             timers: BTreeMap::new(),
             due: BTreeSet::new(),
             subscribed: false,
@@ -806,6 +815,7 @@ impl Leader {
         if let Some(seq) = self.pending_ids.remove(task_id) {
             self.pending.remove(&seq);
         }
+        self.pending_noted.remove(task_id);
     }
 
     fn suppress(&mut self) {
@@ -877,6 +887,7 @@ impl Leader {
         self.refill(state);
         let requests: Vec<Request> = self.pending.values().map(|l| self.request(l)).collect();
         let plan = placement::place(&requests, &offers);
+        self.note_pending_reasons(&requests, &plan.unplaced, &offers);
         for (offer_id, placements) in plan.launches {
             let mut tasks = Vec::with_capacity(placements.len());
             for p in placements {
@@ -887,6 +898,7 @@ impl Leader {
                     .pending
                     .remove(&seq)
                     .expect("pending ids index pending");
+                self.pending_noted.remove(&l.task_id);
                 self.sent.insert(l.task_id.clone());
                 tasks.push(self.task_spec(&l, p.agent_id));
             }
@@ -905,6 +917,43 @@ impl Leader {
         }
         if self.pending.is_empty() {
             self.suppress();
+        }
+    }
+
+    /// Records why a waiting launch cannot run on any agent offering now
+    /// (issue 9, E: a step no agent can satisfy says so instead of hanging
+    /// silently), as the attempt's status text, once per attempt and for at
+    /// most `pending_reasons_per_round_max` launches per round. A launch
+    /// that some offer could host alone only waits its turn: nothing is
+    /// recorded.
+    fn note_pending_reasons(
+        &mut self,
+        requests: &[Request],
+        unplaced: &[String],
+        offers: &[Offer],
+    ) {
+        let mut checked = 0;
+        // `unplaced` keeps the order of `requests`: walk both at once.
+        let mut rs = requests.iter();
+        for task_id in unplaced {
+            if checked >= self.cfg.pending_reasons_per_round_max {
+                break;
+            }
+            let Some(r) = rs.by_ref().find(|r| &r.id == task_id) else {
+                break;
+            };
+            if self.pending_noted.contains(task_id) {
+                continue;
+            }
+            checked += 1;
+            if let Some(text) = placement::unplaceable(r, offers) {
+                self.pending_noted.insert(task_id.clone());
+                self.inputs.push_back(Queued::Progress(Progress {
+                    task_id: task_id.clone(),
+                    percent: 0,
+                    text,
+                }));
+            }
         }
     }
 

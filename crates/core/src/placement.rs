@@ -153,6 +153,104 @@ impl Offer {
     }
 }
 
+impl Constraint {
+    /// The constraint as a user wrote it, for messages.
+    fn describe(&self) -> String {
+        match self {
+            Constraint::Equals { name, value } => format!("{name} = {value:?}"),
+            Constraint::NotEquals { name, value } => format!("{name} != {value:?}"),
+            Constraint::Like { name, pattern } => {
+                let p = pattern.as_str();
+                let p = p
+                    .strip_prefix("^(?:")
+                    .and_then(|p| p.strip_suffix(")$"))
+                    .unwrap_or(p);
+                format!("{name} like {p:?}")
+            }
+            Constraint::Hostname { hostname } => format!("hostname = {hostname:?}"),
+        }
+    }
+}
+
+/// Why one offer, empty of other tasks, cannot host `r`; None if it can.
+/// Constraints first (they do not change while the agent lives), then
+/// scalars, then ports.
+pub fn why_not(offer: &Offer, r: &Request) -> Option<String> {
+    let host = if offer.hostname.is_empty() {
+        &offer.agent_id
+    } else {
+        &offer.hostname
+    };
+    if let Some(c) = r
+        .constraints
+        .iter()
+        .find(|c| !offer.satisfies(std::slice::from_ref(*c)))
+    {
+        let has = |name: &str| match offer.attributes.get(name) {
+            Some(v) => format!("{name} = {v:?}"),
+            None => format!("no attribute {name}"),
+        };
+        let actual = match c {
+            Constraint::Equals { name, .. }
+            | Constraint::NotEquals { name, .. }
+            | Constraint::Like { name, .. } => has(name),
+            Constraint::Hostname { .. } => format!("hostname {host:?}"),
+        };
+        return Some(format!(
+            "constraint {} not met (agent {host} has {actual})",
+            c.describe()
+        ));
+    }
+    for (k, need) in &r.scalars {
+        let have = fixed(offer.scalars.get(k).copied().unwrap_or(0.0));
+        if *need > 0.0 && fixed(have - need) < 0.0 {
+            return Some(format!(
+                "needs {k} {} (the executor's share included), agent {host} offers {have}",
+                fixed(*need)
+            ));
+        }
+    }
+    let ports: u64 = normalize(offer.ports.clone())
+        .iter()
+        .map(|(b, e)| e - b + 1)
+        .sum();
+    if ports < r.ports {
+        return Some(format!(
+            "needs {} ports, agent {host} offers {ports}",
+            r.ports
+        ));
+    }
+    None
+}
+
+/// Why none of `offers` could host `r` even with nothing else placed (a
+/// pending reason for its status), or None when some offer could (then it
+/// only waits its turn) or there are no offers. Deterministic: the offer
+/// with the smallest id is the example given.
+pub fn unplaceable(r: &Request, offers: &[Offer]) -> Option<String> {
+    let mut order: Vec<&Offer> = offers.iter().collect();
+    order.sort_by(|a, b| a.id.cmp(&b.id));
+    order.dedup_by(|a, b| a.agent_id == b.agent_id);
+    if order.is_empty() {
+        return None;
+    }
+    let mut reasons = Vec::with_capacity(order.len());
+    for o in &order {
+        reasons.push(why_not(o, r)?);
+    }
+    let n = order.len();
+    Some(format!(
+        "pending: none of the {n} agent{} offering resources can run it: {}{}",
+        if n == 1 { "" } else { "s" },
+        reasons[0],
+        if n > 1 {
+            format!(" (and {} more)", n - 1)
+        } else {
+            String::new()
+        }
+    ))
+}
+
 /// What is left of one offer while tasks are packed into it.
 struct Left {
     scalars: BTreeMap<String, f64>,
@@ -334,6 +432,35 @@ mod tests {
         );
         assert_eq!(plan.unplaced, vec!["t".to_string()], "anchored: no match");
         assert!(Constraint::like("zone", "(").is_none(), "invalid pattern");
+    }
+
+    #[test]
+    fn an_unplaceable_request_says_why() {
+        let mut a = offer("o1", "a1", "h1", 4.0, 1024.0);
+        a.attributes.insert("rack".into(), "eu-1".into());
+        let b = offer("o2", "a2", "h2", 64.0, 1024.0);
+        let rack = Constraint::like("rack", "us-.*").unwrap();
+        let r = request("t", 1.0, 64.0, vec![rack.clone()]);
+        assert_eq!(
+            why_not(&a, &r).unwrap(),
+            "constraint rack like \"us-.*\" not met (agent h1 has rack = \"eu-1\")"
+        );
+        assert_eq!(
+            why_not(&b, &r).unwrap(),
+            "constraint rack like \"us-.*\" not met (agent h2 has no attribute rack)"
+        );
+        assert_eq!(
+            unplaceable(&r, &[b.clone(), a.clone()]).unwrap(),
+            "pending: none of the 2 agents offering resources can run it: constraint rack like \"us-.*\" not met (agent h1 has rack = \"eu-1\") (and 1 more)"
+        );
+        let big = request("t", 32.0, 64.0, vec![]);
+        assert_eq!(
+            unplaceable(&big, &[a.clone()]).unwrap(),
+            "pending: none of the 1 agent offering resources can run it: needs cpus 32 (the executor's share included), agent h1 offers 4"
+        );
+        // One offer could host it alone: it only waits its turn.
+        assert_eq!(unplaceable(&big, &[a, b]), None);
+        assert_eq!(unplaceable(&r, &[]), None);
     }
 
     #[test]

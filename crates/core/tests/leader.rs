@@ -153,6 +153,12 @@ impl World {
     }
 }
 
+/// The instance of step `path` in the first run.
+fn step<'w>(w: &'w World, path: &str) -> &'w kaon_core::state::Instance {
+    let run = w.state.runs.values().next().unwrap();
+    run.instances.iter().find(|i| i.path == path).unwrap()
+}
+
 const JOIN: &str = "apiVersion: kaon/v1\nname: j\nsteps:\n  a: {run: [./a]}\n  b: {run: [./b], when: 'false'}\n  c: {depends_on: [a, b], run: [./c]}\n";
 
 #[test]
@@ -306,6 +312,19 @@ fn placement_honours_constraints_and_declines_what_it_cannot_use() {
     w.settle();
     w.offer("O1", 10.0, &[("zone", "us-east-1")]);
     assert!(w.launched().is_empty(), "not in the us");
+    // It says why it waits (issue 9, E), once, as the attempt's status.
+    let a = step(&w, "a");
+    assert_eq!(
+        a.status_text,
+        "pending: none of the 1 agent offering resources can run it: constraint zone like \"eu-.*\" not met (agent host-O1 has zone = \"us-east-1\")"
+    );
+    w.offer("O3", 10.0, &[("zone", "us-west-1")]);
+    let noted = w
+        .log
+        .iter()
+        .filter(|e| matches!(e.body, Some(Body::ProgressReported(_))))
+        .count();
+    assert_eq!(noted, 1, "recorded once per attempt");
     assert!(
         w.actions.iter().any(|x| matches!(x, Action::Decline { offer_ids, refuse_seconds } if offer_ids == &vec!["O1".to_string()] && *refuse_seconds == 1.0)),
         "declined briefly while the launch waits: {:?}",
@@ -332,6 +351,28 @@ fn placement_honours_constraints_and_declines_what_it_cannot_use() {
         t.step.env.iter().any(|(k, _)| k == "KAON_TASK_ID"),
         "kaon's variables reach the step"
     );
+}
+
+/// A step larger than any agent offers says so; one that some offer could
+/// host alone but that lost to others only waits (nothing recorded).
+#[test]
+fn a_step_larger_than_any_offer_says_why_it_waits() {
+    let mut w = World::new();
+    w.subscribe();
+    w.submit(
+        "apiVersion: kaon/v1\nname: big\nsteps:\n  a: {run: [./a], resources: {cpus: 32}}\n",
+        "",
+    );
+    w.settle();
+    w.offer("O1", 4.0, &[]);
+    let a = step(&w, "a");
+    assert!(
+        a.status_text.starts_with("pending: none of the 1 agent offering resources can run it: needs cpus 32.01 (the executor's share included), agent host-O1 offers 4"),
+        "{}",
+        a.status_text
+    );
+    w.offer("O2", 64.0, &[]);
+    assert_eq!(w.launched().len(), 1);
 }
 
 #[test]
