@@ -34,6 +34,24 @@ fn normalize(mut rs: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     out
 }
 
+/// Mesos's `stringify(Resources)` shape, without reservation and
+/// allocation details: `cpus:2; mem:1024; ports:[31000-31009, 31020-31020]`.
+/// Used in the emulator's TASK_ERROR messages.
+impl std::fmt::Display for Resources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts: Vec<String> = self
+            .scalars
+            .iter()
+            .map(|(k, v)| format!("{k}:{}", fixed(*v)))
+            .collect();
+        for (k, rs) in &self.ranges {
+            let list: Vec<String> = rs.iter().map(|(b, e)| format!("{b}-{e}")).collect();
+            parts.push(format!("{k}:[{}]", list.join(", ")));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
 impl Resources {
     /// Sums a Mesos resource list (SET and TEXT values are ignored).
     pub fn from_mesos(list: &[Resource]) -> Self {

@@ -791,3 +791,26 @@ async fn losing_an_agent_rescinds_offers_and_loses_tasks() {
     h.stop();
     emu.shutdown().await;
 }
+
+/// Issue 9, F: a task larger than its offer gets TASK_ERROR with Mesos
+/// 1.11's wording (frameworks such as Singularity match on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_larger_than_its_offer_gets_mesos_wording() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = start(dir.path()).await;
+    let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
+    subscribed(&mut rx).await;
+    let offer = offers(&mut rx).await.remove(0);
+    let mut t = command_task("huge", &offer, "true");
+    t.resources = resources(100_000.0, 32.0);
+    launch(&h, &offer, vec![t]).await;
+    let got = all_acking(&h, &mut rx, &[("huge", TaskState::Error)]).await;
+    let msg = got[0].message.clone().unwrap_or_default();
+    assert!(
+        msg.starts_with("Total resources cpus:100000; mem:32 required by task and its executor is more than available cpus:"),
+        "{msg}"
+    );
+    assert_eq!(got[0].reason.as_deref(), Some("REASON_TASK_INVALID"));
+    h.stop();
+    emu.shutdown().await;
+}

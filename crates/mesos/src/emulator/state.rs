@@ -899,7 +899,11 @@ impl Core {
                     &task.task_id,
                     TaskState::Error,
                     "REASON_TASK_INVALID",
-                    "Task uses more resources than offered".into(),
+                    // Mesos 1.11's wording (master/validation.cpp,
+                    // validateResourceUsage); frameworks match on it.
+                    format!(
+                        "Total resources {need} required by task and its executor is more than available {pool}"
+                    ),
                     Some(task.agent_id.clone()),
                 );
                 continue;
