@@ -300,6 +300,35 @@ enum Cmd {
     },
 }
 
+/// The client's global flags (`--server`, `--timeout`, `--stale`,
+/// `--output`) mean nothing to the processes kaon starts (`server`,
+/// `executor`, `run-local`): hidden from their `--help`
+/// (issue 9 G), still accepted so scripts that pass them keep working.
+fn without_client_flags(mut cmd: clap::Command) -> clap::Command {
+    use clap::{Arg, ArgAction};
+    // A subcommand's own argument of the same id stops clap from
+    // propagating the global one into it (and so into its help).
+    for sub in ["server", "executor", "run-local"] {
+        cmd = cmd.mut_subcommand(sub, |s| {
+            s.arg(Arg::new("server").long("server").num_args(1).hide(true))
+                .arg(Arg::new("timeout").long("timeout").num_args(1).hide(true))
+                .arg(
+                    Arg::new("stale")
+                        .long("stale")
+                        .action(ArgAction::SetTrue)
+                        .hide(true),
+                )
+                .arg(
+                    Arg::new("output_format")
+                        .long("output")
+                        .num_args(1)
+                        .hide(true),
+                )
+        });
+    }
+    cmd
+}
+
 fn main() -> ExitCode {
     let cli = {
         use clap::CommandFactory;
@@ -313,7 +342,11 @@ fn main() -> ExitCode {
             })
             .unwrap_or_default();
         match node::expand_config(std::env::args_os().collect(), &known) {
-            Ok(argv) => Cli::parse_from(argv),
+            Ok(argv) => {
+                use clap::FromArgMatches;
+                let matches = without_client_flags(Cli::command()).get_matches_from(argv);
+                Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+            }
             Err(e) => {
                 eprintln!("kaon server: {e:#}");
                 return ExitCode::from(2);
@@ -451,12 +484,7 @@ fn block(f: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> Exit
 }
 
 fn executor() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    node::init_logging("text");
     // Single-threaded on purpose: steps get PR_SET_PDEATHSIG, which fires
     // when the spawning thread exits (see kaon-mesos' executor).
     let rt = match tokio::runtime::Builder::new_current_thread()

@@ -94,17 +94,37 @@ pub struct ServerArgs {
     /// NOT_SERVING, `/readyz` 503).
     #[arg(long, default_value_t = 1_000, env = "KAON_CONTACT_MS_MAX")]
     pub contact_ms_max: u64,
+    /// Log format on stderr: `text` (colours only on a terminal) or `json`
+    /// (one object per line, with the span fields: node, term, run, step).
+    /// Levels from `RUST_LOG` (default `info,openraft=error`).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"], env = "KAON_LOG_FORMAT")]
+    pub log_format: String,
+}
+
+/// The default log filter: kaon at info; openraft only at error (its info
+/// lines dump whole Raft states, and a peer that is down makes it warn on
+/// every heartbeat; kaon reports leadership and health itself).
+pub const LOG_FILTER_DEFAULT: &str = "info,openraft=error";
+
+/// Sets up stderr logging in `format` (`text` or `json`).
+pub fn init_logging(format: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| LOG_FILTER_DEFAULT.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 /// Runs a single-node kaon server until Ctrl-C / SIGTERM.
 pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let advertise_raft = raft_advertise(args.raft_listen, &args.advertise_raft, args.join)?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&args.log_format);
     let exe =
         std::env::current_exe().context("locating the kaon binary (it is also the executor)")?;
     let rt = tokio::runtime::Runtime::new()?;

@@ -223,3 +223,111 @@ fn kaon_config_names_the_config_file() {
         "{stderr}"
     );
 }
+
+/// Issue 9 G, logs: off a terminal no colour codes, no openraft state
+/// dumps, no warning for steps that exit 0, and a line per run and step
+/// lifecycle event with its ids; `--log-format json` gives one JSON object
+/// per line carrying the same fields.
+#[test]
+fn server_logs_are_plain_off_a_terminal_and_json_on_request() {
+    for format in ["text", "json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let api = common::free_port();
+        let mut cmd = Command::new(KAON);
+        cmd.args(["server", "--listen", &format!("127.0.0.1:{api}")])
+            .args(["--raft-listen", "127.0.0.1:0", "--log-format", format])
+            .env_remove("RUST_LOG");
+        let (server, line) = start_in(dir.path(), &mut cmd);
+        assert!(line.contains("listening"), "{line:?}");
+        let spec = dir.path().join("two.yaml");
+        std::fs::write(
+            &spec,
+            "apiVersion: kaon/v1\nname: two\nsteps:\n  a: {shell: 'true'}\n  b: {shell: 'true', depends_on: [a]}\n",
+        )
+        .unwrap();
+        let (code, out, err) = common::kaon(api, &["submit", spec.to_str().unwrap(), "--watch"]);
+        assert_eq!(code, 0, "{out}{err}");
+        let run = out
+            .lines()
+            .next()
+            .unwrap()
+            .strip_prefix("run ")
+            .unwrap()
+            .to_string();
+        let log_path = dir.path().join("server.stderr");
+        let log = common::wait_for("the run's last log line", Duration::from_secs(10), || {
+            let log = std::fs::read_to_string(&log_path).ok()?;
+            log.contains("run finished").then_some(log)
+        });
+        server.stop(libc::SIGTERM, Duration::from_secs(10));
+        assert!(
+            !log.contains('\u{1b}'),
+            "no colour codes off a terminal:\n{log}"
+        );
+        assert!(
+            !log.contains("openraft"),
+            "no openraft dumps at info:\n{log}"
+        );
+        let before_stop = log.split("run finished").next().unwrap();
+        assert!(
+            !before_stop.contains("WARN"),
+            "no warning while steps succeed:\n{log}"
+        );
+        if format == "json" {
+            for l in log.lines() {
+                let v: serde_json::Value =
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+                assert!(
+                    v["level"].is_string() && v["fields"]["message"].is_string(),
+                    "{l}"
+                );
+            }
+            let ended: Vec<serde_json::Value> = log
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .filter(|v| v["fields"]["message"] == "step attempt ended")
+                .collect();
+            assert_eq!(ended.len(), 2, "{log}");
+            assert_eq!(ended[0]["fields"]["run"].to_string(), run);
+            assert_eq!(ended[0]["fields"]["step"], "a");
+            assert_eq!(ended[1]["fields"]["step"], "b");
+            assert_eq!(ended[1]["fields"]["exit_code"], 0);
+        } else {
+            for what in [
+                "run submitted",
+                "step attempt launching",
+                "step attempt ended",
+                "run finished",
+            ] {
+                assert!(
+                    log.lines()
+                        .any(|l| l.contains(what) && l.contains(&format!("run={run}"))),
+                    "{what} with run={run}:\n{log}"
+                );
+            }
+            assert!(log.contains("step=b"), "{log}");
+        }
+    }
+}
+
+/// Issue 9 G: `kaon server --help` lists the server's flags only; client
+/// commands keep the client flags.
+#[test]
+fn server_help_lists_server_flags_only() {
+    let help = |args: &[&str]| {
+        let out = Command::new(KAON).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let server = help(&["server", "--help"]);
+    for flag in ["--listen", "--data-dir", "--admin-listen", "--log-format"] {
+        assert!(server.contains(flag), "{flag} in:\n{server}");
+    }
+    for flag in ["--server ", "--timeout", "--stale", "--output"] {
+        assert!(!server.contains(flag), "{flag} is a client flag:\n{server}");
+    }
+    let runs = help(&["runs", "--help"]);
+    for flag in ["--server ", "--timeout", "--stale", "--output"] {
+        assert!(runs.contains(flag), "{flag} in:\n{runs}");
+    }
+}

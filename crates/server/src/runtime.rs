@@ -320,7 +320,10 @@ async fn run<L: EventLog>(log: Arc<L>, config: RuntimeConfig, mut rx: mpsc::Rece
                 match done {
                     Ok(Ok(committed)) => {
                         let now = clock.now_unix_ms();
-                        log.with_state(|s| leader.advance(s, &committed, now));
+                        log.with_state(|s| {
+                            log_lifecycle(s, &committed);
+                            leader.advance(s, &committed, now)
+                        });
                     }
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "appending events failed; the runtime stops");
@@ -416,7 +419,15 @@ impl Mesos {
                 }
             }
             DriverEvent::Failure(f) => {
-                tracing::warn!(failure = ?f, "Mesos reported a failure");
+                // An executor that exits 0 is Mesos' FAILURE event too:
+                // no warning for a step that succeeded.
+                let executor = f.executor_id.as_ref().map(|e| e.value.as_str());
+                match f.status {
+                    Some(0) => tracing::debug!(executor, "an executor exited cleanly"),
+                    status => {
+                        tracing::warn!(executor, ?status, agent = ?f.agent_id.as_ref().map(|a| &a.value), "an executor or agent failed")
+                    }
+                }
                 None
             }
             DriverEvent::Error(message) => {
@@ -618,5 +629,74 @@ pub fn to_task_update(s: &TaskStatus) -> TaskUpdate {
         uuid: s.uuid.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
         exit_code: result.as_ref().and_then(|r| r.exit_code),
         outputs_json: result.and_then(|r| r.outputs).map(|o| o.to_string()),
+    }
+}
+
+/// One log line per run and step lifecycle event the leader committed,
+/// with the run id, step path and attempt as fields (`--log-format json`
+/// makes them searchable). Progress and bookkeeping events are not logged.
+fn log_lifecycle(state: &kaon_core::State, committed: &[kaon_core::events::Event]) {
+    use kaon_core::events::{Body, pb};
+    let path = |run: u64, inst: u32| {
+        state
+            .run(run)
+            .and_then(|r| r.instances.get(inst as usize))
+            .map(|i| i.path.clone())
+            .unwrap_or_default()
+    };
+    for e in committed {
+        match &e.body {
+            Some(Body::RunSubmitted(r)) => tracing::info!(
+                run = e.index,
+                workflow = %r.workflow,
+                version = r.version,
+                "run submitted"
+            ),
+            Some(Body::TaskLaunchRequested(l)) => tracing::info!(
+                run = l.run_id,
+                step = %l.step_path,
+                attempt = l.attempt,
+                task = %l.task_id,
+                "step attempt launching"
+            ),
+            Some(Body::TaskStatusObserved(t)) => {
+                let state_name = pb::TaskState::try_from(t.state)
+                    .map(|s| s.as_str_name())
+                    .unwrap_or("TASK_UNKNOWN");
+                let terminal = !matches!(
+                    pb::TaskState::try_from(t.state),
+                    Ok(pb::TaskState::Staging
+                        | pb::TaskState::Starting
+                        | pb::TaskState::Running
+                        | pb::TaskState::Killing)
+                );
+                if terminal {
+                    tracing::info!(
+                        run = t.run_id,
+                        step = %path(t.run_id, t.instance),
+                        attempt = t.attempt,
+                        state = state_name,
+                        exit_code = t.exit_code,
+                        reason = %t.reason,
+                        "step attempt ended"
+                    );
+                }
+            }
+            Some(Body::RetryScheduled(r)) => tracing::info!(
+                run = r.run_id,
+                step = %path(r.run_id, r.instance),
+                next_attempt = r.next_attempt,
+                "step retry scheduled"
+            ),
+            Some(Body::RunFinished(r)) => tracing::info!(
+                run = r.run_id,
+                outcome = pb::RunOutcome::try_from(r.outcome)
+                    .map(|o| o.as_str_name())
+                    .unwrap_or("?"),
+                message = %r.message,
+                "run finished"
+            ),
+            _ => {}
+        }
     }
 }
