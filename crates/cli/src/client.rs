@@ -524,34 +524,87 @@ pub async fn runs(
     workflow: Option<String>,
     status: Option<String>,
     limit: u32,
+    before: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
     let req = v1::ListRunsRequest {
         workflow: workflow.unwrap_or_default(),
         status: status.unwrap_or_default(),
         page_size: limit,
-        page_token: 0,
+        page_token: before.unwrap_or(0),
     };
     let r = o
         .client()?
         .call(req, |mut k, r| async move { k.list_runs(r).await })
         .await
         .map_err(status_error)?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    // Running runs count up to now.
+    let duration_ms = |x: &v1::RunSummary| {
+        let end = if x.finished_unix_ms > 0 {
+            x.finished_unix_ms
+        } else {
+            now_ms
+        };
+        (x.submitted_unix_ms > 0).then(|| (end - x.submitted_unix_ms).max(0))
+    };
     if o.json {
-        let list: Vec<_> = r.runs.iter().map(|x| serde_json::json!({"id": x.id, "workflow": x.workflow, "version": x.version, "status": x.status, "message": x.message})).collect();
+        let list: Vec<_> = r
+            .runs
+            .iter()
+            .map(|x| {
+                serde_json::json!({"id": x.id, "workflow": x.workflow, "version": x.version,
+                    "status": x.status, "message": x.message,
+                    "submitted_unix_ms": x.submitted_unix_ms,
+                    "finished_unix_ms": (x.finished_unix_ms > 0).then_some(x.finished_unix_ms),
+                    "duration_ms": duration_ms(x)})
+            })
+            .collect();
         println!("{}", serde_json::Value::Array(list));
     } else {
         println!(
-            "{:<8} {:<24} {:<8} {:<10} MESSAGE",
-            "RUN", "WORKFLOW", "VERSION", "STATUS"
+            "{:<8} {:<24} {:<8} {:<10} {:<20} {:>9}  MESSAGE",
+            "RUN", "WORKFLOW", "VERSION", "STATUS", "SUBMITTED (UTC)", "DURATION"
         );
         for x in &r.runs {
             println!(
-                "{:<8} {:<24} {:<8} {:<10} {}",
-                x.id, x.workflow, x.version, x.status, x.message
+                "{:<8} {:<24} {:<8} {:<10} {:<20} {:>9}  {}",
+                x.id,
+                x.workflow,
+                x.version,
+                x.status,
+                utc_time(x.submitted_unix_ms),
+                duration_ms(x).map(human_duration).unwrap_or_default(),
+                x.message
             );
+        }
+        if r.next_page_token != 0 {
+            println!("more: kaon runs --before {}", r.next_page_token);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `2026-12-02 14:06:20` (UTC) for a Unix time in ms; "-" for 0.
+pub fn utc_time(ms: i64) -> String {
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) if ms > 0 => t.format("%Y-%m-%d %H:%M:%S").to_string(),
+        _ => "-".into(),
+    }
+}
+
+/// A duration for people: `850ms`, `12.3s`, `4m05s`, `2h03m`, `3d04h`.
+pub fn human_duration(ms: i64) -> String {
+    let s = ms / 1000;
+    match ms {
+        ..1_000 => format!("{ms}ms"),
+        ..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        ..3_600_000 => format!("{}m{:02}s", s / 60, s % 60),
+        ..86_400_000 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
 }
 
 /// `kaon workflow register`.

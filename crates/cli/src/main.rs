@@ -256,9 +256,13 @@ enum Cmd {
         /// Only this status (running, succeeded, failed, cancelled).
         #[arg(long)]
         status: Option<String>,
-        /// At most this many.
+        /// At most this many (the server caps a page at 1000).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Only runs older than this run id (the next page: the command
+        /// prints the `--before` to use when there are more).
+        #[arg(long, value_name = "RUN_ID")]
+        before: Option<u64>,
     },
     /// One run: show, watch, cancel.
     #[command(subcommand)]
@@ -386,7 +390,8 @@ fn main() -> ExitCode {
             workflow,
             status,
             limit,
-        } => block(client::runs(&o, workflow, status, limit)),
+            before,
+        } => block(client::runs(&o, workflow, status, limit, before)),
         Cmd::Run(RunCmd::Show { id }) => block(client::show(&o, id)),
         Cmd::Run(RunCmd::Watch { id }) => block(client::watch_run(&o, id)),
         Cmd::Run(RunCmd::Cancel { id, reason }) => block(client::cancel(&o, id, reason)),

@@ -416,3 +416,66 @@ fn a_step_no_agent_can_run_says_why_it_is_pending() {
     let (code, out, err) = kaon(&server, &["run", "cancel", &id]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// Issue 9 G: `kaon runs` shows when each run was submitted and how long
+/// it took, and pages with `--limit` and `--before`.
+#[test]
+fn runs_show_times_and_durations_and_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path());
+    let spec = dir.path().join("one.yaml");
+    std::fs::write(
+        &spec,
+        "apiVersion: kaon/v1\nname: one\nsteps:\n  a: {shell: 'true'}\n",
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (code, out, err) = kaon(&server, &["submit", spec.to_str().unwrap(), "--watch"]);
+        assert_eq!(code, 0, "{out}{err}");
+        ids.push(
+            out.lines()
+                .next()
+                .unwrap()
+                .strip_prefix("run ")
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let (code, out, err) = kaon(&server, &["runs", "--limit", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].contains("SUBMITTED (UTC)") && lines[0].contains("DURATION"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with(&ids[2]) && lines[2].starts_with(&ids[1]),
+        "newest first: {out}"
+    );
+    let year = lines[1].split_whitespace().nth(4).unwrap();
+    assert!(year.starts_with("20") && year.len() == 10, "a date: {out}");
+    let more = lines.last().unwrap();
+    assert!(more.starts_with("more: kaon runs --before "), "{out}");
+    let before = more.rsplit(' ').next().unwrap();
+    let (code, out, err) = kaon(&server, &["runs", "--limit", "2", "--before", before]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "the last page holds the oldest run only: {out}"
+    );
+    assert!(lines[1].starts_with(&ids[0]), "{out}");
+    let (code, out, err) = kaon(&server, &["--output", "json", "runs"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for r in v.as_array().unwrap() {
+        assert!(r["submitted_unix_ms"].as_i64().unwrap() > 0, "{r}");
+        let (s, f) = (
+            r["submitted_unix_ms"].as_i64().unwrap(),
+            r["finished_unix_ms"].as_i64().unwrap(),
+        );
+        assert_eq!(r["duration_ms"].as_i64().unwrap(), f - s, "{r}");
+    }
+}
