@@ -696,6 +696,7 @@ impl Executor {
         }
     }
 
+    /// Starts the step's process group in `dir`; returns its pgid.
     fn spawn_step(&self, task_id: &str, spec: &StepSpec, dir: &Path) -> Result<i32, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -738,7 +739,9 @@ impl Executor {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| format!("cannot start step: {e}"))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| spawn_error(spec.argv.first().map(String::as_str), &spec.env, &e))?;
         let pgid = child.id().map(|p| p as i32).unwrap_or(0);
         let tx = self.internal_tx.clone();
         let task_id = task_id.to_owned();
@@ -973,5 +976,51 @@ mod tests {
         assert_eq!(read_outputs(&p, 3).unwrap_err().0, "outputs_too_large");
         std::fs::write(&p, "[1]").unwrap();
         assert_eq!(read_outputs(&p, 100).unwrap_err().0, "outputs_invalid");
+    }
+}
+
+/// What a step kind's interpreter is, and where it comes from, for the
+/// message when it is missing (issue 9 G: `kind: r` on an agent without R).
+const INTERPRETERS: &[(&str, &str)] = &[
+    (
+        "Rscript",
+        "kind: r needs R (Debian: apt-get install r-base-core)",
+    ),
+    (
+        "spark-submit",
+        "kind: spark needs Spark (e.g. pip install pyspark, which ships spark-submit)",
+    ),
+    ("python3", "kind: python needs Python 3"),
+    ("java", "kind: jvm needs a Java runtime"),
+];
+
+/// The error for a step that could not be started, naming the program
+/// and, when it is missing, the PATH searched and what provides it.
+fn spawn_error(prog: Option<&str>, env: &BTreeMap<String, String>, e: &std::io::Error) -> String {
+    let prog = prog.unwrap_or("/bin/sh");
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            let path = env
+                .get("PATH")
+                .cloned()
+                .or_else(|| std::env::var("PATH").ok())
+                .unwrap_or_default();
+            let hint = INTERPRETERS
+                .iter()
+                .find(|(p, _)| *p == prog)
+                .map(|(_, h)| format!("; {h}"))
+                .unwrap_or_default();
+            format!(
+                "cannot start step: program {prog:?} is not installed on agent {host:?} \
+                 (not found in PATH={path}){hint}"
+            )
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            format!("cannot start step: {prog:?} on agent {host:?} is not executable: {e}")
+        }
+        _ => format!("cannot start step {prog:?}: {e}"),
     }
 }

@@ -430,3 +430,26 @@ async fn executor_without_checkpointing_exits_when_the_agent_goes_away() {
     h.stop();
     emu.shutdown().await;
 }
+
+/// Issue 9 G: a step whose interpreter is not installed says which program
+/// is missing, where it was looked for, and what provides it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_interpreter_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    let spec = StepSpec {
+        argv: vec!["Rscript".into(), "model.R".into()],
+        env: [("PATH".to_string(), "/nowhere".to_string())].into(),
+        ..Default::default()
+    };
+    launch(&h, &offer, vec![step_task("r", &offer, spec)]).await;
+    let (s, _) = run_until(&h, &mut rx, "r", TaskState::Failed).await;
+    let msg = s.message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("program \"Rscript\" is not installed on agent")
+            && msg.contains("(not found in PATH=/nowhere); kind: r needs R (Debian: apt-get install r-base-core)"),
+        "{msg}"
+    );
+    h.stop();
+    emu.shutdown().await;
+}
