@@ -404,6 +404,7 @@ impl World {
             ServiceConfig {
                 mesos_master: None,
                 peer_channel: Some(peer_channel(self.apis.clone())),
+                local_sandboxes: None,
             },
         ));
         self.apis

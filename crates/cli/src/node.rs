@@ -278,6 +278,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         let service = kaon_server::grpc::ServiceConfig {
             peer_channel: None,
             mesos_master: Some(master.clone()),
+            local_sandboxes: emulator.as_ref().map(|_| args.data_dir.join("mesos")),
         };
         kaon_server::grpc::serve(log, runtime, service, listener, shutdown).await?;
         if let Some(emu) = emulator {

@@ -479,3 +479,33 @@ fn runs_show_times_and_durations_and_page() {
         assert_eq!(r["duration_ms"].as_i64().unwrap(), f - s, "{r}");
     }
 }
+
+/// Issue 9 G: step logs stay readable after a server restart (the embedded
+/// emulator's agent has a new id; the old sandbox is read from disk).
+#[test]
+fn step_logs_are_readable_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("hello.yaml");
+    std::fs::write(
+        &spec,
+        "apiVersion: kaon/v1\nname: hello\nsteps:\n  a: {shell: 'echo hello; echo oops >&2'}\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = start_server(&data);
+    let (code, out, err) = kaon(&server, &["submit", spec.to_str().unwrap(), "--watch"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let id = out
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("run ")
+        .unwrap()
+        .to_string();
+    drop(server);
+    let server = start_server(&data);
+    let (code, out, err) = kaon(&server, &["run", "logs", &id, "a"]);
+    assert_eq!((code, out.as_str()), (0, "hello\n"), "{err}");
+    let (code, out, err) = kaon(&server, &["run", "logs", &id, "a", "--stderr"]);
+    assert_eq!((code, out.as_str()), (0, "oops\n"), "{err}");
+}

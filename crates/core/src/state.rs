@@ -760,7 +760,7 @@ impl State {
         {
             // Identical spec again: a no-op, unless a spec first recorded
             // by a submit is now registered, which activates its schedules.
-            if !(v.from_submit && !e.from_submit) {
+            if !v.from_submit || e.from_submit {
                 return Ok(());
             }
             v.from_submit = false;

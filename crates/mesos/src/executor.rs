@@ -941,44 +941,6 @@ pub fn executor_info(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn progress_lines() {
-        assert_eq!(
-            parse_progress_line("t", "percent 42\n"),
-            Some(ExecutorMessage::Progress {
-                task_id: "t".into(),
-                percent: 42.0
-            })
-        );
-        assert_eq!(
-            parse_progress_line("t", "status loading data"),
-            Some(ExecutorMessage::Status {
-                task_id: "t".into(),
-                text: "loading data".into()
-            })
-        );
-        assert_eq!(parse_progress_line("t", "percent 420"), None);
-        assert_eq!(parse_progress_line("t", "percent NaN"), None);
-        assert_eq!(parse_progress_line("t", "bogus"), None);
-    }
-
-    #[test]
-    fn outputs_are_bounded_and_must_be_objects() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("o.json");
-        assert_eq!(read_outputs(&p, 10), Ok(None));
-        std::fs::write(&p, r#"{"a":1}"#).unwrap();
-        assert_eq!(read_outputs(&p, 100), Ok(Some(serde_json::json!({"a":1}))));
-        assert_eq!(read_outputs(&p, 3).unwrap_err().0, "outputs_too_large");
-        std::fs::write(&p, "[1]").unwrap();
-        assert_eq!(read_outputs(&p, 100).unwrap_err().0, "outputs_invalid");
-    }
-}
-
 /// What a step kind's interpreter is, and where it comes from, for the
 /// message when it is missing (issue 9 G: `kind: r` on an agent without R).
 const INTERPRETERS: &[(&str, &str)] = &[
@@ -1022,5 +984,43 @@ fn spawn_error(prog: Option<&str>, env: &BTreeMap<String, String>, e: &std::io::
             format!("cannot start step: {prog:?} on agent {host:?} is not executable: {e}")
         }
         _ => format!("cannot start step {prog:?}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines() {
+        assert_eq!(
+            parse_progress_line("t", "percent 42\n"),
+            Some(ExecutorMessage::Progress {
+                task_id: "t".into(),
+                percent: 42.0
+            })
+        );
+        assert_eq!(
+            parse_progress_line("t", "status loading data"),
+            Some(ExecutorMessage::Status {
+                task_id: "t".into(),
+                text: "loading data".into()
+            })
+        );
+        assert_eq!(parse_progress_line("t", "percent 420"), None);
+        assert_eq!(parse_progress_line("t", "percent NaN"), None);
+        assert_eq!(parse_progress_line("t", "bogus"), None);
+    }
+
+    #[test]
+    fn outputs_are_bounded_and_must_be_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("o.json");
+        assert_eq!(read_outputs(&p, 10), Ok(None));
+        std::fs::write(&p, r#"{"a":1}"#).unwrap();
+        assert_eq!(read_outputs(&p, 100), Ok(Some(serde_json::json!({"a":1}))));
+        assert_eq!(read_outputs(&p, 3).unwrap_err().0, "outputs_too_large");
+        std::fs::write(&p, "[1]").unwrap();
+        assert_eq!(read_outputs(&p, 100).unwrap_err().0, "outputs_invalid");
     }
 }

@@ -57,6 +57,11 @@ pub struct ServiceConfig {
     /// indexes) by its recorded address: `None` dials gRPC over TCP; a
     /// simulation hands in channels that stay in its process.
     pub peer_channel: Option<PeerChannel>,
+    /// The embedded emulator's work directory, when this node runs one:
+    /// step logs are read from its sandboxes on disk when the master no
+    /// longer knows the agent (after a restart, the emulator's agents have
+    /// new ids while the old sandboxes are still there).
+    pub local_sandboxes: Option<std::path::PathBuf>,
 }
 
 /// Builds a (lazily connected) channel to the API at `host:port`.
@@ -66,6 +71,7 @@ impl std::fmt::Debug for ServiceConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServiceConfig")
             .field("mesos_master", &self.mesos_master)
+            .field("local_sandboxes", &self.local_sandboxes)
             .field(
                 "peer_channel",
                 &self.peer_channel.as_ref().map(|_| "custom"),
@@ -910,7 +916,29 @@ impl<L: EventLog> Kaon for KaonService<L> {
                 "task {task_id} has not been placed on an agent yet"
             )));
         }
-        let (agent, dir) = self.sandbox(&agent_id, &task_id).await?;
+        let (agent, dir) = match self.sandbox(&agent_id, &task_id).await {
+            Ok(found) => found,
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                let Some(root) = &self.config.local_sandboxes else {
+                    return Err(e);
+                };
+                let Some(path) = local_sandbox_file(root, &agent_id, &task_id, file) else {
+                    return Err(e);
+                };
+                let (data, offset, size) =
+                    read_file_range(&path, req.offset, max).map_err(|err| {
+                        Status::internal(format!("reading {}: {err}", path.display()))
+                    })?;
+                return Ok(Response::new(v1::ReadStepLogsResponse {
+                    data,
+                    offset,
+                    size,
+                    task_id,
+                    complete,
+                }));
+            }
+            Err(e) => return Err(e),
+        };
         // kaon's executor keeps each task's files in a folder of its own.
         let path = format!("{dir}/{}/{file}", kaon_mesos::executor::task_dir(&task_id));
         let read = |offset: i64, length: u32| {
@@ -1057,6 +1085,58 @@ impl<L: EventLog> Kaon for KaonService<L> {
             raft_log_index: index,
         }))
     }
+}
+
+/// The step's `file` (stdout, stderr) in an emulator sandbox on this
+/// machine: `ROOT/slaves/AGENT/frameworks/*/executors/EXECUTOR/runs/*/`
+/// `tasks/TASK/FILE` (kaon's executor's layout), the most recently modified run if there are several.
+fn local_sandbox_file(
+    root: &std::path::Path,
+    agent_id: &str,
+    task_id: &str,
+    file: &str,
+) -> Option<std::path::PathBuf> {
+    let executor = kaon_core::leader::executor_id(task_id);
+    let task = kaon_mesos::executor::task_dir(task_id);
+    let frameworks =
+        std::fs::read_dir(root.join("slaves").join(agent_id).join("frameworks")).ok()?;
+    let mut best: Option<(std::time::SystemTime, std::path::PathBuf)> = None;
+    for fw in frameworks.flatten() {
+        let runs = fw.path().join("executors").join(&executor).join("runs");
+        let Ok(runs) = std::fs::read_dir(&runs) else {
+            continue;
+        };
+        for run in runs.flatten() {
+            let path = run.path().join(&task).join(file);
+            if let Ok(m) = std::fs::metadata(&path).and_then(|m| m.modified())
+                && best.as_ref().is_none_or(|(t, _)| m > *t)
+            {
+                best = Some((m, path));
+            }
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+/// Reads up to `max` bytes of `path` from `offset` (negative: from the
+/// end); returns (data, start offset, file size).
+fn read_file_range(
+    path: &std::path::Path,
+    offset: i64,
+    max: u32,
+) -> std::io::Result<(Vec<u8>, i64, i64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let size = f.metadata()?.len() as i64;
+    let start = if offset < 0 {
+        (size + offset).max(0)
+    } else {
+        offset.min(size)
+    };
+    f.seek(SeekFrom::Start(start as u64))?;
+    let mut data = Vec::new();
+    f.take(u64::from(max)).read_to_end(&mut data)?;
+    Ok((data, start, size))
 }
 
 /// Percent-encodes a path for a query string.
