@@ -26,7 +26,7 @@ pub struct Opts {
 }
 
 impl Opts {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         let mut c = Client::new(&self.server).map_err(|e| anyhow::anyhow!("--server: {e}"))?;
         c.deadline = self.timeout;
         c.stale_reads = self.stale;
@@ -43,7 +43,7 @@ fn done(o: &Opts, text: &str, json: serde_json::Value) {
     }
 }
 
-fn status_error(e: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", e.code(), e.message())
 }
 

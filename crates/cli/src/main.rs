@@ -8,6 +8,7 @@
 //! `kaon executor` is kaon's Mesos executor; `kaon mesos-emulator` runs the
 //! Mesos emulator.
 
+mod audit;
 mod client;
 mod node;
 
@@ -168,23 +169,37 @@ enum ClusterCmd {
 
 #[derive(Subcommand)]
 enum AuditCmd {
-    /// Recompute the SHA-256 hash chain over every archived event (from the
-    /// first) and check it against the head the state machine recorded.
-    /// Reads the data directory of a stopped node.
+    /// Recompute the SHA-256 hash chain over every event (from the first),
+    /// replaying them, and check it against the head the node recorded.
+    /// Live from `--server` (streamed; linearizable unless `--stale`), or
+    /// offline from a stopped node's `--data-dir`.
     Verify {
-        /// The node's data directory.
-        #[arg(long, default_value = "kaon-data")]
-        data_dir: std::path::PathBuf,
+        /// A stopped node's data directory (default: ask the server).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
     },
-    /// Rebuild the state as of a log index from the archived events and
-    /// print its digest and runs.
+    /// Rebuild the state as of an event index from the events and print
+    /// its digest and runs (live, or offline with `--data-dir`).
     Replay {
-        /// The node's data directory.
-        #[arg(long, default_value = "kaon-data")]
-        data_dir: std::path::PathBuf,
+        /// A stopped node's data directory (default: ask the server).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
         /// Last event index to apply (default: all).
         #[arg(long)]
         until: Option<u64>,
+    },
+    /// Write every event as JSON lines on stdout (protobuf JSON mapping of
+    /// `kaon.events.v1.Event`), live or offline with `--data-dir`.
+    Export {
+        /// A stopped node's data directory (default: ask the server).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// First event index (default: 1).
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Last event index (default: the end).
+        #[arg(long)]
+        to: Option<u64>,
     },
 }
 
@@ -429,9 +444,25 @@ fn main() -> ExitCode {
             members,
             dry_run,
         }) => report(cluster_recover(&data_dir, node_id, &members, dry_run, json)),
-        Cmd::Audit(AuditCmd::Verify { data_dir }) => report(audit_verify(&data_dir)),
-        Cmd::Audit(AuditCmd::Replay { data_dir, until }) => {
-            report(audit_replay(&data_dir, until, json))
+        Cmd::Audit(cmd) => {
+            fn source<'a>(
+                d: &'a Option<std::path::PathBuf>,
+                o: &'a client::Opts,
+            ) -> audit::Source<'a> {
+                match d {
+                    Some(d) => audit::Source::Offline(d.as_path()),
+                    None => audit::Source::Live(o),
+                }
+            }
+            match &cmd {
+                AuditCmd::Verify { data_dir } => block(audit::verify(source(data_dir, &o))),
+                AuditCmd::Replay { data_dir, until } => {
+                    block(audit::replay(source(data_dir, &o), *until, json))
+                }
+                AuditCmd::Export { data_dir, from, to } => {
+                    block(audit::export(source(data_dir, &o), *from, *to))
+                }
+            }
         }
         Cmd::Executor => executor(),
         Cmd::RunLocal {
@@ -711,21 +742,6 @@ fn run_local(
     })
 }
 
-fn open_archive(data_dir: &std::path::Path) -> anyhow::Result<kaon_log::StateMachineStore> {
-    let dir = data_dir.join("raft");
-    anyhow::ensure!(
-        dir.join("state.redb").exists(),
-        "{} holds no kaon event log (expected raft/state.redb)",
-        data_dir.display()
-    );
-    kaon_log::StateMachineStore::open(&dir).map_err(|e| {
-        anyhow::anyhow!(
-            "opening the event archive in {} (is the node still running?): {e}",
-            dir.display()
-        )
-    })
-}
-
 /// `kaon cluster recover`.
 fn cluster_recover(
     data_dir: &std::path::Path,
@@ -799,74 +815,6 @@ fn cluster_recover(
                 list(&map),
                 r.index,
                 r.term
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `kaon audit verify`.
-fn audit_verify(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let store = open_archive(data_dir)?;
-    match store.verify_chain() {
-        Ok(r) => {
-            println!(
-                "ok: {} events, hash chain head {}",
-                r.events,
-                kaon_core::decide::hex(&r.head)
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!("kaon audit verify: the log does NOT check out: {e}");
-            Ok(ExitCode::FAILURE)
-        }
-    }
-}
-
-/// `kaon audit replay`.
-fn audit_replay(
-    data_dir: &std::path::Path,
-    until: Option<u64>,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let store = open_archive(data_dir)?;
-    let last = until.unwrap_or(u64::MAX);
-    let mut state = kaon_core::State::default();
-    let mut from = 1u64;
-    loop {
-        let to = from.saturating_add(10_000).min(last);
-        if from > to {
-            break;
-        }
-        let batch = store.read_events(from, to)?;
-        if batch.is_empty() {
-            break;
-        }
-        for e in &batch {
-            state
-                .apply(e)
-                .map_err(|err| anyhow::anyhow!("replaying event {}: {err}", e.index))?;
-        }
-        from = to + 1;
-    }
-    let digest = kaon_core::decide::hex(&state.digest());
-    if json {
-        let runs: Vec<_> = state
-            .runs
-            .values()
-            .map(|r| serde_json::json!({"id": r.id, "workflow": r.workflow, "version": r.version, "status": format!("{:?}", r.status).to_lowercase()}))
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({"applied_index": state.applied_index, "digest": digest, "chain": kaon_core::decide::hex(&state.chain), "runs": runs})
-        );
-    } else {
-        println!("state at event {}: digest {digest}", state.applied_index);
-        for r in state.runs.values() {
-            println!(
-                "  run {} {}@{}: {:?}",
-                r.id, r.workflow, r.version, r.status
             );
         }
     }

@@ -509,3 +509,84 @@ fn step_logs_are_readable_after_a_restart() {
     let (code, out, err) = kaon(&server, &["run", "logs", &id, "a", "--stderr"]);
     assert_eq!((code, out.as_str()), (0, "oops\n"), "{err}");
 }
+
+/// Issue 9 G: the auditor's commands work against a running server
+/// (streamed) and offline, agree with each other, refuse a running node's
+/// directory with an "in use" error, say where the log ends, and export
+/// every event as a JSON line.
+#[test]
+fn audit_works_live_and_offline_and_says_where_the_log_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("one.yaml");
+    std::fs::write(
+        &spec,
+        "apiVersion: kaon/v1\nname: one\nsteps:\n  a: {shell: 'true'}\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = start_server(&data);
+    for _ in 0..2 {
+        let (code, out, err) = kaon(&server, &["submit", spec.to_str().unwrap(), "--watch"]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    // Live.
+    let (code, live, err) = kaon(&server, &["audit", "verify"]);
+    assert_eq!(code, 0, "{live}{err}");
+    assert!(live.starts_with("ok: "), "{live}");
+    let events: u64 = live.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(events > 5, "{live}");
+    let (code, out, err) = kaon(&server, &["--output", "json", "audit", "replay"]);
+    assert_eq!(code, 0, "{err}");
+    let replayed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (_, st, _) = kaon(&server, &["--output", "json", "cluster", "status"]);
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(
+        replayed["digest"], st["state_digest"],
+        "replay rebuilds the node's state"
+    );
+    let (code, _, err) = kaon(&server, &["audit", "replay", "--until", "100000"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(&format!(
+            "--until 100000 is past the end of the log: the last event is {events}"
+        )),
+        "{err}"
+    );
+    let (code, out, err) = kaon(&server, &["audit", "export"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len() as u64, events, "{err}");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["index"], (i + 1).to_string(), "{l}");
+    }
+    assert!(
+        lines.iter().any(|l| l["runSubmitted"]["workflow"] == "one"),
+        "{out}"
+    );
+    // Offline on a running node: in use.
+    let (code, _, err) = kaon(
+        &server,
+        &["audit", "verify", "--data-dir", data.to_str().unwrap()],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("is in use by a running kaon server"), "{err}");
+    // Offline once stopped: the same answer.
+    drop(server);
+    let out = std::process::Command::new(common::KAON)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), live);
+    let out = std::process::Command::new(common::KAON)
+        .args(["audit", "export", "--to", "3", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+}

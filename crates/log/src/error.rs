@@ -79,6 +79,13 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The database is held by another process (a running node): redb's
+    /// file lock refused it.
+    pub fn is_in_use(&self) -> bool {
+        matches!(self, StoreError::Db { source, .. }
+            if matches!(**source, redb::Error::DatabaseAlreadyOpen))
+    }
+
     /// Wraps a redb error with the file and operation.
     pub(crate) fn db(file: &std::path::Path, op: &'static str) -> impl FnOnce(redb::Error) -> Self {
         let file = file.to_path_buf();

@@ -647,6 +647,57 @@ impl<L: EventLog> Kaon for KaonService<L> {
     }
 
     type WatchRunStream = ReceiverStream<Result<v1::WatchRunEvent, Status>>;
+    type ReadEventsStream = ReceiverStream<Result<v1::ReadEventsBatch, Status>>;
+
+    async fn read_events(
+        &self,
+        req: Request<v1::ReadEventsRequest>,
+    ) -> Result<Response<Self::ReadEventsStream>, Status> {
+        self.read_barrier(req.metadata()).await?;
+        let req = req.into_inner();
+        // The end and its chain head, taken together from one state.
+        let (last, head) = self.log.with_state(|s| (s.applied_index, s.chain));
+        let to = match req.to_index {
+            0 => last,
+            n if n > last => {
+                return Err(Status::out_of_range(format!(
+                    "to_index {n} is past the end of the log: the last event is {last}"
+                )));
+            }
+            n => n,
+        };
+        let from = req.from_index.max(1);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            let mut cursor = from - 1;
+            loop {
+                let want = (to.saturating_sub(cursor) as usize).min(READ_EVENTS_BATCH_MAX);
+                let batch = if want == 0 {
+                    Vec::new()
+                } else {
+                    log.events_after(cursor, want)
+                };
+                if let Some(e) = batch.last() {
+                    cursor = e.index;
+                }
+                let done = cursor >= to || batch.is_empty();
+                let msg = v1::ReadEventsBatch {
+                    events: batch.iter().map(kaon_core::events::encode).collect(),
+                    last_index: last,
+                    chain_head: if done {
+                        kaon_core::decide::hex(&head)
+                    } else {
+                        String::new()
+                    },
+                };
+                if tx.send(Ok(msg)).await.is_err() || done {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 
     async fn watch_run(
         &self,
@@ -1138,6 +1189,9 @@ fn read_file_range(
     f.take(u64::from(max)).read_to_end(&mut data)?;
     Ok((data, start, size))
 }
+
+/// Events per `ReadEvents` batch (a few MB at most for typical events).
+pub const READ_EVENTS_BATCH_MAX: usize = 1_000;
 
 /// Percent-encodes a path for a query string.
 fn url_escape(s: &str) -> String {
