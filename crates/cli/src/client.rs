@@ -300,6 +300,7 @@ impl Board {
                 "failed_ignored" => "fail",
                 "skipped" => "skip",
                 "cancelled" => "cncl",
+                "pending" => "wait",
                 _ => "    ",
             };
             let bar = if s.status == "running" {
@@ -311,7 +312,8 @@ impl Board {
                     s.percent
                 )
             } else {
-                String::new()
+                // The bar's width in blanks: the text column stays put.
+                " ".repeat(width + 8)
             };
             let text =
                 if !s.status_text.is_empty() && (s.status == "running" || s.status == "pending") {
@@ -321,7 +323,8 @@ impl Board {
                 } else {
                     String::new()
                 };
-            lines.push(format!("  {mark} {:<32}{bar}{text}", s.path));
+            let line = format!("  {mark} {:<32}{bar}{text}", s.path);
+            lines.push(line.trim_end().to_string());
         }
         for l in &lines {
             out.push_str(l);

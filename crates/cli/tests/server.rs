@@ -192,8 +192,8 @@ fn watch_draws_a_live_board_with_progress_on_a_terminal() {
         &spec,
         format!(
             "apiVersion: kaon/v1\nname: progress\nsteps:\n  \
-             slow: {{shell: 'echo percent 50 >> $KAON_PROGRESS_FILE; echo status halfway there >> $KAON_PROGRESS_FILE; while [ ! -f {f} ]; do sleep 0.05; done'}}\n  \
-             after: {{depends_on: [slow], shell: 'true'}}\n",
+             after: {{depends_on: [slow], shell: 'true'}}\n  \
+             slow: {{shell: 'echo percent 50 >> $KAON_PROGRESS_FILE; echo status halfway there >> $KAON_PROGRESS_FILE; while [ ! -f {f} ]; do sleep 0.05; done'}}\n",
             f = flag.display()
         ),
     )
@@ -234,6 +234,13 @@ fn watch_draws_a_live_board_with_progress_on_a_terminal() {
     assert!(
         seen.contains("[##########          ]  50%"),
         "a half-full bar: {seen:?}"
+    );
+    // Dependency order (the spec lists `after` first), and a pending step
+    // keeps the columns: its mark, then its path.
+    let (slow, after) = (seen.find("..   slow").unwrap(), seen.find("wait after"));
+    assert!(
+        after.is_some_and(|a| a > slow),
+        "slow above after: {seen:?}"
     );
     std::fs::write(&flag, "").unwrap();
     let end = std::time::Instant::now() + Duration::from_secs(30);

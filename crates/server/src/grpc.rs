@@ -423,6 +423,75 @@ fn run_status(s: RunStatus) -> &'static str {
 }
 
 /// The API view of a run.
+/// The run's instances in dependency order (issue 9 G: boards and `run
+/// show` list a step after the steps it waits for): depth first from the
+/// body, then the exit handler; a group's children by their depth in the
+/// group's DAG (a step after everything it depends on), spec order among
+/// equals; iterations and foreach elements in their order.
+fn dependency_order(r: &Run) -> Vec<usize> {
+    let plan = &r.plan;
+    // Depth of a plan node among its siblings: 0 without dependencies,
+    // else one more than its deepest dependency.
+    fn depth(
+        plan: &kaon_core::plan::Plan,
+        siblings: &[kaon_core::plan::NodeId],
+        pos: usize,
+        memo: &mut [Option<u32>],
+    ) -> u32 {
+        if let Some(d) = memo[pos] {
+            return d;
+        }
+        memo[pos] = Some(0); // a validated plan has no cycles; stay finite
+        let node = &plan.nodes[siblings[pos] as usize];
+        let d = node
+            .depends_on
+            .iter()
+            .filter(|&&q| (q as usize) < siblings.len())
+            .map(|&q| depth(plan, siblings, q as usize, memo) + 1)
+            .max()
+            .unwrap_or(0);
+        memo[pos] = Some(d);
+        d
+    }
+    let mut out = Vec::with_capacity(r.instances.len());
+    let mut seen = vec![false; r.instances.len()];
+    let mut stack: Vec<usize> = Vec::new();
+    let tops: Vec<usize> = (0..r.instances.len())
+        .filter(|&i| r.instances[i].parent.is_none())
+        .collect();
+    for top in tops {
+        stack.push(top);
+        while let Some(i) = stack.pop() {
+            if i >= r.instances.len() || seen[i] {
+                continue;
+            }
+            seen[i] = true;
+            out.push(i);
+            let inst = &r.instances[i];
+            let mut kids: Vec<usize> = inst.children.iter().map(|&c| c as usize).collect();
+            if inst.kind == InstKind::Group
+                && let Some(kaon_core::plan::Body::Group { children, .. }) =
+                    plan.nodes.get(inst.node as usize).map(|n| &n.body)
+            {
+                let mut memo = vec![None; children.len()];
+                let depths: Vec<u32> = (0..children.len())
+                    .map(|p| depth(plan, children, p, &mut memo))
+                    .collect();
+                let key = |c: usize| {
+                    let pos = plan.nodes[r.instances[c].node as usize].index as usize;
+                    (depths.get(pos).copied().unwrap_or(u32::MAX), pos)
+                };
+                kids.sort_by_key(|&c| key(c));
+            }
+            // Depth first: push in reverse so the first child comes next.
+            stack.extend(kids.into_iter().rev());
+        }
+    }
+    // Anything not reached (cannot happen in a consistent state) last.
+    out.extend((0..r.instances.len()).filter(|&i| !seen[i]));
+    out
+}
+
 pub fn run_view(r: &Run) -> v1::Run {
     v1::Run {
         id: r.id,
@@ -433,9 +502,9 @@ pub fn run_view(r: &Run) -> v1::Run {
         submitted_unix_ms: r.submitted_ms,
         finished_unix_ms: r.finished_ms.unwrap_or(0),
         params_json: r.params.to_string(),
-        steps: r
-            .instances
-            .iter()
+        steps: dependency_order(r)
+            .into_iter()
+            .map(|i| &r.instances[i])
             .filter(|i| !i.path.is_empty())
             .map(|i| v1::Step {
                 path: i.path.clone(),
