@@ -304,5 +304,32 @@ mod tests {
                 prop_assert!(d.buffered_bytes() <= record_bytes_max + LENGTH_PREFIX_DIGITS_MAX);
             }
         }
+
+        /// Structure-aware: well-framed records whose payloads are mutated
+        /// Mesos events, decoded as the driver decodes them: errors, never
+        /// a panic.
+        #[test]
+        fn framed_mutated_events_decode_or_fail_cleanly(
+            picks in proptest::collection::vec((0usize..4, any::<u16>(), any::<u8>()), 1..12),
+        ) {
+            let samples: [&[u8]; 4] = [
+                br#"{"type":"SUBSCRIBED","subscribed":{"framework_id":{"value":"f"},"heartbeat_interval_seconds":15.0}}"#,
+                br#"{"type":"OFFERS","offers":{"offers":[{"id":{"value":"o"},"framework_id":{"value":"f"},"agent_id":{"value":"a"},"hostname":"h","resources":[{"name":"cpus","type":"SCALAR","scalar":{"value":1.0}}]}]}}"#,
+                br#"{"type":"UPDATE","update":{"status":{"task_id":{"value":"t"},"state":"TASK_RUNNING","uuid":"AAAA"}}}"#,
+                br#"{"type":"HEARTBEAT"}"#,
+            ];
+            let mut stream = Vec::new();
+            for (k, at, byte) in &picks {
+                let mut payload = samples[*k].to_vec();
+                let at = *at as usize % payload.len();
+                payload[at] = *byte;
+                stream.extend(encode(&payload));
+            }
+            let mut d = Decoder::default();
+            for rec in d.feed(&stream).unwrap() {
+                let _ = serde_json::from_slice::<crate::types::scheduler::Event>(&rec);
+            }
+            d.finish().unwrap();
+        }
     }
 }
