@@ -597,3 +597,76 @@ fn audit_works_live_and_offline_and_says_where_the_log_ends() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
 }
+
+/// Issue 10, section 3: `kind: container` runs in its image through the
+/// whole path (spec, leader, TaskInfo, executor), not on the host; an image
+/// that does not exist fails the step naming it.
+#[test]
+fn a_container_step_runs_in_its_image() {
+    if std::env::var("KAON_DOCKER_TESTS").as_deref() == Ok("skip") {
+        eprintln!("container test SKIPPED: KAON_DOCKER_TESTS=skip");
+        return;
+    }
+    let image = "kaon-test-sh:local";
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../mesos/tests/images/build-sh-image.sh"
+    );
+    let built = std::process::Command::new(script)
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "the test image needs a Docker daemon (KAON_DOCKER_TESTS=skip on a machine without one): {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path());
+    let spec = dir.path().join("boxed.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "apiVersion: kaon/v1\nname: boxed\nsteps:\n  \
+             a: {{kind: container, image: '{image}', resources: {{cpus: 0.5, mem: 64MiB}}, \
+             shell: 'printf \"{{\\\"where\\\": \\\"%s\\\"}}\" \"$(cat /etc/kaon-image)\" > $KAON_OUTPUTS_FILE'}}\n  \
+             b: {{kind: container, image: 'kaon-no-such-image:1', shell: 'true', depends_on: [a]}}\n"
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = kaon(&server, &["submit", spec.to_str().unwrap(), "--watch"]);
+    assert_eq!(code, 1, "b fails: {out}{err}");
+    let id = out
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("run ")
+        .unwrap()
+        .to_string();
+    let (code, out, err) = kaon(&server, &["--output", "json", "run", "show", &id]);
+    assert_eq!(code, 0, "{err}");
+    let run: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let step = |p: &str| {
+        run["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["path"] == p)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(step("a")["status"], "succeeded", "{out}");
+    assert_eq!(
+        step("a")["outputs"],
+        serde_json::json!({"where": "in-image"}),
+        "{out}"
+    );
+    assert_eq!(step("b")["status"], "failed");
+    let m = step("b")["message"].as_str().unwrap().to_string();
+    assert!(
+        m.contains(
+            "the container step (image \"kaon-no-such-image:1\") did not run: docker exited 125"
+        ),
+        "{m}"
+    );
+}

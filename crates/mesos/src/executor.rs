@@ -60,6 +60,130 @@ pub struct StepSpec {
     /// Heartbeat message period in seconds (default 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_seconds: Option<f64>,
+    /// Run the step in this container (`kind: container`) through Docker
+    /// on the agent, not on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
+}
+
+/// A container step: the image and the step's resources as Docker limits.
+///
+/// Why the executor runs `docker run` itself rather than asking Mesos'
+/// Docker containerizer: kaon's executor stays the step's supervisor, so a
+/// container step keeps every contract of the other kinds (outputs and
+/// progress files, heartbeats, kill grace, the same result JSON); with
+/// Mesos' Docker containerizer a custom executor's DOCKER ContainerInfo
+/// goes on the ExecutorInfo and runs the *executor* inside the step's
+/// image, which would need kaon's binary (and its libc) in every image;
+/// and an agent needs only the Docker CLI and daemon, not the docker
+/// containerizer (`--containerizers=docker,mesos`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ContainerSpec {
+    /// Image reference (`name[:tag]` or an id), as `docker run` takes it.
+    pub image: String,
+    /// CPUs (`docker run --cpus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Memory in MB (`docker run --memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_mb: Option<f64>,
+}
+
+/// Where the Docker CLI is looked up (PATH); `KAON_DOCKER` overrides it.
+pub const DOCKER_PROGRAM_DEFAULT: &str = "docker";
+
+/// The Docker CLI to use.
+fn docker_program() -> String {
+    std::env::var("KAON_DOCKER").unwrap_or_else(|_| DOCKER_PROGRAM_DEFAULT.into())
+}
+
+/// The container's name for a task: Docker's charset, unique per task id.
+pub fn container_name(task_id: &str) -> String {
+    // FNV-1a keeps two ids that sanitize alike apart.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in task_id.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let clean: String = task_id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(100)
+        .collect();
+    format!("kaon-{clean}-{:08x}", h as u32)
+}
+
+/// The `docker run` argv for a container step running in `dir` (mounted
+/// at the same path, so the outputs and progress files are where the
+/// environment says, inside and out).
+fn docker_run_args(task_id: &str, spec: &StepSpec, c: &ContainerSpec, dir: &Path) -> Vec<String> {
+    let d = dir.display().to_string();
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut a: Vec<String> = vec![
+        "run".into(),
+        "--rm".into(),
+        "--name".into(),
+        container_name(task_id),
+        "--label".into(),
+        format!("kaon.task={task_id}"),
+        "--user".into(),
+        format!("{uid}:{gid}"),
+        // --mount, not --volume: sandbox paths hold colons (executor ids
+        // derive from task ids such as `r4-i1-a1:train`).
+        "--mount".into(),
+        format!("type=bind,source={d},target={d}"),
+        "--workdir".into(),
+        d.clone(),
+    ];
+    if let Some(cpus) = c.cpus.filter(|v| v.is_finite() && *v > 0.0) {
+        a.push(format!("--cpus={cpus}"));
+    }
+    if let Some(mem) = c.mem_mb.filter(|v| v.is_finite() && *v >= 6.0) {
+        a.push(format!("--memory={}m", mem.ceil() as u64));
+    }
+    let mut env: Vec<(String, String)> = spec.env.clone().into_iter().collect();
+    env.push((ENV_OUTPUTS_FILE.into(), format!("{d}/outputs.json")));
+    env.push((ENV_PROGRESS_FILE.into(), format!("{d}/progress")));
+    env.push((ENV_TASK_ID.into(), task_id.into()));
+    for (k, v) in env {
+        a.push("--env".into());
+        a.push(format!("{k}={v}"));
+    }
+    a.push(c.image.clone());
+    if spec.argv.is_empty() {
+        a.extend([
+            "/bin/sh".into(),
+            "-c".into(),
+            spec.shell.clone().unwrap_or_default(),
+        ]);
+    } else {
+        a.extend(spec.argv.iter().cloned());
+    }
+    a
+}
+
+/// Stops a container step's container: `docker stop` (SIGTERM, then
+/// SIGKILL after `grace`), then `docker rm -f` (also when the CLI died).
+async fn stop_container(name: String, grace: Duration) {
+    let docker = docker_program();
+    let secs = grace.as_secs().max(1).to_string();
+    let _ = tokio::process::Command::new(&docker)
+        .args(["stop", "--time", &secs, &name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
+    remove_container(name).await;
+}
+
+/// `docker rm -f NAME`, errors ignored (it is usually gone already).
+async fn remove_container(name: String) {
+    let _ = tokio::process::Command::new(docker_program())
+        .args(["rm", "--force", &name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
 }
 
 /// JSON put in `TaskStatus.data` of the terminal update.
@@ -564,6 +688,16 @@ impl Executor {
             .unwrap_or(KILL_GRACE_DEFAULT);
         t.killed = true;
         let pgid = t.pgid;
+        if t.spec.container.is_some() {
+            // The container is the daemon's child, not ours: stop it
+            // there; the CLI then exits by itself.
+            let name = container_name(task_id);
+            tokio::spawn(async move {
+                stop_container(name, grace).await;
+                crate::emulator::process::signal_group(pgid, libc::SIGKILL);
+            });
+            return;
+        }
         crate::emulator::process::signal_group(pgid, libc::SIGTERM);
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
@@ -711,13 +845,18 @@ impl Executor {
         let (stdout, stderr) = (file("stdout")?, file("stderr")?);
         file("progress")?;
         let _ = std::fs::remove_file(dir.join("outputs.json"));
-        let mut cmd = match spec.argv.split_first() {
-            Some((prog, args)) => {
+        let mut cmd = match (&spec.container, spec.argv.split_first()) {
+            (Some(c), _) => {
+                let mut cmd = tokio::process::Command::new(docker_program());
+                cmd.args(docker_run_args(task_id, spec, c, dir));
+                cmd
+            }
+            (None, Some((prog, args))) => {
                 let mut c = tokio::process::Command::new(prog);
                 c.args(args);
                 c
             }
-            None => {
+            (None, None) => {
                 let mut c = tokio::process::Command::new("/bin/sh");
                 c.arg("-c").arg(spec.shell.clone().unwrap_or_default());
                 c
@@ -739,9 +878,10 @@ impl Executor {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| spawn_error(spec.argv.first().map(String::as_str), &spec.env, &e))?;
+        let mut child = cmd.spawn().map_err(|e| match &spec.container {
+            Some(c) => container_spawn_error(&c.image, &e),
+            None => spawn_error(spec.argv.first().map(String::as_str), &spec.env, &e),
+        })?;
         let pgid = child.id().map(|p| p as i32).unwrap_or(0);
         let tx = self.internal_tx.clone();
         let task_id = task_id.to_owned();
@@ -818,6 +958,10 @@ impl Executor {
                 }
                 // Give any leftover children of the step's group the same end.
                 crate::emulator::process::signal_group(t.pgid, libc::SIGKILL);
+                if t.spec.container.is_some() {
+                    // `--rm` removes it on a normal exit; not if the CLI died.
+                    tokio::spawn(remove_container(container_name(&task_id)));
+                }
                 let code = status.and_then(|s| s.code());
                 let signal = status.and_then(|s| s.signal());
                 if t.command_mode {
@@ -863,6 +1007,21 @@ impl Executor {
                         Some(format!("step terminated by signal {sig}")),
                         None,
                     )
+                } else if let (Some(c), Some(125..=127)) = (&t.spec.container, code) {
+                    // Docker's own failures: 125 the daemon or CLI (an image
+                    // that does not exist, bad options), 126/127 the command
+                    // in the image. Its words are the last stderr lines.
+                    let said = last_lines(&t.dir.join("stderr"), 3);
+                    (
+                        TaskState::Failed,
+                        "container_failed".into(),
+                        Some(format!(
+                            "the container step (image {:?}) did not run: docker exited {}: {said}",
+                            c.image,
+                            code.unwrap_or(-1)
+                        )),
+                        None,
+                    )
                 } else if code != Some(0) {
                     (
                         TaskState::Failed,
@@ -888,6 +1047,18 @@ impl Executor {
             }
         }
     }
+}
+
+/// The last `n` non-empty lines of a (small) text file, joined by " / ".
+fn last_lines(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path)
+        .map(|b| {
+            let tail = b.len().saturating_sub(8192);
+            String::from_utf8_lossy(&b[tail..]).into_owned()
+        })
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" / ")
 }
 
 fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
@@ -954,7 +1125,21 @@ const INTERPRETERS: &[(&str, &str)] = &[
     ),
     ("python3", "kind: python needs Python 3"),
     ("java", "kind: jvm needs a Java runtime"),
+    (
+        "docker",
+        "kind: container needs Docker (CLI and daemon) on the agent",
+    ),
 ];
+
+/// The error for a container step whose Docker CLI could not be started
+/// (no Docker on the agent): it names the image, so the step is never
+/// mistaken for one that ran.
+fn container_spawn_error(image: &str, e: &std::io::Error) -> String {
+    format!(
+        "cannot run the container step (image {image:?}): {}",
+        spawn_error(Some(&docker_program()), &BTreeMap::new(), e)
+    )
+}
 
 /// The error for a step that could not be started, naming the program
 /// and, when it is missing, the PATH searched and what provides it.
@@ -990,6 +1175,54 @@ fn spawn_error(prog: Option<&str>, env: &BTreeMap<String, String>, e: &std::io::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_without_docker_fails_a_container_step_naming_the_image() {
+        let e = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let m = container_spawn_error("trainer:1", &e);
+        assert!(
+            m.starts_with("cannot run the container step (image \"trainer:1\"): cannot start step: program \"docker\" is not installed on agent"),
+            "{m}"
+        );
+        assert!(
+            m.ends_with("kind: container needs Docker (CLI and daemon) on the agent"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn docker_run_gets_limits_mounts_and_the_step_contract() {
+        let spec = StepSpec {
+            shell: Some("echo hi".into()),
+            env: [("A".to_string(), "1".to_string())].into(),
+            ..StepSpec::default()
+        };
+        let c = ContainerSpec {
+            image: "img:2".into(),
+            cpus: Some(1.5),
+            mem_mb: Some(256.0),
+        };
+        let a = docker_run_args("r1-i2-a1:x", &spec, &c, Path::new("/sb/tasks/t"));
+        let s = a.join(" ");
+        assert!(s.starts_with("run --rm --name kaon-r1-i2-a1-x-"), "{s}");
+        for want in [
+            "--label kaon.task=r1-i2-a1:x",
+            "--mount type=bind,source=/sb/tasks/t,target=/sb/tasks/t --workdir /sb/tasks/t",
+            "--cpus=1.5 --memory=256m",
+            "--env A=1",
+            "--env KAON_OUTPUTS_FILE=/sb/tasks/t/outputs.json",
+            "--env KAON_PROGRESS_FILE=/sb/tasks/t/progress",
+            "--env KAON_TASK_ID=r1-i2-a1:x",
+        ] {
+            assert!(s.contains(want), "{want} in {s}");
+        }
+        assert!(s.ends_with("img:2 /bin/sh -c echo hi"), "{s}");
+        assert_ne!(
+            container_name("a:b"),
+            container_name("a-b"),
+            "ids that clean alike differ"
+        );
+    }
 
     #[test]
     fn progress_lines() {

@@ -550,10 +550,18 @@ fn offer_view(o: &Offer) -> kaon_core::placement::Offer {
 /// The Mesos `TaskInfo` of a task the leader placed: a custom-executor
 /// task whose `data` is the step for kaon's executor.
 fn task_info(t: &TaskSpec) -> TaskInfo {
+    let resource = |name: &str| t.resources.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
     let spec = StepSpec {
         argv: t.step.argv.clone(),
         shell: t.step.shell.clone(),
         env: t.step.env.iter().cloned().collect(),
+        // `kind: container`: the executor runs it in its image (it was
+        // silently run on the host before, issue 10 section 3).
+        container: (!t.container_image.is_empty()).then(|| kaon_mesos::executor::ContainerSpec {
+            image: t.container_image.clone(),
+            cpus: resource("cpus"),
+            mem_mb: resource("mem"),
+        }),
         ..StepSpec::default()
     };
     let executor = ExecutorInfo {
