@@ -64,6 +64,58 @@ pub struct StepSpec {
     /// on the agent, not on the host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerSpec>,
+    /// Bytes each of `stdout` and `stderr` keeps (default
+    /// [`STEP_LOG_BYTES_MAX_DEFAULT`]): when a file would grow past it, it
+    /// becomes `<name>.1` (replacing the one before) and a new file starts,
+    /// so a step that prints gigabytes uses at most twice this per stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_bytes_max: Option<u64>,
+}
+
+/// Default of [`StepSpec::log_bytes_max`]: 256 MiB per stream and file.
+pub const STEP_LOG_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
+
+/// How long a finished step's output may take to drain from its pipes
+/// into the log files before the terminal update goes out anyway.
+pub const LOG_DRAIN_WAIT: Duration = Duration::from_secs(2);
+
+/// Copies a step's stdout or stderr into `path` (appending), rotating to
+/// `<path>.1` whenever the file would pass `max` bytes. Reads until EOF
+/// (every holder of the pipe gone), so the step never blocks on it.
+async fn copy_log(mut from: impl tokio::io::AsyncRead + Unpin, path: PathBuf, max: u64) {
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+    let max = max.max(1);
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+    };
+    let Ok(mut file) = open(&path) else { return };
+    let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buf = vec![0u8; (64 * 1024).min(max as usize)];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if size > 0 && size + n as u64 > max {
+            let mut rotated = path.clone().into_os_string();
+            rotated.push(".1");
+            let _ = std::fs::rename(&path, &rotated);
+            match open(&path) {
+                Ok(f) => file = f,
+                Err(_) => return,
+            }
+            size = 0;
+        }
+        if file.write_all(&buf[..n]).is_err() {
+            // Disk full or gone: keep draining so the step is not blocked.
+            continue;
+        }
+        size += n as u64;
+    }
 }
 
 /// A container step: the image and the step's resources as Docker limits.
@@ -842,7 +894,8 @@ impl Executor {
                 .open(dir.join(name))
                 .map_err(|e| format!("cannot create {name}: {e}"))
         };
-        let (stdout, stderr) = (file("stdout")?, file("stderr")?);
+        file("stdout")?;
+        file("stderr")?;
         file("progress")?;
         let _ = std::fs::remove_file(dir.join("outputs.json"));
         let mut cmd = match (&spec.container, spec.argv.split_first()) {
@@ -864,8 +917,8 @@ impl Executor {
         };
         cmd.current_dir(dir)
             .stdin(std::process::Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .envs(&spec.env)
             .env(ENV_OUTPUTS_FILE, dir.join("outputs.json"))
             .env(ENV_PROGRESS_FILE, dir.join("progress"))
@@ -883,10 +936,23 @@ impl Executor {
             None => spawn_error(spec.argv.first().map(String::as_str), &spec.env, &e),
         })?;
         let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+        let max = spec.log_bytes_max.unwrap_or(STEP_LOG_BYTES_MAX_DEFAULT);
+        let mut copiers = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            copiers.push(tokio::spawn(copy_log(out, dir.join("stdout"), max)));
+        }
+        if let Some(err) = child.stderr.take() {
+            copiers.push(tokio::spawn(copy_log(err, dir.join("stderr"), max)));
+        }
         let tx = self.internal_tx.clone();
         let task_id = task_id.to_owned();
         tokio::spawn(async move {
             let status = child.wait().await.ok();
+            // Leftover processes of the step's group hold the pipes open:
+            // they end with it (as they would anyway), then the logs drain.
+            crate::emulator::process::signal_group(pgid, libc::SIGKILL);
+            let _ =
+                tokio::time::timeout(LOG_DRAIN_WAIT, futures_util::future::join_all(copiers)).await;
             let _ = tx.send(Internal::Exited { task_id, status });
         });
         Ok(pgid)

@@ -608,3 +608,34 @@ async fn killing_a_container_step_stops_and_removes_its_container() {
     h.stop();
     emu.shutdown().await;
 }
+
+/// Issue 10, section 6: a step that prints far more than its log limit
+/// keeps at most the limit in `stdout` plus as much in `stdout.1`, the
+/// newest output last; the step is never blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chatty_step_cannot_fill_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    let max = 100_000u64;
+    let spec = StepSpec {
+        log_bytes_max: Some(max),
+        // About 2 MB to stdout and 2 MB to stderr.
+        ..shell(
+            r#"i=0; while [ $i -lt 20000 ]; do echo "line $i of a step that talks too much, padded to about a hundred bytes............"; echo "err $i ......................................................................................." >&2; i=$((i+1)); done; echo last-line"#,
+        )
+    };
+    launch(&h, &offer, vec![step_task("chatty", &offer, spec)]).await;
+    let (done, _) = run_until(&h, &mut rx, "chatty", TaskState::Finished).await;
+    assert_eq!(result(&done).exit_code, Some(0));
+    let stdout = find_file(dir.path(), "stdout", "last-line").expect("the newest output is kept");
+    let task_dir = stdout.parent().unwrap();
+    for name in ["stdout", "stdout.1", "stderr", "stderr.1"] {
+        let len = std::fs::metadata(task_dir.join(name)).unwrap().len();
+        assert!(len <= max, "{name} holds {len} bytes, over {max}");
+        assert!(len > 0, "{name} is used");
+    }
+    let text = std::fs::read_to_string(&stdout).unwrap();
+    assert!(text.ends_with("last-line\n"), "the last bytes are there");
+    h.stop();
+    emu.shutdown().await;
+}
