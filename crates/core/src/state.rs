@@ -1145,9 +1145,29 @@ fn launch(run: &mut Run, e: pb::TaskLaunchRequested, index: u64, now: i64) -> Re
 /// The budget a terminal, unsuccessful attempt spends, from its Mesos
 /// state and reason and whether kaon asked to kill it. Decide classifies
 /// every new observation with this and records the answer in the event
-/// (`TaskStatusObserved.cause`); apply calls it only for events written
-/// before that field existed, so their replay is unchanged.
+/// (`TaskStatusObserved.cause`); apply uses the frozen rules of
+/// [`classify_v1`] for events written before that field existed, so their
+/// replay is unchanged.
 pub fn classify(state: TaskState, reason: &str, kill: Option<KillCause>) -> FailureCause {
+    match (state, kill) {
+        // The step used more than its declared resources: its own doing
+        // (Mesos' isolators report it with these reasons).
+        (TaskState::Failed, None)
+            if matches!(
+                reason,
+                "REASON_CONTAINER_LIMITATION_MEMORY" | "REASON_CONTAINER_LIMITATION_DISK"
+            ) =>
+        {
+            FailureCause::User
+        }
+        _ => classify_v1(state, reason, kill),
+    }
+}
+
+/// The classification of events recorded before decide stored the cause
+/// (`TaskStatusObserved.cause` unspecified): frozen, so old logs replay to
+/// the state they had.
+fn classify_v1(state: TaskState, reason: &str, kill: Option<KillCause>) -> FailureCause {
     match (state, kill) {
         (_, Some(KillCause::Timeout)) => FailureCause::Timeout,
         (_, Some(_)) => FailureCause::Cancelled,
@@ -1211,8 +1231,8 @@ fn observe(run: &mut Run, e: pb::TaskStatusObserved, now: i64) -> Result<(), Str
     } else {
         let a = inst.attempts.last_mut().expect("attempt exists");
         a.cause = Some(match cause {
-            // Written before decide recorded the cause.
-            FailureCause::Unspecified => classify(state, &e.reason, a.kill),
+            // Written before decide recorded the cause: the rules of then.
+            FailureCause::Unspecified => classify_v1(state, &e.reason, a.kill),
             cause => cause,
         });
         inst.awaiting_decision = true;
@@ -1256,4 +1276,30 @@ pub fn live_tasks(state: &State) -> Vec<(RunId, InstId, &Attempt)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A step stopped for exceeding its memory spends the user budget from
+    /// now on; an event recorded before causes were stored replays with
+    /// the rules of then (the platform budget).
+    #[test]
+    fn memory_limits_are_the_steps_doing_but_old_events_replay_as_recorded() {
+        let r = "REASON_CONTAINER_LIMITATION_MEMORY";
+        assert_eq!(classify(TaskState::Failed, r, None), FailureCause::User);
+        assert_eq!(
+            classify_v1(TaskState::Failed, r, None),
+            FailureCause::Platform
+        );
+        assert_eq!(
+            classify(TaskState::Failed, r, Some(KillCause::Timeout)),
+            FailureCause::Timeout
+        );
+        assert_eq!(
+            classify(TaskState::Lost, "REASON_AGENT_REMOVED", None),
+            FailureCause::Platform
+        );
+    }
 }

@@ -72,6 +72,42 @@ pub struct StepSpec {
     pub log_bytes_max: Option<u64>,
 }
 
+/// How often a step's resident memory is checked against its `mem`.
+pub const MEMORY_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Resident memory of every process in process group `pgid`, bytes (from
+/// `/proc/<pid>/stat`: field 5 the group, field 24 the resident pages).
+pub fn group_rss_bytes(pgid: i32) -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut pages = 0u64;
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After "pid (comm) ": comm may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // rest starts at field 3 (state): pgrp is field 5, rss field 24.
+        if f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid) {
+            pages += f.get(21).and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    pages * page
+}
+
 /// Default of [`StepSpec::log_bytes_max`]: 256 MiB per stream and file.
 pub const STEP_LOG_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
 
@@ -456,6 +492,11 @@ enum Internal {
         status: Option<std::process::ExitStatus>,
     },
     Message(ExecutorMessage),
+    /// The step's process group uses more memory than the task asked for.
+    MemoryExceeded {
+        task_id: String,
+        used_bytes: u64,
+    },
 }
 
 struct Running {
@@ -466,6 +507,10 @@ struct Running {
     killed: bool,
     spec: StepSpec,
     dir: PathBuf,
+    /// The task's memory (`mem` of its resources), bytes.
+    mem_limit_bytes: Option<u64>,
+    /// Set when the step was stopped for using more: the most it used.
+    memory_exceeded: Option<u64>,
 }
 
 struct Executor {
@@ -636,7 +681,20 @@ impl Executor {
         message: Option<String>,
         data: Option<Vec<u8>>,
     ) {
+        self.send_update_with_reason(task_id, state, None, message, data)
+            .await;
+    }
+
+    async fn send_update_with_reason(
+        &mut self,
+        task_id: &str,
+        state: TaskState,
+        reason: Option<&str>,
+        message: Option<String>,
+        data: Option<Vec<u8>>,
+    ) {
         let mut status = TaskStatus::new(Id::new(task_id), state);
+        status.reason = reason.map(String::from);
         status.source = Some(Source::Executor);
         status.executor_id = Some(Id::new(&self.env.executor_id));
         status.message = message;
@@ -796,6 +854,13 @@ impl Executor {
             }
         };
         let dir = self.env.sandbox.join(task_dir(&task_id));
+        let mem_limit_bytes = task
+            .resources
+            .iter()
+            .find(|r| r.name == "mem")
+            .and_then(|r| r.scalar.as_ref())
+            .map(|v| (v.value * 1024.0 * 1024.0) as u64)
+            .filter(|b| *b > 0);
         match self.spawn_step(&task_id, &spec, &dir) {
             Ok(pgid) => {
                 let progress = std::sync::Arc::new(std::sync::Mutex::new(ProgressReader {
@@ -812,10 +877,16 @@ impl Executor {
                         spec: spec.clone(),
                         dir: dir.clone(),
                         command_mode: false,
+                        mem_limit_bytes,
+                        memory_exceeded: None,
                     },
                 );
                 self.send_update(&task_id, TaskState::Running, None, None)
                     .await;
+                if let Some(limit) = mem_limit_bytes.filter(|_| spec.container.is_none()) {
+                    // Container steps: Docker's --memory enforces it.
+                    self.watch_memory(task_id.clone(), pgid, limit, &progress);
+                }
                 self.watch_progress(task_id, progress, &spec);
             }
             Err(detail) => {
@@ -870,6 +941,8 @@ impl Executor {
                         spec,
                         dir,
                         command_mode: true,
+                        mem_limit_bytes: None,
+                        memory_exceeded: None,
                     },
                 );
                 self.send_update(task_id, TaskState::Running, None, None)
@@ -958,6 +1031,32 @@ impl Executor {
         Ok(pgid)
     }
 
+    /// Polls the step's process group's resident memory every
+    /// [`MEMORY_POLL_INTERVAL`]; over `limit` bytes it reports once (the
+    /// step is then killed and fails with `REASON_CONTAINER_LIMITATION_MEMORY`,
+    /// as Mesos' memory isolator reports it). Ends with the task. Processes
+    /// that leave the group (setsid) escape it: cgroups would not let them.
+    fn watch_memory(&self, task_id: String, pgid: i32, limit: u64, alive: &SharedProgress) {
+        let tx = self.internal_tx.clone();
+        let alive = std::sync::Arc::downgrade(alive);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(MEMORY_POLL_INTERVAL).await;
+                if alive.upgrade().is_none() {
+                    return;
+                }
+                let used = group_rss_bytes(pgid);
+                if used > limit {
+                    let _ = tx.send(Internal::MemoryExceeded {
+                        task_id,
+                        used_bytes: used,
+                    });
+                    return;
+                }
+            }
+        });
+    }
+
     fn watch_progress(&self, task_id: String, progress: SharedProgress, spec: &StepSpec) {
         let tx = self.internal_tx.clone();
         let heartbeat = spec
@@ -1006,6 +1105,18 @@ impl Executor {
                 };
                 if self.tasks.contains_key(task) {
                     self.send_message(&m).await;
+                }
+            }
+            Internal::MemoryExceeded {
+                task_id,
+                used_bytes,
+            } => {
+                if let Some(t) = self.tasks.get_mut(&task_id)
+                    && !t.killed
+                {
+                    tracing::info!(task = %task_id, used_bytes, "memory limit exceeded: killing the step");
+                    t.memory_exceeded = Some(used_bytes);
+                    crate::emulator::process::signal_group(t.pgid, libc::SIGKILL);
                 }
             }
             Internal::Exited { task_id, status } => {
@@ -1059,6 +1170,31 @@ impl Executor {
                     .outputs_bytes_max
                     .unwrap_or(OUTPUTS_BYTES_MAX_DEFAULT)
                     .min(OUTPUTS_BYTES_HARD_MAX);
+                if let (Some(used), Some(limit)) = (t.memory_exceeded, t.mem_limit_bytes) {
+                    let mb = |b: u64| b.div_ceil(1024 * 1024);
+                    // Mesos' words (cgroups memory isolator).
+                    let message = format!(
+                        "Memory limit exceeded: Requested: {}MB Maximum Used: {}MB",
+                        mb(limit),
+                        mb(used)
+                    );
+                    let result = StepResult {
+                        exit_code: code,
+                        signal,
+                        outputs: None,
+                        reason: "memory_limit".into(),
+                        error: Some(message.clone()),
+                    };
+                    self.send_update_with_reason(
+                        &task_id,
+                        TaskState::Failed,
+                        Some("REASON_CONTAINER_LIMITATION_MEMORY"),
+                        Some(message),
+                        serde_json::to_vec(&result).ok(),
+                    )
+                    .await;
+                    return;
+                }
                 let (state, reason, error, outputs) = if t.killed {
                     (
                         TaskState::Killed,

@@ -639,3 +639,33 @@ async fn a_chatty_step_cannot_fill_the_disk() {
     h.stop();
     emu.shutdown().await;
 }
+
+/// Issue 10, section 6: a step that uses more memory than its task asked
+/// for is stopped and reported as Mesos' memory isolator reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_over_its_memory_is_stopped_as_mesos_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    // 32 MB asked (step_task); about 200 MB touched, in a child of the shell.
+    let spec = shell(
+        r#"python3 -c 'import time; b = bytearray(200 * 1024 * 1024); time.sleep(30)'; echo survived"#,
+    );
+    launch(&h, &offer, vec![step_task("hog", &offer, spec)]).await;
+    let (failed, _) = run_until(&h, &mut rx, "hog", TaskState::Failed).await;
+    assert_eq!(
+        failed.reason.as_deref(),
+        Some("REASON_CONTAINER_LIMITATION_MEMORY")
+    );
+    let m = failed.message.clone().unwrap_or_default();
+    assert!(
+        m.starts_with("Memory limit exceeded: Requested: 32MB Maximum Used: "),
+        "{m}"
+    );
+    assert_eq!(result(&failed).reason, "memory_limit");
+    assert!(
+        find_file(dir.path(), "stdout", "survived").is_none(),
+        "the whole group was stopped"
+    );
+    h.stop();
+    emu.shutdown().await;
+}
