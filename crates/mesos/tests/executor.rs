@@ -669,3 +669,40 @@ async fn a_step_over_its_memory_is_stopped_as_mesos_reports_it() {
     h.stop();
     emu.shutdown().await;
 }
+
+/// Issue 10, section 6: a step that starts a background process and exits
+/// leaves nothing behind (its process group ends with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_that_forks_and_exits_leaves_no_process_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    let pidfile = dir.path().join("orphan.pid");
+    let spec = shell(&format!(
+        "sleep 300 & echo $! > {}; exit 0",
+        pidfile.display()
+    ));
+    launch(&h, &offer, vec![step_task("forker", &offer, spec)]).await;
+    let (done, _) = run_until(&h, &mut rx, "forker", TaskState::Finished).await;
+    assert_eq!(result(&done).exit_code, Some(0));
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    eventually("the background process is gone", || {
+        // SAFETY: signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        // A zombie not yet reaped by init counts as gone.
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true);
+        !alive || zombie
+    })
+    .await;
+    h.stop();
+    emu.shutdown().await;
+}
