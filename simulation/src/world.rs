@@ -393,6 +393,8 @@ impl World {
         };
         let log = Arc::new(RaftLog::new(raft));
         let mut rc = RuntimeConfig::new(self.emu.master_url(), "kaon-executor");
+        // Scripted executors do not heartbeat.
+        rc.executor_silence_ms_max = None;
         rc.mesos_transport = MesosTransport::in_process(self.emu.master_router());
         rc.clock = clock;
         rc.api_addr = Some(node.api_addr.clone());

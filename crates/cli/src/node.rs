@@ -94,6 +94,11 @@ pub struct ServerArgs {
     /// NOT_SERVING, `/readyz` 503).
     #[arg(long, default_value_t = 1_000, env = "KAON_CONTACT_MS_MAX")]
     pub contact_ms_max: u64,
+    /// A running step whose executor sent nothing (heartbeat, progress,
+    /// status) for this long is killed and retried as lost (platform
+    /// budget), ms; 0: never. kaon's executor heartbeats every 10 s.
+    #[arg(long, default_value_t = 60_000, env = "KAON_EXECUTOR_SILENCE_MS_MAX")]
+    pub executor_silence_ms_max: u64,
     /// Log format on stderr: `text` (colours only on a terminal) or `json`
     /// (one object per line, with the span fields: node, term, run, step).
     /// Levels from `RUST_LOG` (default `info,openraft=error`).
@@ -225,6 +230,8 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         config.framework_name = args.framework_name;
         config.role = args.role;
         config.failover_timeout_secs = args.failover_timeout;
+        config.executor_silence_ms_max =
+            (args.executor_silence_ms_max > 0).then_some(args.executor_silence_ms_max as i64);
         config.api_addr = Some(args.advertise_api.clone().unwrap_or(addr.to_string()));
         let runtime = kaon_server::runtime::supervise(log.clone(), config);
         // Serve once this node's role is settled: a leader first starts its

@@ -632,3 +632,72 @@ fn a_survivor_of_a_lost_majority_says_so_and_is_recovered_offline() {
     let _ = std::fs::remove_file(&path);
     assert_eq!(code, 0, "it commits and runs again: {out}{err}");
 }
+
+/// Issue 10, section 6, with real processes: an executor that stops
+/// answering (SIGSTOP) is shut down after the leader's silence limit, and
+/// its step is retried as lost; the stopped attempt's step does not
+/// outlive it.
+#[test]
+fn a_hung_executor_is_shut_down_and_its_step_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesos = free_port();
+    let (api, raft) = (free_port(), free_port());
+    let mut procs = Procs(vec![emulator(dir.path(), mesos)]);
+    let extra = vec!["--executor-silence-ms-max".to_string(), "3000".to_string()];
+    procs.0.push(node(dir.path(), 1, api, raft, mesos, &extra));
+    wait_for("node 1 to serve", Duration::from_secs(30), || {
+        (grpc_health(api, "")? == SERVING).then_some(())
+    });
+    let marker = dir.path().join("attempt-1-ran");
+    let spec = dir.path().join("hang.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "apiVersion: kaon/v1\nname: hang\nsteps:\n  a: {{shell: 'if [ -f {m} ]; then exit 0; fi; touch {m}; exec sleep 120'}}\n",
+            m = marker.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = kaon(api, &["submit", spec.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let id = out.trim().strip_prefix("run ").unwrap().to_string();
+    wait_for("attempt 1 to run", Duration::from_secs(30), || {
+        marker.exists().then_some(())
+    });
+    // The executor of attempt 1: the process whose working directory is a
+    // sandbox under the emulator's work dir and whose command is `executor`.
+    let sandboxes = dir.path().join("mesos");
+    let procs_under = |what: &str| -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                cwd.is_some_and(|c| c.starts_with(&sandboxes))
+                    && String::from_utf8_lossy(&cmd).contains(what)
+            })
+            .collect()
+    };
+    let executor = wait_for("attempt 1's executor", Duration::from_secs(10), || {
+        procs_under("executor").first().copied()
+    });
+    // SAFETY: stopping a process this test's cluster started.
+    unsafe { libc::kill(executor, libc::SIGSTOP) };
+    let run = wait_for(
+        "the run to succeed on attempt 2",
+        Duration::from_secs(60),
+        || {
+            let (_, out, _) = kaon(api, &["--output", "json", "run", "show", &id]);
+            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+            (v["status"] == "succeeded").then_some(v)
+        },
+    );
+    assert_eq!(run["steps"][0]["attempts"], 2, "{run}");
+    wait_for(
+        "attempt 1's step to be gone",
+        Duration::from_secs(20),
+        || procs_under("sleep").is_empty().then_some(()),
+    );
+}

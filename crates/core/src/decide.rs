@@ -39,6 +39,15 @@ pub enum Effect {
         /// Agent, when known.
         agent_id: String,
     },
+    /// Shut down the executor of a task (Mesos SHUTDOWN): for an executor
+    /// that went silent, which may not act on a kill; the agent then
+    /// destroys it after its grace and reports its tasks ended.
+    ShutdownExecutor {
+        /// Mesos task id (its executor is derived from it).
+        task_id: String,
+        /// Agent, when known.
+        agent_id: String,
+    },
     /// Acknowledge a Mesos status update (its event is committed).
     Acknowledge {
         /// Mesos task id.
@@ -287,6 +296,15 @@ pub enum Input<'a> {
     TimerFired(TimerKey),
     /// This node just became leader: rebuild the effect runtime from state.
     LeaderStarted,
+    /// The leader heard nothing from a running task's executor for this
+    /// long (its limit `executor_silence_ms_max` passed): kill it; once
+    /// the kill is confirmed the attempt counts as lost (platform budget).
+    ExecutorSilent {
+        /// Mesos task id.
+        task_id: String,
+        /// How long it was silent, ms.
+        silent_ms: i64,
+    },
 }
 
 /// A refused command (a domain result, not an operational error).
@@ -349,6 +367,7 @@ pub fn decide(
         Input::Progress(p) => d.progress(p),
         Input::TimerFired(key) => d.timer(key),
         Input::LeaderStarted => d.leader_started(),
+        Input::ExecutorSilent { task_id, silent_ms } => d.executor_silent(&task_id, silent_ms),
     }
     Ok(d.out)
 }
@@ -502,6 +521,12 @@ impl<'s> Decider<'s> {
                         task_id: r.task_id(e.instance, e.attempt),
                         agent_id: a.agent_id.clone(),
                     });
+                    if e.cause == KillCause::ExecutorSilent as i32 {
+                        self.effect(Effect::ShutdownExecutor {
+                            task_id: r.task_id(e.instance, e.attempt),
+                            agent_id: a.agent_id.clone(),
+                        });
+                    }
                     self.arm_kill_resend(e.run_id, e.instance, e.attempt, event.time_unix_ms);
                 }
             }
@@ -1397,6 +1422,27 @@ impl<'s> Decider<'s> {
                 None => true,
                 Some(i) => attempt as usize > i.attempts.len(),
             })
+    }
+
+    fn executor_silent(&mut self, task_id: &str, _silent_ms: i64) {
+        let Some((rid, i, attempt)) = parse_task_id(task_id) else {
+            return;
+        };
+        let Some(r) = self.active_run(rid) else {
+            return;
+        };
+        let Some(a) = r.instances.get(i as usize).and_then(|x| x.live_attempt()) else {
+            return;
+        };
+        if a.number != attempt || a.kill.is_some() || a.state != TaskState::Running {
+            return;
+        }
+        self.emit(Body::TaskKillRequested(pb::TaskKillRequested {
+            run_id: rid,
+            instance: i,
+            attempt,
+            cause: KillCause::ExecutorSilent as i32,
+        }));
     }
 
     fn progress(&mut self, p: Progress) {

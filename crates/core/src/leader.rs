@@ -89,6 +89,13 @@ pub struct LeaderConfig {
     /// Offers declined while launches still wait (none fit) are refused
     /// for this long, s.
     pub decline_refuse_secs_busy: f64,
+    /// A running task whose executor sent nothing (heartbeat, progress,
+    /// status update) for this long is killed and, once the kill is
+    /// confirmed, counts as lost (platform budget), ms. kaon's executor
+    /// heartbeats every 10 s. The clock starts again at every subscription
+    /// (framework messages are dropped while the scheduler is away). None:
+    /// off (scripted executors of the simulations do not heartbeat).
+    pub executor_silence_ms_max: Option<i64>,
     /// Waiting launches checked per offer round for a pending reason
     /// (no offering agent could run them even alone: a constraint no agent
     /// meets, more resources than any agent offers). The reason is
@@ -118,6 +125,7 @@ impl LeaderConfig {
             decline_refuse_secs_idle: 5.0,
             decline_refuse_secs_busy: 1.0,
             pending_reasons_per_round_max: 64,
+            executor_silence_ms_max: None,
         }
     }
 }
@@ -257,6 +265,14 @@ pub enum Action {
         /// Agent, when known ("" if not).
         agent_id: String,
     },
+    /// SHUTDOWN an executor (one that went silent: it may not act on a
+    /// kill; the agent destroys it after its grace).
+    ShutdownExecutor {
+        /// Executor id.
+        executor_id: String,
+        /// Agent, when known ("" if not).
+        agent_id: String,
+    },
     /// ACKNOWLEDGE an update whose observation is committed.
     Acknowledge {
         /// Task.
@@ -310,6 +326,7 @@ enum Queued {
     Update(TaskUpdate),
     Progress(Progress),
     Timer(TimerKey),
+    Silent { task_id: String, silent_ms: i64 },
 }
 
 /// Timers the leader keeps.
@@ -319,6 +336,8 @@ enum Timer {
     Decide(TimerKey),
     /// Record a task's progress that the rate limit held back.
     Progress(String),
+    /// Look for running tasks whose executors went silent.
+    Silence,
 }
 
 /// Executor progress of one task as the leader tracks it.
@@ -372,6 +391,12 @@ pub struct Leader {
     progress: BTreeMap<String, Tracked>,
     /// Waiting launches whose pending reason was recorded (once each).
     pending_noted: BTreeSet<String>,
+    /// When each live task's executor (or Mesos, for it) was last heard.
+    heard: BTreeMap<String, i64>,
+    /// Since when silence counts (the latest subscription).
+    heard_since_ms: Option<i64>,
+    /// Tasks already reported silent (once per attempt).
+    silent_noted: BTreeSet<String>,
     timers: BTreeMap<Timer, i64>,
     due: BTreeSet<(i64, Timer)>,
     subscribed: bool,
@@ -418,6 +443,9 @@ impl Leader {
             overflowed: false,
             progress: BTreeMap::new(),
             pending_noted: BTreeSet::new(),
+            heard: BTreeMap::new(),
+            heard_since_ms: None,
+            silent_noted: BTreeSet::new(),
             timers: BTreeMap::new(),
             due: BTreeSet::new(),
             subscribed: false,
@@ -486,6 +514,10 @@ impl Leader {
         match ev {
             MesosEvent::Subscribed { framework_id } => {
                 self.subscribed = true;
+                // Messages were dropped while unsubscribed: silence counts
+                // from now.
+                self.heard.clear();
+                self.heard_since_ms = Some(now_ms);
                 self.suppressed = false;
                 if state.framework_id.as_deref() != Some(framework_id.as_str()) {
                     self.commands
@@ -505,6 +537,9 @@ impl Leader {
             }
             MesosEvent::Offers(offers) => self.offers(state, offers),
             MesosEvent::Update(u) => {
+                if attempt_live(state, &u.task_id) {
+                    self.heard.insert(u.task_id.clone(), now_ms);
+                }
                 if u.state.is_terminal() {
                     self.progress.remove(&u.task_id);
                     self.sent.remove(&u.task_id);
@@ -533,6 +568,13 @@ impl Leader {
     pub fn ready(&mut self, state: &State, now_ms: i64) -> Ready {
         if self.stopped.is_none() {
             self.fire_timers(state, now_ms);
+            // Re-armed after firing, so `wake_at_ms` always includes it.
+            if let Some(max) = self.cfg.executor_silence_ms_max
+                && !self.timers.contains_key(&Timer::Silence)
+                && self.heard_since_ms.is_some()
+            {
+                self.arm(Timer::Silence, now_ms.saturating_add((max / 4).max(1_000)));
+            }
             if self.in_flight.is_none() {
                 self.round(state, now_ms);
             }
@@ -653,6 +695,9 @@ impl Leader {
                 Queued::Update(u) => decide::Input::TaskUpdate(u),
                 Queued::Progress(p) => decide::Input::Progress(p),
                 Queued::Timer(k) => decide::Input::TimerFired(k),
+                Queued::Silent { task_id, silent_ms } => {
+                    decide::Input::ExecutorSilent { task_id, silent_ms }
+                }
             };
             let d = decide::decide(state, input, now, &self.cfg.limits)
                 .expect("decide rejects only commands");
@@ -769,6 +814,12 @@ impl Leader {
                     // "unknown task", which ends the attempt.
                     self.unpend(&task_id);
                     self.actions.push(Action::Kill { task_id, agent_id });
+                }
+                Effect::ShutdownExecutor { task_id, agent_id } => {
+                    self.actions.push(Action::ShutdownExecutor {
+                        executor_id: executor_id(&task_id),
+                        agent_id,
+                    });
                 }
                 Effect::Acknowledge {
                     task_id,
@@ -1050,11 +1101,51 @@ impl Leader {
             match t {
                 Timer::Decide(k) => self.inputs.push_back(Queued::Timer(k)),
                 Timer::Progress(task_id) => self.record_progress(state, task_id, now),
+                Timer::Silence => self.check_silence(state, now),
+            }
+        }
+    }
+
+    /// Reports running tasks whose executors were silent for more than
+    /// `executor_silence_ms_max` (decide kills them), once per attempt;
+    /// forgets tasks that ended.
+    fn check_silence(&mut self, state: &State, now: i64) {
+        let (Some(max), Some(since)) = (self.cfg.executor_silence_ms_max, self.heard_since_ms)
+        else {
+            return;
+        };
+        let live: BTreeSet<String> = crate::state::live_tasks(state)
+            .into_iter()
+            .filter(|(_, _, a)| a.state == events::TaskState::Running)
+            .map(|(rid, i, a)| state.runs[&rid].task_id(i, a.number))
+            .collect();
+        self.heard.retain(|t, _| live.contains(t));
+        self.silent_noted.retain(|t| live.contains(t));
+        for task_id in live {
+            let last = self
+                .heard
+                .get(&task_id)
+                .copied()
+                .unwrap_or(since)
+                .max(since);
+            if now.saturating_sub(last) > max && self.silent_noted.insert(task_id.clone()) {
+                self.inputs.push_back(Queued::Silent {
+                    task_id,
+                    silent_ms: now.saturating_sub(last),
+                });
             }
         }
     }
 
     fn news(&mut self, state: &State, news: ExecutorNews, now: i64) {
+        let heard_of = match &news {
+            ExecutorNews::Heartbeat { task_id }
+            | ExecutorNews::Progress { task_id, .. }
+            | ExecutorNews::Status { task_id, .. } => task_id,
+        };
+        if attempt_live(state, heard_of) {
+            self.heard.insert(heard_of.clone(), now);
+        }
         let task_id = match news {
             // Liveness only; Mesos tells us when an executor dies.
             ExecutorNews::Heartbeat { .. } => return,

@@ -294,6 +294,10 @@ impl Sim {
                     self.mesos(MesosEvent::Update(u));
                 }
             }
+            Action::ShutdownExecutor { .. } => {
+                // One executor per attempt: the kill sent with it ends the
+                // task here already.
+            }
             Action::Acknowledge { task_id, uuid, .. } => {
                 // Inputs are events first (brief 4.4): acknowledge only what
                 // the log says already, the update's own event, or an

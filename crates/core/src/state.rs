@@ -1150,6 +1150,8 @@ fn launch(run: &mut Run, e: pb::TaskLaunchRequested, index: u64, now: i64) -> Re
 /// replay is unchanged.
 pub fn classify(state: TaskState, reason: &str, kill: Option<KillCause>) -> FailureCause {
     match (state, kill) {
+        // Killed because its executor went silent: the platform's failure.
+        (_, Some(KillCause::ExecutorSilent)) => FailureCause::Platform,
         // The step used more than its declared resources: its own doing
         // (Mesos' isolators report it with these reasons).
         (TaskState::Failed, None)

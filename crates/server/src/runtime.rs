@@ -65,6 +65,10 @@ pub struct RuntimeConfig {
     /// How the Mesos driver reaches the master: HTTP over TCP (default),
     /// or in-process to an emulator's router (simulations).
     pub mesos_transport: kaon_mesos::transport::MesosTransport,
+    /// `LeaderConfig::executor_silence_ms_max`: a running task whose
+    /// executor sent nothing for this long is killed and retried as lost
+    /// (default 60 s: six of kaon's executor heartbeats); None: off.
+    pub executor_silence_ms_max: Option<i64>,
 }
 
 impl RuntimeConfig {
@@ -84,6 +88,7 @@ impl RuntimeConfig {
             api_addr: None,
             clock: Arc::new(kaon_log::SystemClock),
             mesos_transport: Default::default(),
+            executor_silence_ms_max: Some(60_000),
         }
     }
 }
@@ -266,6 +271,7 @@ fn leader_config(c: &RuntimeConfig, node_id: u64, term: u64) -> LeaderConfig {
     l.executor.cpus = c.executor_cpus;
     l.executor.mem_mb = c.executor_mem_mb;
     l.pending_launches_max = c.pending_launches_max;
+    l.executor_silence_ms_max = c.executor_silence_ms_max;
     l
 }
 
@@ -457,7 +463,12 @@ impl Mesos {
         let result = match &action {
             Action::Subscribe { .. } => unreachable!("handled above"),
             Action::Launch { offer_id, tasks } => {
-                let infos = tasks.iter().map(task_info).collect();
+                // Six heartbeats fit in the leader's silence limit.
+                let heartbeat = self
+                    .config
+                    .executor_silence_ms_max
+                    .map(|ms| (ms as f64 / 6_000.0).clamp(0.1, 10.0));
+                let infos = tasks.iter().map(|t| task_info(t, heartbeat)).collect();
                 d.accept(
                     vec![Id::new(offer_id.clone())],
                     vec![Operation::launch(infos)],
@@ -480,6 +491,13 @@ impl Mesos {
             Action::Kill { task_id, agent_id } => {
                 let agent = (!agent_id.is_empty()).then(|| Id::new(agent_id.clone()));
                 d.kill(Id::new(task_id.clone()), agent).await
+            }
+            Action::ShutdownExecutor {
+                executor_id,
+                agent_id,
+            } => {
+                d.shutdown(Id::new(executor_id.clone()), Id::new(agent_id.clone()))
+                    .await
             }
             Action::Acknowledge {
                 task_id,
@@ -549,7 +567,7 @@ fn offer_view(o: &Offer) -> kaon_core::placement::Offer {
 
 /// The Mesos `TaskInfo` of a task the leader placed: a custom-executor
 /// task whose `data` is the step for kaon's executor.
-fn task_info(t: &TaskSpec) -> TaskInfo {
+fn task_info(t: &TaskSpec, heartbeat_seconds: Option<f64>) -> TaskInfo {
     let resource = |name: &str| t.resources.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
     let spec = StepSpec {
         argv: t.step.argv.clone(),
@@ -562,6 +580,7 @@ fn task_info(t: &TaskSpec) -> TaskInfo {
             cpus: resource("cpus"),
             mem_mb: resource("mem"),
         }),
+        heartbeat_seconds,
         ..StepSpec::default()
     };
     let executor = ExecutorInfo {
