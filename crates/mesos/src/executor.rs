@@ -6,7 +6,7 @@
 //! messages, and reports the step's outputs in the terminal status `data`.
 //! The step-facing contract is documented in the crate README.
 
-use crate::emulator::process::parse_stout_duration;
+use crate::process::parse_stout_duration;
 use crate::recordio::{Decoder, RECORD_BYTES_MAX_DEFAULT};
 use crate::types::executor::{self as ex, Call, CallType, Event, EventType};
 use crate::types::{B64, Id, Source, TaskInfo, TaskState, TaskStatus};
@@ -804,14 +804,14 @@ impl Executor {
             let name = container_name(task_id);
             tokio::spawn(async move {
                 stop_container(name, grace).await;
-                crate::emulator::process::signal_group(pgid, libc::SIGKILL);
+                crate::process::signal_group(pgid, libc::SIGKILL);
             });
             return;
         }
-        crate::emulator::process::signal_group(pgid, libc::SIGTERM);
+        crate::process::signal_group(pgid, libc::SIGTERM);
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            crate::emulator::process::signal_group(pgid, libc::SIGKILL);
+            crate::process::signal_group(pgid, libc::SIGKILL);
         });
     }
 
@@ -1023,7 +1023,7 @@ impl Executor {
             let status = child.wait().await.ok();
             // Leftover processes of the step's group hold the pipes open:
             // they end with it (as they would anyway), then the logs drain.
-            crate::emulator::process::signal_group(pgid, libc::SIGKILL);
+            crate::process::signal_group(pgid, libc::SIGKILL);
             let _ =
                 tokio::time::timeout(LOG_DRAIN_WAIT, futures_util::future::join_all(copiers)).await;
             let _ = tx.send(Internal::Exited { task_id, status });
@@ -1116,7 +1116,7 @@ impl Executor {
                 {
                     tracing::info!(task = %task_id, used_bytes, "memory limit exceeded: killing the step");
                     t.memory_exceeded = Some(used_bytes);
-                    crate::emulator::process::signal_group(t.pgid, libc::SIGKILL);
+                    crate::process::signal_group(t.pgid, libc::SIGKILL);
                 }
             }
             Internal::Exited { task_id, status } => {
@@ -1134,7 +1134,7 @@ impl Executor {
                     self.send_message(m).await;
                 }
                 // Give any leftover children of the step's group the same end.
-                crate::emulator::process::signal_group(t.pgid, libc::SIGKILL);
+                crate::process::signal_group(t.pgid, libc::SIGKILL);
                 if t.spec.container.is_some() {
                     // `--rm` removes it on a normal exit; not if the CLI died.
                     tokio::spawn(remove_container(container_name(&task_id)));

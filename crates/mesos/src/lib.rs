@@ -8,6 +8,7 @@
 pub mod driver;
 pub mod emulator;
 pub mod executor;
+pub mod process;
 pub mod recordio;
 pub mod resources;
 pub mod transport;

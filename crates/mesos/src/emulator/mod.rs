@@ -11,7 +11,8 @@ pub mod clock;
 mod http;
 pub mod ids;
 pub mod launcher;
-pub mod process;
+/// Process handling, shared with the executor (`crate::process`).
+pub use crate::process;
 pub mod scripted;
 mod state;
 

@@ -1,5 +1,8 @@
 //! Spawning task and executor processes the way a Mesos agent does: in a
-//! sandbox directory, with stdout/stderr files, in their own process group.
+//! sandbox directory, with stdout/stderr files, in their own process group;
+//! signalling process groups; Mesos' duration strings. Shared by the
+//! emulator's agent and kaon's executor, so nothing the executor ships
+//! with depends on emulator code (issue 10, section 5).
 
 use crate::types::CommandInfo;
 use std::path::Path;
