@@ -430,29 +430,38 @@ fn run_status(s: RunStatus) -> &'static str {
 /// equals; iterations and foreach elements in their order.
 fn dependency_order(r: &Run) -> Vec<usize> {
     let plan = &r.plan;
-    // Depth of a plan node among its siblings: 0 without dependencies,
-    // else one more than its deepest dependency.
-    fn depth(
-        plan: &kaon_core::plan::Plan,
-        siblings: &[kaon_core::plan::NodeId],
-        pos: usize,
-        memo: &mut [Option<u32>],
-    ) -> u32 {
-        if let Some(d) = memo[pos] {
-            return d;
+    // Depth of each sibling in its group's DAG: 0 without dependencies,
+    // else one more than its deepest dependency (Kahn's order, no
+    // recursion: a chain may be steps_per_workflow_max long).
+    let depths = |children: &[kaon_core::plan::NodeId]| -> Vec<u32> {
+        let n = children.len();
+        let node = |p: usize| &plan.nodes[children[p] as usize];
+        let mut waiting: Vec<usize> = (0..n)
+            .map(|p| {
+                node(p)
+                    .depends_on
+                    .iter()
+                    .filter(|&&q| (q as usize) < n)
+                    .count()
+            })
+            .collect();
+        let mut depth = vec![0u32; n];
+        let mut ready: std::collections::VecDeque<usize> =
+            (0..n).filter(|&p| waiting[p] == 0).collect();
+        while let Some(p) = ready.pop_front() {
+            for &d in &node(p).dependents {
+                let d = d as usize;
+                if d < n && waiting[d] > 0 {
+                    depth[d] = depth[d].max(depth[p] + 1);
+                    waiting[d] -= 1;
+                    if waiting[d] == 0 {
+                        ready.push_back(d);
+                    }
+                }
+            }
         }
-        memo[pos] = Some(0); // a validated plan has no cycles; stay finite
-        let node = &plan.nodes[siblings[pos] as usize];
-        let d = node
-            .depends_on
-            .iter()
-            .filter(|&&q| (q as usize) < siblings.len())
-            .map(|&q| depth(plan, siblings, q as usize, memo) + 1)
-            .max()
-            .unwrap_or(0);
-        memo[pos] = Some(d);
-        d
-    }
+        depth
+    };
     let mut out = Vec::with_capacity(r.instances.len());
     let mut seen = vec![false; r.instances.len()];
     let mut stack: Vec<usize> = Vec::new();
@@ -473,10 +482,7 @@ fn dependency_order(r: &Run) -> Vec<usize> {
                 && let Some(kaon_core::plan::Body::Group { children, .. }) =
                     plan.nodes.get(inst.node as usize).map(|n| &n.body)
             {
-                let mut memo = vec![None; children.len()];
-                let depths: Vec<u32> = (0..children.len())
-                    .map(|p| depth(plan, children, p, &mut memo))
-                    .collect();
+                let depths = depths(children);
                 let key = |c: usize| {
                     let pos = plan.nodes[r.instances[c].node as usize].index as usize;
                     (depths.get(pos).copied().unwrap_or(u32::MAX), pos)
