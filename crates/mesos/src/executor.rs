@@ -254,7 +254,11 @@ fn docker_run_args(task_id: &str, spec: &StepSpec, c: &ContainerSpec, dir: &Path
 /// SIGKILL after `grace`), then `docker rm -f` (also when the CLI died).
 async fn stop_container(name: String, grace: Duration) {
     let docker = docker_program();
-    let secs = grace.as_secs().max(1).to_string();
+    let secs = if grace.is_zero() {
+        "0".to_string()
+    } else {
+        grace.as_secs().max(1).to_string()
+    };
     let _ = tokio::process::Command::new(&docker)
         .args(["stop", "--time", &secs, &name])
         .stdout(std::process::Stdio::null())
@@ -262,6 +266,28 @@ async fn stop_container(name: String, grace: Duration) {
         .status()
         .await;
     remove_container(name).await;
+}
+
+/// What the memory check measures: a process group, or a container's
+/// (found once it runs).
+enum MemTarget {
+    Group(i32),
+    Container(String),
+}
+
+/// The host pid of a running container's first process.
+async fn container_pid(name: &str) -> Option<i32> {
+    let out = tokio::process::Command::new(docker_program())
+        .args(["inspect", "--format", "{{.State.Pid}}", name])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 0)
 }
 
 /// `docker rm -f NAME`, errors ignored (it is usually gone already).
@@ -883,9 +909,14 @@ impl Executor {
                 );
                 self.send_update(&task_id, TaskState::Running, None, None)
                     .await;
-                if let Some(limit) = mem_limit_bytes.filter(|_| spec.container.is_none()) {
-                    // Container steps: Docker's --memory enforces it.
-                    self.watch_memory(task_id.clone(), pgid, limit, &progress);
+                if let Some(limit) = mem_limit_bytes {
+                    // Container steps also get Docker's --memory, which not
+                    // every kernel setup enforces: the check covers both.
+                    let target = match spec.container {
+                        Some(_) => MemTarget::Container(container_name(&task_id)),
+                        None => MemTarget::Group(pgid),
+                    };
+                    self.watch_memory(task_id.clone(), target, limit, &progress);
                 }
                 self.watch_progress(task_id, progress, &spec);
             }
@@ -1036,16 +1067,34 @@ impl Executor {
     /// step is then killed and fails with `REASON_CONTAINER_LIMITATION_MEMORY`,
     /// as Mesos' memory isolator reports it). Ends with the task. Processes
     /// that leave the group (setsid) escape it: cgroups would not let them.
-    fn watch_memory(&self, task_id: String, pgid: i32, limit: u64, alive: &SharedProgress) {
+    fn watch_memory(&self, task_id: String, target: MemTarget, limit: u64, alive: &SharedProgress) {
         let tx = self.internal_tx.clone();
         let alive = std::sync::Arc::downgrade(alive);
         tokio::spawn(async move {
+            let mut group = match target {
+                MemTarget::Group(g) => Some(g),
+                MemTarget::Container(_) => None,
+            };
             loop {
                 tokio::time::sleep(MEMORY_POLL_INTERVAL).await;
                 if alive.upgrade().is_none() {
                     return;
                 }
-                let used = group_rss_bytes(pgid);
+                if group.is_none()
+                    && let MemTarget::Container(name) = &target
+                {
+                    // The container's first process, once it runs: its
+                    // process group holds the step's processes.
+                    group = container_pid(name)
+                        .await
+                        // SAFETY: getpgid has no memory-safety preconditions.
+                        .map(|pid| unsafe { libc::getpgid(pid) })
+                        .filter(|g| *g > 0);
+                    if group.is_none() {
+                        continue;
+                    }
+                }
+                let used = group_rss_bytes(group.expect("resolved above"));
                 if used > limit {
                     let _ = tx.send(Internal::MemoryExceeded {
                         task_id,
@@ -1116,6 +1165,9 @@ impl Executor {
                 {
                     tracing::info!(task = %task_id, used_bytes, "memory limit exceeded: killing the step");
                     t.memory_exceeded = Some(used_bytes);
+                    if t.spec.container.is_some() {
+                        tokio::spawn(stop_container(container_name(&task_id), Duration::ZERO));
+                    }
                     crate::process::signal_group(t.pgid, libc::SIGKILL);
                 }
             }

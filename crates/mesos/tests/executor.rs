@@ -706,3 +706,29 @@ async fn a_step_that_forks_and_exits_leaves_no_process_behind() {
     h.stop();
     emu.shutdown().await;
 }
+
+/// A container step over its memory is stopped as a host step is, also
+/// where the kernel does not enforce Docker's --memory (as on this machine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_step_over_its_memory_is_stopped() {
+    let Some(image) = test_image() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    // 32 MB asked (step_task); the shell holds about 150 MB.
+    let spec = in_container(
+        image,
+        "x=$(head -c 150000000 /dev/urandom); sleep 30; echo survived",
+    );
+    launch(&h, &offer, vec![step_task("boxhog", &offer, spec)]).await;
+    let (failed, _) = run_until(&h, &mut rx, "boxhog", TaskState::Failed).await;
+    assert_eq!(
+        failed.reason.as_deref(),
+        Some("REASON_CONTAINER_LIMITATION_MEMORY")
+    );
+    eventually("the container is gone", || {
+        containers_of("boxhog").is_empty()
+    })
+    .await;
+    h.stop();
+    emu.shutdown().await;
+}

@@ -9,7 +9,7 @@ ROOT=$(mktemp -d "${TMPDIR:-/tmp}/kaon-sh-image.XXXXXX")
 trap 'rm -rf "$ROOT"' EXIT
 mkdir -p "$ROOT/bin" "$ROOT/etc" "$ROOT/tmp"
 chmod 1777 "$ROOT/tmp"
-for b in sh cat echo printf sleep true; do
+for b in sh cat echo printf sleep true head; do
     p=$(readlink -f "/bin/$b")
     cp -L "$p" "$ROOT/bin/$b"
     for lib in $(ldd "$p" | grep -o '/[^ ]*'); do
