@@ -73,39 +73,52 @@ pub struct StepSpec {
 }
 
 /// How often a step's resident memory is checked against its `mem`.
-pub const MEMORY_POLL_INTERVAL: Duration = Duration::from_millis(200);
+pub const MEMORY_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Resident memory of every process in process group `pgid`, bytes (from
-/// `/proc/<pid>/stat`: field 5 the group, field 24 the resident pages).
-pub fn group_rss_bytes(pgid: i32) -> u64 {
+/// How often the memory check looks through all of `/proc` for the
+/// group's processes; in between it re-reads only the ones it knows (a
+/// full scan per poll per executor is too much with hundreds of steps).
+pub const MEMORY_RESCAN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// `(process group, resident pages)` of process `pid`, from
+/// `/proc/<pid>/stat` (fields 5 and 24; `comm` may hold spaces and
+/// parentheses, so fields are counted from its closing one).
+fn stat_group_rss(pid: &str) -> Option<(i32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((f.get(2)?.parse().ok()?, f.get(21)?.parse().ok()?))
+}
+
+fn page_bytes() -> u64 {
     // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64
+}
+
+/// The processes of group `pgid` (a scan of `/proc`).
+pub fn group_members(pgid: i32) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
+        return Vec::new();
     };
-    let mut pages = 0u64;
-    for e in dir.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // After "pid (comm) ": comm may hold spaces and parentheses.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // rest starts at field 3 (state): pgrp is field 5, rss field 24.
-        if f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid) {
-            pages += f.get(21).and_then(|r| r.parse::<u64>().ok()).unwrap_or(0);
+    dir.flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| stat_group_rss(pid).is_some_and(|(g, _)| g == pgid))
+        .collect()
+}
+
+/// Resident memory of `members` still in group `pgid`, bytes; drops the
+/// ones that are gone or left it.
+pub fn members_rss_bytes(pgid: i32, members: &mut Vec<String>) -> u64 {
+    let mut pages = 0;
+    members.retain(|pid| match stat_group_rss(pid) {
+        Some((g, rss)) if g == pgid => {
+            pages += rss;
+            true
         }
-    }
-    pages * page
+        _ => false,
+    });
+    pages * page_bytes()
 }
 
 /// Default of [`StepSpec::log_bytes_max`]: 256 MiB per stream and file.
@@ -1075,6 +1088,8 @@ impl Executor {
                 MemTarget::Group(g) => Some(g),
                 MemTarget::Container(_) => None,
             };
+            let mut members: Vec<String> = Vec::new();
+            let mut scanned: Option<tokio::time::Instant> = None;
             loop {
                 tokio::time::sleep(MEMORY_POLL_INTERVAL).await;
                 if alive.upgrade().is_none() {
@@ -1094,7 +1109,12 @@ impl Executor {
                         continue;
                     }
                 }
-                let used = group_rss_bytes(group.expect("resolved above"));
+                let g = group.expect("resolved above");
+                if scanned.is_none_or(|t| t.elapsed() >= MEMORY_RESCAN_INTERVAL) {
+                    members = group_members(g);
+                    scanned = Some(tokio::time::Instant::now());
+                }
+                let used = members_rss_bytes(g, &mut members);
                 if used > limit {
                     let _ = tx.send(Internal::MemoryExceeded {
                         task_id,
