@@ -9,6 +9,15 @@ fn kaon(server: &Server, args: &[&str]) -> (i32, String, String) {
     kaon_at(&server.url, args)
 }
 
+/// The run id `kaon submit` printed on its first line (`run N`).
+fn run_id(out: &str) -> String {
+    let first = out.lines().next().unwrap_or_default();
+    first
+        .strip_prefix("run ")
+        .unwrap_or_else(|| panic!("submit prints `run N` first: {out:?}"))
+        .to_string()
+}
+
 #[test]
 fn submit_watch_list_show_and_errors_over_grpc() {
     let dir = tempfile::tempdir().unwrap();
@@ -440,14 +449,7 @@ fn runs_show_times_and_durations_and_page() {
     for _ in 0..3 {
         let (code, out, err) = kaon(&server, &["submit", spec.to_str().unwrap(), "--watch"]);
         assert_eq!(code, 0, "{out}{err}");
-        ids.push(
-            out.lines()
-                .next()
-                .unwrap()
-                .strip_prefix("run ")
-                .unwrap()
-                .to_string(),
-        );
+        ids.push(run_id(&out));
     }
     let (code, out, err) = kaon(&server, &["runs", "--limit", "2"]);
     assert_eq!(code, 0, "{err}");
@@ -502,13 +504,7 @@ fn step_logs_are_readable_after_a_restart() {
     let server = start_server(&data);
     let (code, out, err) = kaon(&server, &["submit", spec.to_str().unwrap(), "--watch"]);
     assert_eq!(code, 0, "{out}{err}");
-    let id = out
-        .lines()
-        .next()
-        .unwrap()
-        .strip_prefix("run ")
-        .unwrap()
-        .to_string();
+    let id = run_id(&out);
     drop(server);
     let server = start_server(&data);
     let (code, out, err) = kaon(&server, &["run", "logs", &id, "a"]);
@@ -636,13 +632,7 @@ fn a_container_step_runs_in_its_image() {
     .unwrap();
     let (code, out, err) = kaon(&server, &["submit", spec.to_str().unwrap(), "--watch"]);
     assert_eq!(code, 1, "b fails: {out}{err}");
-    let id = out
-        .lines()
-        .next()
-        .unwrap()
-        .strip_prefix("run ")
-        .unwrap()
-        .to_string();
+    let id = run_id(&out);
     let (code, out, err) = kaon(&server, &["--output", "json", "run", "show", &id]);
     assert_eq!(code, 0, "{err}");
     let run: serde_json::Value = serde_json::from_str(&out).unwrap();

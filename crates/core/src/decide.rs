@@ -302,8 +302,6 @@ pub enum Input<'a> {
     ExecutorSilent {
         /// Mesos task id.
         task_id: String,
-        /// How long it was silent, ms.
-        silent_ms: i64,
     },
 }
 
@@ -367,7 +365,7 @@ pub fn decide(
         Input::Progress(p) => d.progress(p),
         Input::TimerFired(key) => d.timer(key),
         Input::LeaderStarted => d.leader_started(),
-        Input::ExecutorSilent { task_id, silent_ms } => d.executor_silent(&task_id, silent_ms),
+        Input::ExecutorSilent { task_id } => d.executor_silent(&task_id),
     }
     Ok(d.out)
 }
@@ -1424,7 +1422,7 @@ impl<'s> Decider<'s> {
             })
     }
 
-    fn executor_silent(&mut self, task_id: &str, _silent_ms: i64) {
+    fn executor_silent(&mut self, task_id: &str) {
         let Some((rid, i, attempt)) = parse_task_id(task_id) else {
             return;
         };

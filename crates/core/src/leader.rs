@@ -326,7 +326,7 @@ enum Queued {
     Update(TaskUpdate),
     Progress(Progress),
     Timer(TimerKey),
-    Silent { task_id: String, silent_ms: i64 },
+    Silent(String),
 }
 
 /// Timers the leader keeps.
@@ -695,9 +695,7 @@ impl Leader {
                 Queued::Update(u) => decide::Input::TaskUpdate(u),
                 Queued::Progress(p) => decide::Input::Progress(p),
                 Queued::Timer(k) => decide::Input::TimerFired(k),
-                Queued::Silent { task_id, silent_ms } => {
-                    decide::Input::ExecutorSilent { task_id, silent_ms }
-                }
+                Queued::Silent(task_id) => decide::Input::ExecutorSilent { task_id },
             };
             let d = decide::decide(state, input, now, &self.cfg.limits)
                 .expect("decide rejects only commands");
@@ -1129,10 +1127,7 @@ impl Leader {
                 .unwrap_or(since)
                 .max(since);
             if now.saturating_sub(last) > max && self.silent_noted.insert(task_id.clone()) {
-                self.inputs.push_back(Queued::Silent {
-                    task_id,
-                    silent_ms: now.saturating_sub(last),
-                });
+                self.inputs.push_back(Queued::Silent(task_id));
             }
         }
     }

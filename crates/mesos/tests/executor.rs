@@ -27,6 +27,17 @@ fn step_task(id: &str, offer: &Offer, spec: StepSpec) -> TaskInfo {
     }
 }
 
+/// Waits until a step reports the status text `text` (its progress file).
+async fn step_says(rx: &mut Receiver<DriverEvent>, text: &str) {
+    wait_for(rx, text, |e| match e {
+        DriverEvent::Message { data, .. } => serde_json::from_slice::<ExecutorMessage>(data)
+            .ok()
+            .filter(|m| matches!(m, ExecutorMessage::Status { text: t, .. } if t == text)),
+        _ => None,
+    })
+    .await;
+}
+
 fn shell(cmd: &str) -> StepSpec {
     StepSpec {
         shell: Some(cmd.into()),
@@ -259,13 +270,7 @@ async fn kill_escalates_to_sigkill_after_grace() {
     };
     launch(&h, &offer, vec![step_task("stubborn", &offer, spec)]).await;
     let _ = update_acking(&h, &mut rx, "stubborn", TaskState::Running).await;
-    wait_for(&mut rx, "ready", |e| match e {
-        DriverEvent::Message { data, .. } => serde_json::from_slice::<ExecutorMessage>(data)
-            .ok()
-            .filter(|m| matches!(m, ExecutorMessage::Status { text, .. } if text == "ready")),
-        _ => None,
-    })
-    .await;
+    step_says(&mut rx, "ready").await;
     let asked = Instant::now();
     h.kill(Id::new("stubborn"), Some(offer.agent_id.clone()))
         .await
@@ -585,13 +590,7 @@ async fn killing_a_container_step_stops_and_removes_its_container() {
     };
     launch(&h, &offer, vec![step_task("boxkill", &offer, spec)]).await;
     let _ = update_acking(&h, &mut rx, "boxkill", TaskState::Running).await;
-    wait_for(&mut rx, "ready", |e| match e {
-        DriverEvent::Message { data, .. } => serde_json::from_slice::<ExecutorMessage>(data)
-            .ok()
-            .filter(|m| matches!(m, ExecutorMessage::Status { text, .. } if text == "ready")),
-        _ => None,
-    })
-    .await;
+    step_says(&mut rx, "ready").await;
     assert!(
         !containers_of("boxkill").is_empty(),
         "it runs in a container"
