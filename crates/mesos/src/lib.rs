@@ -11,5 +11,6 @@ pub mod executor;
 pub mod process;
 pub mod recordio;
 pub mod resources;
+pub mod spark;
 pub mod transport;
 pub mod types;
