@@ -22,7 +22,7 @@ use serde::Deserialize;
 /// free port, which the driver logs) unless the step sets it itself.
 pub const UI_PORT_CONF: &str = "spark.ui.port";
 
-/// Bytes of the driver log's end that [`classify_exit`] reads: a job's
+/// Bytes of the driver log's end to give [`classify_exit`]: a job's
 /// abort reason is printed last, and a log can be gigabytes.
 pub const LOG_TAIL_BYTES_MAX: usize = 256 * 1024;
 
@@ -30,12 +30,11 @@ pub const LOG_TAIL_BYTES_MAX: usize = 256 * 1024;
 /// program unless the step already chose a port: Spark then binds a free
 /// port and logs it, which [`ui_port_from_log_line`] reads.
 pub fn with_free_ui_port(argv: &[String]) -> Vec<String> {
-    let chosen = argv
-        .windows(2)
-        .any(|w| w[0] == "--conf" && w[1].split_once('=').is_some_and(|(k, _)| k == UI_PORT_CONF))
-        || argv
-            .iter()
-            .any(|a| a.starts_with(&format!("--conf={UI_PORT_CONF}=")));
+    let chosen = options(argv).iter().any(|(o, v)| {
+        matches!(*o, "--conf" | "-c")
+            && v.and_then(|v| v.split_once('='))
+                .is_some_and(|(k, _)| k == UI_PORT_CONF)
+    });
     let Some((prog, rest)) = argv.split_first() else {
         return Vec::new();
     };
@@ -73,25 +72,31 @@ pub fn submission_id_from_log_line(line: &str) -> Option<String> {
     .filter(|id| !id.is_empty())
 }
 
-/// The value of a `spark-submit` option (`--master X` or `--master=X`),
-/// options only: what follows the application file is the app's own.
-fn option<'a>(argv: &'a [String], name: &str) -> Option<&'a str> {
+/// `spark-submit`'s own options with their values (`--master X` or
+/// `--master=X`), up to the application file: what follows it is the
+/// application's own arguments, never spark-submit's.
+fn options(argv: &[String]) -> Vec<(&str, Option<&str>)> {
+    let mut out = Vec::new();
     let mut it = argv.iter().skip(1);
     while let Some(a) = it.next() {
-        if a == name {
-            return it.next().map(String::as_str);
+        if !a.starts_with('-') {
+            break; // the application file
         }
-        if let Some(v) = a.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
-            return Some(v);
-        }
-        if !a.starts_with("--") {
-            return None; // the application file: its arguments follow
-        }
-        if !matches!(a.as_str(), "--verbose" | "-v" | "--supervise") {
-            it.next(); // the option's value
+        match a.split_once('=') {
+            Some((o, v)) if o.starts_with("--") => out.push((o, Some(v))),
+            _ if matches!(a.as_str(), "--verbose" | "-v" | "--supervise") => out.push((a, None)),
+            _ => out.push((a, it.next().map(String::as_str))),
         }
     }
-    None
+    out
+}
+
+/// The value of a `spark-submit` option (see [`options`]).
+fn option<'a>(argv: &'a [String], name: &str) -> Option<&'a str> {
+    options(argv)
+        .into_iter()
+        .find(|(o, _)| *o == name)
+        .and_then(|(_, v)| v)
 }
 
 /// The command that kills a cluster-deploy-mode application
@@ -294,6 +299,18 @@ mod tests {
         );
         let own = v(&["spark-submit", "--conf", "spark.ui.port=4050", "job.py"]);
         assert_eq!(with_free_ui_port(&own), own);
+        // The application's own arguments are not spark-submit's options.
+        let app_arg = v(&[
+            "spark-submit",
+            "-v",
+            "job.py",
+            "--conf",
+            "spark.ui.port=4050",
+        ]);
+        assert_eq!(
+            with_free_ui_port(&app_arg)[1..3],
+            v(&["--conf", "spark.ui.port=0"])
+        );
     }
 
     #[test]
