@@ -1,6 +1,6 @@
 #!/bin/sh
-# Smoke test of the compose deployment (needs Docker; not part of
-# `cargo test` or CI). Builds the image, starts the cluster as project
+# Smoke test of the compose deployment (needs Docker; CI runs it through
+# crates/cli/tests/compose.rs with the test build's binary). Builds the image, starts the cluster as project
 # `kaon-smoke` (its own ports, network and volumes, so a deployment under
 # another project name is left alone), and checks:
 #   1. a leader with 3 members, seen by every node;
@@ -9,21 +9,27 @@
 #   3. after `kill` of the leader's container another node leads and a
 #      second workflow succeeds;
 #   4. the killed node, started again, rejoins: every node at the same
-#      applied event index and state digest.
+#      applied event index and state digest;
+#   5. every node's admin port answers /readyz, /metrics (the leader says
+#      kaon_raft_is_leader 1) and the web UI's runs page.
 # `compose down -v` always runs at the end (trap), pass or fail.
 #
 # Usage: deploy/smoke.sh [--no-build]    (--no-build: reuse the release binary)
-# Environment: CARGO_TARGET_DIR, SMOKE_DEADLINE (seconds per wait, default 60),
-#   KAON1_PORT..KAON3_PORT, KAON_MESOS_PORT, KAON_NET (see compose.yaml).
+# Environment: CARGO_TARGET_DIR, KAON_CLI (the kaon binary to use and, with
+#   --no-build, to package; default the release build), SMOKE_DEADLINE
+#   (seconds per wait, default 60), KAON1_PORT..KAON3_PORT,
+#   KAON1_ADMIN_PORT..KAON3_ADMIN_PORT, KAON_MESOS_PORT, KAON_NET (see
+#   compose.yaml).
 set -eu
 
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
-KAON="$TARGET/release/kaon"
+KAON=${KAON_CLI:-$TARGET/release/kaon}
 DEADLINE=${SMOKE_DEADLINE:-60}
 export COMPOSE_PROJECT_NAME=kaon-smoke
 export KAON1_PORT=${KAON1_PORT:-17081} KAON2_PORT=${KAON2_PORT:-17082} KAON3_PORT=${KAON3_PORT:-17083}
+export KAON1_ADMIN_PORT=${KAON1_ADMIN_PORT:-17091} KAON2_ADMIN_PORT=${KAON2_ADMIN_PORT:-17092} KAON3_ADMIN_PORT=${KAON3_ADMIN_PORT:-17093}
 export KAON_MESOS_PORT=${KAON_MESOS_PORT:-15050} KAON_NET=${KAON_NET:-172.29.71}
 if docker compose version >/dev/null 2>&1; then
     compose() { docker compose -f deploy/compose.yaml "$@"; }
@@ -145,4 +151,12 @@ wait_for "node $OLD back with the same leader" one_leader
 wait_for "all three nodes at the same applied event index and digest" in_sync
 say "in sync at event index ${SYNC%%/*}"
 "$KAON" --server "$(url "$OLD")" cluster status | sed 's/^/    /'
+admin() { eval echo "http://127.0.0.1:\$KAON$1_ADMIN_PORT"; }
+get() { curl -fsS --max-time 5 "$1"; }
+for n in 1 2 3; do
+    get "$(admin "$n")/readyz" >/dev/null || { say "FAIL: node $n not ready on its admin port"; exit 1; }
+    get "$(admin "$n")/ui/" | grep -q "<h1>Runs</h1>" || { say "FAIL: node $n serves no web UI"; exit 1; }
+done
+wait_for "the leader's metrics naming it leader" sh -c "curl -fsS --max-time 5 '$(admin "$LEADER")/metrics' | grep -qx 'kaon_raft_is_leader 1'"
+say "ok: every node ready, serving /metrics and the web UI"
 say "PASS"

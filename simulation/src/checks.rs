@@ -287,7 +287,14 @@ impl Checks {
                         Some(FailureCause::Platform) => {
                             let ended_by_itself =
                                 matches!(scripted, Some(Scripted::Finish(_) | Scripted::Fail(_)));
-                            if ended_by_itself && !ledger.faulted.contains(&t) {
+                            let executor_crashed = ledger
+                                .executor
+                                .get(&t)
+                                .is_some_and(|e| ledger.crashed_executors.contains(e));
+                            if ended_by_itself
+                                && !ledger.faulted.contains(&t)
+                                && !executor_crashed
+                            {
                                 self.violation(format!(
                                     "{t}: the platform budget was spent ({:?}: {}) on a task that ran and ended by itself ({scripted:?}) and that no fault hit",
                                     a.state, a.message

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kaon_mesos::emulator::scripted::{ExecutorExit, Progress, Script};
 use kaon_mesos::executor::StepSpec;
 use kaon_mesos::types::TaskInfo;
+use kaon_mesos_emulator::scripted::{ExecutorExit, Progress, Script};
 use serde_json::{Value, json};
 
 use crate::rng::{Rng, hash};
@@ -315,6 +315,13 @@ pub struct Ledger {
     pub faulted: std::collections::BTreeSet<String>,
     /// Agents lost for good.
     pub lost_agents: std::collections::BTreeSet<String>,
+    /// Task id -> (agent, executor id) it ran in.
+    pub executor: BTreeMap<String, (String, String)>,
+    /// Executors (agent, executor id) a task's own script crashed: kaon's
+    /// executor runs many steps, so every step in one goes down with it
+    /// (a platform fault for them; the ids are per leader and generation,
+    /// so this names the executor's few incarnations, not others').
+    pub crashed_executors: std::collections::BTreeSet<(String, String)>,
 }
 
 /// Shared ledger.

@@ -16,9 +16,9 @@ use kaon_api::v1::kaon_server::{Kaon, KaonServer};
 use kaon_log::{
     Clock, Fate, MemNetwork, MemStorage, NodeConfig, RaftNode, Storage, TokioClock, Transport,
 };
-use kaon_mesos::emulator::scripted::{ExecutorExit, ScriptedLauncher};
-use kaon_mesos::emulator::{AgentConfig, Emulator, EmulatorConfig, EmulatorHandle, IdSource};
 use kaon_mesos::transport::MesosTransport;
+use kaon_mesos_emulator::scripted::{ExecutorExit, ScriptedLauncher};
+use kaon_mesos_emulator::{AgentConfig, Emulator, EmulatorConfig, EmulatorHandle, IdSource};
 use kaon_server::grpc::{KaonService, PeerChannel, ServiceConfig};
 use kaon_server::log::RaftLog;
 use kaon_server::runtime::{self, RuntimeConfig, RuntimeSlot};
@@ -26,7 +26,7 @@ use tonic::Request;
 
 use crate::checks::Checks;
 use crate::rng::Rng;
-use crate::workload::{self, Act, Ledger, SharedLedger, Workflow};
+use crate::workload::{self, Act, Ledger, Scripted, SharedLedger, Workflow};
 
 /// Virtual wall-clock start of every run: 2026-01-01T00:00:00Z.
 pub const EPOCH_MS: i64 = 1_767_225_600_000;
@@ -247,8 +247,20 @@ impl World {
                 }
                 let mut l = ledger.lock().unwrap();
                 *l.started.entry(id.clone()).or_default() += 1;
+                let crashes = matches!(scripted, Scripted::Crash);
                 l.scripted.insert(id.clone(), scripted);
                 l.agent.insert(id.clone(), task.agent_id.value.clone());
+                let executor = (
+                    task.agent_id.value.clone(),
+                    task.executor
+                        .as_ref()
+                        .map(|e| e.executor_id.value.clone())
+                        .unwrap_or_default(),
+                );
+                if crashes {
+                    l.crashed_executors.insert(executor.clone());
+                }
+                l.executor.insert(id.clone(), executor);
                 // Intent before effect (brief 4.3): some replica must hold
                 // the committed intent of a task Mesos runs.
                 if !intent_committed(&up_logs.lock().unwrap(), &id) {
@@ -271,7 +283,7 @@ impl World {
             agents,
             agent_sockets: false,
             ids: IdSource::Seeded(seed),
-            clock: kaon_mesos::emulator::Clock::from_tokio(
+            clock: kaon_mesos_emulator::Clock::from_tokio(
                 UNIX_EPOCH + Duration::from_millis(EPOCH_MS as u64),
                 started,
             ),
@@ -807,6 +819,10 @@ impl World {
                 if !running.is_empty() {
                     let r = &running[rng.below(running.len() as u64) as usize];
                     self.fault("executor crash");
+                    // Every step the executor runs goes down with it.
+                    let tasks = self
+                        .emu
+                        .executor_tasks(r.agent, &r.framework_id, &r.executor_id);
                     self.launcher.crash_executor(
                         r.agent,
                         &r.framework_id,
@@ -814,7 +830,7 @@ impl World {
                         ExecutorExit::Code(137),
                     );
                     let mut l = self.ledger.lock().unwrap();
-                    if let Some(t) = r.executor_id.strip_prefix("kaon-exec-") {
+                    for t in &tasks {
                         l_fault(&mut l, t);
                     }
                 }

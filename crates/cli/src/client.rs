@@ -590,25 +590,7 @@ pub async fn runs(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `2026-12-02 14:06:20` (UTC) for a Unix time in ms; "-" for 0.
-pub fn utc_time(ms: i64) -> String {
-    match chrono::DateTime::from_timestamp_millis(ms) {
-        Some(t) if ms > 0 => t.format("%Y-%m-%d %H:%M:%S").to_string(),
-        _ => "-".into(),
-    }
-}
-
-/// A duration for people: `850ms`, `12.3s`, `4m05s`, `2h03m`, `3d04h`.
-pub fn human_duration(ms: i64) -> String {
-    let s = ms / 1000;
-    match ms {
-        ..1_000 => format!("{ms}ms"),
-        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
-        60_000..3_600_000 => format!("{}m{:02}s", s / 60, s % 60),
-        3_600_000..86_400_000 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
-    }
-}
+pub use kaon_core::display::{human_duration, utc_time};
 
 /// `kaon workflow register`.
 pub async fn register(o: &Opts, file: &str) -> anyhow::Result<ExitCode> {
@@ -923,12 +905,14 @@ pub async fn snapshot(o: &Opts) -> anyhow::Result<ExitCode> {
     if o.json {
         println!(
             "{}",
-            serde_json::json!({"node_id": r.node_id, "raft_log_index": r.raft_log_index})
+            serde_json::json!({"node_id": r.node_id, "raft_log_index": r.raft_log_index,
+                "event_index": r.event_index, "chain_head": r.chain_head,
+                "state_digest": r.state_digest})
         );
     } else {
         println!(
-            "node {} snapshot at Raft log index {}",
-            r.node_id, r.raft_log_index
+            "node {} snapshot at Raft log index {}, event {}: chain head {}, state digest {}",
+            r.node_id, r.raft_log_index, r.event_index, r.chain_head, r.state_digest
         );
     }
     Ok(ExitCode::SUCCESS)

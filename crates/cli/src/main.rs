@@ -9,8 +9,10 @@
 //! Mesos emulator.
 
 mod audit;
+mod backup;
 mod client;
 mod node;
+mod whatif;
 
 /// mimalloc: the state machine allocates many small objects (replay speed,
 /// see BENCHMARKS.md).
@@ -144,6 +146,34 @@ enum ClusterCmd {
     },
     /// Build a snapshot on the node asked (compacting its log behind it).
     Snapshot,
+    /// Back up the cluster while it runs: every event up to an index the
+    /// cluster committed (read linearizably, the same stream `kaon audit`
+    /// reads), checked against the chain head the cluster reports, written
+    /// with its state digest, members and a SHA-256 checksum to FILE
+    /// (atomically: FILE.tmp, then renamed).
+    Backup {
+        /// Where to write the backup.
+        file: std::path::PathBuf,
+    },
+    /// Start a new cluster from a backup: check FILE (checksum, format,
+    /// the chain head and state digest its events rebuild) and write a
+    /// one-node cluster's data directory holding every backed-up event.
+    /// Start `kaon server` on it; it elects itself and reconciles every
+    /// run that was live with Mesos. Add nodes with `add-node`.
+    Restore {
+        /// The backup file.
+        file: std::path::PathBuf,
+        /// The new node's data directory (must hold no kaon log).
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        /// The new node's id.
+        #[arg(long, default_value_t = 1)]
+        node_id: u64,
+        /// The address other nodes will reach its Raft port at (its
+        /// `--raft-listen`, or `--advertise-raft`).
+        #[arg(long, default_value = "127.0.0.1:7071")]
+        raft_addr: String,
+    },
     /// Offline recovery of a cluster that lost its majority for good: on a
     /// STOPPED survivor, make the given members the only voters (usually
     /// just this node), then start it again; it elects itself and every
@@ -177,6 +207,12 @@ enum AuditCmd {
         /// A stopped node's data directory (default: ask the server).
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
+        /// Checkpoints an auditor kept, checked too: one per line, `INDEX
+        /// CHAIN_HEAD [STATE_DIGEST]` or a JSON object as kaon prints them
+        /// (`kaon --output json cluster snapshot`, `audit state`, a
+        /// backup's header line).
+        #[arg(long)]
+        digests: Option<std::path::PathBuf>,
     },
     /// Rebuild the state as of an event index from the events and print
     /// its digest and runs (live, or offline with `--data-dir`).
@@ -201,6 +237,51 @@ enum AuditCmd {
         #[arg(long)]
         to: Option<u64>,
     },
+    /// What the scheduler knew after event I: runs, steps and attempts,
+    /// launch intents Mesos had not yet confirmed, and armed timers
+    /// (retries, step and workflow timeouts). Live, or offline with
+    /// `--data-dir`; `--json` for one object of facts.
+    State {
+        /// A stopped node's data directory (default: ask the server).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// Event index (default: the end of the log).
+        #[arg(long)]
+        at: Option<u64>,
+        /// Only this run.
+        #[arg(long)]
+        run: Option<u64>,
+    },
+    /// What changed between the state after event A and after event B:
+    /// facts added (+), removed (-) and changed (~), and the kinds of
+    /// events in between.
+    Diff {
+        /// A stopped node's data directory (default: ask the server).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// Event index A (0: the empty state).
+        #[arg(long)]
+        from: u64,
+        /// Event index B (default: the end of the log).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Only this run.
+        #[arg(long)]
+        run: Option<u64>,
+    },
+    /// Why kaon did what it did to a step: every launch, observation,
+    /// retry, kill, skip and end recorded for it, with the time, the
+    /// leader that recorded it, and the earlier events that led to it.
+    Why {
+        /// Run id.
+        run: u64,
+        /// Step path (`train`, `group/step`); a foreach's or loop's path
+        /// also covers its elements and iterations.
+        step: String,
+        /// A stopped node's data directory (default: ask the server).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -212,6 +293,20 @@ enum WorkflowCmd {
     },
     /// List registered workflows.
     List,
+    /// What would this new definition have done? Replays the recorded task
+    /// outcomes of past runs (the newest finished runs of its workflow, or
+    /// those named) through it, without registering anything, and shows
+    /// each run's outcome and every step it decides differently.
+    WhatIf {
+        /// The new spec file.
+        file: String,
+        /// A run to replay (repeatable; default: the newest finished runs).
+        #[arg(long = "run")]
+        runs: Vec<u64>,
+        /// How many of the newest runs to look at when none is named.
+        #[arg(long, default_value_t = whatif::LAST_RUNS_DEFAULT)]
+        last: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -421,6 +516,9 @@ fn main() -> ExitCode {
         }) => block(client::logs(&o, id, &step, attempt, stderr, tail, follow)),
         Cmd::Workflow(WorkflowCmd::Register { file }) => block(client::register(&o, &file)),
         Cmd::Workflow(WorkflowCmd::List) => block(client::workflows(&o)),
+        Cmd::Workflow(WorkflowCmd::WhatIf { file, runs, last }) => {
+            block(whatif::what_if_cmd(&o, &file, &runs, last))
+        }
         Cmd::Schedule(ScheduleCmd::List) => block(client::schedules(&o)),
         Cmd::Schedule(ScheduleCmd::Pause { workflow, index }) => {
             block(client::set_schedule_paused(&o, &workflow, index, true))
@@ -438,6 +536,13 @@ fn main() -> ExitCode {
         Cmd::Cluster(ClusterCmd::RemoveNode { id }) => block(client::remove_node(&o, id)),
         Cmd::Cluster(ClusterCmd::TransferLeader { id }) => block(client::transfer_leader(&o, id)),
         Cmd::Cluster(ClusterCmd::Snapshot) => block(client::snapshot(&o)),
+        Cmd::Cluster(ClusterCmd::Backup { file }) => block(backup::backup(&o, &file)),
+        Cmd::Cluster(ClusterCmd::Restore {
+            file,
+            data_dir,
+            node_id,
+            raft_addr,
+        }) => report(backup::restore(&file, &data_dir, node_id, &raft_addr, json)),
         Cmd::Cluster(ClusterCmd::Recover {
             data_dir,
             node_id,
@@ -455,13 +560,33 @@ fn main() -> ExitCode {
                 }
             }
             match &cmd {
-                AuditCmd::Verify { data_dir } => block(audit::verify(source(data_dir, &o))),
+                AuditCmd::Verify { data_dir, digests } => {
+                    let kept = match digests.as_deref().map(audit::read_kept).transpose() {
+                        Ok(k) => k.unwrap_or_default(),
+                        Err(e) => return report(Err(e)),
+                    };
+                    block(audit::verify(source(data_dir, &o), &kept))
+                }
                 AuditCmd::Replay { data_dir, until } => {
                     block(audit::replay(source(data_dir, &o), *until, json))
                 }
                 AuditCmd::Export { data_dir, from, to } => {
                     block(audit::export(source(data_dir, &o), *from, *to))
                 }
+                AuditCmd::State { data_dir, at, run } => {
+                    block(audit::state(source(data_dir, &o), *at, *run, json))
+                }
+                AuditCmd::Diff {
+                    data_dir,
+                    from,
+                    to,
+                    run,
+                } => block(audit::diff(source(data_dir, &o), *from, *to, *run, json)),
+                AuditCmd::Why {
+                    run,
+                    step,
+                    data_dir,
+                } => block(audit::why(source(data_dir, &o), *run, step.clone(), json)),
             }
         }
         Cmd::Executor => executor(),
@@ -486,7 +611,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match rt.block_on(kaon_mesos::emulator::run_from_args(argv)) {
+            match rt.block_on(kaon_mesos_emulator::run_from_args(argv)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("kaon mesos-emulator: {e:#}");
@@ -637,7 +762,7 @@ fn run_local(
         std::env::current_exe().context("locating the kaon binary (it is also the executor)")?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let emu = kaon_mesos::emulator::Emulator::start(kaon_mesos::emulator::EmulatorConfig {
+        let emu = kaon_mesos_emulator::Emulator::start(kaon_mesos_emulator::EmulatorConfig {
             allocation_interval: std::time::Duration::from_millis(20),
             status_update_retry_min: std::time::Duration::from_secs(1),
             status_update_retry_max: std::time::Duration::from_secs(10),

@@ -80,8 +80,9 @@ pub struct ServerArgs {
     #[arg(long, env = "KAON_ADVERTISE_RAFT")]
     pub advertise_raft: Option<String>,
     /// Address for the admin HTTP port: `GET /healthz` (the process is
-    /// alive) and `GET /readyz` (it can serve linearizable reads and
-    /// writes; 503 with the reason otherwise). Off unless given.
+    /// alive), `GET /readyz` (it can serve linearizable reads and
+    /// writes; 503 with the reason otherwise) and `GET /metrics`
+    /// (Prometheus text format; docs/metrics.md). Off unless given.
     #[arg(long, env = "KAON_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
     /// How long `cluster add-node` waits for a new node to catch up as a
@@ -99,11 +100,45 @@ pub struct ServerArgs {
     /// budget), ms; 0: never. kaon's executor heartbeats every 10 s.
     #[arg(long, default_value_t = 60_000, env = "KAON_EXECUTOR_SILENCE_MS_MAX")]
     pub executor_silence_ms_max: u64,
+    /// kaon runs one executor per agent for many steps; one with no step
+    /// for this long exits, ms (0: with its last step, one executor per
+    /// step as before).
+    #[arg(long, default_value_t = 60_000, env = "KAON_EXECUTOR_IDLE_MS")]
+    pub executor_idle_ms: u64,
+    /// How long a finished run stays in the live state (API, UI, memory,
+    /// snapshots) after it ended; the leader then retires it. Its events
+    /// stay in the archive (`kaon audit`, `kaon cluster backup`). A
+    /// duration such as `7d`, `12h`, `30m`; `0` keeps every run forever.
+    #[arg(long, default_value = "7d", value_parser = parse_retention, env = "KAON_RUN_RETENTION")]
+    pub run_retention: std::time::Duration,
+    /// The newest kaon event schema this node says it applies (default:
+    /// all this kaon knows). The leader writes an event kind only when
+    /// every voter applies it, so pinning this lower on upgraded nodes
+    /// keeps their log readable by an older kaon (a staged upgrade that
+    /// may be rolled back); docs/upgrades.md.
+    #[arg(long, default_value_t = kaon_core::events::EVENT_SCHEMA, value_parser = clap::value_parser!(u32).range(1..=kaon_core::events::EVENT_SCHEMA as i64), env = "KAON_EVENT_SCHEMA_MAX")]
+    pub event_schema_max: u32,
+    /// Export tracing spans over OTLP/gRPC to this collector (e.g.
+    /// `http://127.0.0.1:4317`): one trace per run from the API call
+    /// through decide, the Raft append and the Mesos launch, with the
+    /// workflow, run, step and attempt ids. Off unless given.
+    #[arg(long, env = "KAON_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Log format on stderr: `text` (colours only on a terminal) or `json`
     /// (one object per line, with the span fields: node, term, run, step).
     /// Levels from `RUST_LOG` (default `info,openraft=error`).
     #[arg(long, default_value = "text", value_parser = ["text", "json"], env = "KAON_LOG_FORMAT")]
     pub log_format: String,
+}
+
+/// Parses `--run-retention`: a humantime duration (`7d`, `90m`) or `0`.
+fn parse_retention(s: &str) -> Result<std::time::Duration, String> {
+    if s.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("{e}: --run-retention is a duration such as 7d, 12h or 30m (0: keep forever)")
+    })
 }
 
 /// The default log filter: kaon at info; openraft only at error (its info
@@ -113,26 +148,89 @@ pub const LOG_FILTER_DEFAULT: &str = "info,openraft=error";
 
 /// Sets up stderr logging in `format` (`text` or `json`).
 pub fn init_logging(format: &str) {
+    init_tracing(format, None);
+}
+
+/// Sets up stderr logging in `format` (`text` or `json`) and, with an
+/// `otlp` endpoint, exports the spans (API call, decide, Raft append, Mesos
+/// launch and kill, with workflow, run, step and attempt ids) over OTLP/gRPC.
+/// Must run inside the tokio runtime that lives as long as the process
+/// (the exporter's channel runs on it). Returns the provider to flush at
+/// exit.
+pub fn init_tracing(
+    format: &str,
+    otlp: Option<(&str, u64)>,
+) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use opentelemetry::trace::TracerProvider as _;
     use std::io::IsTerminal;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| LOG_FILTER_DEFAULT.into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().with_current_span(true).init();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if format == "json" {
+        fmt.json().with_current_span(true).boxed()
     } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
-    }
+        fmt.with_ansi(std::io::stderr().is_terminal()).boxed()
+    };
+    let provider = otlp.and_then(|(endpoint, node)| match otlp_provider(endpoint, node) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("kaon: --otlp-endpoint {endpoint}: {e:#}; spans are not exported");
+            None
+        }
+    });
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("kaon")));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .init();
+    provider
+}
+
+/// An OTLP/gRPC span pipeline to `endpoint` (batched; the service is
+/// `kaon`, the instance `node-N`).
+fn otlp_provider(
+    endpoint: &str,
+    node: u64,
+) -> anyhow::Result<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(Duration::from_secs(5))
+        .build()
+        .context("building the OTLP span exporter")?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("kaon")
+        .with_attributes([
+            opentelemetry::KeyValue::new("service.instance.id", format!("node-{node}")),
+            opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+        ])
+        .build();
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build())
 }
 
 /// Runs a single-node kaon server until Ctrl-C / SIGTERM.
 pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let advertise_raft = raft_advertise(args.raft_listen, &args.advertise_raft, args.join)?;
-    init_logging(&args.log_format);
+    let rt = tokio::runtime::Runtime::new()?;
+    let tracer = {
+        let _in_rt = rt.enter();
+        init_tracing(
+            &args.log_format,
+            args.otlp_endpoint.as_deref().map(|e| (e, args.node_id)),
+        )
+    };
     let exe =
         std::env::current_exe().context("locating the kaon binary (it is also the executor)")?;
-    let rt = tokio::runtime::Runtime::new()?;
     // Every path absolute from the start (issue 9, A): the embedded
     // emulator's executors run inside their sandboxes, and logs and errors
     // should name the place a user can find.
@@ -160,7 +258,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
             Some(url) => (url, None),
             None => {
                 let emu =
-                    kaon_mesos::emulator::Emulator::start(kaon_mesos::emulator::EmulatorConfig {
+                    kaon_mesos_emulator::Emulator::start(kaon_mesos_emulator::EmulatorConfig {
                         allocation_interval: Duration::from_millis(20),
                         work_dir: args.data_dir.join("mesos"),
                         executor_path: Some(exe.clone()),
@@ -180,6 +278,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         node_config.advertise = advertise_raft;
         node_config.catch_up_timeout_ms = args.catch_up_timeout_ms;
         node_config.contact_ms_max = args.contact_ms_max;
+        node_config.event_schema = args.event_schema_max;
         for p in &args.peers {
             let (id, addr) = p
                 .split_once('=')
@@ -225,6 +324,8 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let log = Arc::new(kaon_server::log::RaftLog::new(node));
+        let metrics = Arc::new(kaon_server::metrics::Metrics::new());
+        metrics.follow(log.clone());
         let mut config =
             kaon_server::runtime::RuntimeConfig::new(master.clone(), exe.display().to_string());
         config.framework_name = args.framework_name;
@@ -232,7 +333,11 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         config.failover_timeout_secs = args.failover_timeout;
         config.executor_silence_ms_max =
             (args.executor_silence_ms_max > 0).then_some(args.executor_silence_ms_max as i64);
+        config.executor_idle_ms = args.executor_idle_ms.min(i64::MAX as u64) as i64;
+        config.limits.run_retention_ms =
+            args.run_retention.as_millis().min(i64::MAX as u128) as i64;
         config.api_addr = Some(args.advertise_api.clone().unwrap_or(addr.to_string()));
+        config.metrics = Some(metrics.clone());
         let runtime = kaon_server::runtime::supervise(log.clone(), config);
         // Serve once this node's role is settled: a leader first starts its
         // runtime, so the first write after "listening" is accepted.
@@ -256,11 +361,28 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
                 let at = listener.local_addr()?;
                 let mut stop = stop_rx.clone();
                 let log = log.clone();
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
                     let done = async move {
                         let _ = stop.wait_for(|s| *s).await;
                     };
-                    if let Err(e) = kaon_server::admin::serve(log, listener, done).await {
+                    let clock = Arc::new(kaon_log::SystemClock);
+                    // The UI reads through this node's own API, on loopback
+                    // when it listens on every interface.
+                    let api = match addr.ip() {
+                        ip if ip.is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
+                        _ => format!("http://{addr}"),
+                    };
+                    let ui = match kaon_server::ui::Ui::new(&api) {
+                        Ok(ui) => Some(ui),
+                        Err(e) => {
+                            tracing::error!(error = %e, "the web UI is off");
+                            None
+                        }
+                    };
+                    if let Err(e) =
+                        kaon_server::admin::serve(log, metrics, clock, ui, listener, done).await
+                    {
                         tracing::error!(error = %e, "admin HTTP server stopped");
                     }
                 });
@@ -291,8 +413,15 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         if let Some(emu) = emulator {
             emu.shutdown().await;
         }
-        Ok(ExitCode::SUCCESS)
-    })
+        Ok::<_, anyhow::Error>(())
+    })?;
+    if let Some(t) = tracer {
+        // The last spans: flushed on a thread of its own (the exporter's
+        // channel still has the runtime, which is dropped after this).
+        let _in_rt = rt.enter();
+        let _ = std::thread::spawn(move || t.shutdown()).join();
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The Raft address to advertise: `--advertise-raft`, else none (the bound

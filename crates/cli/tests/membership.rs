@@ -8,7 +8,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Procs, free_port, kaon, wait_for};
+use common::{LogsOnPanic, Procs, free_port, free_ports, kaon, wait_for};
 
 fn status(api: u16) -> Option<serde_json::Value> {
     let (code, out, _) = kaon(api, &["--output", "json", "cluster", "status"]);
@@ -302,12 +302,11 @@ fn emulator(dir: &std::path::Path, mesos: u16) -> Child {
 #[test]
 fn a_mistyped_add_node_cannot_brick_a_cluster() {
     let dir = tempfile::tempdir().unwrap();
-    let mesos = free_port();
-    let (api, raft, admin) = (
-        [free_port(), free_port()],
-        [free_port(), free_port()],
-        [free_port(), free_port()],
-    );
+    // Every port from one call: distinct (separate free_port calls can
+    // return one port twice, as the harness found for clusters).
+    let p = free_ports(7);
+    let mesos = p[6];
+    let (api, raft, admin) = ([p[0], p[1]], [p[2], p[3]], [p[4], p[5]]);
     let extra = |i: usize| {
         vec![
             "--admin-listen".to_string(),
@@ -640,9 +639,10 @@ fn a_survivor_of_a_lost_majority_says_so_and_is_recovered_offline() {
 #[test]
 fn a_hung_executor_is_shut_down_and_its_step_retried() {
     let dir = tempfile::tempdir().unwrap();
-    let mesos = free_port();
-    let (api, raft) = (free_port(), free_port());
+    let p = free_ports(3);
+    let (mesos, api, raft) = (p[0], p[1], p[2]);
     let mut procs = Procs(vec![emulator(dir.path(), mesos)]);
+    let _logs = LogsOnPanic(vec![dir.path().join("n1.stderr")]);
     let extra = vec!["--executor-silence-ms-max".to_string(), "3000".to_string()];
     procs.0.push(node(dir.path(), 1, api, raft, mesos, &extra));
     wait_for("node 1 to serve", Duration::from_secs(30), || {
@@ -700,4 +700,213 @@ fn a_hung_executor_is_shut_down_and_its_step_retried() {
         Duration::from_secs(20),
         || procs_under("sleep").is_empty().then_some(()),
     );
+}
+
+/// Every event of the cluster as protobuf JSON (`kaon audit export`).
+fn exported(urls: &str) -> Vec<serde_json::Value> {
+    let (code, out, err) = common::kaon_at(urls, &["audit", "export"]);
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect()
+}
+
+/// The run ids named by events of `kind` (protobuf JSON name).
+fn runs_in(events: &[serde_json::Value], kind: &str, field: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| e.get(kind))
+        .flat_map(|b| match &b[field] {
+            serde_json::Value::Array(a) => a
+                .iter()
+                .map(|v| v.as_str().unwrap_or("").to_string())
+                .collect(),
+            v => vec![v.as_str().unwrap_or("").to_string()],
+        })
+        .collect()
+}
+
+/// Issue 11, section 3 (upgrades): a rolling restart of a 3-node cluster
+/// onto a kaon that writes a newer event kind, one node at a time, under
+/// load and with a step in flight, loses nothing and launches nothing
+/// twice; the leader writes the new kind (RunsRetired) only once every
+/// voter applies it. The "old" kaon is this binary pinned to event schema
+/// 1 (`--event-schema-max 1`), as an operator pins a staged upgrade.
+#[test]
+fn a_rolling_upgrade_under_load_loses_nothing_and_writes_new_events_last() {
+    let old = ["--event-schema-max", "1", "--run-retention", "1s"];
+    let mut c = common::Cluster::builder(common::KAON)
+        .server_args(&old)
+        .start()
+        .expect("the cluster starts");
+    let urls = c.urls().join(",");
+    let rt = rt();
+    rt.block_on(c.wait_healthy(Duration::from_secs(30)))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let long = dir.path().join("long.yaml");
+    std::fs::write(
+        &long,
+        format!(
+            "apiVersion: kaon/v1\nname: long\nsteps:\n  s: {{shell: 'while [ ! -f {} ]; do sleep 0.1; done'}}\n",
+            go.display()
+        ),
+    )
+    .unwrap();
+    let quick = dir.path().join("quick.yaml");
+    std::fs::write(
+        &quick,
+        "apiVersion: kaon/v1\nname: quick\nsteps:\n  a: {shell: 'true'}\n",
+    )
+    .unwrap();
+    let (code, out, err) = common::kaon_at(&urls, &["submit", long.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let long_id = out.trim().strip_prefix("run ").unwrap().to_string();
+    let (code, out, err) = common::kaon_at(&urls, &["submit", quick.to_str().unwrap(), "--watch"]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Load: submissions all through the upgrade; each accepted id counts.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, urls, quick) = (stop.clone(), urls.clone(), quick.clone());
+        std::thread::spawn(move || {
+            let mut accepted = Vec::new();
+            let mut k = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                k += 1;
+                let key = format!("load-{k}");
+                let (code, out, _) =
+                    common::kaon_at(&urls, &["submit", quick.to_str().unwrap(), "--key", &key]);
+                if code == 0 {
+                    accepted.push(out.trim().strip_prefix("run ").unwrap_or("").to_string());
+                }
+            }
+            accepted
+        })
+    };
+    // The quick run's retention (1 s) has passed, by the cluster's own
+    // clock (the load keeps adding events): a retirement is due from now
+    // on, and held back while a voter is old.
+    let ms = |e: &serde_json::Value| e["timeUnixMs"].as_str().unwrap().parse::<i64>().unwrap();
+    wait_for(
+        "the quick run's retention to pass",
+        Duration::from_secs(30),
+        || {
+            let events = exported(&urls);
+            let done = events
+                .iter()
+                .find(|e| e.get("runFinished").is_some())
+                .map(ms)?;
+            (events.iter().map(ms).max()? > done + 1_500).then_some(())
+        },
+    );
+    assert!(runs_in(&exported(&urls), "runsRetired", "runIds").is_empty());
+    // Followers first, the leader last, one at a time; each restarted
+    // node serves and catches up before the next goes.
+    let leader = rt
+        .block_on(c.wait_healthy(Duration::from_secs(30)))
+        .unwrap();
+    let order: Vec<usize> = (0..3).filter(|&i| i != leader).chain([leader]).collect();
+    c.set_server_args(&["--run-retention", "1s"]);
+    for (n, &i) in order.iter().enumerate() {
+        c.stop(i);
+        c.start_node(i).unwrap();
+        // Under load the applied indexes never stand still: the restarted
+        // node is back when all agree on a leader that sees every member
+        // and it applied what the leader had when it came back.
+        let caught_up = rt.block_on(kaon_harness::try_wait_until(
+            Duration::from_secs(60),
+            || async {
+                let l = c.leader(None).await?;
+                let target = c.status(l).await?.applied_event_index;
+                let mine = c.status(i).await?.applied_event_index;
+                (mine >= target.saturating_sub(50)).then_some(())
+            },
+        ));
+        assert!(
+            caught_up.is_some(),
+            "node {} did not rejoin within 60 s: {}",
+            i + 1,
+            rt.block_on(c.describe())
+        );
+        if n < 2 {
+            let events = exported(&urls);
+            assert!(
+                runs_in(&events, "runsRetired", "runIds").is_empty(),
+                "{} of 3 nodes upgraded: an old voter cannot apply RunsRetired, none is written",
+                n + 1
+            );
+        }
+        if n == 1 {
+            // An upgraded node leads while the old one is still a voter:
+            // only what it learned of its peers holds RunsRetired back.
+            let to = order[0];
+            let (code, out, err) = common::kaon_at(
+                &urls,
+                &["cluster", "transfer-leader", &(to + 1).to_string()],
+            );
+            assert_eq!(code, 0, "{out}{err}");
+            let from = exported(&urls).len();
+            wait_for(
+                "the upgraded leader to record new runs' ends",
+                Duration::from_secs(60),
+                || {
+                    let events = exported(&urls);
+                    let leads = rt.block_on(c.leader(None)) == Some(to);
+                    (leads && runs_in(&events[from..], "runFinished", "runId").len() >= 2)
+                        .then_some(())
+                },
+            );
+            assert!(
+                runs_in(&exported(&urls), "runsRetired", "runIds").is_empty(),
+                "an upgraded leader with an old voter writes no RunsRetired"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let accepted = load.join().unwrap();
+    assert!(
+        !accepted.is_empty(),
+        "the load was accepted during the upgrade"
+    );
+    std::fs::write(&go, "").unwrap();
+
+    // Every accepted run and the long one end, succeeded, launched once
+    // per step; and, every voter now upgraded, finished runs are retired.
+    let events = wait_for(
+        "every run to end and be retired",
+        Duration::from_secs(90),
+        || {
+            let events = exported(&urls);
+            let finished = runs_in(&events, "runFinished", "runId");
+            let retired = runs_in(&events, "runsRetired", "runIds");
+            let all = accepted.iter().chain([&long_id]);
+            all.clone()
+                .all(|r| finished.contains(r) && retired.contains(r))
+                .then_some(events)
+        },
+    );
+    for e in events.iter().filter_map(|e| e.get("runFinished")) {
+        assert_eq!(e["outcome"], "RUN_OUTCOME_SUCCEEDED", "{e}");
+    }
+    // Each step ran once: one attempt was seen running (an attempt that
+    // a leader recorded but never sent, lost with it, is retried and
+    // never ran).
+    for r in accepted.iter().chain([&long_id]) {
+        let of_run: Vec<&serde_json::Value> = events
+            .iter()
+            .filter(|e| {
+                e.as_object()
+                    .is_some_and(|o| o.values().any(|b| b["runId"] == **r))
+            })
+            .collect();
+        let ran: std::collections::BTreeSet<String> = of_run
+            .iter()
+            .filter_map(|e| e.get("taskStatusObserved"))
+            .filter(|o| o["state"] == "TASK_STATE_RUNNING" || o["state"] == "TASK_STATE_FINISHED")
+            .map(|o| o["attempt"].to_string())
+            .collect();
+        assert_eq!(ran.len(), 1, "run {r}: its one step ran once: {of_run:#?}");
+    }
 }

@@ -187,14 +187,14 @@ async fn fault(cluster: &mut Cluster, rng: &mut Rng, log: &mut Log, partitions: 
         }
         1 => {
             // The reconciliation defect's window: a launch reached Mesos
-            // (its sandbox appeared) and no quorum is left to record what
-            // it reports.
+            // (its step directory appeared) and no quorum is left to
+            // record what it reports.
             let mesos = cluster.mesos_dir();
-            let before = common::executor_sandboxes(&mesos);
+            let before = common::step_dirs(&mesos);
             let end = Instant::now() + Duration::from_secs(10);
             let mut hit = false;
             while Instant::now() < end {
-                if common::executor_sandboxes(&mesos).len() > before.len() {
+                if common::step_dirs(&mesos).len() > before.len() {
                     hit = true;
                     break;
                 }

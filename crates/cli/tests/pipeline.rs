@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kaon_core::decide::{Command, SubmitTarget};
 use kaon_core::events::Body;
 use kaon_core::state::{NodeStatus, RunStatus};
-use kaon_mesos::emulator::{AgentConfig, Emulator, EmulatorConfig};
+use kaon_mesos_emulator::{AgentConfig, Emulator, EmulatorConfig};
 use kaon_server::log::{EventLog, LocalLog};
 use kaon_server::runtime::{self, RuntimeConfig};
 

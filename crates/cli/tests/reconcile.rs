@@ -20,14 +20,14 @@ use std::time::Duration;
 use common::{Cluster, get_run, lines, wait_until};
 use kaon_core::events::{Body, TaskState};
 
-/// The executor sandboxes of `step` of run `run` (any attempt).
+/// The step directories of `step` of run `run` (any attempt).
 fn sandboxes(mesos: &Path, run: u64, step: &str) -> Vec<PathBuf> {
-    common::executor_sandboxes(mesos)
+    common::step_dirs(mesos)
         .into_iter()
-        .filter(|ex| {
-            let name = ex.file_name().unwrap().to_string_lossy().into_owned();
-            // Executor ids end with the task id, `r<run>-i<inst>-a<attempt>:<path>`.
-            name.ends_with(&format!(":{step}")) && name.contains(&format!("-r{run}-"))
+        .filter(|d| {
+            let name = d.file_name().unwrap().to_string_lossy().into_owned();
+            // Task ids are `r<run>-i<inst>-a<attempt>:<path>` (`:` made `_`).
+            name.ends_with(&format!("_{step}")) && name.starts_with(&format!("r{run}-"))
         })
         .collect()
 }

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
 use kaon_core::Limits;
-use kaon_core::decide::{Command, Input, SubmitTarget, TaskUpdate, decide};
+use kaon_core::decide::{Input, TaskUpdate, decide};
 use kaon_core::events::{self, Body, Event, TaskState};
 use kaon_core::sim::{Outcome, Sim};
 use kaon_core::state::{InstKind, NodeStatus, State};
@@ -50,41 +50,8 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
-/// A 10-step fan (1 -> 8 -> 1) with outputs: a typical small ML pipeline.
-const FAN: &str = r#"
-apiVersion: kaon/v1
-name: fan
-steps:
-  prepare: {run: [./prepare]}
-  train:
-    depends_on: [prepare]
-    foreach: {items: "[1,2,3,4,5,6,7,8]"}
-    run: [./train, "${{ item }}"]
-  publish: {depends_on: [train], run: [./publish]}
-"#;
-
 fn build_log(target: usize) -> Vec<Event> {
-    let mut sim = Sim::new(Limits {
-        active_runs_max: usize::MAX,
-        ..Limits::default()
-    });
-    sim.command(Command::RegisterWorkflow { source: FAN.into() })
-        .expect("registers");
-    let mut policy = |_: &str, _: u32| Outcome::Finish(r#"{"auc":0.91,"rows":123456}"#.into());
-    while sim.log.len() < target {
-        sim.command(Command::SubmitRun {
-            target: SubmitTarget::Registered {
-                name: "fan".into(),
-                version: None,
-            },
-            params: BTreeMap::new(),
-            idempotency_key: String::new(),
-        })
-        .expect("submits");
-        sim.run_to_quiet(&mut policy, usize::MAX);
-    }
-    sim.log.truncate(target);
-    sim.log
+    kaon_core::sim::fan_log(target)
 }
 
 fn median(v: &mut [f64]) -> f64 {

@@ -124,6 +124,12 @@ pub enum TimerKey {
         /// Schedule index.
         index: u32,
     },
+    /// A finished run reaches `run_retention_ms` after its end: retire it
+    /// (with any others due).
+    Retire {
+        /// Run.
+        run: RunId,
+    },
 }
 
 /// A Mesos status update, decoded by the runtime.
@@ -147,6 +153,9 @@ pub struct TaskUpdate {
     pub exit_code: Option<i32>,
     /// Outputs (JSON object) reported with TASK_FINISHED.
     pub outputs_json: Option<String>,
+    /// The executor the task runs in ("" if Mesos did not say): the leader
+    /// shuts it down if it goes silent. Not recorded.
+    pub executor_id: String,
 }
 
 /// What a Mesos status update means for the attempt it names.
@@ -296,13 +305,19 @@ pub enum Input<'a> {
     TimerFired(TimerKey),
     /// This node just became leader: rebuild the effect runtime from state.
     LeaderStarted,
-    /// The leader heard nothing from a running task's executor for this
-    /// long (its limit `executor_silence_ms_max` passed): kill it; once
-    /// the kill is confirmed the attempt counts as lost (platform budget).
+    /// The leader heard nothing from the executor holding a task (STARTING,
+    /// RUNNING or KILLING) for this long (its limit
+    /// `executor_silence_ms_max` passed): kill it and shut the executor
+    /// down; once the kill is confirmed the attempt counts as lost
+    /// (platform budget). A task already being killed only gets the
+    /// shutdown.
     ExecutorSilent {
         /// Mesos task id.
         task_id: String,
     },
+    /// Every voter now applies `RunsRetired` (it was held back during a
+    /// rolling upgrade): arm every finished run's retirement again.
+    RearmRetention,
 }
 
 /// A refused command (a domain result, not an operational error).
@@ -366,6 +381,7 @@ pub fn decide(
         Input::TimerFired(key) => d.timer(key),
         Input::LeaderStarted => d.leader_started(),
         Input::ExecutorSilent { task_id } => d.executor_silent(&task_id),
+        Input::RearmRetention => d.arm_all_retires(),
     }
     Ok(d.out)
 }
@@ -561,6 +577,7 @@ impl<'s> Decider<'s> {
                 if let Some((si, _)) = run.schedule {
                     self.start_queued_fire(&run.workflow, si);
                 }
+                self.arm_retire(run);
             }
             Body::WorkflowRegistered(e) => self.arm_schedules(&e.name),
             Body::SchedulePauseChanged(e) => {
@@ -571,7 +588,8 @@ impl<'s> Decider<'s> {
             Body::ProgressReported(_)
             | Body::FrameworkRegistered(_)
             | Body::ScheduleFired(_)
-            | Body::LeaderStarted(_) => {}
+            | Body::LeaderStarted(_)
+            | Body::RunsRetired(_) => {}
         }
     }
 
@@ -1432,7 +1450,21 @@ impl<'s> Decider<'s> {
         let Some(a) = r.instances.get(i as usize).and_then(|x| x.live_attempt()) else {
             return;
         };
-        if a.number != attempt || a.kill.is_some() || a.state != TaskState::Running {
+        let held_by_executor = matches!(
+            a.state,
+            TaskState::Starting | TaskState::Running | TaskState::Killing
+        );
+        if a.number != attempt || !held_by_executor {
+            return;
+        }
+        if a.kill.is_some() {
+            // The kill is recorded already (a cancel, a timeout) but the
+            // executor that should carry it out is silent: shut it down,
+            // as Mesos' agent then ends its tasks.
+            self.effect(Effect::ShutdownExecutor {
+                task_id: task_id.to_owned(),
+                agent_id: a.agent_id.clone(),
+            });
             return;
         }
         self.emit(Body::TaskKillRequested(pb::TaskKillRequested {
@@ -1606,6 +1638,57 @@ impl<'s> Decider<'s> {
                 self.arm_kill_resend(run, inst, attempt, self.now);
             }
             TimerKey::Schedule { workflow, index } => self.schedule_due(&workflow, index),
+            TimerKey::Retire { run } => self.retire_run(run),
+        }
+    }
+
+    /// Arms the retirement of finished `run` (none while retention is off).
+    fn arm_retire(&mut self, run: &Run) {
+        let retention = self.limits.run_retention_ms;
+        if let (true, Some(f)) = (retention > 0, run.finished_ms) {
+            self.effect(Effect::ArmTimer {
+                key: TimerKey::Retire { run: run.id },
+                at_ms: f.saturating_add(retention),
+            });
+        }
+    }
+
+    /// `run`'s retention passed: retires it (one run per event, O(1): a
+    /// backlog of due runs, each with its own timer, costs one decision
+    /// each, batched by the leader's rounds). While a voter cannot apply
+    /// `RunsRetired` (a rolling upgrade) nothing is armed again: the leader
+    /// re-arms every retirement once all voters can (`RearmRetention`).
+    fn retire_run(&mut self, run: RunId) {
+        let retention = self.limits.run_retention_ms;
+        let Some(r) = self.state.run(run) else {
+            return; // retired already
+        };
+        if retention <= 0 || self.state.active_runs.contains(&run) {
+            return;
+        }
+        let kind = Body::RunsRetired(pb::RunsRetired::default());
+        if crate::events::body_schema(&kind) > self.limits.event_schema_max {
+            return;
+        }
+        match r.finished_ms {
+            Some(f) if f.saturating_add(retention) <= self.now => {
+                self.emit(Body::RunsRetired(pb::RunsRetired {
+                    run_ids: vec![run],
+                    retention_ms: retention as u64,
+                }));
+            }
+            // Fired early (a clock step): again when it is due.
+            _ => self.arm_retire(r),
+        }
+    }
+
+    /// Arms the retirement of every finished run (a new leader, or every
+    /// voter now applies `RunsRetired`).
+    fn arm_all_retires(&mut self) {
+        for run in self.state.runs.values() {
+            if !self.state.active_runs.contains(&run.id) {
+                self.arm_retire(run);
+            }
         }
     }
 
@@ -1640,6 +1723,9 @@ impl<'s> Decider<'s> {
         for name in names {
             self.arm_schedules(&name);
         }
+        // Finished runs not yet retired (a retention newly set, or timers
+        // of a previous leader).
+        self.arm_all_retires();
     }
 
     /// Re-derives timers and any follow-up a previous leader may not have
@@ -1898,7 +1984,7 @@ impl<'s> Decider<'s> {
                 let run = self
                     .state
                     .run(run_id)
-                    .ok_or_else(|| Rejection::NotFound(format!("run {run_id}")))?;
+                    .ok_or_else(|| Rejection::NotFound(self.state.run_not_found(run_id)))?;
                 if run.status != RunStatus::Running {
                     return Err(Rejection::FailedPrecondition(format!(
                         "run {run_id} already finished ({:?})",
@@ -1971,7 +2057,7 @@ impl<'s> Decider<'s> {
         let run = self
             .state
             .run(run_id)
-            .ok_or_else(|| Rejection::NotFound(format!("run {run_id}")))?;
+            .ok_or_else(|| Rejection::NotFound(self.state.run_not_found(run_id)))?;
         if !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled) {
             return Err(Rejection::FailedPrecondition(format!(
                 "run {run_id} is {}; only failed or cancelled runs can be retried",
@@ -2185,6 +2271,17 @@ fn describe_failure(a: &crate::state::Attempt, cause: FailureCause) -> String {
         what
     } else {
         format!("{what}: {}", a.message)
+    }
+}
+
+/// Lowercase name of a run's status, as the API and the CLI show it.
+pub fn run_status_name(s: crate::state::RunStatus) -> &'static str {
+    use crate::state::RunStatus;
+    match s {
+        RunStatus::Running => "running",
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Failed => "failed",
+        RunStatus::Cancelled => "cancelled",
     }
 }
 

@@ -83,6 +83,63 @@ impl TaskState {
     }
 }
 
+/// The run an event is about, if it is about one (metrics, audits).
+pub fn body_run(b: &Body) -> Option<u64> {
+    Some(match b {
+        Body::NodeStarted(x) => x.run_id,
+        Body::ForeachExpanded(x) => x.run_id,
+        Body::LoopIterationStarted(x) => x.run_id,
+        Body::TaskLaunchRequested(x) => x.run_id,
+        Body::TaskStatusObserved(x) => x.run_id,
+        Body::RetryScheduled(x) => x.run_id,
+        Body::TaskKillRequested(x) => x.run_id,
+        Body::NodeFinished(x) => x.run_id,
+        Body::NodeSkipped(x) => x.run_id,
+        Body::ProgressReported(x) => x.run_id,
+        Body::RunCancelRequested(x) => x.run_id,
+        Body::RunFinished(x) => x.run_id,
+        Body::WorkflowRegistered(_)
+        | Body::RunSubmitted(_)
+        | Body::FrameworkRegistered(_)
+        | Body::ScheduleFired(_)
+        | Body::SchedulePauseChanged(_)
+        | Body::LeaderStarted(_)
+        | Body::RunsRetired(_) => return None,
+    })
+}
+
+/// The (run, instance) an event is about, if it is about one instance.
+pub fn body_instance(b: &Body) -> Option<(u64, u32)> {
+    Some(match b {
+        Body::NodeStarted(x) => (x.run_id, x.instance),
+        Body::ForeachExpanded(x) => (x.run_id, x.instance),
+        Body::LoopIterationStarted(x) => (x.run_id, x.instance),
+        Body::TaskLaunchRequested(x) => (x.run_id, x.instance),
+        Body::TaskStatusObserved(x) => (x.run_id, x.instance),
+        Body::RetryScheduled(x) => (x.run_id, x.instance),
+        Body::TaskKillRequested(x) => (x.run_id, x.instance),
+        Body::NodeFinished(x) => (x.run_id, x.instance),
+        Body::NodeSkipped(x) => (x.run_id, x.instance),
+        Body::ProgressReported(x) => (x.run_id, x.instance),
+        _ => return None,
+    })
+}
+
+/// The newest event schema this kaon applies: 1 = the kinds up to
+/// `LeaderStarted`; 2 adds `RunsRetired`. A leader writes a kind only
+/// when every voter applies its schema ([`body_schema`];
+/// `Limits::event_schema_max`); a replica refuses a kind it does not know
+/// (`ApplyError::UnknownEvent`) and stops rather than guess.
+pub const EVENT_SCHEMA: u32 = 2;
+
+/// The event schema that introduced `b`'s kind.
+pub fn body_schema(b: &Body) -> u32 {
+    match b {
+        Body::RunsRetired(_) => 2,
+        _ => 1,
+    }
+}
+
 /// Short name of an event body, for logs and golden files.
 pub fn body_name(b: &Body) -> &'static str {
     match b {
@@ -104,5 +161,6 @@ pub fn body_name(b: &Body) -> &'static str {
         Body::ScheduleFired(_) => "ScheduleFired",
         Body::SchedulePauseChanged(_) => "SchedulePauseChanged",
         Body::LeaderStarted(_) => "LeaderStarted",
+        Body::RunsRetired(_) => "RunsRetired",
     }
 }

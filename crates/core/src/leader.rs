@@ -47,17 +47,25 @@ use crate::state::State;
 /// Names a client command so its answer can be routed back.
 pub type CommandId = u64;
 
-/// How kaon's executor is started on an agent for each task.
+/// How kaon's executor is started on an agent. One executor per agent
+/// runs many steps (Mesos launches a task into a running executor whose
+/// `ExecutorInfo` matches), so a step costs no process start and no
+/// subscription; it exits after `idle_ms` without steps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExecutorConfig {
     /// Program path on the agents.
     pub command: String,
     /// Its argv (argv\[0\] included).
     pub args: Vec<String>,
-    /// CPUs reserved for the executor process besides its step.
+    /// CPUs reserved for the executor process besides its steps.
     pub cpus: f64,
     /// Memory reserved for the executor process, MB.
     pub mem_mb: f64,
+    /// An executor with no step for this long exits, ms (0: with its last
+    /// step). The leader moves an agent's next step to a new executor once
+    /// the agent's executor has been idle for half of this, so a launch
+    /// never races the executor's exit.
+    pub idle_ms: i64,
 }
 
 /// The leader's configuration (all limits named, with units).
@@ -76,6 +84,13 @@ pub struct LeaderConfig {
     /// Launches waiting for offers held in memory; more stay recorded in
     /// state (as live, unlaunched attempts) and are taken up as room frees.
     pub pending_launches_max: usize,
+    /// Waiting launches go oldest run first; one that has waited this long
+    /// goes first by arrival instead, so an old run that keeps adding steps
+    /// (a large foreach, a loop) cannot starve newer runs, ms. Longer than
+    /// a burst takes to drain: at 30 s, 10,000 runs fired at once aged
+    /// before they drained and then went ahead of a running pipeline's next
+    /// step (a 59 s wait in kaon-scale-bench).
+    pub launch_aging_ms: i64,
     /// Client commands waiting to be decided; more are refused with
     /// RESOURCE_EXHAUSTED naming this limit.
     pub commands_queued_max: usize,
@@ -86,6 +101,14 @@ pub struct LeaderConfig {
     pub round_events_max: usize,
     /// Offers declined while nothing waits are refused for this long, s.
     pub decline_refuse_secs_idle: f64,
+    /// While runs are active, offers nothing can use yet are held (not
+    /// declined), so the next launch goes out at once instead of waiting
+    /// for a REVIVE and an allocation; an offer is held at most this long,
+    /// ms, then declined with `decline_refuse_secs_busy` (it comes back).
+    /// With no active run and nothing waiting, offers are declined at once.
+    pub offer_hold_ms_max: i64,
+    /// Offers held at most; more are declined.
+    pub offers_held_max: usize,
     /// Offers declined while launches still wait (none fit) are refused
     /// for this long, s.
     pub decline_refuse_secs_busy: f64,
@@ -117,13 +140,17 @@ impl LeaderConfig {
                 args: vec!["kaon".into(), "executor".into()],
                 cpus: 0.01,
                 mem_mb: 16.0,
+                idle_ms: 60_000,
             },
             pending_launches_max: 100_000,
+            launch_aging_ms: 300_000,
             commands_queued_max: 65_536,
             command_batch_max: 256,
             round_events_max: 8_192,
             decline_refuse_secs_idle: 5.0,
             decline_refuse_secs_busy: 1.0,
+            offer_hold_ms_max: 5_000,
+            offers_held_max: 1_024,
             pending_reasons_per_round_max: 64,
             executor_silence_ms_max: None,
         }
@@ -165,6 +192,11 @@ pub enum MesosEvent {
     },
     /// OFFERS.
     Offers(Vec<Offer>),
+    /// RESCIND: an offer is no longer valid.
+    Rescind {
+        /// The offer.
+        offer_id: String,
+    },
     /// UPDATE (reliable or not; [`decide::Observation`] tells).
     Update(TaskUpdate),
     /// MESSAGE from an executor, decoded.
@@ -219,8 +251,8 @@ pub struct TaskSpec {
     pub agent_id: String,
     /// The step's own resources (name, amount).
     pub resources: Vec<(String, f64)>,
-    /// Executor id (one executor per attempt, so its sandbox holds that
-    /// attempt's logs).
+    /// Executor id: the agent's current shared executor ([`executor_id`]);
+    /// the step's files are in `tasks/<task id>` of its sandbox.
     pub executor_id: String,
     /// Executor program and argv.
     pub executor: ExecutorConfig,
@@ -240,10 +272,10 @@ pub enum Action {
         /// Framework id from the log, if one was recorded.
         framework_id: Option<String>,
     },
-    /// ACCEPT one offer with LAUNCH of these tasks.
+    /// ACCEPT offers (all of one agent) with LAUNCH of these tasks.
     Launch {
-        /// The offer.
-        offer_id: String,
+        /// The offers, one agent's.
+        offer_ids: Vec<String>,
         /// Tasks packed into it.
         tasks: Vec<TaskSpec>,
     },
@@ -299,6 +331,19 @@ pub struct CommandOutcome {
     pub committed: Vec<Event>,
 }
 
+/// Where a waiting launch sits in the placement order: (run id, arrival).
+type PendKey = (u64, u64);
+
+/// When `l`'s attempt's launch intent was committed (it waits since).
+fn attempt_launched_ms(state: &State, l: &pb::TaskLaunchRequested) -> Option<i64> {
+    let run = state.run(l.run_id)?;
+    let inst = run.instances.get(l.instance as usize)?;
+    inst.attempts
+        .iter()
+        .find(|a| a.number == l.attempt)
+        .map(|a| a.launched_ms)
+}
+
 /// A command's answer.
 pub type Reply = Result<CommandOutcome, Rejection>;
 
@@ -323,6 +368,7 @@ pub struct Ready {
 #[derive(Debug, Clone, PartialEq)]
 enum Queued {
     Started,
+    RearmRetention,
     Update(TaskUpdate),
     Progress(Progress),
     Timer(TimerKey),
@@ -338,6 +384,32 @@ enum Timer {
     Progress(String),
     /// Look for running tasks whose executors went silent.
     Silence,
+    /// Decline offers held for `offer_hold_ms_max`.
+    OfferHold,
+}
+
+/// An offer held for the next launch.
+#[derive(Debug, Clone)]
+struct HeldOffer {
+    offer: Offer,
+    /// When it arrived, ms.
+    since_ms: i64,
+}
+
+/// The executor this leader uses on one agent.
+#[derive(Debug, Clone, Default)]
+struct AgentExecutor {
+    /// Bumped when the agent's executor may be about to exit idle.
+    generation: u32,
+    /// Steps this leader sent to it that have not ended.
+    live: usize,
+    /// When its last step ended, ms.
+    idle_since_ms: i64,
+    /// Whether this leader used it at all.
+    used: bool,
+    /// It died or is being shut down: the next step goes to a new one
+    /// (a launch into an executor id Mesos is still tearing down is lost).
+    retired: bool,
 }
 
 /// Executor progress of one task as the leader tracks it.
@@ -379,12 +451,26 @@ pub struct Leader {
     backlog: VecDeque<Decision>,
     in_flight: Option<Round>,
     to_propose: Vec<Body>,
-    /// Committed intents waiting for offers, oldest first (by sequence).
-    pending: BTreeMap<u64, pb::TaskLaunchRequested>,
-    pending_ids: BTreeMap<String, u64>,
+    /// Committed intents waiting for offers, in placement order: oldest
+    /// run first, then in the order they arrived. A run in progress is not
+    /// starved by runs that arrive after it (10,000 schedules firing at
+    /// once queue behind the next step of a pipeline already running).
+    pending: BTreeMap<PendKey, pb::TaskLaunchRequested>,
+    pending_ids: BTreeMap<String, PendKey>,
+    /// The same launches by arrival (sequence -> key): the oldest wait.
+    pending_order: BTreeMap<u64, PendKey>,
     next_seq: u64,
-    /// Tasks this leader sent to Mesos that have not ended.
-    sent: BTreeSet<String>,
+    /// Tasks this leader sent to Mesos that have not ended, with their agent.
+    sent: BTreeMap<String, String>,
+    /// Offers held for launches to come, by agent.
+    held: BTreeMap<String, Vec<HeldOffer>>,
+    /// Pending launches or held offers changed since the last placement.
+    placement_due: bool,
+    /// The shared executor used on each agent.
+    executors: BTreeMap<String, AgentExecutor>,
+    /// The executor each live task runs in (from this leader's launches and
+    /// from Mesos' updates), for a SHUTDOWN of a silent one.
+    executor_of: BTreeMap<String, String>,
     /// A launch did not fit `pending_launches_max`: take launches up from
     /// state as room frees.
     overflowed: bool,
@@ -406,9 +492,34 @@ pub struct Leader {
     stopped: Option<String>,
 }
 
-/// The executor id kaon gives the executor of task `task_id` (one
-/// executor per step attempt, so its sandbox holds that attempt's logs).
-pub fn executor_id(task_id: &str) -> String {
+/// A leader's gauges ([`Leader::stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeaderStats {
+    /// Launch intents committed and waiting for offers.
+    pub launches_waiting: usize,
+    /// How long the oldest of them has waited, ms (None: none waits).
+    pub oldest_launch_wait_ms: Option<i64>,
+    /// Offers held for launches to come.
+    pub offers_held: usize,
+    /// Tasks this leader sent to Mesos that have not ended.
+    pub tasks_live: usize,
+    /// Subscribed to the Mesos master.
+    pub subscribed: bool,
+    /// Offers suppressed (nothing waits for them).
+    pub suppressed: bool,
+}
+
+/// The id of the executor a leader in `term` runs steps in on an agent,
+/// its `generation` there. Each leader uses executors of its own (the
+/// `ExecutorInfo` it sends must match the running one's), and a new
+/// generation once one may be about to exit idle.
+pub fn executor_id(term: u64, generation: u32) -> String {
+    format!("kaon-exec-t{term}-g{generation}")
+}
+
+/// The executor id of a task launched before executors were shared (one
+/// executor per attempt): where its logs are.
+pub fn legacy_executor_id(task_id: &str) -> String {
     format!("kaon-exec-{task_id}")
 }
 
@@ -438,8 +549,13 @@ impl Leader {
             to_propose: Vec::new(),
             pending: BTreeMap::new(),
             pending_ids: BTreeMap::new(),
+            pending_order: BTreeMap::new(),
             next_seq: 0,
-            sent: BTreeSet::new(),
+            sent: BTreeMap::new(),
+            held: BTreeMap::new(),
+            placement_due: false,
+            executors: BTreeMap::new(),
+            executor_of: BTreeMap::new(),
             overflowed: false,
             progress: BTreeMap::new(),
             pending_noted: BTreeSet::new(),
@@ -469,6 +585,43 @@ impl Leader {
     /// Launches waiting for offers (held in memory).
     pub fn pending_launches(&self) -> usize {
         self.pending.len()
+    }
+
+    /// What the leader is doing now, for metrics: read only, decides
+    /// nothing. `now_ms` ages the oldest waiting launch.
+    pub fn stats(&self, state: &State, now_ms: i64) -> LeaderStats {
+        // The first to arrive has waited longest (its attempt's launch
+        // intent time is when it started to wait).
+        let oldest = self
+            .pending_order
+            .values()
+            .next()
+            .and_then(|k| self.pending.get(k));
+        let oldest_launch_wait_ms = oldest
+            .and_then(|l| attempt_launched_ms(state, l))
+            .map(|t| now_ms.saturating_sub(t).max(0));
+        LeaderStats {
+            launches_waiting: self.pending.len(),
+            oldest_launch_wait_ms,
+            offers_held: self.held.values().map(Vec::len).sum(),
+            tasks_live: self.sent.len(),
+            subscribed: self.subscribed,
+            suppressed: self.suppressed,
+        }
+    }
+
+    /// The newest event schema every voter applies, as the shell learned
+    /// it from the Raft replies (`Limits::event_schema_max`): decisions
+    /// that need a newer event kind wait until it is raised. Capped at
+    /// this kaon's own.
+    pub fn set_event_schema_max(&mut self, schema: u32) {
+        let schema = schema.min(crate::events::EVENT_SCHEMA);
+        let retire = events::body_schema(&Body::RunsRetired(Default::default()));
+        if self.cfg.limits.event_schema_max < retire && schema >= retire {
+            // Retirements held back while a voter could not apply them.
+            self.inputs.push_back(Queued::RearmRetention);
+        }
+        self.cfg.limits.event_schema_max = schema;
     }
 
     /// The deadline of one of decide's timers, if it is armed.
@@ -519,6 +672,8 @@ impl Leader {
                 self.heard.clear();
                 self.heard_since_ms = Some(now_ms);
                 self.suppressed = false;
+                // Offers of an earlier subscription are gone.
+                self.held.clear();
                 if state.framework_id.as_deref() != Some(framework_id.as_str()) {
                     self.commands
                         .push_back((None, Command::RecordFramework { framework_id }));
@@ -535,22 +690,50 @@ impl Leader {
                     self.actions.push(Action::Revive);
                 }
             }
-            MesosEvent::Offers(offers) => self.offers(state, offers),
+            MesosEvent::Offers(offers) => self.hold(state, offers, now_ms),
+            MesosEvent::Rescind { offer_id } => {
+                for offers in self.held.values_mut() {
+                    offers.retain(|h| h.offer.id != offer_id);
+                }
+                self.held.retain(|_, o| !o.is_empty());
+            }
             MesosEvent::Update(u) => {
                 if attempt_live(state, &u.task_id) {
                     self.heard.insert(u.task_id.clone(), now_ms);
                 }
+                if !u.executor_id.is_empty() && !u.state.is_terminal() {
+                    self.executor_of
+                        .insert(u.task_id.clone(), u.executor_id.clone());
+                }
                 if u.state.is_terminal() {
                     self.progress.remove(&u.task_id);
-                    self.sent.remove(&u.task_id);
+                    if u.reason == "REASON_EXECUTOR_TERMINATED"
+                        && let Some(e) = self.executor_of.get(&u.task_id).cloned()
+                    {
+                        self.retire_executor(&u.agent_id, &e);
+                    }
+                    self.executor_of.remove(&u.task_id);
+                    if let Some(agent) = self.sent.remove(&u.task_id)
+                        && let Some(e) = self.executors.get_mut(&agent)
+                    {
+                        e.live = e.live.saturating_sub(1);
+                        if e.live == 0 {
+                            e.idle_since_ms = now_ms;
+                        }
+                    }
                     self.unpend(&u.task_id);
                 }
                 self.inputs.push_back(Queued::Update(u));
             }
             MesosEvent::Message(news) => self.news(state, news, now_ms),
-            MesosEvent::Disconnected => self.subscribed = false,
+            MesosEvent::Disconnected => {
+                self.subscribed = false;
+                // Mesos rescinds the offers of a disconnected framework.
+                self.held.clear();
+            }
             MesosEvent::DriverStopped => {
                 self.subscribed = false;
+                self.held.clear();
                 self.actions.push(Action::Subscribe {
                     framework_id: state.framework_id.clone(),
                 });
@@ -578,6 +761,10 @@ impl Leader {
             if self.in_flight.is_none() {
                 self.round(state, now_ms);
             }
+            if self.placement_due {
+                self.place(state, now_ms);
+            }
+            self.release_offers(state, now_ms);
         }
         Ready {
             propose: std::mem::take(&mut self.to_propose),
@@ -687,11 +874,15 @@ impl Leader {
                 push(&mut events, b);
             }
         }
-        while events.len() < max
+        // Retirements go after the commands' events: a command decided
+        // against this state may name a run they remove (a retry of it).
+        let mut retirements: Vec<Body> = Vec::new();
+        while events.len() + retirements.len() < max
             && let Some(q) = self.inputs.pop_front()
         {
             let input = match q {
                 Queued::Started => decide::Input::LeaderStarted,
+                Queued::RearmRetention => decide::Input::RearmRetention,
                 Queued::Update(u) => decide::Input::TaskUpdate(u),
                 Queued::Progress(p) => decide::Input::Progress(p),
                 Queued::Timer(k) => decide::Input::TimerFired(k),
@@ -701,11 +892,18 @@ impl Leader {
                 .expect("decide rejects only commands");
             self.absorb(state, d.effects);
             for b in d.events {
-                push(&mut events, b);
+                if matches!(b, Body::RunsRetired(_)) {
+                    retirements.push(b);
+                } else {
+                    push(&mut events, b);
+                }
             }
         }
         let first_command_event = events.len();
         let commands = self.decide_commands(state, now, &mut events);
+        for b in retirements {
+            push(&mut events, b);
+        }
         if events.is_empty() {
             debug_assert!(
                 commands.is_empty(),
@@ -814,8 +1012,16 @@ impl Leader {
                     self.actions.push(Action::Kill { task_id, agent_id });
                 }
                 Effect::ShutdownExecutor { task_id, agent_id } => {
+                    // The executor it runs in, as this leader or Mesos said;
+                    // a task of an earlier kaon ran in one of its own.
+                    let executor_id = self
+                        .executor_of
+                        .get(&task_id)
+                        .cloned()
+                        .unwrap_or_else(|| legacy_executor_id(&task_id));
+                    self.retire_executor(&agent_id, &executor_id);
                     self.actions.push(Action::ShutdownExecutor {
-                        executor_id: executor_id(&task_id),
+                        executor_id,
                         agent_id,
                     });
                 }
@@ -840,7 +1046,7 @@ impl Leader {
     fn pend(&mut self, state: &State, l: pb::TaskLaunchRequested) {
         if !attempt_live(state, &l.task_id)
             || self.pending_ids.contains_key(&l.task_id)
-            || self.sent.contains(&l.task_id)
+            || self.sent.contains_key(&l.task_id)
         {
             return;
         }
@@ -852,8 +1058,11 @@ impl Leader {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.pending_ids.insert(l.task_id.clone(), seq);
-        self.pending.insert(seq, l);
+        let key = (l.run_id, seq);
+        self.pending_ids.insert(l.task_id.clone(), key);
+        self.pending_order.insert(seq, key);
+        self.pending.insert(key, l);
+        self.placement_due = true;
         if self.subscribed && self.suppressed {
             self.suppressed = false;
             self.actions.push(Action::Revive);
@@ -861,8 +1070,9 @@ impl Leader {
     }
 
     fn unpend(&mut self, task_id: &str) {
-        if let Some(seq) = self.pending_ids.remove(task_id) {
-            self.pending.remove(&seq);
+        if let Some(key) = self.pending_ids.remove(task_id) {
+            self.pending.remove(&key);
+            self.pending_order.remove(&key.1);
         }
         self.pending_noted.remove(task_id);
     }
@@ -907,7 +1117,7 @@ impl Leader {
                     continue;
                 }
                 let task_id = run.task_id(i as u32, a.number);
-                if self.pending_ids.contains_key(&task_id) || self.sent.contains(&task_id) {
+                if self.pending_ids.contains_key(&task_id) || self.sent.contains_key(&task_id) {
                     continue;
                 }
                 if self.pending.len() >= self.cfg.pending_launches_max {
@@ -922,7 +1132,47 @@ impl Leader {
         }
     }
 
-    fn offers(&mut self, state: &State, offers: Vec<Offer>) {
+    /// Takes offers in: they are held for the launches waiting now and to
+    /// come (see `release_offers` for how long), beyond `offers_held_max`
+    /// declined.
+    fn hold(&mut self, state: &State, offers: Vec<Offer>, now: i64) {
+        let mut over = Vec::new();
+        let mut count: usize = self.held.values().map(Vec::len).sum();
+        for offer in offers {
+            if count >= self.cfg.offers_held_max {
+                over.push(offer.id);
+                continue;
+            }
+            count += 1;
+            self.held
+                .entry(offer.agent_id.clone())
+                .or_default()
+                .push(HeldOffer {
+                    offer,
+                    since_ms: now,
+                });
+        }
+        if !over.is_empty() {
+            self.actions.push(Action::Decline {
+                offer_ids: over,
+                refuse_seconds: self.cfg.decline_refuse_secs_busy,
+            });
+        }
+        self.placement_due = true;
+        self.place(state, now);
+    }
+
+    /// Places waiting launches on the held offers: an agent's offers are
+    /// one pool (one ACCEPT names them all; what it leaves comes back as a
+    /// new offer), less the share of the agent's executor, which Mesos
+    /// counts once when it starts. Offers nothing fits stay held.
+    fn place(&mut self, state: &State, now: i64) {
+        if !self.subscribed {
+            // Offers of a subscription that ended are gone; a new one
+            // brings new offers.
+            return;
+        }
+        self.placement_due = false;
         // Launches whose attempt ended while they waited never go out.
         let dead: Vec<String> = self
             .pending
@@ -934,38 +1184,166 @@ impl Leader {
             self.unpend(&t);
         }
         self.refill(state);
-        let requests: Vec<Request> = self.pending.values().map(|l| self.request(l)).collect();
-        let plan = placement::place(&requests, &offers);
-        self.note_pending_reasons(&requests, &plan.unplaced, &offers);
-        for (offer_id, placements) in plan.launches {
+        if self.pending.is_empty() || self.held.is_empty() {
+            return;
+        }
+        let share = [
+            ("cpus", self.cfg.executor.cpus),
+            ("mem", self.cfg.executor.mem_mb),
+        ];
+        let pools: Vec<Offer> = self.held.values().map(|h| pool(h)).collect();
+        let for_tasks: Vec<Offer> = pools
+            .iter()
+            .cloned()
+            .map(|mut o| {
+                for (k, v) in share {
+                    if let Some(have) = o.scalars.get_mut(k) {
+                        *have = (*have - v).max(0.0);
+                    }
+                }
+                o
+            })
+            .collect();
+        // Placement order: launches that waited launch_aging_ms or more, by
+        // arrival; then the rest, oldest run first.
+        let aged_before = now.saturating_sub(self.cfg.launch_aging_ms);
+        let mut order: Vec<PendKey> = Vec::with_capacity(self.pending.len());
+        for key in self.pending_order.values() {
+            let waited_since = self
+                .pending
+                .get(key)
+                .and_then(|l| attempt_launched_ms(state, l));
+            match waited_since {
+                Some(t) if t <= aged_before => order.push(*key),
+                _ => break,
+            }
+        }
+        let aged: BTreeSet<PendKey> = order.iter().copied().collect();
+        order.extend(self.pending.keys().filter(|k| !aged.contains(k)).copied());
+        let requests: Vec<Request> = order
+            .iter()
+            .map(|k| self.request(&self.pending[k]))
+            .collect();
+        let plan = placement::place(&requests, &for_tasks);
+        // A reason to wait is judged against whole offers and requests
+        // with the executor's share (how a user reads it).
+        let whole: Vec<Request> = requests
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                for (k, v) in share {
+                    *r.scalars.entry(k.to_string()).or_default() += v;
+                }
+                r
+            })
+            .collect();
+        self.note_pending_reasons(&whole, &plan.unplaced, &pools);
+        for (pool_id, placements) in plan.launches {
+            let Some(agent) = pools
+                .iter()
+                .find(|o| o.id == pool_id)
+                .map(|o| o.agent_id.clone())
+            else {
+                continue;
+            };
+            let offer_ids: Vec<String> = self
+                .held
+                .remove(&agent)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|h| h.offer.id)
+                .collect();
             let mut tasks = Vec::with_capacity(placements.len());
             for p in placements {
-                let Some(seq) = self.pending_ids.remove(&p.task_id) else {
+                let Some(key) = self.pending_ids.remove(&p.task_id) else {
                     continue;
                 };
+                self.pending_order.remove(&key.1);
                 let l = self
                     .pending
-                    .remove(&seq)
+                    .remove(&key)
                     .expect("pending ids index pending");
                 self.pending_noted.remove(&l.task_id);
-                self.sent.insert(l.task_id.clone());
-                tasks.push(self.task_spec(&l, p.agent_id));
+                let executor_id = self.executor_for(&p.agent_id, now);
+                self.sent.insert(l.task_id.clone(), p.agent_id.clone());
+                self.executor_of
+                    .insert(l.task_id.clone(), executor_id.clone());
+                tasks.push(self.task_spec(&l, p.agent_id, executor_id));
             }
-            self.actions.push(Action::Launch { offer_id, tasks });
+            self.actions.push(Action::Launch { offer_ids, tasks });
         }
-        if !plan.decline.is_empty() {
-            let refuse_seconds = if self.pending.is_empty() {
+    }
+
+    /// The executor a step placed on `agent` now runs in: the agent's
+    /// current one, or a new generation once it has had no step of this
+    /// leader's for half its idle time (it may be about to exit: a task
+    /// sent to an executor that exits is lost and retried, which a new
+    /// executor id avoids).
+    fn executor_for(&mut self, agent: &str, now: i64) -> String {
+        let idle_ms = self.cfg.executor.idle_ms;
+        let e = self.executors.entry(agent.to_string()).or_default();
+        if e.retired
+            || (e.used && e.live == 0 && now.saturating_sub(e.idle_since_ms) >= idle_ms / 2)
+        {
+            e.generation += 1;
+            e.retired = false;
+        }
+        e.used = true;
+        e.live += 1;
+        executor_id(self.cfg.term, e.generation)
+    }
+
+    /// The executor `id` on `agent` died or is being shut down:
+    /// if it is the agent's current one, the next step there goes to a new
+    /// generation.
+    fn retire_executor(&mut self, agent: &str, id: &str) {
+        if let Some(e) = self.executors.get_mut(agent)
+            && id == executor_id(self.cfg.term, e.generation)
+        {
+            e.retired = true;
+        }
+    }
+
+    /// Gives back held offers: all of them at once when nothing waits and
+    /// no run is active (then offers are suppressed), otherwise each after
+    /// `offer_hold_ms_max` (declined briefly, so it comes back).
+    fn release_offers(&mut self, state: &State, now: i64) {
+        if self.held.is_empty() {
+            return;
+        }
+        let idle = self.pending.is_empty() && state.active_runs.is_empty();
+        let hold_ms = self.cfg.offer_hold_ms_max;
+        let mut expired = Vec::new();
+        let mut next: Option<i64> = None;
+        for offers in self.held.values_mut() {
+            offers.retain(|h| {
+                let until = h.since_ms.saturating_add(hold_ms);
+                if idle || until <= now {
+                    expired.push(h.offer.id.clone());
+                    false
+                } else {
+                    next = Some(next.map_or(until, |n: i64| n.min(until)));
+                    true
+                }
+            });
+        }
+        self.held.retain(|_, o| !o.is_empty());
+        if !expired.is_empty() {
+            let refuse_seconds = if idle {
                 self.cfg.decline_refuse_secs_idle
             } else {
                 self.cfg.decline_refuse_secs_busy
             };
             self.actions.push(Action::Decline {
-                offer_ids: plan.decline,
+                offer_ids: expired,
                 refuse_seconds,
             });
         }
-        if self.pending.is_empty() {
+        if idle {
             self.suppress();
+        }
+        if let Some(at) = next {
+            self.arm(Timer::OfferHold, at);
         }
     }
 
@@ -1006,14 +1384,13 @@ impl Leader {
         }
     }
 
-    /// What a launch needs from an offer: its resources plus the
-    /// executor's share, and its constraints.
+    /// What a launch needs from an offer: its resources (the executor's
+    /// share is taken from the agent's pool once, see `place`) and its
+    /// constraints.
     fn request(&self, l: &pb::TaskLaunchRequested) -> Request {
         let r = l.resources.unwrap_or_default();
-        let mut scalars = BTreeMap::from([
-            ("cpus".to_string(), r.cpus + self.cfg.executor.cpus),
-            ("mem".to_string(), r.mem_mb + self.cfg.executor.mem_mb),
-        ]);
+        let mut scalars =
+            BTreeMap::from([("cpus".to_string(), r.cpus), ("mem".to_string(), r.mem_mb)]);
         if r.disk_mb > 0.0 {
             scalars.insert("disk".into(), r.disk_mb);
         }
@@ -1047,7 +1424,12 @@ impl Leader {
         }
     }
 
-    fn task_spec(&self, l: &pb::TaskLaunchRequested, agent_id: String) -> TaskSpec {
+    fn task_spec(
+        &self,
+        l: &pb::TaskLaunchRequested,
+        agent_id: String,
+        executor_id: String,
+    ) -> TaskSpec {
         let r = l.resources.unwrap_or_default();
         let mut resources = vec![("cpus".to_string(), r.cpus), ("mem".to_string(), r.mem_mb)];
         if r.disk_mb > 0.0 {
@@ -1061,7 +1443,7 @@ impl Leader {
             name: l.step_path.clone(),
             agent_id,
             resources,
-            executor_id: executor_id(&l.task_id),
+            executor_id,
             executor: self.cfg.executor.clone(),
             step: StepCommand {
                 argv: if l.shell { Vec::new() } else { l.argv.clone() },
@@ -1100,6 +1482,8 @@ impl Leader {
                 Timer::Decide(k) => self.inputs.push_back(Queued::Timer(k)),
                 Timer::Progress(task_id) => self.record_progress(state, task_id, now),
                 Timer::Silence => self.check_silence(state, now),
+                // `ready` releases what is due right after.
+                Timer::OfferHold => {}
             }
         }
     }
@@ -1114,7 +1498,17 @@ impl Leader {
         };
         let live: BTreeSet<String> = crate::state::live_tasks(state)
             .into_iter()
-            .filter(|(_, _, a)| a.state == events::TaskState::Running)
+            // The executor holds the task from STARTING on (it may hang
+            // before its RUNNING update leaves) until it ends (a KILLING
+            // task of a hung executor never ends); STAGING is Mesos' own.
+            .filter(|(_, _, a)| {
+                matches!(
+                    a.state,
+                    events::TaskState::Starting
+                        | events::TaskState::Running
+                        | events::TaskState::Killing
+                )
+            })
             .map(|(rid, i, a)| state.runs[&rid].task_id(i, a.number))
             .collect();
         self.heard.retain(|t, _| live.contains(t));
@@ -1224,4 +1618,17 @@ fn relaunch_intent(
     attempt: u32,
 ) -> Option<pb::TaskLaunchRequested> {
     decide::render_launch(state, run, inst, attempt)
+}
+
+/// One agent's held offers as one pool for placement (named by the first
+/// offer's id): scalars summed, port ranges joined.
+fn pool(held: &[HeldOffer]) -> Offer {
+    let mut out = held[0].offer.clone();
+    for h in &held[1..] {
+        for (k, v) in &h.offer.scalars {
+            *out.scalars.entry(k.clone()).or_default() += v;
+        }
+        out.ports.extend(h.offer.ports.iter().copied());
+    }
+    out
 }

@@ -12,6 +12,7 @@ pub mod limits;
 pub mod plan;
 pub mod spec;
 pub mod validate;
+pub mod whatif;
 
 pub use limits::Limits;
 pub use plan::Plan;
@@ -21,7 +22,9 @@ pub mod ids;
 pub mod state;
 
 pub use state::State;
+pub mod audit;
 pub mod decide;
+pub mod display;
 pub mod leader;
 pub mod placement;
 pub mod sim;

@@ -73,6 +73,22 @@ pub struct Limits {
     /// can be lost with a Mesos connection, a master failover or a leader).
     #[serde(default = "kill_resend_ms_default")]
     pub kill_resend_ms: i64,
+    /// How long a finished run stays in the live state after it ended; the
+    /// leader then retires it (`RunsRetired`; its events stay in the
+    /// archive). 0: never (state then grows with every run). Off in the
+    /// core's default; `kaon server --run-retention` defaults to 7 days.
+    #[serde(default)]
+    pub run_retention_ms: i64,
+    /// The newest event schema the leader may write: what every voter
+    /// applies (`events::body_schema`). The runtime lowers it while an
+    /// older kaon is a voter (a rolling upgrade); features that need a
+    /// newer kind wait.
+    #[serde(default = "event_schema_max_default")]
+    pub event_schema_max: u32,
+}
+
+fn event_schema_max_default() -> u32 {
+    crate::events::EVENT_SCHEMA
 }
 
 fn kill_resend_ms_default() -> i64 {
@@ -112,6 +128,8 @@ impl Default for Limits {
             duration_ms_max: 366 * 24 * 3600 * 1000,
             reliable_update_wait_ms: reliable_update_wait_ms_default(),
             kill_resend_ms: kill_resend_ms_default(),
+            run_retention_ms: 0,
+            event_schema_max: event_schema_max_default(),
         }
     }
 }

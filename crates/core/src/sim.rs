@@ -80,6 +80,12 @@ pub struct Sim {
     leader: Option<Leader>,
     term: u64,
     launched_set: BTreeSet<String>,
+    /// Task ids with a committed launch intent, and the uuids of committed
+    /// status observations: what the intent-before-effect and the
+    /// events-first checks look up (an index of the log, so a long
+    /// simulation does not rescan the whole log at every launch).
+    intents: BTreeSet<String>,
+    observed_uuids: BTreeSet<Vec<u8>>,
     /// The outcome the policy chose for each task that started.
     chosen: BTreeMap<String, Outcome>,
     tasks: BTreeMap<String, FakeTask>,
@@ -110,6 +116,8 @@ impl Sim {
             launched: Vec::new(),
             term: 1,
             launched_set: BTreeSet::new(),
+            intents: BTreeSet::new(),
+            observed_uuids: BTreeSet::new(),
             chosen: BTreeMap::new(),
             tasks: BTreeMap::new(),
             uuid_seq: 0,
@@ -141,6 +149,15 @@ impl Sim {
             self.state
                 .apply(&event)
                 .unwrap_or_else(|e| panic!("apply failed: {e}"));
+            match &event.body {
+                Some(Body::TaskLaunchRequested(l)) => {
+                    self.intents.insert(l.task_id.clone());
+                }
+                Some(Body::TaskStatusObserved(o)) => {
+                    self.observed_uuids.insert(o.mesos_uuid.clone());
+                }
+                _ => {}
+            }
             self.log.push(event.clone());
             out.push(event);
         }
@@ -250,9 +267,7 @@ impl Sim {
                 for t in tasks {
                     // Intent before effect: the intent must be committed, and
                     // apply must have accepted it for this attempt.
-                    let accepted = self.log.iter().any(|e| {
-                        matches!(&e.body, Some(Body::TaskLaunchRequested(l)) if l.task_id == t.task_id)
-                    });
+                    let accepted = self.intents.contains(&t.task_id);
                     assert!(
                         accepted,
                         "launch of {} without a committed intent",
@@ -302,9 +317,7 @@ impl Sim {
                 // Inputs are events first (brief 4.4): acknowledge only what
                 // the log says already, the update's own event, or an
                 // attempt recorded in this state or ended.
-                let committed = self.log.iter().any(|e| {
-                    matches!(&e.body, Some(Body::TaskStatusObserved(o)) if &o.mesos_uuid == uuid)
-                });
+                let committed = self.observed_uuids.contains(uuid);
                 let head = self
                     .tasks
                     .get(task_id)
@@ -475,6 +488,15 @@ impl Sim {
         self.pump();
     }
 
+    /// What every voter applies (a rolling upgrade in progress when lower
+    /// than this kaon's): this leader and the next ones use it.
+    pub fn set_event_schema_max(&mut self, schema: u32) {
+        self.limits.event_schema_max = schema;
+        if let Some(l) = self.leader.as_mut() {
+            l.set_event_schema_max(schema);
+        }
+    }
+
     /// Whether a leader is up.
     pub fn leader_up(&self) -> bool {
         self.leader.is_some()
@@ -576,4 +598,62 @@ impl Sim {
         }
         s
     }
+}
+
+/// A 10-step fan (1 -> 8 -> 1) with outputs: a typical small ML pipeline,
+/// the workload of the core and restart benchmarks.
+pub const FAN_SPEC: &str = r#"
+apiVersion: kaon/v1
+name: fan
+steps:
+  prepare: {run: [./prepare]}
+  train:
+    depends_on: [prepare]
+    foreach: {items: "[1,2,3,4,5,6,7,8]"}
+    run: [./train, "${{ item }}"]
+  publish: {depends_on: [train], run: [./publish]}
+"#;
+
+/// The first `target` events of a log of [`FAN_SPEC`] runs, each run driven
+/// to its end (every step finishing with outputs) through decide and apply
+/// by the in-memory leader: a realistic log for benchmarks.
+pub fn fan_log(target: usize) -> Vec<Event> {
+    fan_log_retained(target, 0)
+}
+
+/// [`fan_log`] with `run_retention_ms = retention_ms` (0: none): one fan
+/// run takes about 10 s of simulated time, so about `retention_ms / 10_000`
+/// finished runs stay in the live state and the rest are retired
+/// (`RunsRetired`), as on a node whose history is longer than its
+/// retention.
+pub fn fan_log_retained(target: usize, retention_ms: i64) -> Vec<Event> {
+    let mut sim = Sim::new(Limits {
+        active_runs_max: usize::MAX,
+        run_retention_ms: retention_ms,
+        ..Limits::default()
+    });
+    sim.command(Command::RegisterWorkflow {
+        source: FAN_SPEC.into(),
+    })
+    .expect("the fan spec registers");
+    let mut policy = |_: &str, _: u32| Outcome::Finish(r#"{"auc":0.91,"rows":123456}"#.into());
+    while sim.log.len() < target {
+        sim.command(Command::SubmitRun {
+            target: SubmitTarget::Registered {
+                name: "fan".into(),
+                version: None,
+            },
+            params: std::collections::BTreeMap::new(),
+            idempotency_key: String::new(),
+        })
+        .expect("a fan run submits");
+        if retention_ms == 0 {
+            sim.run_to_quiet(&mut policy, usize::MAX);
+            continue;
+        }
+        // Not to quiet: that would jump to the next retirement at once.
+        while !sim.state.active_runs.is_empty() && sim.step(&mut policy) {}
+    }
+    sim.log.truncate(target);
+    sim.log
 }

@@ -41,7 +41,10 @@ pub enum ApplyError {
     },
     /// The event's kind is unknown to this version (schema rule 4.7).
     #[error(
-        "event at index {index}: unknown event kind (written by a newer kaon?); refusing to apply"
+        "event at index {index}: unknown event kind, written by a newer kaon (this kaon {} \
+         applies event schema up to {}); refusing to apply it: upgrade this node",
+        env!("CARGO_PKG_VERSION"),
+        crate::events::EVENT_SCHEMA
     )]
     UnknownEvent {
         /// Log index.
@@ -411,6 +414,15 @@ pub struct State {
     pub api_addrs: BTreeMap<u64, String>,
     /// Time of the last applied event.
     pub last_event_ms: i64,
+    /// Finished runs retired from the live state so far (`RunsRetired`).
+    /// Left out of the serialized state while 0, so the digests of logs
+    /// without retirement are what they were before this field.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub runs_retired: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn empty_plan() -> Arc<Plan> {
@@ -572,6 +584,21 @@ impl State {
         self.runs.get(&id)
     }
 
+    /// What to say of a run id that is not in the live state: once runs
+    /// have been retired, that it may be one of them and where its history
+    /// is (the event archive keeps every run).
+    pub fn run_not_found(&self, id: RunId) -> String {
+        if self.runs_retired > 0 && id <= self.applied_index {
+            format!(
+                "run {id} is not in the live state: either it never existed or it ended more \
+                 than the retention (run_retention_ms) ago and was retired; its events stay \
+                 in the archive (`kaon audit why {id} STEP`, `kaon audit state --at I --run {id}`)"
+            )
+        } else {
+            format!("run {id}")
+        }
+    }
+
     fn run_mut(&mut self, id: RunId) -> Result<&mut Run, String> {
         self.runs
             .get_mut(&id)
@@ -731,7 +758,39 @@ impl State {
                 }
                 Ok(())
             }
+            Body::RunsRetired(e) => self.runs_retired(&e),
         }
+    }
+
+    /// Removes finished runs from the live state (their events stay in
+    /// the archive). All or nothing: a run that is unknown or not finished
+    /// refuses the whole event.
+    fn runs_retired(&mut self, e: &pb::RunsRetired) -> Result<(), String> {
+        if !e.run_ids.windows(2).all(|w| w[0] < w[1]) {
+            return Err(format!(
+                "retired runs {:?} are not in strictly increasing order",
+                e.run_ids
+            ));
+        }
+        for id in &e.run_ids {
+            match self.runs.get(id) {
+                None => return Err(format!("retired run {id} is unknown")),
+                Some(r) if r.finished_ms.is_none() || self.active_runs.contains(id) => {
+                    return Err(format!("retired run {id} has not finished"));
+                }
+                Some(_) => {}
+            }
+        }
+        for id in &e.run_ids {
+            let run = self.runs.remove(id).expect("checked above");
+            if !run.idempotency_key.is_empty()
+                && self.idempotency.get(&run.idempotency_key) == Some(id)
+            {
+                self.idempotency.remove(&run.idempotency_key);
+            }
+            self.runs_retired += 1;
+        }
+        Ok(())
     }
 
     fn schedule_mut(&mut self, wf: &str, index: u32) -> Result<&mut ScheduleState, String> {
@@ -1142,6 +1201,11 @@ fn launch(run: &mut Run, e: pb::TaskLaunchRequested, index: u64, now: i64) -> Re
     Ok(())
 }
 
+/// The reason recorded for a step kaon's executor reports as failed
+/// through no fault of its own (its result's `platform_failure`): it
+/// counts against the platform budget.
+pub const REASON_KAON_PLATFORM_FAILURE: &str = "REASON_KAON_PLATFORM_FAILURE";
+
 /// The budget a terminal, unsuccessful attempt spends, from its Mesos
 /// state and reason and whether kaon asked to kill it. Decide classifies
 /// every new observation with this and records the answer in the event
@@ -1152,6 +1216,12 @@ pub fn classify(state: TaskState, reason: &str, kill: Option<KillCause>) -> Fail
     match (state, kill) {
         // Killed because its executor went silent: the platform's failure.
         (_, Some(KillCause::ExecutorSilent)) => FailureCause::Platform,
+        // kaon's executor says the step failed through no fault of its own
+        // (a Spark executor lost, a fetch failure, a driver killed by
+        // someone else).
+        (TaskState::Failed, None) if reason == REASON_KAON_PLATFORM_FAILURE => {
+            FailureCause::Platform
+        }
         // The step used more than its declared resources: its own doing
         // (Mesos' isolators report it with these reasons).
         (TaskState::Failed, None)
@@ -1302,6 +1372,22 @@ mod tests {
         assert_eq!(
             classify(TaskState::Lost, "REASON_AGENT_REMOVED", None),
             FailureCause::Platform
+        );
+    }
+    /// A step kaon's executor says failed through no fault of its own (a
+    /// Spark executor lost) spends the platform budget; other kaon reasons
+    /// stay the step's own.
+    #[test]
+    fn a_platform_failure_the_executor_reports_spends_the_platform_budget() {
+        let r = REASON_KAON_PLATFORM_FAILURE;
+        assert_eq!(classify(TaskState::Failed, r, None), FailureCause::Platform);
+        assert_eq!(
+            classify(TaskState::Failed, "REASON_KAON_OUTPUTS_INVALID", None),
+            FailureCause::User
+        );
+        assert_eq!(
+            classify(TaskState::Failed, r, Some(KillCause::RunCancelled)),
+            FailureCause::Cancelled
         );
     }
 }

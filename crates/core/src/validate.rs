@@ -158,9 +158,11 @@ fn compile_with(
         c.errors.push(e);
         return Err(dedup(c.errors));
     }
+    // `run` (its id and workflow) in every step: a step may name files
+    // after its run; `run.status` means something only in exit handlers.
     let ctx = Scope {
         levels: Vec::new(),
-        vars: vec!["params".into()],
+        vars: vec!["params".into(), "run".into()],
     };
     let root = c.group(
         None,

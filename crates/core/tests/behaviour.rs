@@ -720,3 +720,28 @@ fn leader_announcement_is_recorded_once_per_change() {
     assert!(sim.command(announce(5)).unwrap().events.is_empty());
     assert_eq!(sim.command(announce(6)).unwrap().events.len(), 1);
 }
+
+/// `run.id` and `run.workflow` render in every step (a step may name its
+/// files after its run), not only in exit handlers.
+#[test]
+fn a_step_can_name_its_run() {
+    let mut sim = Sim::new(Limits::default());
+    sim.command(Command::SubmitRun {
+        target: SubmitTarget::Inline {
+            source: "apiVersion: kaon/v1\nname: named\nsteps:\n  a: {run: [./a, '${{ run.workflow }}-${{ run.id }}']}\n".into(),
+        },
+        params: BTreeMap::new(),
+        idempotency_key: String::new(),
+    })
+    .unwrap();
+    let run = *sim.state.runs.keys().next().unwrap();
+    let argv: Vec<Vec<String>> = sim
+        .log
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::TaskLaunchRequested(l)) => Some(l.argv.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(argv, vec![vec!["./a".to_string(), format!("named-{run}")]]);
+}

@@ -12,7 +12,7 @@ use kaon_api::v1::kaon_client::KaonClient;
 use tonic::transport::Channel;
 
 use crate::net::NetLab;
-use crate::proc::{Proc, free_port, tail};
+use crate::proc::{Proc, free_ports, tail};
 
 /// Deadline for a process to start listening (emulator, one-node server).
 const LISTEN_DEADLINE: Duration = Duration::from_secs(60);
@@ -38,6 +38,16 @@ impl Server {
     /// until it prints its address. Its log is appended to
     /// `data/server.stderr`.
     pub fn start(kaon: &Path, data: &Path) -> anyhow::Result<Server> {
+        Server::start_with(kaon, data, &[], &[])
+    }
+
+    /// [`Server::start`] with extra `kaon server` arguments and environment.
+    pub fn start_with(
+        kaon: &Path,
+        data: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Server> {
         std::fs::create_dir_all(data)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -48,6 +58,8 @@ impl Server {
                 .args(["server", "--listen", "127.0.0.1:0"])
                 .args(["--raft-listen", "127.0.0.1:0", "--data-dir"])
                 .arg(data)
+                .args(args)
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(log),
@@ -192,10 +204,13 @@ impl ClusterBuilder {
             Some(_) => NetLab::HUB_IP.to_string(),
             None => "127.0.0.1".to_string(),
         };
-        let raft = self
-            .raft
-            .unwrap_or_else(|| (0..n).map(|_| free_port()).collect());
-        let api: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        // Every port of the cluster from one call: distinct (the emulator's
+        // port once came back as a node's API port).
+        let mut ports = free_ports(3 * n + 1);
+        let mesos = ports.pop().expect("3n+1 ports");
+        let admin: Vec<u16> = ports.split_off(2 * n);
+        let api: Vec<u16> = ports.split_off(n);
+        let raft = self.raft.unwrap_or(ports);
         let peers = (0..n)
             .map(|i| {
                 (0..n)
@@ -206,7 +221,6 @@ impl ClusterBuilder {
                     .collect()
             })
             .collect();
-        let mesos = free_port();
         let mut emu = Command::new(&self.kaon);
         emu.arg("mesos-emulator")
             .args(["--master", &format!("{mesos_host}:{mesos}")])
@@ -227,6 +241,7 @@ impl ClusterBuilder {
             hosts,
             raft,
             api,
+            admin,
             peers,
             server_args: self.server_args,
             net: self.net,
@@ -271,6 +286,8 @@ pub struct Cluster {
     pub raft: Vec<u16>,
     /// API ports.
     pub api: Vec<u16>,
+    /// Admin HTTP ports (`--admin-listen`: health, readiness, metrics).
+    pub admin: Vec<u16>,
     /// `peers[i][j]`: the address node i dials for node j's Raft RPC.
     pub peers: Vec<Vec<String>>,
     server_args: Vec<String>,
@@ -368,6 +385,10 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.data_dir(i))
             .args(["--mesos-master", &self.mesos_url()])
+            .args([
+                "--admin-listen",
+                &format!("{}:{}", self.hosts[i], self.admin[i]),
+            ])
             .args(&self.server_args);
         for j in (0..self.len()).filter(|&j| j != i) {
             c.args(["--peer", &format!("{}={}", j + 1, self.peers[i][j])]);
@@ -377,6 +398,11 @@ impl Cluster {
         Ok(())
     }
 
+    /// Node i's admin HTTP base URL (`/healthz`, `/readyz`, `/metrics`).
+    pub fn admin_url(&self, i: usize) -> String {
+        format!("http://{}:{}", self.hosts[i], self.admin[i])
+    }
+
     /// SIGKILLs node i and waits until the process is gone.
     pub fn kill(&mut self, i: usize) {
         let p = self.nodes[i]
@@ -384,6 +410,22 @@ impl Cluster {
             .unwrap_or_else(|| panic!("node {} is not running", i + 1));
         p.kill9();
         self.paused[i] = false;
+    }
+
+    /// Stops node i as an operator's restart does (SIGTERM, SIGKILL after
+    /// a grace) and waits until it is gone.
+    pub fn stop(&mut self, i: usize) {
+        let p = self.nodes[i]
+            .take()
+            .unwrap_or_else(|| panic!("node {} is not running", i + 1));
+        p.stop(libc::SIGTERM, STOP_GRACE);
+        self.paused[i] = false;
+    }
+
+    /// The extra `kaon server` arguments of nodes started from now on (a
+    /// rolling upgrade restarts nodes with new settings).
+    pub fn set_server_args(&mut self, args: &[&str]) {
+        self.server_args = args.iter().map(|s| (*s).to_string()).collect();
     }
 
     /// SIGKILLs every running node (the emulator and its tasks go on).
@@ -462,10 +504,18 @@ impl Cluster {
     pub async fn wait_leader(&self, not: Option<usize>, deadline: Duration) -> usize {
         match crate::try_wait_until(deadline, || self.leader(not)).await {
             Some(l) => l,
-            None => panic!(
-                "no leader every running node agrees on within {deadline:?} ({})",
-                self.describe().await
-            ),
+            None => {
+                // The logs say why (a node that does not answer may have
+                // died at start).
+                let logs: Vec<String> = (0..self.len())
+                    .map(|i| format!("--- n{} log:\n{}", i + 1, tail(&self.log_path(i), 15)))
+                    .collect();
+                panic!(
+                    "no leader every running node agrees on within {deadline:?} ({})\n{}",
+                    self.describe().await,
+                    logs.join("\n")
+                )
+            }
         }
     }
 

@@ -26,7 +26,7 @@ pub use grpc::{
     submit_to_leader,
 };
 pub use net::NetLab;
-pub use proc::{Proc, free_port, tail};
+pub use proc::{LogsOnPanic, Proc, free_port, free_ports, processes_with_env, tail};
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -44,6 +44,25 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option
         }
         assert!(Instant::now() < end, "timed out waiting for {what}");
         std::thread::sleep(POLL);
+    }
+}
+
+/// [`wait_for`] polling every `every` instead of [`POLL`]: for a condition
+/// that costs a process to check (a CLI call) while the machine is busy
+/// with the work being waited for.
+pub fn wait_for_every<T>(
+    what: &str,
+    deadline: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(every);
     }
 }
 

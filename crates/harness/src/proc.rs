@@ -107,9 +107,61 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// `n` distinct free TCP ports on 127.0.0.1: all are bound at once before
+/// any is released, so one call never returns a port twice (separate
+/// [`free_port`] calls can: a cluster's node once got its own emulator's
+/// port).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("bound").port())
+        .collect()
+}
+
 /// The last `n` lines of a file (for failure reports).
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Prints the last lines of each log when dropped during a panic: a test
+/// that fails waiting on real processes says what they logged (CI keeps
+/// nothing else).
+pub struct LogsOnPanic(pub Vec<std::path::PathBuf>);
+
+impl Drop for LogsOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for p in &self.0 {
+                eprintln!("---- last lines of {} ----\n{}", p.display(), tail(p, 80));
+            }
+        }
+    }
+}
+
+/// Processes (pid, command name) whose environment has `var` set to a
+/// value starting with `prefix`: how a test finds what a step left behind
+/// (every step inherits its executor's `MESOS_DIRECTORY`, inside the
+/// test's own directory, and carries `KAON_TASK_ID`).
+pub fn processes_with_env(var: &str, prefix: &str) -> Vec<(i32, String)> {
+    let want = format!("{var}={prefix}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0)
+                    .any(|kv| kv.starts_with(want.as_bytes()))
+            })
+        })
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (pid, comm.trim().to_string())
+        })
+        .collect()
 }

@@ -36,10 +36,12 @@ pub mod membership;
 pub mod network;
 pub mod node;
 mod record;
+pub mod restore;
 pub mod rt;
 pub mod state_machine;
 pub mod storage;
 pub mod types;
+pub mod version;
 
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use error::StoreError;
@@ -50,7 +52,7 @@ pub use node::{
     ClusterMember, ClusterStatus, MetricsWatch, NodeConfig, NodeError, ProposeError, RaftNode,
     Readiness,
 };
-pub use state_machine::StateMachineStore;
+pub use state_machine::{SnapshotInfo, StateMachineStore};
 pub use storage::{MemStorage, Storage};
 pub use types::{Applied, Proposal, TypeConfig};
 

@@ -37,9 +37,10 @@ use crate::pb::raft_service_client::RaftServiceClient;
 use crate::pb::raft_service_server::{RaftService, RaftServiceServer};
 use crate::pb::{ArchiveLengthReply, ArchiveLengthRequest, RaftPayload, SnapshotChunk};
 use crate::record::{decode, encode};
-use crate::state_machine::{StateMachineStore, trim_snapshot_archive};
+use crate::state_machine::StateMachineStore;
 use crate::types::TypeConfig;
 use crate::types::alias::{Raft, Snapshot, SnapshotMeta, Vote};
+use crate::version::{Versions, check_wire};
 
 /// Largest RPC message either side accepts, in bytes (an AppendEntries
 /// batch of large events; snapshots are chunked below this).
@@ -84,6 +85,12 @@ pub struct NetworkFactory {
     channels: Arc<Mutex<BTreeMap<u64, (String, Channel)>>>,
     /// See [`NetworkFactory::with_append_timeout`].
     append_timeout: Duration,
+    /// This node's state machine: a snapshot is shipped with the archive
+    /// events its receiver lacks, read from here.
+    sm: Option<StateMachineStore>,
+    /// This node's versions, stamped on every request; peers' learned
+    /// from their replies.
+    versions: Versions,
 }
 
 impl NetworkFactory {
@@ -97,7 +104,15 @@ impl NetworkFactory {
             dial: Arc::new(dial),
             channels: Arc::default(),
             append_timeout: Duration::ZERO,
+            sm: None,
+            versions: Versions::default(),
         }
+    }
+
+    /// Stamp requests with `versions` and record peers' into it.
+    pub fn with_versions(mut self, versions: Versions) -> NetworkFactory {
+        self.versions = versions;
+        self
     }
 
     /// AppendEntries RPCs carrying entries may take up to `t` (at least
@@ -105,6 +120,14 @@ impl NetworkFactory {
     /// `NodeConfig::append_timeout_ms`.
     pub fn with_append_timeout(mut self, t: Duration) -> NetworkFactory {
         self.append_timeout = t;
+        self
+    }
+
+    /// Snapshots are filled with archive events from `sm` (this node's
+    /// state machine) when they are shipped; without it a snapshot cannot
+    /// be sent.
+    pub fn with_state_machine(mut self, sm: StateMachineStore) -> NetworkFactory {
+        self.sm = Some(sm);
         self
     }
 
@@ -144,6 +167,8 @@ impl RaftNetworkFactory<C> for NetworkFactory {
             target,
             client,
             append_timeout: self.append_timeout,
+            sm: self.sm.clone(),
+            versions: self.versions.clone(),
         }
     }
 }
@@ -252,6 +277,9 @@ pub struct PeerClient {
     client: Result<Conn, String>,
     /// Deadline of an AppendEntries with entries (never below openraft's).
     append_timeout: Duration,
+    /// This node's state machine (snapshots' archive events).
+    sm: Option<StateMachineStore>,
+    versions: Versions,
 }
 
 fn status_to_rpc(target: u64, s: Status) -> RPCError<C> {
@@ -264,6 +292,16 @@ fn status_to_rpc(target: u64, s: Status) -> RPCError<C> {
 }
 
 impl PeerClient {
+    /// A failed call as openraft's error; a version refusal (either way) is
+    /// also logged, once per peer and message: openraft retries every
+    /// heartbeat and logs only errors of its own.
+    fn refused(&self, s: Status) -> RPCError<C> {
+        if s.code() == tonic::Code::FailedPrecondition {
+            self.versions.log_refusal(self.target, s.message());
+        }
+        status_to_rpc(self.target, s)
+    }
+
     fn client(&self) -> Result<Conn, RPCError<C>> {
         self.client
             .clone()
@@ -284,7 +322,7 @@ impl PeerClient {
     {
         let target = self.target;
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let fut = call(self.client()?, RaftPayload { data });
+        let fut = call(self.client()?, self.versions.payload(data));
         let resp = tokio::time::timeout(ttl, fut)
             .await
             .map_err(|_| {
@@ -292,7 +330,10 @@ impl PeerClient {
                     "peer {target}: no answer within {ttl:?}"
                 )))
             })?
-            .map_err(|s| status_to_rpc(target, s))?;
+            .map_err(|s| self.refused(s))?;
+        self.versions
+            .heard(target, &resp)
+            .map_err(|m| self.refused(Status::failed_precondition(m)))?;
         decode(&resp.data).map_err(|m| {
             RPCError::Network(NetworkError::from_string(format!(
                 "peer {target}: bad response: {m}"
@@ -347,18 +388,26 @@ impl RaftNetworkV2<C> for PeerClient {
         option: RPCOption,
     ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
         let target = self.target;
-        // Ship only the archive suffix the receiver lacks. If the question
-        // fails, send the whole archive (always correct, just bigger).
+        // Ship exactly the archive suffix the receiver lacks, read from the
+        // local archive. If the question fails, send the whole archive
+        // (always correct, just bigger).
         let mut client = self.client()?;
         let has = tokio::time::timeout(option.hard_ttl(), client.archive_length()).await;
-        if let Ok(Ok(have)) = has {
-            match trim_snapshot_archive(std::mem::take(&mut snapshot.snapshot), have) {
-                Ok(data) => snapshot.snapshot = data,
-                Err(e) => {
-                    return Err(StreamingError::Network(NetworkError::from_string(format!(
-                        "peer {target}: local snapshot unreadable: {e}"
-                    ))));
-                }
+        let have = match has {
+            Ok(Ok(have)) => have,
+            _ => 0,
+        };
+        let data = std::mem::take(&mut snapshot.snapshot);
+        let filled = match self.sm.clone() {
+            Some(sm) => sm.fill_snapshot_archive_off(data, have).await,
+            None => Err("this node's network has no state machine to read the archive from".into()),
+        };
+        match filled {
+            Ok(data) => snapshot.snapshot = data,
+            Err(e) => {
+                return Err(StreamingError::Network(NetworkError::from_string(format!(
+                    "peer {target}: local snapshot unreadable: {e}"
+                ))));
             }
         }
         let meta =
@@ -366,6 +415,8 @@ impl RaftNetworkV2<C> for PeerClient {
         let mut chunks = vec![SnapshotChunk {
             meta,
             data: Vec::new(),
+            wire_version: crate::version::RAFT_WIRE_VERSION,
+            event_schema: self.versions.event_schema(),
         }];
         chunks.extend(
             snapshot
@@ -374,13 +425,17 @@ impl RaftNetworkV2<C> for PeerClient {
                 .map(|d| SnapshotChunk {
                     meta: Vec::new(),
                     data: d.to_vec(),
+                    ..SnapshotChunk::default()
                 }),
         );
         let call = client.install_snapshot(chunks);
         let resp = tokio::select! {
-            r = call => r.map_err(|s| StreamingError::from(status_to_rpc(target, s)))?,
+            r = call => r.map_err(|s| StreamingError::from(self.refused(s)))?,
             closed = cancel => return Err(StreamingError::Closed(closed)),
         };
+        self.versions
+            .heard(target, &resp)
+            .map_err(|m| StreamingError::from(self.refused(Status::failed_precondition(m))))?;
         decode(&resp.data).map_err(|m| {
             StreamingError::Network(NetworkError::from_string(format!(
                 "peer {target}: bad snapshot response: {m}"
@@ -393,19 +448,24 @@ impl RaftNetworkV2<C> for PeerClient {
 pub struct RaftRpcServer {
     raft: Raft,
     sm: StateMachineStore,
+    versions: Versions,
 }
 
 impl RaftRpcServer {
     /// The handlers for `raft` (and its state machine, for the archive
     /// length), without a transport: [`MemNetwork`] calls them directly.
-    pub(crate) fn new(raft: Raft, sm: StateMachineStore) -> RaftRpcServer {
-        RaftRpcServer { raft, sm }
+    pub(crate) fn new(raft: Raft, sm: StateMachineStore, versions: Versions) -> RaftRpcServer {
+        RaftRpcServer { raft, sm, versions }
     }
 
     /// Wraps `raft` (and its state machine, for the archive length) in a
     /// tonic service with kaon's message size limits.
-    pub fn service(raft: Raft, sm: StateMachineStore) -> RaftServiceServer<RaftRpcServer> {
-        RaftServiceServer::new(RaftRpcServer::new(raft, sm))
+    pub fn service(
+        raft: Raft,
+        sm: StateMachineStore,
+        versions: Versions,
+    ) -> RaftServiceServer<RaftRpcServer> {
+        RaftServiceServer::new(RaftRpcServer::new(raft, sm, versions))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
@@ -421,6 +481,7 @@ impl RaftRpcServer {
         let mut data = Vec::new();
         while let Some(chunk) = stream.try_next().await? {
             if head.is_none() {
+                check_wire("install snapshot", chunk.wire_version)?;
                 head = Some(decode(&chunk.meta).map_err(|m| bad_request("snapshot meta", m))?);
             }
             if data.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
@@ -442,17 +503,17 @@ impl RaftRpcServer {
             )
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        reply(&resp).map(Response::into_inner)
+        self.reply(&resp).map(Response::into_inner)
+    }
+
+    fn reply<T: serde::Serialize>(&self, v: &T) -> Result<Response<RaftPayload>, Status> {
+        let data = encode(v).map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
+        Ok(Response::new(self.versions.payload(data)))
     }
 }
 
 fn bad_request(what: &str, m: String) -> Status {
     Status::invalid_argument(format!("{what}: cannot decode: {m}"))
-}
-
-fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
-    let data = encode(v).map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
-    Ok(Response::new(RaftPayload { data }))
 }
 
 #[tonic::async_trait]
@@ -461,39 +522,44 @@ impl RaftService for RaftRpcServer {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        let p = req.into_inner();
+        check_wire("append entries", p.wire_version)?;
         let rpc: AppendEntriesRequest<C> =
-            decode(&req.into_inner().data).map_err(|m| bad_request("append entries", m))?;
+            decode(&p.data).map_err(|m| bad_request("append entries", m))?;
         let resp = self
             .raft
             .append_entries(rpc)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        reply(&resp)
+        self.reply(&resp)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc: VoteRequest<C> =
-            decode(&req.into_inner().data).map_err(|m| bad_request("vote", m))?;
+        let p = req.into_inner();
+        check_wire("vote", p.wire_version)?;
+        let rpc: VoteRequest<C> = decode(&p.data).map_err(|m| bad_request("vote", m))?;
         let resp = self
             .raft
             .vote(rpc)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        reply(&resp)
+        self.reply(&resp)
     }
 
     async fn transfer_leader(
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
+        let p = req.into_inner();
+        check_wire("transfer leader", p.wire_version)?;
         let rpc: openraft::raft::TransferLeaderRequest<C> =
-            decode(&req.into_inner().data).map_err(|m| bad_request("transfer leader", m))?;
+            decode(&p.data).map_err(|m| bad_request("transfer leader", m))?;
         let resp = self
             .raft
             .handle_transfer_leader(rpc)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        reply(&resp)
+        self.reply(&resp)
     }
 
     async fn archive_length(

@@ -147,6 +147,10 @@ pub struct NodeConfig {
     /// heard from a quorum within it reports itself not ready
     /// ([`RaftNode::readiness`]).
     pub contact_ms_max: u64,
+    /// The newest event schema this node says it applies (default: all
+    /// it knows, `kaon_core::events::EVENT_SCHEMA`). Lower pins what the
+    /// cluster writes to what an older kaon reads (`crate::version`).
+    pub event_schema: u32,
 }
 
 impl NodeConfig {
@@ -172,6 +176,7 @@ impl NodeConfig {
             lease_wait_ms_max: 2_000,
             catch_up_timeout_ms: 10_000,
             contact_ms_max: 1_000,
+            event_schema: kaon_core::events::EVENT_SCHEMA,
         }
     }
 }
@@ -259,6 +264,8 @@ pub struct RaftNode {
     catch_up: Duration,
     /// `NodeConfig::contact_ms_max`.
     contact_max: Duration,
+    /// This node's and its peers' versions (`crate::version`).
+    versions: crate::version::Versions,
 }
 
 /// Whether a node can serve linearizable reads and writes now, and if not,
@@ -329,11 +336,14 @@ impl RaftNode {
                 net.bind(config.listen).map_err(listen_err)?,
             ),
         };
+        let versions = crate::version::Versions::new(config.event_schema);
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
             NetworkFactory::new(config.id, config.transport.clone(), config.peers.clone())
-                .with_append_timeout(Duration::from_millis(config.append_timeout_ms)),
+                .with_append_timeout(Duration::from_millis(config.append_timeout_ms))
+                .with_state_machine(sm.clone())
+                .with_versions(versions.clone()),
             log.clone(),
             sm.clone(),
         )
@@ -348,7 +358,7 @@ impl RaftNode {
         let id = config.id;
         let server = match bound {
             Bound::Tcp(listener) => {
-                let svc = RaftRpcServer::service(raft.clone(), sm.clone());
+                let svc = RaftRpcServer::service(raft.clone(), sm.clone(), versions.clone());
                 let incoming =
                     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
                 tokio::spawn(async move {
@@ -364,7 +374,11 @@ impl RaftNode {
                 })
             }
             Bound::Mem(net) => {
-                net.serve(addr, id, RaftRpcServer::new(raft.clone(), sm.clone()));
+                net.serve(
+                    addr,
+                    id,
+                    RaftRpcServer::new(raft.clone(), sm.clone(), versions.clone()),
+                );
                 // Stopped (or dropped): peers' calls are refused from now on.
                 tokio::spawn(async move {
                     let _ = stop_rx.await;
@@ -386,6 +400,7 @@ impl RaftNode {
             clock: config.clock,
             catch_up: Duration::from_millis(config.catch_up_timeout_ms),
             contact_max: Duration::from_millis(config.contact_ms_max),
+            versions,
         })
     }
 
@@ -625,6 +640,23 @@ impl RaftNode {
         }
     }
 
+    /// The newest event schema every member (voters and learners) applies,
+    /// as far as this node knows (a leader hears it in every reply; see `crate::version`): what
+    /// the leader may write.
+    pub fn cluster_event_schema(&self) -> u32 {
+        // Learners too: one catching up applies what the voters write.
+        let members: Vec<u64> = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect();
+        self.versions.cluster_event_schema(self.id, members)
+    }
+
     /// The leader this node currently knows of.
     pub fn current_leader(&self) -> Option<u64> {
         // Copy out of the watch: never hold the borrow across an await.
@@ -680,6 +712,11 @@ impl RaftNode {
             members,
             replication,
         }
+    }
+
+    /// This node's latest snapshot, if it has one (metrics).
+    pub fn snapshot_info(&self) -> Option<crate::SnapshotInfo> {
+        self.sm.snapshot_info()
     }
 
     /// A stream of "something in the metrics changed" ticks (leadership,

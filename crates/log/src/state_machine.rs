@@ -31,7 +31,7 @@ use kaon_core::State;
 use kaon_core::events::{self, Event};
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -72,6 +72,20 @@ struct StoredSnapshot {
     state: Vec<u8>,
 }
 
+impl StoredSnapshot {
+    /// What metrics and auditors see of it; `state` is the state it holds.
+    fn info(&self, state: &State) -> SnapshotInfo {
+        SnapshotInfo {
+            event_index: self.event_index,
+            log_index: self.meta.last_log_id.map(|l| l.index()).unwrap_or(0),
+            state_bytes: self.state.len() as u64,
+            last_event_unix_ms: state.last_event_ms,
+            chain: state.chain,
+            digest: state.digest(),
+        }
+    }
+}
+
 /// The bytes of a snapshot as shipped between nodes (sealed with a crc32c).
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotBody {
@@ -85,6 +99,31 @@ struct SnapshotBody {
     events: Vec<Vec<u8>>,
 }
 
+/// The bytes of a snapshot of `state` (`State::to_snapshot`) carrying the
+/// whole archive `events` (events 1..=n, encoded), as nodes ship them: a
+/// restore installs one into a new node.
+pub(crate) fn snapshot_data(state: Vec<u8>, events: Vec<Vec<u8>>) -> Result<Vec<u8>, String> {
+    let body = SnapshotBody {
+        state,
+        first_event: 1,
+        events,
+    };
+    let payload = crate::record::encode(&body).map_err(|e| e.to_string())?;
+    Ok(seal(&payload))
+}
+
+/// Checks and decodes a snapshot's shipped bytes.
+fn open_snapshot_body(data: &[u8]) -> Result<SnapshotBody, String> {
+    let payload =
+        crate::record::unseal(Path::new("<snapshot>"), SM_META_NAME, "snapshot body", data)
+            .map_err(|e| e.to_string())?;
+    let body: SnapshotBody = crate::record::decode(payload)?;
+    if body.first_event == 0 {
+        return Err("snapshot archive starts at event 0".into());
+    }
+    Ok(body)
+}
+
 /// Drops from a snapshot's archive the first `receiver_has` events, which
 /// the receiving node already holds, so only the missing suffix travels.
 /// The receiver re-checks the whole chain (its prefix + the suffix) on
@@ -93,17 +132,7 @@ pub fn trim_snapshot_archive(data: Vec<u8>, receiver_has: u64) -> Result<Vec<u8>
     if receiver_has == 0 {
         return Ok(data);
     }
-    let payload = crate::record::unseal(
-        Path::new("<snapshot>"),
-        SM_META_NAME,
-        "snapshot body",
-        &data,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut body: SnapshotBody = crate::record::decode(payload)?;
-    if body.first_event == 0 {
-        return Err("snapshot archive starts at event 0".into());
-    }
+    let mut body = open_snapshot_body(&data)?;
     let n = body.first_event - 1 + body.events.len() as u64;
     if receiver_has >= n || receiver_has < body.first_event {
         // Receiver is ahead (install will refuse) or the body is already
@@ -141,6 +170,30 @@ struct Inner {
     /// reports, so "event n applied" always implies "event n on disk".
     durable_events: AtomicU64,
     io: crate::storage::Io,
+    /// The latest snapshot this node holds (built, installed or opened),
+    /// for metrics: `None` until there is one.
+    snapshot: std::sync::Mutex<Option<SnapshotInfo>>,
+}
+
+/// What an SRE wants to know about a node's latest snapshot (metrics:
+/// how big it is and how far behind the log it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Events it covers (1..=event_index).
+    pub event_index: u64,
+    /// Raft log index it covers.
+    pub log_index: u64,
+    /// Size of its serialized state, bytes (the event archive shipped with
+    /// it is not counted: every node holds that anyway).
+    pub state_bytes: u64,
+    /// Time of the last event it covers, unix ms (0 if it covers none).
+    pub last_event_unix_ms: i64,
+    /// Hash-chain head after its last event: an auditor who keeps it can
+    /// later check any copy of the log against it (`kaon audit verify
+    /// --digests`).
+    pub chain: [u8; 32],
+    /// Digest of its state (`State::digest`).
+    pub digest: [u8; 32],
 }
 
 /// The kaon state machine store. Cloning is cheap (shared handle); openraft
@@ -198,41 +251,62 @@ impl StateMachineStore {
             message,
         };
         // Rebuild: snapshot (if any) + archive suffix, else the whole archive.
+        let mut snapshot_info = None;
         let mut state = match &snapshot {
-            Some(s) if s.event_index <= applied.event_index => State::from_snapshot(&s.state)
-                .map_err(|e| StoreError::Snapshot {
+            Some(s) if s.event_index <= applied.event_index => {
+                let state = State::from_snapshot(&s.state).map_err(|e| StoreError::Snapshot {
                     file: path.clone(),
                     message: e.to_string(),
-                })?,
+                })?;
+                snapshot_info = Some(s.info(&state));
+                state
+            }
             _ => State::default(),
         };
-        let mut expected = 1u64;
+        // The archive's shape in O(1): keys are distinct event indexes, so
+        // first = 1, last = n and n entries mean 1..=n with no hole. Only the
+        // events after the snapshot are read (their checksums checked) and
+        // applied, so a restart costs the snapshot plus the suffix, not the
+        // whole history; `verify_chain` (`kaon audit verify`) reads it all.
+        let archived;
         {
             let txn = db.begin_read().ctx(file, "begin read")?;
             let archive = txn.open_table(ARCHIVE).ctx(file, "open table")?;
-            for item in archive.iter().ctx(file, "scan")? {
+            archived = archive.len().ctx(file, "count")?;
+            let first = archive.first().ctx(file, "read")?.map(|(k, _)| k.value());
+            let last = archive.last().ctx(file, "read")?.map(|(k, _)| k.value());
+            let whole = match (first, last) {
+                (None, None) => archived == 0,
+                (Some(f), Some(l)) => f == 1 && l == archived,
+                _ => false,
+            };
+            if !whole {
+                return Err(corrupt(
+                    ARCHIVE_NAME,
+                    format!("events {first:?}..={last:?}"),
+                    format!(
+                        "hole in the archive: {archived} entries from {first:?} to {last:?}, \
+                         expected events 1..={archived}"
+                    ),
+                ));
+            }
+            let from = state.applied_index + 1;
+            for (expected, item) in (from..).zip(archive.range(from..).ctx(file, "scan")?) {
                 let (k, v) = item.ctx(file, "read")?;
                 let index = k.value();
                 let bytes = unseal(file, ARCHIVE_NAME, event_key(index), v.value())?;
-                if index != expected {
-                    return Err(corrupt(
-                        ARCHIVE_NAME,
-                        event_key(index),
-                        format!("hole in the archive: expected event index {expected}"),
-                    ));
-                }
-                expected += 1;
-                if index > state.applied_index {
-                    state
-                        .apply_bytes(index, bytes)
-                        .map_err(|source| StoreError::Apply {
-                            file: path.clone(),
-                            source,
-                        })?;
-                }
+                assert_eq!(
+                    index, expected,
+                    "the archive's keys are 1..=n (checked above)"
+                );
+                state
+                    .apply_bytes(index, bytes)
+                    .map_err(|source| StoreError::Apply {
+                        file: path.clone(),
+                        source,
+                    })?;
             }
         }
-        let archived = expected - 1;
         if archived != applied.event_index
             || state.applied_index != applied.event_index
             || state.chain != applied.chain
@@ -259,8 +333,26 @@ impl StateMachineStore {
                 durable_events: AtomicU64::new(applied.event_index),
                 mem: RwLock::new(Mem { state, applied }),
                 io: crate::storage::Io::of(storage),
+                snapshot: std::sync::Mutex::new(snapshot_info),
             }),
         })
+    }
+
+    /// The latest snapshot this node holds, if any.
+    pub fn snapshot_info(&self) -> Option<SnapshotInfo> {
+        *self
+            .inner
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn note_snapshot(&self, info: SnapshotInfo) {
+        *self
+            .inner
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(info);
     }
 
     /// Path of the database file.
@@ -436,29 +528,69 @@ impl StateMachineStore {
         }
     }
 
-    /// Assembles the shipped form of a stored snapshot (state + archive).
+    /// The snapshot's bytes as openraft holds them: its state and none of
+    /// the archive (`first_event` past its last event). Reading the whole
+    /// archive here would make every restart (openraft reads the current
+    /// snapshot twice while it starts) cost the whole history; the sender
+    /// adds the events its receiver lacks when it ships the snapshot
+    /// ([`StateMachineStore::fill_snapshot_archive`]).
     fn snapshot_bytes(&self, s: &StoredSnapshot) -> Result<Vec<u8>, StoreError> {
-        let events = self
-            .read_event_bytes(1, s.event_index)?
-            .into_iter()
-            .map(|(_, b)| b)
-            .collect::<Vec<_>>();
-        if events.len() as u64 != s.event_index {
-            return Err(StoreError::Snapshot {
-                file: self.path().to_path_buf(),
-                message: format!(
-                    "snapshot covers {} events, archive holds {}",
-                    s.event_index,
-                    events.len()
-                ),
-            });
-        }
         let body = SnapshotBody {
             state: s.state.clone(),
-            first_event: 1,
-            events,
+            first_event: s.event_index + 1,
+            events: Vec::new(),
         };
         make_record(self.path(), SM_META_NAME, "snapshot body", &body)
+    }
+
+    /// [`StateMachineStore::fill_snapshot_archive`] off the async executor
+    /// (inline in a simulation, whose storage is memory).
+    pub(crate) async fn fill_snapshot_archive_off(
+        &self,
+        data: Vec<u8>,
+        receiver_has: u64,
+    ) -> Result<Vec<u8>, String> {
+        let file = self.path().to_path_buf();
+        self.blocking(move |s| {
+            s.fill_snapshot_archive(data, receiver_has)
+                .map_err(|message| StoreError::Snapshot { file, message })
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    /// Makes snapshot `data` carry exactly the archive events a receiver
+    /// holding `receiver_has` events lacks: events it already holds are
+    /// dropped ([`trim_snapshot_archive`]), events the data leaves out are
+    /// read from this node's archive (which is never purged). Reads from
+    /// disk: call it off the async executor for a large gap.
+    pub fn fill_snapshot_archive(
+        &self,
+        data: Vec<u8>,
+        receiver_has: u64,
+    ) -> Result<Vec<u8>, String> {
+        let mut body = open_snapshot_body(&data)?;
+        let want_from = receiver_has + 1;
+        if want_from >= body.first_event {
+            return trim_snapshot_archive(data, receiver_has);
+        }
+        let missing = self
+            .read_event_bytes(want_from, body.first_event - 1)
+            .map_err(|e| e.to_string())?;
+        let expected = body.first_event - want_from;
+        if missing.len() as u64 != expected {
+            return Err(format!(
+                "the local archive holds {} of events {want_from}..={}",
+                missing.len(),
+                body.first_event - 1
+            ));
+        }
+        let mut events: Vec<Vec<u8>> = missing.into_iter().map(|(_, b)| b).collect();
+        events.append(&mut body.events);
+        body.events = events;
+        body.first_event = want_from;
+        let payload = crate::record::encode(&body).map_err(|e| e.to_string())?;
+        Ok(seal(&payload))
     }
 
     fn snapshot_err(&self, message: String) -> StoreError {
@@ -475,19 +607,22 @@ impl StateMachineStore {
         self.inner.io.clone().run(self.clone(), f).await
     }
 
-    /// Captures the current state for a snapshot. Called by openraft from
-    /// the state machine task between two `apply` calls, so the captured
-    /// state is exactly what the archive holds durably.
-    fn capture(&self) -> StoredSnapshot {
+    /// Captures the current state for a snapshot, with what it tells of
+    /// itself. Called by openraft from the state machine task between two
+    /// `apply` calls, so the captured state is exactly what the archive
+    /// holds durably.
+    fn capture(&self) -> (StoredSnapshot, SnapshotInfo) {
         let mem = self.mem();
-        StoredSnapshot {
+        let stored = StoredSnapshot {
             meta: SnapshotMeta {
                 last_log_id: mem.applied.last_applied,
                 last_membership: mem.applied.membership.clone(),
             },
             event_index: mem.state.applied_index,
             state: mem.state.to_snapshot(),
-        }
+        };
+        let info = stored.info(&mem.state);
+        (stored, info)
     }
 }
 
@@ -496,20 +631,21 @@ impl StateMachineStore {
 /// record and reading the archive — runs off the state machine task).
 pub struct SnapshotBuilder {
     store: StateMachineStore,
-    captured: Option<StoredSnapshot>,
+    captured: Option<(StoredSnapshot, SnapshotInfo)>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let stored = match self.captured.take() {
+        let (stored, info) = match self.captured.take() {
             Some(s) => s,
             None => self.store.capture(),
         };
         self.store
             .blocking(move |s| {
                 s.write_snapshot_record(&stored)?;
+                s.note_snapshot(info);
                 let data = s.snapshot_bytes(&stored)?;
                 Ok(Snapshot {
                     meta: stored.meta,
@@ -703,6 +839,7 @@ impl StateMachineStore {
             state: body.state,
         };
         self.write_applied(&new_events, &applied, Some(&stored))?;
+        self.note_snapshot(stored.info(&state));
         let mut mem = self.inner.mem.write().unwrap_or_else(|p| p.into_inner());
         *mem = Mem { state, applied };
         self.inner.durable_events.store(n, Ordering::Release);

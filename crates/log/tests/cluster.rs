@@ -339,6 +339,7 @@ async fn garbage_rpc_payloads_are_rejected_not_fatal() {
         .unwrap();
     let garbage = RaftPayload {
         data: vec![0xde, 0xad, 0xbe, 0xef],
+        ..RaftPayload::default()
     };
     let e = client.append_entries(garbage.clone()).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
@@ -347,12 +348,40 @@ async fn garbage_rpc_payloads_are_rejected_not_fatal() {
     let chunks = vec![SnapshotChunk {
         meta: vec![1, 2, 3],
         data: vec![4, 5, 6],
+        ..SnapshotChunk::default()
     }];
     let e = client
         .install_snapshot(futures_util::stream::iter(chunks))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    // A message of a newer kaon (a wire version this node does not know) is
+    // refused as such, naming the versions, before its bytes are read.
+    let newer = kaon_log::version::RAFT_WIRE_VERSION + 1;
+    let e = client
+        .append_entries(RaftPayload {
+            data: vec![0xde, 0xad],
+            wire_version: newer,
+            event_schema: 99,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    assert!(
+        e.message().contains(&format!("wire version {newer}"))
+            && e.message().contains("upgrade this node"),
+        "{e}"
+    );
+    let chunks = vec![SnapshotChunk {
+        meta: vec![1, 2, 3],
+        wire_version: newer,
+        ..SnapshotChunk::default()
+    }];
+    let e = client
+        .install_snapshot(futures_util::stream::iter(chunks))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
     // The node is unharmed: it still commits.
     assert_eq!(propose(&nodes, fw("still-alive".into())).await, 1);
     for (_, n) in nodes {

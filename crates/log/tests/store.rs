@@ -152,10 +152,14 @@ async fn state_machine_reopens_to_the_same_state_with_and_without_snapshot() {
         let mut sm = StateMachineStore::open(dir.path()).unwrap();
         assert_eq!(sm.digest(), digest);
         assert_eq!(sm.applied_event_index(), 5);
+        assert_eq!(sm.snapshot_info(), None, "no snapshot yet");
         // Snapshot at 5, then more events: reopen = snapshot + archive suffix.
         let mut b = sm.get_snapshot_builder().await;
         let snap = b.build_snapshot().await.unwrap();
         assert_eq!(snap.meta.last_log_id, Some(log_id(1, 1, 5)));
+        let info = sm.snapshot_info().expect("the snapshot just built");
+        assert_eq!((info.event_index, info.log_index), (5, 5));
+        assert!(info.state_bytes > 0, "{info:?}");
         apply(
             &mut sm,
             (6..=8).map(|i| normal(i, &format!("x{i}"))).collect(),
@@ -166,6 +170,10 @@ async fn state_machine_reopens_to_the_same_state_with_and_without_snapshot() {
     let sm = StateMachineStore::open(dir.path()).unwrap();
     assert_eq!(sm.applied_event_index(), 8);
     assert_eq!(sm.verify_chain().unwrap().events, 8);
+    let info = sm
+        .snapshot_info()
+        .expect("the stored snapshot, after a reopen");
+    assert_eq!(info.event_index, 5, "{info:?}");
 }
 
 #[tokio::test]
@@ -186,9 +194,21 @@ async fn snapshot_carries_the_archive_to_a_fresh_node() {
         .await
         .unwrap();
 
+    // What openraft holds carries no archive (restarts stay cheap); the
+    // sender fills in what its receiver lacks.
     let mut fresh = StateMachineStore::open(b.path()).unwrap();
-    fresh
+    let err = fresh
         .install_snapshot(&snap.meta, snap.snapshot.clone())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("holds only 0"), "{err}");
+    assert_eq!(fresh.applied_event_index(), 0);
+    let full = leader
+        .fill_snapshot_archive(snap.snapshot.clone(), 0)
+        .unwrap();
+    assert!(full.len() > snap.snapshot.len());
+    fresh
+        .install_snapshot(&snap.meta, full.clone())
         .await
         .unwrap();
     assert_eq!(fresh.digest(), leader.digest());
@@ -205,7 +225,7 @@ async fn snapshot_carries_the_archive_to_a_fresh_node() {
     // A damaged snapshot is refused, not installed.
     let c = tempfile::tempdir().unwrap();
     let mut other = StateMachineStore::open(c.path()).unwrap();
-    let mut bad = snap.snapshot.clone();
+    let mut bad = full.clone();
     let last = bad.len() - 1;
     bad[last] ^= 0x55;
     let err = other.install_snapshot(&snap.meta, bad).await.unwrap_err();
@@ -233,8 +253,14 @@ async fn snapshot_ships_only_the_archive_suffix_a_node_lacks() {
         .await
         .unwrap();
 
-    let trimmed = trim_snapshot_archive(snap.snapshot.clone(), 7).unwrap();
-    assert!(trimmed.len() < snap.snapshot.len());
+    let full = leader
+        .fill_snapshot_archive(snap.snapshot.clone(), 0)
+        .unwrap();
+    let trimmed = leader
+        .fill_snapshot_archive(snap.snapshot.clone(), 7)
+        .unwrap();
+    assert!(trimmed.len() < full.len());
+    assert_eq!(trim_snapshot_archive(full.clone(), 7).unwrap(), trimmed);
     behind
         .install_snapshot(&snap.meta, trimmed.clone())
         .await
@@ -255,14 +281,8 @@ async fn snapshot_ships_only_the_archive_suffix_a_node_lacks() {
     assert!(err.to_string().contains("holds only 0"), "{err}");
     assert_eq!(empty.applied_event_index(), 0);
     // Nothing to trim for an empty receiver or one that is ahead.
-    assert_eq!(
-        trim_snapshot_archive(snap.snapshot.clone(), 0).unwrap(),
-        snap.snapshot
-    );
-    assert_eq!(
-        trim_snapshot_archive(snap.snapshot.clone(), 25).unwrap(),
-        snap.snapshot
-    );
+    assert_eq!(trim_snapshot_archive(full.clone(), 0).unwrap(), full);
+    assert_eq!(trim_snapshot_archive(full.clone(), 25).unwrap(), full);
 }
 
 /// A node whose archive diverges from the leader's refuses the snapshot.
@@ -290,12 +310,15 @@ async fn snapshot_with_a_different_history_is_refused() {
         .build_snapshot()
         .await
         .unwrap();
+    let full = leader
+        .fill_snapshot_archive(snap.snapshot.clone(), 0)
+        .unwrap();
     let err = other
-        .install_snapshot(&snap.meta, snap.snapshot.clone())
+        .install_snapshot(&snap.meta, full.clone())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("diverged"), "{err}");
-    let trimmed = trim_snapshot_archive(snap.snapshot, 3).unwrap();
+    let trimmed = trim_snapshot_archive(full, 3).unwrap();
     let err = other
         .install_snapshot(&snap.meta, trimmed)
         .await

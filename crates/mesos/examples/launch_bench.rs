@@ -9,11 +9,11 @@
 
 use kaon_core::placement::{self, Request};
 use kaon_mesos::driver::{Driver, DriverConfig, DriverEvent};
-use kaon_mesos::emulator::{AgentConfig, Emulator, EmulatorConfig};
 use kaon_mesos::executor::{StepSpec, executor_info};
 use kaon_mesos::resources::Resources;
 use kaon_mesos::types::scheduler::Operation;
 use kaon_mesos::types::{B64, CommandInfo, FrameworkInfo, Id, Resource, TaskInfo, TaskState};
+use kaon_mesos_emulator::{AgentConfig, Emulator, EmulatorConfig};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 

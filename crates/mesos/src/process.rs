@@ -110,6 +110,87 @@ pub fn signal_group(pgid: i32, signal: i32) {
     }
 }
 
+/// The environment of process `pid` as `NAME=VALUE` entries (empty when
+/// it is gone or not ours to read).
+pub fn environ(pid: i32) -> Vec<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| {
+            env.split(|b| *b == 0)
+                .filter(|kv| !kv.is_empty())
+                .map(<[u8]>::to_vec)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value of `var` in an environment read by [`environ`].
+pub fn env_value<'a>(env: &'a [Vec<u8>], var: &str) -> Option<&'a [u8]> {
+    env.iter().find_map(|kv| {
+        kv.strip_prefix(var.as_bytes())
+            .and_then(|rest| rest.strip_prefix(b"="))
+    })
+}
+
+/// Every process id on this machine (a scan of `/proc`).
+pub fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Names one process for as long as it lives: `PID:START` (its start
+/// time in clock ticks since boot, `/proc/PID/stat` field 22), so a pid
+/// the kernel reuses for another process is not taken for it.
+pub fn identity(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `comm` may hold spaces and parentheses: count from its closing one.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let start = rest.split_whitespace().nth(19)?;
+    Some(format!("{pid}:{start}"))
+}
+
+/// Whether the process an [`identity`] names still runs.
+pub fn is_alive(identity: &str) -> bool {
+    identity
+        .split_once(':')
+        .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        .and_then(self::identity)
+        .is_some_and(|now| now == identity)
+}
+
+/// Sends `signal` to every process (and its process group) whose
+/// environment `matches`, except this process; returns how many matched.
+/// How a Mesos containerizer's destroy is emulated without cgroups: every
+/// process a launch started inherits its markers, whatever group or
+/// session it moved to.
+pub fn signal_matching(signal: i32, matches: impl Fn(&[Vec<u8>]) -> bool) -> usize {
+    let me = std::process::id() as i32;
+    let mut n = 0;
+    for pid in all_pids() {
+        if pid == me || pid <= 1 {
+            continue;
+        }
+        let env = environ(pid);
+        if env.is_empty() || !matches(&env) {
+            continue;
+        }
+        n += 1;
+        // SAFETY: plain syscalls with integer arguments.
+        unsafe {
+            let pgid = libc::getpgid(pid);
+            if pgid > 1 && pgid != libc::getpgid(0) {
+                libc::killpg(pgid, signal);
+            }
+            libc::kill(pid, signal);
+        }
+    }
+    n
+}
+
 /// Formats a duration the way stout does (`5secs`, `2mins`, `1.5hrs`), as
 /// Mesos puts it in executor environment variables.
 pub fn stout_duration(d: Duration) -> String {

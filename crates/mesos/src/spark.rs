@@ -8,10 +8,8 @@
 //! I/O, so that it is tested on recorded answers of a real Spark (4.3.0,
 //! from PyPI's `pyspark`); the executor does the polling and the killing.
 //!
-//! Status: these functions are not yet called by the executor, which
-//! still runs a Spark step as a plain command; wiring them in (the REST
-//! poller, the cluster-mode kill, the failure classification in the
-//! step's result) is the rest of issue 10 section 2.
+//! The executor's half (the log reader, the REST poller, the kill) is
+//! `executor/spark.rs`.
 //!
 //! The rules for whose failure a failed Spark step is (the retry budget it
 //! counts against) are in [`classify_exit`].
@@ -174,10 +172,9 @@ pub struct Report {
 }
 
 /// The step's progress from one poll of the REST API. Percent counts the
-/// tasks of every job seen so far; a job Spark has not started yet is not
-/// known, so the caller keeps the highest value it reported (progress
-/// never runs backwards on the user's screen) and reports 100 when
-/// `spark-submit` exits 0.
+/// tasks of every job seen so far (Spark knows no job before it starts,
+/// so a new job can lower it); the executor reports at most 99 while
+/// `spark-submit` runs and 100 when it exits 0.
 pub fn summarize(app: &Application, ui_url: &str, jobs: &[Job], stages: &[Stage]) -> Report {
     let total: u64 = jobs.iter().map(|j| j.num_tasks).sum();
     let done: u64 = jobs

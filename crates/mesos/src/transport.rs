@@ -14,7 +14,7 @@
 //! Implementations: [`MesosTransport::reqwest`] (the default; a `reqwest`
 //! client per driver, as before) and [`MesosTransport::in_process`] (hands
 //! requests straight to an axum [`Router`], e.g. the emulator's
-//! [`crate::emulator::EmulatorHandle::master_router`]); anything else
+//! `kaon_mesos_emulator::EmulatorHandle::master_router`); anything else
 //! (fault injection, several masters) through [`MesosTransport::custom`].
 
 use axum::Router;

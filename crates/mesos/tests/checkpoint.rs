@@ -6,9 +6,9 @@ mod common;
 
 use common::*;
 use kaon_mesos::driver::DriverEvent;
-use kaon_mesos::emulator::Emulator;
 use kaon_mesos::executor::{StepResult, StepSpec, executor_info};
 use kaon_mesos::types::{B64, Id, TaskInfo, TaskState};
+use kaon_mesos_emulator::Emulator;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use kaon_mesos::driver::{DriverError, DriverEvent};
-use kaon_mesos::emulator::{Emulator, Leadership};
 use kaon_mesos::types::{Id, TaskState};
+use kaon_mesos_emulator::{Emulator, Leadership};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_task_updates_are_ordered_retried_and_acked() {
@@ -322,13 +322,13 @@ async fn decline_filters_and_revive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn emulator_standalone_config_parses_agents() {
-    let a = kaon_mesos::emulator::parse_agent_spec(
+    let a = kaon_mesos_emulator::parse_agent_spec(
         "127.0.0.1:0;cpus=2;mem=1024;ports=31000-31010;attr.rack=r1",
     )
     .unwrap();
     assert_eq!(a.resources.len(), 3);
     assert_eq!(a.attributes[0].value_text(), "r1");
-    assert!(kaon_mesos::emulator::parse_agent_spec("127.0.0.1:0;cpus=lots").is_err());
+    assert!(kaon_mesos_emulator::parse_agent_spec("127.0.0.1:0;cpus=lots").is_err());
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.agents = vec![a.clone(), a];

@@ -7,9 +7,9 @@ mod common;
 
 use common::*;
 use kaon_mesos::driver::{Driver, DriverConfig, DriverEvent, DriverHandle};
-use kaon_mesos::emulator::{Emulator, EmulatorHandle};
 use kaon_mesos::transport::{HttpRequest, HttpTransport as _, InProcessTransport, MesosTransport};
 use kaon_mesos::types::{FrameworkInfo, TaskState};
+use kaon_mesos_emulator::{Emulator, EmulatorHandle};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::mpsc::Receiver;

@@ -53,7 +53,7 @@ fn result(status: &kaon_mesos::types::TaskStatus) -> StepResult {
 async fn setup(
     dir: &std::path::Path,
 ) -> (
-    kaon_mesos::emulator::EmulatorHandle,
+    kaon_mesos_emulator::EmulatorHandle,
     DriverHandle,
     Receiver<DriverEvent>,
     Offer,
@@ -94,8 +94,13 @@ async fn run_until_seeing(
             DriverEvent::Message {
                 data, executor_id, ..
             } => {
-                assert_eq!(executor_id.value, format!("exec-{task}"));
-                messages.push(serde_json::from_slice(&data).expect("executor message json"));
+                let m: ExecutorMessage =
+                    serde_json::from_slice(&data).expect("executor message json");
+                let (ExecutorMessage::Heartbeat { task_id }
+                | ExecutorMessage::Progress { task_id, .. }
+                | ExecutorMessage::Status { task_id, .. }) = &m;
+                assert_eq!(executor_id.value, format!("exec-{task_id}"));
+                messages.push(m);
             }
             DriverEvent::Failure(f) => failures.push(f),
             DriverEvent::Update(s) => {
@@ -383,7 +388,7 @@ async fn executor_that_never_subscribes_or_crashes_fails_its_tasks() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.executor_registration_timeout = Duration::from_millis(300);
-    let emu = kaon_mesos::emulator::Emulator::start(cfg).await.unwrap();
+    let emu = kaon_mesos_emulator::Emulator::start(cfg).await.unwrap();
     let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
     subscribed(&mut rx).await;
     let offer = offers(&mut rx).await.remove(0);
@@ -728,6 +733,222 @@ async fn a_container_step_over_its_memory_is_stopped() {
         containers_of("boxhog").is_empty()
     })
     .await;
+    h.stop();
+    emu.shutdown().await;
+}
+
+/// `kind: spark` without Spark: a stand-in `spark-submit` prints what a
+/// real driver prints. A job aborted by a lost executor is the platform's
+/// failure, an exception in the job the user's; a killed cluster-mode
+/// step kills its application with `spark-submit --kill`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spark_step_says_whose_failure_it_was_and_a_cluster_application_is_killed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("spark-submit");
+    std::fs::write(
+        &fake,
+        r#"#!/bin/sh
+case " $* " in *" --kill "*) echo "$@" > "$MARK/killed"; exit 0;; esac
+case "$MODE" in
+  lost) echo "ERROR Job aborted due to stage failure: Task 0 in stage 1.0 failed 4 times: ExecutorLostFailure (executor 1 exited)" >&2; exit 1;;
+  user) printf 'Traceback (most recent call last):\nValueError: bad input\n' >&2; exit 1;;
+  cluster) echo "INFO Client: Driver successfully submitted as driver-42" >&2; sleep 2; echo 'status submitted' >> "$KAON_PROGRESS_FILE"; sleep 30;;
+esac
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    let spark = |mode: &str, args: &[&str]| {
+        let mut spec = StepSpec {
+            argv: std::iter::once(fake.display().to_string())
+                .chain(args.iter().map(|a| a.to_string()))
+                .collect(),
+            kind: Some("spark".into()),
+            ..Default::default()
+        };
+        spec.env.insert("MODE".into(), mode.into());
+        spec.env
+            .insert("MARK".into(), dir.path().display().to_string());
+        spec
+    };
+    let local = ["--master", "local[2]", "job.py"];
+    let cluster = [
+        "--master",
+        "spark://127.0.0.1:7077",
+        "--deploy-mode",
+        "cluster",
+        "app.py",
+    ];
+    launch(
+        &h,
+        &offer,
+        vec![
+            step_task("lost", &offer, spark("lost", &local)),
+            step_task("user", &offer, spark("user", &local)),
+            step_task("cl", &offer, spark("cluster", &cluster)),
+        ],
+    )
+    .await;
+    // Both fail at once, in either order.
+    let ended = updates_acking(&h, &mut rx, &["lost", "user"], TaskState::Failed).await;
+    let lost = &ended["lost"];
+    let r = result(lost);
+    assert_eq!(r.reason, "platform_failure", "{r:?}");
+    assert_eq!(
+        r.error.as_deref(),
+        Some("a Spark executor was lost (Spark); spark-submit ended with status 1")
+    );
+    assert_eq!(lost.reason, None, "only Mesos' own reasons go on the wire");
+    assert_eq!(result(&ended["user"]).reason, "nonzero_exit");
+
+    // The cluster-mode driver says so 2 s after it starts: well after both
+    // failures above.
+    step_says(&mut rx, "submitted").await;
+    h.kill(Id::new("cl"), Some(offer.agent_id.clone()))
+        .await
+        .unwrap();
+    run_until(&h, &mut rx, "cl", TaskState::Killed).await;
+    let killed = dir.path().join("killed");
+    // The shell creates the file before it writes the line: wait for the
+    // whole line, not for the file.
+    eventually("spark-submit --kill", || {
+        std::fs::read_to_string(&killed).is_ok_and(|s| s.ends_with('\n'))
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&killed).unwrap().trim(),
+        "--master spark://127.0.0.1:7077 --kill driver-42"
+    );
+    h.stop();
+    emu.shutdown().await;
+}
+
+/// A task for a shared executor `exec` that stays `idle_ms` without steps.
+fn shared_task(id: &str, exec: &str, idle_ms: u64, offer: &Offer, spec: StepSpec) -> TaskInfo {
+    let mut t = step_task(id, offer, spec);
+    let e = t.executor.as_mut().unwrap();
+    e.executor_id = Id::new(exec);
+    e.command.as_mut().unwrap().environment = Some(kaon_mesos::types::Environment {
+        variables: vec![kaon_mesos::types::EnvVar {
+            name: kaon_mesos::executor::ENV_IDLE_MS.into(),
+            value: Some(idle_ms.to_string()),
+        }],
+    });
+    t
+}
+
+/// Issue 10, section 1: one executor process runs many steps, each in a
+/// directory of its own; it stays while more may come and exits after its
+/// idle time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_executor_runs_many_steps_and_exits_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    let pids = |cmd: &str| shell(&format!("echo $$ > pid; echo \"$PPID\" > ppid; {cmd}"));
+    launch(
+        &h,
+        &offer,
+        vec![
+            shared_task("m1", "shared", 5_000, &offer, pids("true")),
+            shared_task("m2", "shared", 5_000, &offer, pids("true")),
+        ],
+    )
+    .await;
+    for t in ["m1", "m2"] {
+        update_acking(&h, &mut rx, t, TaskState::Finished).await;
+    }
+    assert_eq!(emu.live_processes(), 1, "one executor for both");
+    let offer2 = offers(&mut rx).await.remove(0);
+    launch(
+        &h,
+        &offer2,
+        vec![shared_task("m3", "shared", 5_000, &offer2, pids("true"))],
+    )
+    .await;
+    let done = update_acking(&h, &mut rx, "m3", TaskState::Finished).await;
+    assert_eq!(
+        done.executor_id.as_ref().map(|e| e.value.as_str()),
+        Some("shared")
+    );
+    // The same executor process was the parent of all three steps.
+    let parent = |t: &str| {
+        let path = walk(dir.path())
+            .into_iter()
+            .find(|p| p.ends_with(format!("tasks/{t}/ppid")))
+            .unwrap_or_else(|| panic!("{t}'s ppid file"));
+        std::fs::read_to_string(path).unwrap().trim().to_string()
+    };
+    assert_eq!(parent("m1"), parent("m3"));
+    assert_eq!(parent("m2"), parent("m3"));
+    // Idle: it exits by itself after its idle time.
+    eventually("the idle executor exits", || emu.live_processes() == 0).await;
+    h.stop();
+    emu.shutdown().await;
+}
+
+/// Every file below `root`.
+fn walk(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// An executor that crashes takes its steps with it, including the
+/// processes they moved to groups of their own, before its tasks are
+/// reported failed (`REASON_EXECUTOR_TERMINATED`, the platform's): a retry
+/// never runs beside a step of the dead executor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_executor_leaves_no_step_process_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, h, mut rx, offer) = setup(dir.path()).await;
+    // The step starts a child in a process group of its own.
+    let stray = r#"perl -e 'setpgrp(0,0); sleep 300' & echo 'status forked' >> "$KAON_PROGRESS_FILE"; sleep 300"#;
+    launch(
+        &h,
+        &offer,
+        vec![
+            shared_task("c1", "crashy", 60_000, &offer, shell(stray)),
+            shared_task("c2", "crashy", 60_000, &offer, shell("sleep 300")),
+        ],
+    )
+    .await;
+    step_says(&mut rx, "forked").await;
+    let sandbox = dir.path().display().to_string();
+    // Processes of the steps: they carry a task id and a sandbox of ours.
+    let steps = || {
+        kaon_mesos::process::all_pids()
+            .into_iter()
+            .filter(|pid| {
+                let env = kaon_mesos::process::environ(*pid);
+                kaon_mesos::process::env_value(&env, "KAON_TASK_ID").is_some()
+                    && kaon_mesos::process::env_value(&env, "MESOS_DIRECTORY")
+                        .is_some_and(|d| d.starts_with(sandbox.as_bytes()))
+            })
+            .count()
+    };
+    assert!(steps() >= 3, "two steps and the stray child run");
+    assert!(emu.signal_executor(0, &offer.framework_id.value, "crashy", libc::SIGKILL));
+    for t in ["c1", "c2"] {
+        let s = update_acking(&h, &mut rx, t, TaskState::Failed).await;
+        assert_eq!(s.reason.as_deref(), Some("REASON_EXECUTOR_TERMINATED"));
+        assert_eq!(
+            steps(),
+            0,
+            "nothing of the dead executor's steps runs when {t} is reported"
+        );
+    }
     h.stop();
     emu.shutdown().await;
 }

@@ -72,7 +72,7 @@ async fn third_party_executor_protocol_and_lost_tasks_on_resubscribe() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.executor_heartbeat_interval = std::time::Duration::from_millis(100);
-    let emu = kaon_mesos::emulator::Emulator::start(cfg).await.unwrap();
+    let emu = kaon_mesos_emulator::Emulator::start(cfg).await.unwrap();
     let (h, mut rx) = driver(&emu.master_url(), framework(None, 60.0));
     let fw = subscribed(&mut rx).await;
     let offer = offers(&mut rx).await.remove(0);

@@ -5,14 +5,14 @@
 //! the real scheduler driver over the in-process transport.
 
 use kaon_mesos::driver::{Driver, DriverConfig, DriverEvent, DriverHandle};
-use kaon_mesos::emulator::scripted::{ExecutorExit, Progress, Script, ScriptedLauncher};
-use kaon_mesos::emulator::{
-    AgentConfig, Clock, Emulator, EmulatorConfig, EmulatorHandle, IdSource, Leadership,
-};
 use kaon_mesos::executor::{ExecutorMessage, StepResult, StepSpec, executor_info};
 use kaon_mesos::transport::{HttpRequest, HttpTransport as _, InProcessTransport, MesosTransport};
 use kaon_mesos::types::scheduler::Operation;
 use kaon_mesos::types::{B64, FrameworkInfo, Id, Offer, Resource, TaskInfo, TaskState, TaskStatus};
+use kaon_mesos_emulator::scripted::{ExecutorExit, Progress, Script, ScriptedLauncher};
+use kaon_mesos_emulator::{
+    AgentConfig, Clock, Emulator, EmulatorConfig, EmulatorHandle, IdSource, Leadership,
+};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

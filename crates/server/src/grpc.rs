@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::log::EventLog;
 use crate::runtime::{CommandOutcome, RuntimeHandle, RuntimeSlot};
@@ -351,7 +352,19 @@ impl<L: EventLog> KaonService<L> {
         let host = pid.rsplit('@').next().unwrap_or(pid);
         let agent = format!("http://{host}");
         let state = self.get_json(&format!("{agent}/state")).await?;
-        let want = kaon_core::leader::executor_id(task_id);
+        // The executor that lists the task (kaon's executors run many
+        // steps), or, for a task of an earlier kaon, its own executor.
+        let legacy = kaon_core::leader::legacy_executor_id(task_id);
+        let holds = |e: &serde_json::Value| {
+            e["id"] == legacy.as_str()
+                || ["tasks", "queued_tasks", "completed_tasks"]
+                    .iter()
+                    .any(|k| {
+                        e[*k]
+                            .as_array()
+                            .is_some_and(|ts| ts.iter().any(|t| t["id"] == task_id))
+                    })
+        };
         let mut lists: Vec<&serde_json::Value> =
             vec![&state["executors"], &state["completed_executors"]];
         for f in ["frameworks", "completed_frameworks"] {
@@ -364,7 +377,7 @@ impl<L: EventLog> KaonService<L> {
             .into_iter()
             .filter_map(|l| l.as_array())
             .flatten()
-            .find(|e| e["id"] == want.as_str())
+            .find(|e| holds(e))
             .and_then(|e| e["directory"].as_str())
             .ok_or_else(|| {
                 Status::not_found(format!(
@@ -498,6 +511,25 @@ fn dependency_order(r: &Run) -> Vec<usize> {
     out
 }
 
+/// Paths of the instances `i` waits for: its siblings (children of the
+/// same parent) whose plan node it depends on.
+fn dependencies(r: &Run, i: &kaon_core::state::Instance) -> Vec<String> {
+    let deps = &r.plan.nodes[i.node as usize].depends_on;
+    if deps.is_empty() {
+        return Vec::new();
+    }
+    let siblings: Vec<u32> = match i.parent {
+        Some(p) => r.instances[p as usize].children.clone(),
+        None => Vec::new(),
+    };
+    siblings
+        .iter()
+        .map(|&c| &r.instances[c as usize])
+        .filter(|s| s.node != i.node && deps.contains(&r.plan.nodes[s.node as usize].index))
+        .map(|s| s.path.clone())
+        .collect()
+}
+
 pub fn run_view(r: &Run) -> v1::Run {
     v1::Run {
         id: r.id,
@@ -510,9 +542,9 @@ pub fn run_view(r: &Run) -> v1::Run {
         params_json: r.params.to_string(),
         steps: dependency_order(r)
             .into_iter()
-            .map(|i| &r.instances[i])
-            .filter(|i| !i.path.is_empty())
-            .map(|i| v1::Step {
+            .filter(|&n| !r.instances[n].path.is_empty())
+            .map(|n| (n as u32, &r.instances[n]))
+            .map(|(n, i)| v1::Step {
                 path: i.path.clone(),
                 status: status_name(i.status).into(),
                 attempts: i.attempts.len() as u32,
@@ -528,29 +560,44 @@ pub fn run_view(r: &Run) -> v1::Run {
                     InstKind::Foreach => "foreach",
                 }
                 .into(),
+                depends_on: dependencies(r, i),
+                parent: i
+                    .parent
+                    .map(|p| r.instances[p as usize].path.clone())
+                    .unwrap_or_default(),
+                attempt_list: i
+                    .attempts
+                    .iter()
+                    .map(|a| v1::Attempt {
+                        number: a.number,
+                        state: a.state.mesos_name().into(),
+                        task_id: r.task_id(n, a.number),
+                        agent_id: a.agent_id.clone(),
+                        exit_code: a.exit_code,
+                        cause: a
+                            .cause
+                            .map(|c| format!("{c:?}").to_ascii_lowercase())
+                            .unwrap_or_default(),
+                        kill: a
+                            .kill
+                            .map(|k| format!("{k:?}").to_ascii_lowercase())
+                            .unwrap_or_default(),
+                        message: a.message.clone(),
+                        launched_unix_ms: a.launched_ms,
+                        ended_unix_ms: a.ended_ms.unwrap_or(0),
+                    })
+                    .collect(),
             })
             .collect(),
     }
 }
 
-/// The run an event is about, if any.
+/// The run an event is about, if any (a `RunSubmitted` is its own run).
 pub fn run_of(e: &Event) -> Option<u64> {
-    Some(match e.body.as_ref()? {
-        Body::RunSubmitted(_) => e.index,
-        Body::NodeStarted(b) => b.run_id,
-        Body::ForeachExpanded(b) => b.run_id,
-        Body::LoopIterationStarted(b) => b.run_id,
-        Body::TaskLaunchRequested(b) => b.run_id,
-        Body::TaskStatusObserved(b) => b.run_id,
-        Body::RetryScheduled(b) => b.run_id,
-        Body::TaskKillRequested(b) => b.run_id,
-        Body::NodeFinished(b) => b.run_id,
-        Body::NodeSkipped(b) => b.run_id,
-        Body::ProgressReported(b) => b.run_id,
-        Body::RunCancelRequested(b) => b.run_id,
-        Body::RunFinished(b) => b.run_id,
-        _ => return None,
-    })
+    match e.body.as_ref()? {
+        Body::RunSubmitted(_) => Some(e.index),
+        b => kaon_core::events::body_run(b),
+    }
 }
 
 #[tonic::async_trait]
@@ -606,6 +653,31 @@ impl<L: EventLog> Kaon for KaonService<L> {
         Ok(Response::new(v1::ListWorkflowsResponse { workflows }))
     }
 
+    async fn get_workflow(
+        &self,
+        req: Request<v1::GetWorkflowRequest>,
+    ) -> Result<Response<v1::GetWorkflowResponse>, Status> {
+        self.read_barrier(req.metadata()).await?;
+        let name = req.into_inner().name;
+        let versions = self.log.with_state(|s: &State| {
+            s.workflows.get(&name).map(|w| {
+                w.versions
+                    .iter()
+                    .map(|v| v1::WorkflowVersion {
+                        version: v.version,
+                        spec_json: v.spec_json.to_string(),
+                        registered_unix_ms: v.registered_ms,
+                        from_submit: v.from_submit,
+                    })
+                    .collect()
+            })
+        });
+        match versions {
+            Some(versions) => Ok(Response::new(v1::GetWorkflowResponse { name, versions })),
+            None => Err(Status::not_found(format!("no workflow named {name:?}"))),
+        }
+    }
+
     async fn submit_run(
         &self,
         req: Request<v1::SubmitRunRequest>,
@@ -638,6 +710,15 @@ impl<L: EventLog> Kaon for KaonService<L> {
             })?;
             params.insert(k, value);
         }
+        // The root of the run's trace (the runtime's decide, append and
+        // launch spans are its children; `run` is filled in once known).
+        let span = tracing::info_span!(
+            "submit_run",
+            workflow = tracing::field::Empty,
+            key = %req.idempotency_key,
+            run = tracing::field::Empty,
+            existing = tracing::field::Empty
+        );
         let out = self
             .command(
                 rt,
@@ -647,8 +728,17 @@ impl<L: EventLog> Kaon for KaonService<L> {
                     idempotency_key: req.idempotency_key,
                 },
             )
+            .instrument(span.clone())
             .await?;
         let (run_id, existing) = self.started_run(&out)?;
+        span.record("run", run_id);
+        span.record("existing", existing);
+        if let Some(w) = self
+            .log
+            .with_state(|s| s.run(run_id).map(|r| r.workflow.clone()))
+        {
+            span.record("workflow", w.as_str());
+        }
         Ok(Response::new(v1::SubmitRunResponse { run_id, existing }))
     }
 
@@ -656,9 +746,9 @@ impl<L: EventLog> Kaon for KaonService<L> {
         self.read_barrier(req.metadata()).await?;
         let id = req.into_inner().run_id;
         self.log
-            .with_state(|s| s.run(id).map(run_view))
+            .with_state(|s| s.run(id).map(run_view).ok_or_else(|| s.run_not_found(id)))
             .map(Response::new)
-            .ok_or_else(|| Status::not_found(format!("run {id}")))
+            .map_err(Status::not_found)
     }
 
     async fn list_runs(
@@ -783,8 +873,11 @@ impl<L: EventLog> Kaon for KaonService<L> {
         self.read_barrier(req.metadata()).await?;
         let req = req.into_inner();
         let run_id = req.run_id;
-        if self.log.with_state(|s| s.run(run_id).is_none()) {
-            return Err(Status::not_found(format!("run {run_id}")));
+        if let Some(missing) = self
+            .log
+            .with_state(|s| s.run(run_id).is_none().then(|| s.run_not_found(run_id)))
+        {
+            return Err(Status::not_found(missing));
         }
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let log = self.log.clone();
@@ -816,6 +909,9 @@ impl<L: EventLog> Kaon for KaonService<L> {
                 if finished {
                     return;
                 }
+                // A long catch-up through other runs' events sends nothing:
+                // let the worker thread go between batches.
+                tokio::task::yield_now().await;
                 if log.events_after(cursor, 1).is_empty() && committed.changed().await.is_err() {
                     return;
                 }
@@ -1003,7 +1099,7 @@ impl<L: EventLog> Kaon for KaonService<L> {
         let (task_id, agent_id, complete) = self.log.with_state(|s| {
             let run = s
                 .run(req.run_id)
-                .ok_or_else(|| Status::not_found(format!("run {}", req.run_id)))?;
+                .ok_or_else(|| Status::not_found(s.run_not_found(req.run_id)))?;
             let (i, inst) = run
                 .instances
                 .iter()
@@ -1189,9 +1285,17 @@ impl<L: EventLog> Kaon for KaonService<L> {
             .snapshot(Duration::from_secs(60))
             .await
             .map_err(|e| Status::internal(format!("building a snapshot: {e}")))?;
+        let info = node.snapshot_info();
         Ok(Response::new(v1::SnapshotResponse {
             node_id: node.id(),
-            raft_log_index: index,
+            raft_log_index: info.map(|i| i.log_index).unwrap_or(index),
+            event_index: info.map(|i| i.event_index).unwrap_or(0),
+            chain_head: info
+                .map(|i| kaon_core::decide::hex(&i.chain))
+                .unwrap_or_default(),
+            state_digest: info
+                .map(|i| kaon_core::decide::hex(&i.digest))
+                .unwrap_or_default(),
         }))
     }
 
@@ -1214,22 +1318,25 @@ impl<L: EventLog> Kaon for KaonService<L> {
 }
 
 /// The step's `file` (stdout, stderr) in an emulator sandbox on this
-/// machine: `ROOT/slaves/AGENT/frameworks/*/executors/EXECUTOR/runs/*/`
-/// `tasks/TASK/FILE` (kaon's executor's layout), the most recently modified run if there are several.
+/// machine: `ROOT/slaves/AGENT/frameworks/*/executors/*/runs/*/`
+/// `tasks/TASK/FILE` (kaon's executor's layout; any executor, as one runs
+/// many steps), the most recently modified if there are several.
 fn local_sandbox_file(
     root: &std::path::Path,
     agent_id: &str,
     task_id: &str,
     file: &str,
 ) -> Option<std::path::PathBuf> {
-    let executor = kaon_core::leader::executor_id(task_id);
     let task = kaon_mesos::executor::task_dir(task_id);
     let frameworks =
         std::fs::read_dir(root.join("slaves").join(agent_id).join("frameworks")).ok()?;
     let mut best: Option<(std::time::SystemTime, std::path::PathBuf)> = None;
-    for fw in frameworks.flatten() {
-        let runs = fw.path().join("executors").join(&executor).join("runs");
-        let Ok(runs) = std::fs::read_dir(&runs) else {
+    let executors = frameworks
+        .flatten()
+        .filter_map(|fw| std::fs::read_dir(fw.path().join("executors")).ok())
+        .flat_map(|d| d.flatten());
+    for executor in executors {
+        let Ok(runs) = std::fs::read_dir(executor.path().join("runs")) else {
             continue;
         };
         for run in runs.flatten() {
@@ -1268,8 +1375,9 @@ fn read_file_range(
 /// Events per `ReadEvents` batch (a few MB at most for typical events).
 pub const READ_EVENTS_BATCH_MAX: usize = 1_000;
 
-/// Percent-encodes a path for a query string.
-fn url_escape(s: &str) -> String {
+/// Percent-encodes a path for a URL (a query string, or a path whose `/`
+/// stays a separator).
+pub(crate) fn url_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {

@@ -12,4 +12,6 @@
 pub mod admin;
 pub mod grpc;
 pub mod log;
+pub mod metrics;
 pub mod runtime;
+pub mod ui;

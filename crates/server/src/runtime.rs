@@ -27,6 +27,7 @@ use kaon_mesos::types::{
     TaskStatus,
 };
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use crate::log::EventLog;
 
@@ -51,6 +52,9 @@ pub struct RuntimeConfig {
     pub executor_cpus: f64,
     /// Memory reserved for each executor process, MB.
     pub executor_mem_mb: f64,
+    /// An executor (one per agent, running many steps) with no step for
+    /// this long exits, ms.
+    pub executor_idle_ms: i64,
     /// Core limits used by decide.
     pub limits: Limits,
     /// Launches waiting for offers at most (more are refused by nothing:
@@ -69,6 +73,9 @@ pub struct RuntimeConfig {
     /// executor sent nothing for this long is killed and retried as lost
     /// (default 60 s: six of kaon's executor heartbeats); None: off.
     pub executor_silence_ms_max: Option<i64>,
+    /// Where the runtime reports what it does (offers, launches, the
+    /// launch queue, append latency); None: nowhere.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl RuntimeConfig {
@@ -83,12 +90,14 @@ impl RuntimeConfig {
             executor_args: vec!["kaon".into(), "executor".into()],
             executor_cpus: 0.01,
             executor_mem_mb: 16.0,
+            executor_idle_ms: 60_000,
             limits: Limits::default(),
             pending_launches_max: 100_000,
             api_addr: None,
             clock: Arc::new(kaon_log::SystemClock),
             mesos_transport: Default::default(),
             executor_silence_ms_max: Some(60_000),
+            metrics: None,
         }
     }
 }
@@ -99,7 +108,9 @@ pub use kaon_core::leader::CommandOutcome;
 type Reply = oneshot::Sender<Result<CommandOutcome, Rejection>>;
 
 enum Msg {
-    Command(Command, Reply),
+    /// A client command, its reply channel, and the span of the API call
+    /// it came from (the trace of a run starts there).
+    Command(Command, Reply, tracing::Span),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -116,7 +127,7 @@ impl RuntimeHandle {
     pub async fn command(&self, cmd: Command) -> anyhow::Result<Result<CommandOutcome, Rejection>> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Command(cmd, tx))
+            .send(Msg::Command(cmd, tx, tracing::Span::current()))
             .await
             .map_err(|_| anyhow::anyhow!("runtime stopped"))?;
         Ok(rx.await?)
@@ -248,7 +259,6 @@ pub fn supervise_task(
 
 /// Starts the runtime on the current tokio runtime.
 pub fn start<L: EventLog>(log: Arc<L>, config: RuntimeConfig) -> RuntimeHandle {
-    use tracing::Instrument;
     let (tx, rx) = mpsc::channel(1024);
     let (node, term) = log
         .cluster_status()
@@ -270,6 +280,7 @@ fn leader_config(c: &RuntimeConfig, node_id: u64, term: u64) -> LeaderConfig {
     l.executor.args = c.executor_args.clone();
     l.executor.cpus = c.executor_cpus;
     l.executor.mem_mb = c.executor_mem_mb;
+    l.executor.idle_ms = c.executor_idle_ms;
     l.pending_launches_max = c.pending_launches_max;
     l.executor_silence_ms_max = c.executor_silence_ms_max;
     l
@@ -285,6 +296,7 @@ async fn run<L: EventLog>(log: Arc<L>, config: RuntimeConfig, mut rx: mpsc::Rece
         .map(|c| (c.id, c.term))
         .unwrap_or((1, 0));
     let clock = config.clock.clone();
+    let metrics = config.metrics.clone();
     let mut leader = Leader::new(leader_config(&config, node_id, term));
     let mut mesos = Mesos {
         config,
@@ -294,16 +306,49 @@ async fn run<L: EventLog>(log: Arc<L>, config: RuntimeConfig, mut rx: mpsc::Rece
     let mut next_id: CommandId = 1;
     let mut append: Option<tokio::task::JoinHandle<anyhow::Result<Vec<Event>>>> = None;
     let mut shutdown: Option<oneshot::Sender<()>> = None;
+    let mut spans = Spans::default();
+    let mut cluster_schema = 0u32;
     loop {
         let now = clock.now_unix_ms();
-        let ready = log.with_state(|s| leader.ready(s, now));
+        // What every voter applies (a rolling upgrade may leave an older
+        // kaon among them): the leader writes no newer event kind.
+        if let Some(node) = log.raft_node() {
+            let schema = node.cluster_event_schema();
+            if schema != cluster_schema {
+                if schema < kaon_core::events::EVENT_SCHEMA {
+                    tracing::info!(
+                        schema,
+                        mine = kaon_core::events::EVENT_SCHEMA,
+                        "a member applies only event schema {schema} (an older kaon, or one not heard \
+                         from yet): newer event kinds wait (run retention is held) until every \
+                         member is upgraded"
+                    );
+                } else if cluster_schema != 0 {
+                    tracing::info!(schema, "every member applies this kaon's event schema");
+                }
+                cluster_schema = schema;
+            }
+            leader.set_event_schema_max(schema);
+        }
+        let ready = log.with_state(|s| {
+            let ready = leader.ready(s, now);
+            if let Some(m) = &metrics {
+                m.leader_stats(&leader.stats(s, now));
+            }
+            ready
+        });
         for (id, reply) in ready.replies {
+            spans.replied(id, &reply);
             if let Some(tx) = waiting.remove(&id) {
                 let _ = tx.send(reply);
             }
         }
         for action in ready.actions {
-            mesos.perform(action).await;
+            if let Some(m) = &metrics {
+                m.action(&action);
+            }
+            let span = spans.action(&action);
+            mesos.perform(action).instrument(span).await;
         }
         if let Some(why) = ready.stop {
             tracing::error!(%why, "the leader's runtime stops");
@@ -313,8 +358,24 @@ async fn run<L: EventLog>(log: Arc<L>, config: RuntimeConfig, mut rx: mpsc::Rece
             break;
         }
         if !ready.propose.is_empty() {
-            let (log, bodies) = (log.clone(), ready.propose);
-            append = Some(tokio::spawn(async move { log.append(bodies, now).await }));
+            let span = spans.append(&ready.propose);
+            let (log, bodies, metrics) = (log.clone(), ready.propose, metrics.clone());
+            append = Some(tokio::spawn(
+                async move {
+                    let started = std::time::Instant::now();
+                    let committed = log.append(bodies, now).await;
+                    if let (Some(m), Ok(events)) = (&metrics, &committed) {
+                        m.appended(events.len(), started.elapsed());
+                    }
+                    if let Ok(events) = &committed
+                        && let Some(e) = events.first()
+                    {
+                        tracing::Span::current().record("first_index", e.index);
+                    }
+                    committed
+                }
+                .instrument(span),
+            ));
         }
         let wake = ready
             .wake_at_ms
@@ -330,6 +391,7 @@ async fn run<L: EventLog>(log: Arc<L>, config: RuntimeConfig, mut rx: mpsc::Rece
                             log_lifecycle(s, &committed);
                             leader.advance(s, &committed, now)
                         });
+                        spans.committed(&committed);
                     }
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "appending events failed; the runtime stops");
@@ -339,12 +401,16 @@ async fn run<L: EventLog>(log: Arc<L>, config: RuntimeConfig, mut rx: mpsc::Rece
                 }
             }
             msg = rx.recv() => match msg {
-                Some(Msg::Command(command, reply)) => {
+                Some(Msg::Command(command, reply, span)) => {
                     let id = next_id;
                     next_id += 1;
                     waiting.insert(id, reply);
                     let now = clock.now_unix_ms();
-                    log.with_state(|s| leader.step(s, Input::Command { id, command }, now));
+                    let decide = tracing::info_span!(parent: &span, "decide", command = command_name(&command));
+                    decide.in_scope(|| {
+                        log.with_state(|s| leader.step(s, Input::Command { id, command }, now))
+                    });
+                    spans.command(id, span);
                 }
                 Some(Msg::Shutdown(done)) => shutdown = Some(done),
                 None => break,
@@ -352,6 +418,14 @@ async fn run<L: EventLog>(log: Arc<L>, config: RuntimeConfig, mut rx: mpsc::Rece
             ev = mesos.next_event() => {
                 let now = clock.now_unix_ms();
                 if let Some(ev) = ev {
+                    if let Some(m) = &metrics {
+                        match &ev {
+                            MesosEvent::Offers(o) => m.offers_received(o.len()),
+                            MesosEvent::Rescind { .. } => m.offer_rescinded(),
+                            MesosEvent::Update(_) => m.task_update(),
+                            _ => {}
+                        }
+                    }
                     log.with_state(|s| leader.step(s, Input::Mesos(ev), now));
                 }
             }
@@ -368,10 +442,141 @@ async fn run<L: EventLog>(log: Arc<L>, config: RuntimeConfig, mut rx: mpsc::Rece
             "the leader's runtime stopped; retry".into(),
         )));
     }
+    if let Some(m) = &metrics {
+        m.leader_stats(&kaon_core::leader::LeaderStats::default());
+    }
     if let Some(done) = shutdown {
         let _ = done.send(());
     }
     tracing::info!("the leader's runtime stopped");
+}
+
+/// The command's kind, for its `decide` span.
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::SubmitRun { .. } => "submit_run",
+        Command::RegisterWorkflow { .. } => "register_workflow",
+        Command::CancelRun { .. } => "cancel_run",
+        Command::RetryRun { .. } => "retry_run",
+        Command::SetSchedulePaused { .. } => "set_schedule_paused",
+        #[allow(unreachable_patterns)]
+        _ => "command",
+    }
+}
+
+/// Tracing spans that follow a run through the leader (issue 11: traces):
+/// the API call that submitted it is the root; `decide`, `raft.append`
+/// and `mesos.launch` / `mesos.kill` spans of that run are its children,
+/// each with the run, step and attempt ids, so a trace exported with
+/// `--otlp-endpoint` shows one run end to end. Bounded: a command's span
+/// lives until it is answered, a run's until it finishes (or this leader
+/// stops); runs submitted under an earlier leader get root spans that
+/// carry the same ids.
+#[derive(Default)]
+struct Spans {
+    commands: BTreeMap<CommandId, tracing::Span>,
+    runs: BTreeMap<u64, tracing::Span>,
+}
+
+impl Spans {
+    fn command(&mut self, id: CommandId, span: tracing::Span) {
+        self.commands.insert(id, span);
+    }
+
+    /// A command was answered: a run it started keeps its span.
+    fn replied(&mut self, id: CommandId, reply: &kaon_core::leader::Reply) {
+        let Some(span) = self.commands.remove(&id) else {
+            return;
+        };
+        if let Ok(out) = reply {
+            for e in &out.committed {
+                if let Some(kaon_core::events::Body::RunSubmitted(_)) = &e.body {
+                    span.record("run", e.index);
+                    self.runs.insert(e.index, span.clone());
+                }
+            }
+        }
+    }
+
+    /// Committed events: a finished run's span is let go.
+    fn committed(&mut self, events: &[Event]) {
+        for e in events {
+            if let Some(kaon_core::events::Body::RunFinished(f)) = &e.body
+                && let Some(span) = self.runs.remove(&f.run_id)
+            {
+                tracing::info!(parent: &span, run = f.run_id, outcome = f.outcome, "run finished");
+            }
+        }
+    }
+
+    /// The parent of work for `run`: its span if this leader has one.
+    fn parent(&self, run: Option<u64>) -> Option<tracing::Id> {
+        run.and_then(|r| self.runs.get(&r)).and_then(|s| s.id())
+    }
+
+    /// The span of one append: a child of the oldest command waiting for
+    /// its answer (the batch holds it), else of the first run the events
+    /// are about.
+    fn append(&self, bodies: &[kaon_core::events::Body]) -> tracing::Span {
+        let run = bodies.iter().find_map(kaon_core::events::body_run);
+        let parent = match self.commands.values().next() {
+            Some(c) => c.id(),
+            None => self.parent(run),
+        };
+        let span = tracing::info_span!(
+            parent: parent,
+            "raft.append",
+            events = bodies.len(),
+            run = run,
+            first_index = tracing::field::Empty
+        );
+        for c in self.commands.values().skip(1) {
+            span.follows_from(c);
+        }
+        span
+    }
+
+    /// The span of one Mesos call, under the run it is for.
+    fn action(&self, action: &Action) -> tracing::Span {
+        let of = |task_id: &str| kaon_core::ids::parse_task_id(task_id);
+        match action {
+            Action::Launch { tasks, .. } => {
+                let first = tasks.first().and_then(|t| of(&t.task_id).map(|p| (t, p)));
+                let (run, step, attempt) = match first {
+                    Some((t, (run, _, attempt))) => {
+                        (Some(run), Some(t.name.as_str()), Some(attempt))
+                    }
+                    None => (None, None, None),
+                };
+                let span = tracing::info_span!(
+                    parent: self.parent(run),
+                    "mesos.launch",
+                    tasks = tasks.len(),
+                    run = run,
+                    step = step,
+                    attempt = attempt,
+                    task = first.map(|(t, _)| t.task_id.as_str()),
+                );
+                for t in tasks.iter().skip(1) {
+                    if let Some(s) = of(&t.task_id).and_then(|(r, _, _)| self.runs.get(&r)) {
+                        span.follows_from(s);
+                    }
+                }
+                span
+            }
+            Action::Kill { task_id, .. } => {
+                let parsed = of(task_id);
+                tracing::info_span!(
+                    parent: self.parent(parsed.map(|p| p.0)),
+                    "mesos.kill",
+                    run = parsed.map(|p| p.0),
+                    attempt = parsed.map(|p| p.2),
+                    task = %task_id,
+                )
+            }
+            _ => tracing::Span::none(),
+        }
+    }
 }
 
 /// The Mesos side of the shell: the driver, and the encoding of the
@@ -444,7 +649,9 @@ impl Mesos {
                 tracing::warn!(%reason, "Mesos stream broke; the driver re-subscribes");
                 Some(MesosEvent::Disconnected)
             }
-            DriverEvent::Rescind(_) => None,
+            DriverEvent::Rescind(offer_id) => Some(MesosEvent::Rescind {
+                offer_id: offer_id.value,
+            }),
         }
     }
 
@@ -462,17 +669,19 @@ impl Mesos {
         };
         let result = match &action {
             Action::Subscribe { .. } => unreachable!("handled above"),
-            Action::Launch { offer_id, tasks } => {
+            Action::Launch { offer_ids, tasks } => {
                 // Six heartbeats fit in the leader's silence limit.
                 let heartbeat = self
                     .config
                     .executor_silence_ms_max
                     .map(|ms| (ms as f64 / 6_000.0).clamp(0.1, 10.0));
                 let infos = tasks.iter().map(|t| task_info(t, heartbeat)).collect();
+                // What the launch leaves of the offers comes back at once
+                // as a new offer, which the leader holds for the next one.
                 d.accept(
-                    vec![Id::new(offer_id.clone())],
+                    offer_ids.iter().map(|o| Id::new(o.clone())).collect(),
                     vec![Operation::launch(infos)],
-                    Some(1.0),
+                    Some(0.0),
                 )
                 .await
             }
@@ -581,6 +790,8 @@ fn task_info(t: &TaskSpec, heartbeat_seconds: Option<f64>) -> TaskInfo {
             mem_mb: resource("mem"),
         }),
         heartbeat_seconds,
+        // The executor watches a Spark step's application.
+        kind: (t.kind == kaon_mesos::executor::KIND_SPARK).then(|| t.kind.clone()),
         ..StepSpec::default()
     };
     let executor = ExecutorInfo {
@@ -591,6 +802,12 @@ fn task_info(t: &TaskSpec, heartbeat_seconds: Option<f64>) -> TaskInfo {
             shell: Some(false),
             value: Some(t.executor.command.clone()),
             arguments: t.executor.args.clone(),
+            environment: Some(kaon_mesos::types::Environment {
+                variables: vec![kaon_mesos::types::EnvVar {
+                    name: kaon_mesos::executor::ENV_IDLE_MS.into(),
+                    value: Some(t.executor.idle_ms.to_string()),
+                }],
+            }),
             ..Default::default()
         }),
         resources: vec![
@@ -628,7 +845,16 @@ pub fn to_task_update(s: &TaskStatus) -> TaskUpdate {
     let mut message = s.message.clone().unwrap_or_default();
     // The core classifies: an executor-reported failure (no reason) is the
     // step's own (user budget); agent/master reasons are the platform's.
-    let reason = s.reason.clone().unwrap_or_default();
+    let mut reason = s.reason.clone().unwrap_or_default();
+    if reason.is_empty()
+        && result
+            .as_ref()
+            .is_some_and(|r| r.reason == kaon_mesos::executor::REASON_PLATFORM_FAILURE)
+    {
+        // The executor's word that the step failed through no fault of its
+        // own (Mesos' reasons have none for it): the core classifies it.
+        reason = kaon_core::state::REASON_KAON_PLATFORM_FAILURE.into();
+    }
     if let Some(e) = result.as_ref().and_then(|r| r.error.as_ref())
         && message.is_empty()
     {
@@ -655,6 +881,11 @@ pub fn to_task_update(s: &TaskStatus) -> TaskUpdate {
             .unwrap_or_default(),
         uuid: s.uuid.as_ref().map(|u| u.0.clone()).unwrap_or_default(),
         exit_code: result.as_ref().and_then(|r| r.exit_code),
+        executor_id: s
+            .executor_id
+            .as_ref()
+            .map(|e| e.value.clone())
+            .unwrap_or_default(),
         outputs_json: result.and_then(|r| r.outputs).map(|o| o.to_string()),
     }
 }

@@ -51,6 +51,17 @@ pub fn kaon_at(url: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs the `kaon` CLI with no server (offline commands: `--data-dir`,
+/// `validate`, `cluster restore`): (exit code, stdout, stderr).
+pub fn kaon_local(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+    let out = Command::new(KAON).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs the `kaon` CLI against the API on loopback port `api`.
 pub fn kaon(api: u16, args: &[&str]) -> (i32, String, String) {
     kaon_at(&format!("http://127.0.0.1:{api}"), args)
@@ -91,6 +102,24 @@ pub fn executor_sandboxes(mesos: &Path) -> std::collections::BTreeSet<std::path:
     for agent in dirs(&mesos.join("slaves")) {
         for fw in dirs(&agent.join("frameworks")) {
             out.extend(dirs(&fw.join("executors")));
+        }
+    }
+    out
+}
+
+/// The directories of the steps kaon's executors ran under an emulator's
+/// work dir (`.../executors/*/runs/*/tasks/<task id, made path-safe>`):
+/// one appears when a step's launch reached its executor.
+pub fn step_dirs(mesos: &Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+    let dirs = |p: &Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let mut out = std::collections::BTreeSet::new();
+    for ex in executor_sandboxes(mesos) {
+        for run in dirs(&ex.join("runs")) {
+            out.extend(dirs(&run.join("tasks")));
         }
     }
     out

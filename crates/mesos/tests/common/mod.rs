@@ -2,11 +2,11 @@
 #![allow(dead_code)]
 
 use kaon_mesos::driver::{Driver, DriverConfig, DriverEvent, DriverHandle};
-use kaon_mesos::emulator::{AgentConfig, Emulator, EmulatorConfig, EmulatorHandle};
 use kaon_mesos::types::scheduler::Operation;
 use kaon_mesos::types::{
     CommandInfo, FrameworkInfo, Id, Offer, Resource, TaskInfo, TaskState, TaskStatus,
 };
+use kaon_mesos_emulator::{AgentConfig, Emulator, EmulatorConfig, EmulatorHandle};
 use std::time::Duration;
 use tokio::sync::mpsc::Receiver;
 
@@ -120,6 +120,37 @@ pub async fn update_acking(
             Ok(Some(_)) => {}
         }
     }
+}
+
+/// Waits until each of `tasks` reached `state`, in any order (updates of
+/// different tasks race), acknowledging every reliable update seen.
+pub async fn updates_acking(
+    h: &DriverHandle,
+    rx: &mut Receiver<DriverEvent>,
+    tasks: &[&str],
+    state: TaskState,
+) -> std::collections::BTreeMap<String, TaskStatus> {
+    let deadline = tokio::time::Instant::now() + EVENT_WAIT_MAX;
+    let mut got = std::collections::BTreeMap::new();
+    while got.len() < tasks.len() {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => panic!(
+                "timed out waiting for {tasks:?} {state:?}; got {:?}",
+                got.keys()
+            ),
+            Ok(None) => panic!("driver ended while waiting for {tasks:?} {state:?}"),
+            Ok(Some(DriverEvent::Update(s))) => {
+                if s.uuid.is_some() {
+                    h.acknowledge(&s).await.expect("ack");
+                }
+                if tasks.contains(&s.task_id.value.as_str()) && s.state == state {
+                    got.insert(s.task_id.value.clone(), s);
+                }
+            }
+            Ok(Some(_)) => {}
+        }
+    }
+    got
 }
 
 pub fn resources(cpus: f64, mem: f64) -> Vec<Resource> {

@@ -8,5 +8,5 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    kaon_mesos::emulator::run_from_args(std::env::args_os()).await
+    kaon_mesos_emulator::run_from_args(std::env::args_os()).await
 }

@@ -8,8 +8,10 @@
 //! restarted agent (same address) with their unacknowledged updates.
 
 use super::state::{Core, ExecRec, Framework, State, TaskRec, UpdateStream};
-use crate::resources::Resources;
-use crate::types::{Attribute, B64, ExecutorInfo, FrameworkInfo, Resource, TaskInfo, TaskStatus};
+use kaon_mesos::resources::Resources;
+use kaon_mesos::types::{
+    Attribute, B64, ExecutorInfo, FrameworkInfo, Resource, TaskInfo, TaskStatus,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -292,12 +294,16 @@ pub(crate) fn restore(ck: Checkpoint, st: &mut State) -> Vec<(usize, String, Str
                     command_task: e.command_task,
                     http_command_executor: e.http_command_executor,
                     process: e.pgid.map(|pgid| {
-                        std::sync::Arc::new(super::launcher::ProcessGroup { pgid })
+                        std::sync::Arc::new(super::launcher::ProcessGroup {
+                            pgid,
+                            sandbox: Some(e.sandbox.clone()),
+                        })
                             as std::sync::Arc<dyn super::launcher::LaunchedProcess>
                     }),
                     sub: None,
                     queued: e.queued,
                     tasks: e.tasks.into_iter().collect(),
+                    completed: Default::default(),
                     resources,
                     sandbox: e.sandbox,
                     kill_requested: false,

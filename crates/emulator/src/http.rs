@@ -9,8 +9,6 @@
 
 use super::MESOS_VERSION;
 use super::state::{CallAuth, Core, Leadership};
-use crate::types::executor as ex;
-use crate::types::scheduler as sch;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -19,6 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::serve::ListenerExt as _;
 use bytes::Bytes;
+use kaon_mesos::types::executor as ex;
+use kaon_mesos::types::scheduler as sch;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -336,7 +336,7 @@ async fn master_state(State(core): State<Arc<Core>>) -> Response {
 
 fn state_json(core: &Arc<Core>) -> serde_json::Value {
     let st = core.lock();
-    let res = |r: &crate::resources::Resources| {
+    let res = |r: &kaon_mesos::resources::Resources| {
         let mut m = serde_json::Map::new();
         for (k, v) in &r.scalars {
             m.insert(k.clone(), serde_json::json!(v));
@@ -665,6 +665,17 @@ pub(crate) async fn serve_agent(
     }
 }
 
+/// Tasks as an agent's `/state` lists them under an executor (Mesos'
+/// `Task` JSON, the fields kaon's emulator knows).
+fn task_refs<'a>(
+    framework: &str,
+    executor: &str,
+    ids: impl Iterator<Item = &'a String>,
+) -> Vec<serde_json::Value> {
+    ids.map(|id| serde_json::json!({"id": id, "framework_id": framework, "executor_id": executor}))
+        .collect()
+}
+
 async fn agent_state(State(ctx): State<AgentCtx>) -> Response {
     let st = ctx.core.lock();
     let a = &st.agents[ctx.agent];
@@ -674,7 +685,10 @@ async fn agent_state(State(ctx): State<AgentCtx>) -> Response {
         .map(|((f, e), rec)| {
             serde_json::json!({
                 "framework_id": f, "id": e, "directory": rec.sandbox.display().to_string(),
-                "tasks": rec.tasks.iter().collect::<Vec<_>>(), "subscribed": rec.sub.is_some(),
+                "tasks": task_refs(f, e, rec.tasks.iter()),
+                "queued_tasks": task_refs(f, e, rec.queued.iter().map(|t| &t.task_id.value)),
+                "completed_tasks": task_refs(f, e, rec.completed.iter()),
+                "subscribed": rec.sub.is_some(),
             })
         })
         .collect();
@@ -684,7 +698,9 @@ async fn agent_state(State(ctx): State<AgentCtx>) -> Response {
         .map(|c| {
             serde_json::json!({
                 "framework_id": c.framework_id, "id": c.id,
-                "directory": c.directory.display().to_string(), "tasks": c.tasks,
+                "directory": c.directory.display().to_string(),
+                "tasks": task_refs(&c.framework_id, &c.id, c.tasks.iter()),
+                "completed_tasks": task_refs(&c.framework_id, &c.id, c.completed_tasks.iter()),
             })
         })
         .collect();
@@ -846,10 +862,10 @@ fn executor_inner(
                     "'TaskStatus.uuid' must be present and a valid UUID".into()
                 ));
             }
-            if s.source != Some(crate::types::Source::Executor) {
+            if s.source != Some(kaon_mesos::types::Source::Executor) {
                 return Err(bad("Received Call from executor with invalid source".into()));
             }
-            if s.state == crate::types::TaskState::Staging {
+            if s.state == kaon_mesos::types::TaskState::Staging {
                 return Err(bad(
                     "Received TASK_STAGING from executor which is not allowed".into(),
                 ));

@@ -11,8 +11,8 @@ pub mod clock;
 mod http;
 pub mod ids;
 pub mod launcher;
-/// Process handling, shared with the executor (`crate::process`).
-pub use crate::process;
+/// Process handling, shared with the executor (`kaon_mesos::process`).
+pub use kaon_mesos::process;
 pub mod scripted;
 mod state;
 
@@ -23,8 +23,8 @@ pub use launcher::{
 };
 pub use state::Leadership;
 
-use crate::resources::Resources;
-use crate::types::{Attribute, Resource};
+use kaon_mesos::resources::Resources;
+use kaon_mesos::types::{Attribute, Resource};
 use state::{Agent, Core, State};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -236,7 +236,7 @@ impl Emulator {
 
     /// Like [`Emulator::start`] but the master binds no socket: schedulers
     /// reach it only through [`EmulatorHandle::master_router`] (e.g. with
-    /// [`crate::transport::MesosTransport::in_process`]). `master_addr` is
+    /// [`kaon_mesos::transport::MesosTransport::in_process`]). `master_addr` is
     /// then only the name the master reports (in `MasterInfo`, redirects,
     /// `/state`); nothing listens there. Agents still bind their executor
     /// API, since real executors are separate processes, unless
@@ -466,7 +466,7 @@ impl EmulatorHandle {
 
     /// The master's HTTP API (`/api/v1/scheduler`, `/state`, ...) as an
     /// axum router, to be served in-process, e.g. by
-    /// [`crate::transport::MesosTransport::in_process`]. It shares the
+    /// [`kaon_mesos::transport::MesosTransport::in_process`]. It shares the
     /// emulator's state with the master's TCP server, if any.
     pub fn master_router(&self) -> axum::Router {
         http::master_router(self.core.clone())
@@ -481,7 +481,7 @@ impl EmulatorHandle {
     /// Agent `index`'s HTTP API (`/api/v1/executor`, `/state`, `/health`,
     /// `/files/download`, `/files/read`) as an axum router, to be called
     /// in-process (e.g. with
-    /// [`crate::transport::MesosTransport::in_process`]). It shares the
+    /// [`kaon_mesos::transport::MesosTransport::in_process`]). It shares the
     /// emulator's state with the agent's TCP server, if any; the mirror of
     /// [`EmulatorHandle::master_router`].
     ///
@@ -581,6 +581,25 @@ impl EmulatorHandle {
     ) -> bool {
         self.core
             .signal_executor(index, framework_id, executor_id, signal)
+    }
+
+    /// The tasks executor `executor_id` of `framework_id` on agent `index`
+    /// runs now (not yet ended), in id order: what crashing it takes down.
+    pub fn executor_tasks(
+        &self,
+        index: usize,
+        framework_id: &str,
+        executor_id: &str,
+    ) -> Vec<String> {
+        let st = self.core.lock();
+        st.agents
+            .get(index)
+            .and_then(|a| {
+                a.executors
+                    .get(&(framework_id.to_owned(), executor_id.to_owned()))
+            })
+            .map(|e| e.tasks.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Simulates a restart of agent `index` with checkpointing: executor

@@ -18,9 +18,9 @@
 use super::clock::Clock;
 use super::ids::Ids;
 use super::process::{self, SpawnError};
-use crate::types::{CommandInfo, TaskInfo};
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
+use kaon_mesos::types::{CommandInfo, TaskInfo};
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -89,6 +89,14 @@ pub trait LaunchedProcess: Send + Sync + 'static {
     fn pgid(&self) -> Option<i32> {
         None
     }
+
+    /// Destroys what the launch started after its process ended, as a
+    /// Mesos containerizer destroys the container (with cgroups: every
+    /// process in it, whatever group it moved to). Default: SIGKILL to the
+    /// group.
+    fn destroy(&self) {
+        self.signal(libc::SIGKILL);
+    }
 }
 
 /// The result of a successful launch.
@@ -123,11 +131,16 @@ impl std::fmt::Debug for dyn Launcher {
 }
 
 /// A real process group, signalled with `killpg`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessGroup {
     /// The group id (the leader's pid); 0 if unknown (signals are then
     /// not sent).
     pub pgid: i32,
+    /// Its sandbox: every process it starts inherits it as
+    /// `MESOS_DIRECTORY`, which is how [`LaunchedProcess::destroy`] finds
+    /// the ones that left the group (kaon's executor puts each step in a
+    /// group of its own).
+    pub sandbox: Option<std::path::PathBuf>,
 }
 
 impl LaunchedProcess for ProcessGroup {
@@ -137,6 +150,16 @@ impl LaunchedProcess for ProcessGroup {
 
     fn pgid(&self) -> Option<i32> {
         (self.pgid > 0).then_some(self.pgid)
+    }
+
+    fn destroy(&self) {
+        process::signal_group(self.pgid, libc::SIGKILL);
+        if let Some(dir) = &self.sandbox {
+            let dir = dir.display().to_string();
+            process::signal_matching(libc::SIGKILL, |env| {
+                process::env_value(env, "MESOS_DIRECTORY") == Some(dir.as_bytes())
+            });
+        }
     }
 }
 
@@ -155,7 +178,10 @@ impl Launcher for ProcessLauncher {
         )?;
         let pgid = child.id().map(|p| p as i32).unwrap_or(0);
         Ok(Launched {
-            process: Arc::new(ProcessGroup { pgid }),
+            process: Arc::new(ProcessGroup {
+                pgid,
+                sandbox: Some(request.sandbox.clone()),
+            }),
             exit: async move { child.wait().await.ok() }.boxed(),
         })
     }

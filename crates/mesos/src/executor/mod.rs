@@ -11,11 +11,20 @@ use crate::recordio::{Decoder, RECORD_BYTES_MAX_DEFAULT};
 use crate::types::executor::{self as ex, Call, CallType, Event, EventType};
 use crate::types::{B64, Id, Source, TaskInfo, TaskState, TaskStatus};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::mpsc;
+
+mod container;
+mod spark;
+pub use container::{ContainerSpec, DOCKER_PROGRAM_DEFAULT, container_name};
+use container::{
+    container_pid, container_spawn_error, docker_program, docker_run_args, remove_container,
+    stop_container,
+};
+pub use spark::{SPARK_POLL_INTERVAL, SPARK_REST_BYTES_MAX};
 
 /// Default cap of the outputs file, in bytes (status `data` travels through
 /// the master and the scheduler's log, so it must stay small).
@@ -38,6 +47,14 @@ pub const ENV_OUTPUTS_FILE: &str = "KAON_OUTPUTS_FILE";
 pub const ENV_PROGRESS_FILE: &str = "KAON_PROGRESS_FILE";
 /// Env var carrying the task id to the step.
 pub const ENV_TASK_ID: &str = "KAON_TASK_ID";
+/// Env var of the executor (set in its `CommandInfo` by the scheduler): it
+/// exits after this many milliseconds with no step (default 0: with its
+/// last step). One executor runs many steps meanwhile.
+pub const ENV_IDLE_MS: &str = "KAON_EXECUTOR_IDLE_MS";
+/// Env var every step inherits naming its executor process
+/// (`process::identity`): a starting executor kills what an executor of
+/// the same framework and agent that is gone left behind.
+pub const ENV_EXECUTOR_PROCESS: &str = "KAON_EXECUTOR_PROCESS";
 
 /// What to run, carried as JSON in `TaskInfo.data` of a custom-executor task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -70,7 +87,32 @@ pub struct StepSpec {
     /// so a step that prints gigabytes uses at most twice this per stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_bytes_max: Option<u64>,
+    /// The step's kind when the executor treats it specially: `spark`
+    /// (`argv` is a `spark-submit` command line: the executor watches the
+    /// application, see [`crate::spark`]). Other kinds only choose the
+    /// interpreter, which is already in `argv`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
+
+/// [`StepSpec::kind`] of a Spark step.
+pub const KIND_SPARK: &str = "spark";
+
+impl StepSpec {
+    /// Whether the executor watches this step as a Spark application: a
+    /// `kind: spark` step whose program is `spark-submit`.
+    pub fn is_spark(&self) -> bool {
+        self.kind.as_deref() == Some(KIND_SPARK)
+            && self
+                .argv
+                .first()
+                .is_some_and(|p| p.rsplit('/').next() == Some("spark-submit"))
+    }
+}
+
+/// How long the executor waits for one Docker CLI call it needs an answer
+/// from (`docker ps`, `docker inspect`) before it goes on without it.
+pub const DOCKER_CALL_WAIT: Duration = Duration::from_secs(10);
 
 /// How often a step's resident memory is checked against its `mem`.
 pub const MEMORY_POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -95,16 +137,24 @@ fn page_bytes() -> u64 {
     unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64
 }
 
-/// The processes of group `pgid` (a scan of `/proc`).
-pub fn group_members(pgid: i32) -> Vec<String> {
+/// The processes of each of `groups` (one scan of `/proc` for all).
+pub fn groups_members(groups: &BTreeSet<i32>) -> BTreeMap<i32, Vec<String>> {
+    let mut out: BTreeMap<i32, Vec<String>> = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
+        return out;
     };
-    dir.flatten()
+    for pid in dir
+        .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        .filter(|pid| stat_group_rss(pid).is_some_and(|(g, _)| g == pgid))
-        .collect()
+    {
+        if let Some((g, _)) = stat_group_rss(&pid)
+            && groups.contains(&g)
+        {
+            out.entry(g).or_default().push(pid);
+        }
+    }
+    out
 }
 
 /// Resident memory of `members` still in group `pgid`, bytes; drops the
@@ -167,150 +217,113 @@ async fn copy_log(mut from: impl tokio::io::AsyncRead + Unpin, path: PathBuf, ma
     }
 }
 
-/// A container step: the image and the step's resources as Docker limits.
-///
-/// Why the executor runs `docker run` itself rather than asking Mesos'
-/// Docker containerizer: kaon's executor stays the step's supervisor, so a
-/// container step keeps every contract of the other kinds (outputs and
-/// progress files, heartbeats, kill grace, the same result JSON); with
-/// Mesos' Docker containerizer a custom executor's DOCKER ContainerInfo
-/// goes on the ExecutorInfo and runs the *executor* inside the step's
-/// image, which would need kaon's binary (and its libc) in every image;
-/// and an agent needs only the Docker CLI and daemon, not the docker
-/// containerizer (`--containerizers=docker,mesos`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct ContainerSpec {
-    /// Image reference (`name[:tag]` or an id), as `docker run` takes it.
-    pub image: String,
-    /// CPUs (`docker run --cpus`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpus: Option<f64>,
-    /// Memory in MB (`docker run --memory`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mem_mb: Option<f64>,
+/// One step's memory limit, as the executor's poller checks it.
+struct MemoryWatch {
+    /// A container step's container (its process group is found once it runs).
+    container: Option<String>,
+    /// The process group measured.
+    group: Option<i32>,
+    /// The task's `mem`, bytes.
+    limit_bytes: u64,
+    /// The group's processes, from the last scan.
+    members: Vec<String>,
 }
 
-/// Where the Docker CLI is looked up (PATH); `KAON_DOCKER` overrides it.
-pub const DOCKER_PROGRAM_DEFAULT: &str = "docker";
+/// The steps whose memory the executor's one poller checks, by task id.
+type MemoryWatches = std::sync::Arc<std::sync::Mutex<BTreeMap<String, MemoryWatch>>>;
 
-/// The Docker CLI to use.
-fn docker_program() -> String {
-    std::env::var("KAON_DOCKER").unwrap_or_else(|_| DOCKER_PROGRAM_DEFAULT.into())
+/// The executor's memory poller: every [`MEMORY_POLL_INTERVAL`] it sums
+/// each watched step's resident memory (re-reading the processes it
+/// knows; one scan of `/proc` for all steps every
+/// [`MEMORY_RESCAN_INTERVAL`], so hundreds of steps cost one scan); a step
+/// over its limit is reported once and no longer watched (it is then
+/// killed and fails with `REASON_CONTAINER_LIMITATION_MEMORY`, as Mesos'
+/// memory isolator reports it). Processes that leave their group
+/// (setsid) escape it: cgroups would not let them. Ends with the executor.
+fn watch_memory(watches: MemoryWatches, tx: mpsc::UnboundedSender<Internal>) {
+    tokio::spawn(async move {
+        let mut scanned: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::time::sleep(MEMORY_POLL_INTERVAL).await;
+            if tx.is_closed() {
+                return;
+            }
+            // Containers not yet resolved to a process group.
+            let unresolved: Vec<(String, String)> = match watches.lock() {
+                Ok(w) => w
+                    .iter()
+                    .filter(|(_, w)| w.group.is_none())
+                    .filter_map(|(t, w)| Some((t.clone(), w.container.clone()?)))
+                    .collect(),
+                Err(_) => return,
+            };
+            let mut resolved = Vec::new();
+            for (task, name) in unresolved {
+                // The container's first process, once it runs: its
+                // process group holds the step's processes.
+                // Bounded, so a slow daemon does not hold up every step's check.
+                if let Some(g) = tokio::time::timeout(DOCKER_CALL_WAIT, container_pid(&name))
+                    .await
+                    .ok()
+                    .flatten()
+                    // SAFETY: getpgid has no memory-safety preconditions.
+                    .map(|pid| unsafe { libc::getpgid(pid) })
+                    .filter(|g| *g > 0)
+                {
+                    resolved.push((task, g));
+                }
+            }
+            let Ok(mut w) = watches.lock() else { return };
+            for (task, g) in resolved {
+                if let Some(x) = w.get_mut(&task) {
+                    x.group = Some(g);
+                }
+            }
+            if scanned.is_none_or(|t| t.elapsed() >= MEMORY_RESCAN_INTERVAL) {
+                let groups: BTreeSet<i32> = w.values().filter_map(|x| x.group).collect();
+                let mut found = groups_members(&groups);
+                for x in w.values_mut() {
+                    if let Some(g) = x.group {
+                        x.members = found.remove(&g).unwrap_or_default();
+                    }
+                }
+                scanned = Some(tokio::time::Instant::now());
+            }
+            let mut over = Vec::new();
+            for (task, x) in w.iter_mut() {
+                let Some(g) = x.group else { continue };
+                let used = members_rss_bytes(g, &mut x.members);
+                if used > x.limit_bytes {
+                    over.push((task.clone(), used));
+                }
+            }
+            for (task_id, used_bytes) in over {
+                w.remove(&task_id);
+                let _ = tx.send(Internal::MemoryExceeded {
+                    task_id,
+                    used_bytes,
+                });
+            }
+        }
+    });
 }
 
-/// The container's name for a task: Docker's charset, unique per task id.
-pub fn container_name(task_id: &str) -> String {
-    // FNV-1a keeps two ids that sanitize alike apart.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in task_id.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    let clean: String = task_id
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(100)
-        .collect();
-    format!("kaon-{clean}-{:08x}", h as u32)
-}
-
-/// The `docker run` argv for a container step running in `dir` (mounted
-/// at the same path, so the outputs and progress files are where the
-/// environment says, inside and out).
-fn docker_run_args(task_id: &str, spec: &StepSpec, c: &ContainerSpec, dir: &Path) -> Vec<String> {
-    let d = dir.display().to_string();
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let mut a: Vec<String> = vec![
-        "run".into(),
-        "--rm".into(),
-        "--name".into(),
-        container_name(task_id),
-        "--label".into(),
-        format!("kaon.task={task_id}"),
-        "--user".into(),
-        format!("{uid}:{gid}"),
-        // --mount, not --volume: sandbox paths hold colons (executor ids
-        // derive from task ids such as `r4-i1-a1:train`).
-        "--mount".into(),
-        format!("type=bind,source={d},target={d}"),
-        "--workdir".into(),
-        d.clone(),
-    ];
-    if let Some(cpus) = c.cpus.filter(|v| v.is_finite() && *v > 0.0) {
-        a.push(format!("--cpus={cpus}"));
-    }
-    if let Some(mem) = c.mem_mb.filter(|v| v.is_finite() && *v >= 6.0) {
-        a.push(format!("--memory={}m", mem.ceil() as u64));
-    }
-    let mut env: Vec<(String, String)> = spec.env.clone().into_iter().collect();
-    env.push((ENV_OUTPUTS_FILE.into(), format!("{d}/outputs.json")));
-    env.push((ENV_PROGRESS_FILE.into(), format!("{d}/progress")));
-    env.push((ENV_TASK_ID.into(), task_id.into()));
-    for (k, v) in env {
-        a.push("--env".into());
-        a.push(format!("{k}={v}"));
-    }
-    a.push(c.image.clone());
-    if spec.argv.is_empty() {
-        a.extend([
-            "/bin/sh".into(),
-            "-c".into(),
-            spec.shell.clone().unwrap_or_default(),
-        ]);
-    } else {
-        a.extend(spec.argv.iter().cloned());
-    }
-    a
-}
-
-/// Stops a container step's container: `docker stop` (SIGTERM, then
-/// SIGKILL after `grace`), then `docker rm -f` (also when the CLI died).
-async fn stop_container(name: String, grace: Duration) {
-    let docker = docker_program();
-    let secs = if grace.is_zero() {
-        "0".to_string()
-    } else {
-        grace.as_secs().max(1).to_string()
+/// Kills the processes an executor of this framework on this agent that
+/// is gone left behind (its steps carry [`ENV_EXECUTOR_PROCESS`]): on a
+/// Mesos agent with cgroups its container's destruction did it; without
+/// them (or after an agent crash) they would run on beside the retries.
+fn sweep_orphans(env: &ExecutorEnv) -> usize {
+    let same = |e: &[Vec<u8>], var: &str, want: Option<&str>| {
+        want.is_some_and(|w| crate::process::env_value(e, var) == Some(w.as_bytes()))
     };
-    let _ = tokio::process::Command::new(&docker)
-        .args(["stop", "--time", &secs, &name])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .await;
-    remove_container(name).await;
-}
-
-/// What the memory check measures: a process group, or a container's
-/// (found once it runs).
-enum MemTarget {
-    Group(i32),
-    Container(String),
-}
-
-/// The host pid of a running container's first process.
-async fn container_pid(name: &str) -> Option<i32> {
-    let out = tokio::process::Command::new(docker_program())
-        .args(["inspect", "--format", "{{.State.Pid}}", name])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .await
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse::<i32>()
-        .ok()
-        .filter(|p| *p > 0)
-}
-
-/// `docker rm -f NAME`, errors ignored (it is usually gone already).
-async fn remove_container(name: String) {
-    let _ = tokio::process::Command::new(docker_program())
-        .args(["rm", "--force", &name])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .await;
+    crate::process::signal_matching(libc::SIGKILL, |e| {
+        let Some(owner) = crate::process::env_value(e, ENV_EXECUTOR_PROCESS) else {
+            return false;
+        };
+        same(e, "MESOS_FRAMEWORK_ID", Some(&env.framework_id))
+            && same(e, "MESOS_SLAVE_ID", env.agent_id.as_deref())
+            && !crate::process::is_alive(&String::from_utf8_lossy(owner))
+    })
 }
 
 /// JSON put in `TaskStatus.data` of the terminal update.
@@ -324,11 +337,19 @@ pub struct StepResult {
     pub outputs: Option<serde_json::Value>,
     /// Machine-readable cause: `exited`, `nonzero_exit`, `signaled`,
     /// `killed`, `outputs_too_large`, `outputs_invalid`, `spawn_failed`,
-    /// `bad_step_spec`.
+    /// `bad_step_spec`, `memory_limit`, `container_failed`, and
+    /// [`REASON_PLATFORM_FAILURE`].
     pub reason: String,
     /// Human-readable detail on failure.
     pub error: Option<String>,
 }
+
+/// [`StepResult::reason`] of a step that failed through no fault of its
+/// own (a Spark executor lost, a shuffle fetch failure, a driver killed by
+/// someone else): the scheduler counts it against the platform budget.
+/// The Mesos `reason` of such an update stays unset (an executor may only
+/// send Mesos' own reasons), so it travels in the result.
+pub const REASON_PLATFORM_FAILURE: &str = "platform_failure";
 
 /// Framework message payloads (JSON) sent to the scheduler.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -390,6 +411,10 @@ pub struct ExecutorEnv {
     pub subscription_backoff_max: Duration,
     /// Grace for SHUTDOWN (MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD).
     pub shutdown_grace: Duration,
+    /// The agent's id (MESOS_SLAVE_ID), if set.
+    pub agent_id: Option<String>,
+    /// How long to stay without a step before exiting ([`ENV_IDLE_MS`]).
+    pub idle: Duration,
 }
 
 impl ExecutorEnv {
@@ -414,6 +439,12 @@ impl ExecutorEnv {
                 "MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD",
                 Duration::from_secs(5),
             ),
+            agent_id: std::env::var("MESOS_SLAVE_ID").ok(),
+            idle: std::env::var(ENV_IDLE_MS)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_millis)
+                .unwrap_or(Duration::ZERO),
         })
     }
 }
@@ -550,6 +581,8 @@ struct Running {
     mem_limit_bytes: Option<u64>,
     /// Set when the step was stopped for using more: the most it used.
     memory_exceeded: Option<u64>,
+    /// A Spark step: what its watcher learnt.
+    spark: Option<spark::SharedSpark>,
 }
 
 struct Executor {
@@ -565,12 +598,29 @@ struct Executor {
     shutting_down: bool,
     /// The framework understands TASK_KILLING (from SUBSCRIBED).
     killing_state: bool,
+    /// This process's [`crate::process::identity`], given to its steps.
+    identity: String,
+    /// The memory limits the one poller checks.
+    memory: MemoryWatches,
+    /// Containers an executor that is gone left behind were removed
+    /// (done before the first container step).
+    containers_swept: bool,
 }
 
 /// Runs the executor until it is shut down or its work is done. Returns the
 /// process exit code.
 pub async fn run(env: ExecutorEnv) -> Result<i32, ExecutorError> {
     let (internal_tx, mut internal_rx) = mpsc::unbounded_channel();
+    let identity = crate::process::identity(std::process::id() as i32).unwrap_or_default();
+    let swept = sweep_orphans(&env);
+    if swept > 0 {
+        tracing::warn!(
+            swept,
+            "killed processes left behind by an executor of this framework that is gone"
+        );
+    }
+    let memory = MemoryWatches::default();
+    watch_memory(memory.clone(), internal_tx.clone());
     let mut exe = Executor {
         env,
         client: reqwest::Client::new(),
@@ -581,7 +631,11 @@ pub async fn run(env: ExecutorEnv) -> Result<i32, ExecutorError> {
         launched_any: false,
         shutting_down: false,
         killing_state: false,
+        identity,
+        memory,
+        containers_swept: false,
     };
+    let mut idle_since: Option<tokio::time::Instant> = None;
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     let mut disconnected_since: Option<Instant> = None;
@@ -641,9 +695,18 @@ pub async fn run(env: ExecutorEnv) -> Result<i32, ExecutorError> {
                     tracing::info!("SIGTERM: shutting down");
                     exe.shutdown();
                 }
+                _ = tokio::time::sleep_until(idle_since.map(|t| t + exe.env.idle).unwrap_or_else(tokio::time::Instant::now)), if idle_since.is_some() => {
+                    tracing::info!(idle = ?exe.env.idle, "no step for the idle time: exiting");
+                    return Ok(0);
+                }
             }
             if exe.done() {
-                return Ok(0);
+                if exe.shutting_down || exe.env.idle.is_zero() {
+                    return Ok(0);
+                }
+                idle_since.get_or_insert_with(tokio::time::Instant::now);
+            } else {
+                idle_since = None;
             }
         };
         tracing::warn!(reason = %stream_end, "lost the agent");
@@ -659,6 +722,20 @@ pub async fn run(env: ExecutorEnv) -> Result<i32, ExecutorError> {
 }
 
 impl Executor {
+    /// Labels of a container step naming this executor process, its
+    /// framework and agent: a later executor removes the containers one
+    /// that is gone left behind (see `container::sweep_orphans`).
+    fn owner_labels(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (container::LABEL_EXECUTOR, self.identity.clone()),
+            (container::LABEL_FRAMEWORK, self.env.framework_id.clone()),
+            (
+                container::LABEL_AGENT,
+                self.env.agent_id.clone().unwrap_or_default(),
+            ),
+        ]
+    }
+
     fn done(&self) -> bool {
         (self.launched_any || self.shutting_down)
             && self.tasks.is_empty()
@@ -837,6 +914,10 @@ impl Executor {
             .unwrap_or(KILL_GRACE_DEFAULT);
         t.killed = true;
         let pgid = t.pgid;
+        if let Some(s) = &t.spark {
+            // Cluster deploy mode: the driver runs elsewhere.
+            spark::kill_application(&t.spec.argv, &t.spec.env, s);
+        }
         if t.spec.container.is_some() {
             // The container is the daemon's child, not ours: stop it
             // there; the CLI then exits by itself.
@@ -864,34 +945,35 @@ impl Executor {
             self.launch_command(&task_id, cmd).await;
             return;
         }
-        let spec: StepSpec = match task
-            .data
-            .as_ref()
-            .map(|d| serde_json::from_slice::<StepSpec>(&d.0))
-        {
-            Some(Ok(s)) if !s.argv.is_empty() || s.shell.is_some() => s,
-            other => {
-                let detail = match other {
-                    Some(Err(e)) => format!("TaskInfo.data is not a kaon step spec: {e}"),
-                    _ => "TaskInfo.data must carry a step spec with 'argv' or 'shell'".into(),
-                };
-                let result = StepResult {
-                    exit_code: None,
-                    signal: None,
-                    outputs: None,
-                    reason: "bad_step_spec".into(),
-                    error: Some(detail.clone()),
-                };
+        let spec = match step_spec(task.data.as_ref()) {
+            Ok(s) => s,
+            Err(result) => {
                 self.send_update(
                     &task_id,
                     TaskState::Failed,
-                    Some(detail),
+                    result.error.clone(),
                     serde_json::to_vec(&result).ok(),
                 )
                 .await;
                 return;
             }
         };
+        let mut spec = spec;
+        if spec.container.is_some() && !self.containers_swept {
+            self.containers_swept = true;
+            // Bounded: a Docker daemon that hangs must not stall the
+            // executor's other steps (their heartbeats, updates, kills).
+            if tokio::time::timeout(DOCKER_CALL_WAIT, container::sweep_orphans(&self.env))
+                .await
+                .is_err()
+            {
+                tracing::warn!(wait = ?DOCKER_CALL_WAIT, "the Docker daemon did not list containers in time; orphans not swept");
+            }
+        }
+        if spec.is_spark() {
+            // The UI on a free port, which the driver logs and the watcher reads.
+            spec.argv = crate::spark::with_free_ui_port(&spec.argv);
+        }
         let dir = self.env.sandbox.join(task_dir(&task_id));
         let mem_limit_bytes = task
             .resources
@@ -907,6 +989,7 @@ impl Executor {
                     offset: 0,
                     partial: Vec::new(),
                 }));
+                let spark_state = spec.is_spark().then(spark::SharedSpark::default);
                 self.tasks.insert(
                     task_id.clone(),
                     Running {
@@ -918,18 +1001,32 @@ impl Executor {
                         command_mode: false,
                         mem_limit_bytes,
                         memory_exceeded: None,
+                        spark: spark_state.clone(),
                     },
                 );
+                if let Some(shared) = &spark_state {
+                    spark::watch(
+                        task_id.clone(),
+                        dir.join("stderr"),
+                        shared,
+                        self.client.clone(),
+                        self.internal_tx.clone(),
+                    );
+                }
                 self.send_update(&task_id, TaskState::Running, None, None)
                     .await;
                 if let Some(limit) = mem_limit_bytes {
                     // Container steps also get Docker's --memory, which not
                     // every kernel setup enforces: the check covers both.
-                    let target = match spec.container {
-                        Some(_) => MemTarget::Container(container_name(&task_id)),
-                        None => MemTarget::Group(pgid),
+                    let watch = MemoryWatch {
+                        container: spec.container.as_ref().map(|_| container_name(&task_id)),
+                        group: spec.container.is_none().then_some(pgid),
+                        limit_bytes: limit,
+                        members: Vec::new(),
                     };
-                    self.watch_memory(task_id.clone(), target, limit, &progress);
+                    if let Ok(mut m) = self.memory.lock() {
+                        m.insert(task_id.clone(), watch);
+                    }
                 }
                 self.watch_progress(task_id, progress, &spec);
             }
@@ -987,6 +1084,7 @@ impl Executor {
                         command_mode: true,
                         mem_limit_bytes: None,
                         memory_exceeded: None,
+                        spark: None,
                     },
                 );
                 self.send_update(task_id, TaskState::Running, None, None)
@@ -1018,7 +1116,7 @@ impl Executor {
         let mut cmd = match (&spec.container, spec.argv.split_first()) {
             (Some(c), _) => {
                 let mut cmd = tokio::process::Command::new(docker_program());
-                cmd.args(docker_run_args(task_id, spec, c, dir));
+                cmd.args(docker_run_args(task_id, spec, c, dir, &self.owner_labels()));
                 cmd
             }
             (None, Some((prog, args))) => {
@@ -1048,6 +1146,9 @@ impl Executor {
                 Ok(())
             });
         }
+        // Every process of the step carries its executor's identity: a
+        // later executor kills what this one leaves behind if it dies.
+        cmd.env(ENV_EXECUTOR_PROCESS, &self.identity);
         let mut child = cmd.spawn().map_err(|e| match &spec.container {
             Some(c) => container_spawn_error(&c.image, &e),
             None => spawn_error(spec.argv.first().map(String::as_str), &spec.env, &e),
@@ -1073,57 +1174,6 @@ impl Executor {
             let _ = tx.send(Internal::Exited { task_id, status });
         });
         Ok(pgid)
-    }
-
-    /// Polls the step's process group's resident memory every
-    /// [`MEMORY_POLL_INTERVAL`]; over `limit` bytes it reports once (the
-    /// step is then killed and fails with `REASON_CONTAINER_LIMITATION_MEMORY`,
-    /// as Mesos' memory isolator reports it). Ends with the task. Processes
-    /// that leave the group (setsid) escape it: cgroups would not let them.
-    fn watch_memory(&self, task_id: String, target: MemTarget, limit: u64, alive: &SharedProgress) {
-        let tx = self.internal_tx.clone();
-        let alive = std::sync::Arc::downgrade(alive);
-        tokio::spawn(async move {
-            let mut group = match target {
-                MemTarget::Group(g) => Some(g),
-                MemTarget::Container(_) => None,
-            };
-            let mut members: Vec<String> = Vec::new();
-            let mut scanned: Option<tokio::time::Instant> = None;
-            loop {
-                tokio::time::sleep(MEMORY_POLL_INTERVAL).await;
-                if alive.upgrade().is_none() {
-                    return;
-                }
-                if group.is_none()
-                    && let MemTarget::Container(name) = &target
-                {
-                    // The container's first process, once it runs: its
-                    // process group holds the step's processes.
-                    group = container_pid(name)
-                        .await
-                        // SAFETY: getpgid has no memory-safety preconditions.
-                        .map(|pid| unsafe { libc::getpgid(pid) })
-                        .filter(|g| *g > 0);
-                    if group.is_none() {
-                        continue;
-                    }
-                }
-                let g = group.expect("resolved above");
-                if scanned.is_none_or(|t| t.elapsed() >= MEMORY_RESCAN_INTERVAL) {
-                    members = group_members(g);
-                    scanned = Some(tokio::time::Instant::now());
-                }
-                let used = members_rss_bytes(g, &mut members);
-                if used > limit {
-                    let _ = tx.send(Internal::MemoryExceeded {
-                        task_id,
-                        used_bytes: used,
-                    });
-                    return;
-                }
-            }
-        });
     }
 
     fn watch_progress(&self, task_id: String, progress: SharedProgress, spec: &StepSpec) {
@@ -1196,6 +1246,9 @@ impl Executor {
                 let Some(t) = self.tasks.remove(&task_id) else {
                     return;
                 };
+                if let Ok(mut m) = self.memory.lock() {
+                    m.remove(&task_id);
+                }
                 // Relay progress written just before exit, before the terminal update.
                 let last = t
                     .progress
@@ -1267,18 +1320,20 @@ impl Executor {
                     .await;
                     return;
                 }
+                // A Spark step that failed on its own: whose failure it was.
+                let spark_failure = match (&t.spark, t.killed, code) {
+                    (Some(_), false, c) if c != Some(0) => Some(crate::spark::classify_exit(
+                        &spark::log_tail(&t.dir.join("stderr")),
+                        signal,
+                        false,
+                    )),
+                    _ => None,
+                };
                 let (state, reason, error, outputs) = if t.killed {
                     (
                         TaskState::Killed,
                         "killed".to_string(),
                         Some("step killed on request".to_string()),
-                        None,
-                    )
-                } else if let Some(sig) = signal {
-                    (
-                        TaskState::Failed,
-                        "signaled".into(),
-                        Some(format!("step terminated by signal {sig}")),
                         None,
                     )
                 } else if let (Some(c), Some(125..=127)) = (&t.spec.container, code) {
@@ -1296,6 +1351,29 @@ impl Executor {
                         )),
                         None,
                     )
+                } else if let Some(crate::spark::Failure::Platform(why)) = spark_failure {
+                    // The platform's failure (a lost executor, a fetch
+                    // failure, a driver killed by someone else): the
+                    // scheduler retries it under the platform budget.
+                    (
+                        TaskState::Failed,
+                        REASON_PLATFORM_FAILURE.into(),
+                        Some(format!(
+                            "{why}; spark-submit ended with {}",
+                            match (code, signal) {
+                                (_, Some(s)) => format!("signal {s}"),
+                                (c, None) => format!("status {}", c.unwrap_or(-1)),
+                            }
+                        )),
+                        None,
+                    )
+                } else if let Some(sig) = signal {
+                    (
+                        TaskState::Failed,
+                        "signaled".into(),
+                        Some(format!("step terminated by signal {sig}")),
+                        None,
+                    )
                 } else if code != Some(0) {
                     (
                         TaskState::Failed,
@@ -1309,6 +1387,14 @@ impl Executor {
                         Err((reason, detail)) => (TaskState::Failed, reason, Some(detail), None),
                     }
                 };
+                if state == TaskState::Finished && t.spark.is_some() {
+                    // Spark knew only the jobs started so far: done is 100.
+                    self.send_message(&ExecutorMessage::Progress {
+                        task_id: task_id.clone(),
+                        percent: 100.0,
+                    })
+                    .await;
+                }
                 let result = StepResult {
                     exit_code: code,
                     signal,
@@ -1342,6 +1428,24 @@ fn read_from(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     f.take(1 << 20).read_to_end(&mut buf)?;
     Ok(buf)
+}
+
+/// The step a task carries in `TaskInfo.data`, or the failed result to
+/// report instead (`bad_step_spec`, its error saying what is wrong): kaon's
+/// executor and the emulator's scripted one read tasks the same way.
+pub fn step_spec(data: Option<&B64>) -> Result<StepSpec, StepResult> {
+    let detail = match data.map(|d| serde_json::from_slice::<StepSpec>(&d.0)) {
+        Some(Ok(s)) if !s.argv.is_empty() || s.shell.is_some() => return Ok(s),
+        Some(Err(e)) => format!("TaskInfo.data is not a kaon step spec: {e}"),
+        _ => "TaskInfo.data must carry a step spec with 'argv' or 'shell'".into(),
+    };
+    Err(StepResult {
+        exit_code: None,
+        signal: None,
+        outputs: None,
+        reason: "bad_step_spec".into(),
+        error: Some(detail),
+    })
 }
 
 /// Where, inside its executor's sandbox, a task's files (stdout, stderr,
@@ -1405,16 +1509,6 @@ const INTERPRETERS: &[(&str, &str)] = &[
     ),
 ];
 
-/// The error for a container step whose Docker CLI could not be started
-/// (no Docker on the agent): it names the image, so the step is never
-/// mistaken for one that ran.
-fn container_spawn_error(image: &str, e: &std::io::Error) -> String {
-    format!(
-        "cannot run the container step (image {image:?}): {}",
-        spawn_error(Some(&docker_program()), &BTreeMap::new(), e)
-    )
-}
-
 /// The error for a step that could not be started, naming the program
 /// and, when it is missing, the PATH searched and what provides it.
 fn spawn_error(prog: Option<&str>, env: &BTreeMap<String, String>, e: &std::io::Error) -> String {
@@ -1449,54 +1543,6 @@ fn spawn_error(prog: Option<&str>, env: &BTreeMap<String, String>, e: &std::io::
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_agent_without_docker_fails_a_container_step_naming_the_image() {
-        let e = std::io::Error::from(std::io::ErrorKind::NotFound);
-        let m = container_spawn_error("trainer:1", &e);
-        assert!(
-            m.starts_with("cannot run the container step (image \"trainer:1\"): cannot start step: program \"docker\" is not installed on agent"),
-            "{m}"
-        );
-        assert!(
-            m.ends_with("kind: container needs Docker (CLI and daemon) on the agent"),
-            "{m}"
-        );
-    }
-
-    #[test]
-    fn docker_run_gets_limits_mounts_and_the_step_contract() {
-        let spec = StepSpec {
-            shell: Some("echo hi".into()),
-            env: [("A".to_string(), "1".to_string())].into(),
-            ..StepSpec::default()
-        };
-        let c = ContainerSpec {
-            image: "img:2".into(),
-            cpus: Some(1.5),
-            mem_mb: Some(256.0),
-        };
-        let a = docker_run_args("r1-i2-a1:x", &spec, &c, Path::new("/sb/tasks/t"));
-        let s = a.join(" ");
-        assert!(s.starts_with("run --rm --name kaon-r1-i2-a1-x-"), "{s}");
-        for want in [
-            "--label kaon.task=r1-i2-a1:x",
-            "--mount type=bind,source=/sb/tasks/t,target=/sb/tasks/t --workdir /sb/tasks/t",
-            "--cpus=1.5 --memory=256m",
-            "--env A=1",
-            "--env KAON_OUTPUTS_FILE=/sb/tasks/t/outputs.json",
-            "--env KAON_PROGRESS_FILE=/sb/tasks/t/progress",
-            "--env KAON_TASK_ID=r1-i2-a1:x",
-        ] {
-            assert!(s.contains(want), "{want} in {s}");
-        }
-        assert!(s.ends_with("img:2 /bin/sh -c echo hi"), "{s}");
-        assert_ne!(
-            container_name("a:b"),
-            container_name("a-b"),
-            "ids that clean alike differ"
-        );
-    }
 
     #[test]
     fn progress_lines() {

@@ -31,16 +31,16 @@ use super::launcher::{
     exit_status_signal,
 };
 use super::process::{SpawnError, parse_stout_duration};
-use crate::executor::{
-    ExecutorMessage, HEARTBEAT_DEFAULT, KILL_GRACE_DEFAULT, OUTPUTS_BYTES_HARD_MAX,
-    OUTPUTS_BYTES_MAX_DEFAULT, StepResult, StepSpec,
-};
-use crate::recordio::{Decoder, RECORD_BYTES_MAX_DEFAULT};
-use crate::transport::{HttpRequest, HttpResponse, HttpTransport as _, InProcessTransport};
-use crate::types::executor::{self as ex, Call, CallType, Event, EventType};
-use crate::types::{B64, Id, Source, TaskInfo, TaskState, TaskStatus};
 use axum::http::{HeaderMap, HeaderValue, Method};
 use futures_util::FutureExt as _;
+use kaon_mesos::executor::{
+    ExecutorMessage, HEARTBEAT_DEFAULT, KILL_GRACE_DEFAULT, OUTPUTS_BYTES_HARD_MAX,
+    OUTPUTS_BYTES_MAX_DEFAULT, StepResult, StepSpec, step_spec,
+};
+use kaon_mesos::recordio::{Decoder, RECORD_BYTES_MAX_DEFAULT};
+use kaon_mesos::transport::{HttpRequest, HttpResponse, HttpTransport as _, InProcessTransport};
+use kaon_mesos::types::executor::{self as ex, Call, CallType, Event, EventType};
+use kaon_mesos::types::{B64, Id, Source, TaskInfo, TaskState, TaskStatus};
 use std::collections::BTreeMap;
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -457,6 +457,9 @@ struct ScriptedExecutor {
     timer_seq: u64,
     /// Set when a script crashes the executor.
     crashed: Option<ExecutorExit>,
+    /// How long it stays without a task (`KAON_EXECUTOR_IDLE_MS`, as
+    /// kaon's executor; zero: it exits with its last task).
+    idle: Duration,
 }
 
 impl ScriptedExecutor {
@@ -494,6 +497,15 @@ impl ScriptedExecutor {
             timers: BTreeMap::new(),
             timer_seq: 0,
             crashed: None,
+            idle: request
+                .command
+                .environment
+                .iter()
+                .flat_map(|e| e.variables.iter())
+                .find(|v| v.name == kaon_mesos::executor::ENV_IDLE_MS)
+                .and_then(|v| v.value.as_deref()?.trim().parse::<u64>().ok())
+                .map(Duration::from_millis)
+                .unwrap_or(Duration::ZERO),
         }
     }
 
@@ -504,6 +516,7 @@ impl ScriptedExecutor {
         let mut disconnected_since: Option<Instant> = None;
         let mut backoff = Duration::from_millis(50);
         let mut ctl_open = true;
+        let mut idle_since: Option<Instant> = None;
         loop {
             let mut resp = match self.subscribe().await {
                 Ok(r) => {
@@ -570,12 +583,20 @@ impl ScriptedExecutor {
                             return exit.status();
                         }
                     }
+                    _ = sleep_until_or_never(idle_since.map(|t| t + self.idle)) => {
+                        return exit_status_code(0);
+                    }
                 }
                 if let Some(exit) = self.crashed {
                     return exit.status();
                 }
                 if self.done() {
-                    return exit_status_code(0);
+                    if self.shutting_down || self.idle.is_zero() {
+                        return exit_status_code(0);
+                    }
+                    idle_since.get_or_insert_with(Instant::now);
+                } else {
+                    idle_since = None;
                 }
             };
             tracing::warn!(reason = %stream_end, executor = %self.executor_id, "scripted executor lost the agent");
@@ -783,28 +804,13 @@ impl ScriptedExecutor {
                 .await;
             return;
         }
-        let spec: StepSpec = match task
-            .data
-            .as_ref()
-            .map(|d| serde_json::from_slice::<StepSpec>(&d.0))
-        {
-            Some(Ok(s)) if !s.argv.is_empty() || s.shell.is_some() => s,
-            other => {
-                let detail = match other {
-                    Some(Err(e)) => format!("TaskInfo.data is not a kaon step spec: {e}"),
-                    _ => "TaskInfo.data must carry a step spec with 'argv' or 'shell'".into(),
-                };
-                let result = StepResult {
-                    exit_code: None,
-                    signal: None,
-                    outputs: None,
-                    reason: "bad_step_spec".into(),
-                    error: Some(detail.clone()),
-                };
+        let spec = match step_spec(task.data.as_ref()) {
+            Ok(s) => s,
+            Err(result) => {
                 self.send_update(
                     &task_id,
                     TaskState::Failed,
-                    Some(detail),
+                    result.error.clone(),
                     serde_json::to_vec(&result).ok(),
                 )
                 .await;
