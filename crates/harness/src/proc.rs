@@ -98,26 +98,63 @@ impl Drop for Proc {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released: another process may
-/// take it before the caller binds it, which is rare enough here).
+/// A free TCP port on 127.0.0.1 for a server a test starts (see
+/// [`free_ports`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    free_ports(1)[0]
 }
 
-/// `n` distinct free TCP ports on 127.0.0.1: all are bound at once before
-/// any is released, so one call never returns a port twice (separate
-/// [`free_port`] calls can: a cluster's node once got its own emulator's
-/// port).
+/// Ports handed out below the kernel's ephemeral range start here.
+const TEST_PORT_FIRST: u32 = 10_000;
+
+/// `n` distinct free TCP ports on 127.0.0.1 for servers a test starts.
+///
+/// They come from below the kernel's ephemeral range
+/// (`ip_local_port_range`), which the kernel never picks for a `bind(0)` or
+/// an outgoing connection: a port asked of the kernel and released could be
+/// taken by any client socket before the server bound it (CI saw a node
+/// fail with "Address already in use" that way). A process-wide counter,
+/// started at an offset from the pid, keeps this process's tests and
+/// concurrent test processes apart; each port is checked free by binding
+/// it. Where the range leaves no room below it, the kernel's choice is
+/// used (all `n` held at once, so one call never repeats a port).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("bound").port())
-        .collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let ephemeral_first = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let pool = ephemeral_first.saturating_sub(TEST_PORT_FIRST);
+    if pool < 1_000 {
+        let held: Vec<std::net::TcpListener> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+            .collect();
+        return held
+            .iter()
+            .map(|l| l.local_addr().expect("bound").port())
+            .collect();
+    }
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % pool,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    let mut ports = Vec::with_capacity(n);
+    let mut tried = 0;
+    while ports.len() < n {
+        assert!(
+            tried < pool,
+            "no free loopback port in {TEST_PORT_FIRST}..{ephemeral_first}"
+        );
+        tried += 1;
+        let port = (TEST_PORT_FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % pool) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    ports
 }
 
 /// The last `n` lines of a file (for failure reports).
@@ -164,4 +201,35 @@ pub fn processes_with_env(var: &str, prefix: &str) -> Vec<(i32, String)> {
             (pid, comm.trim().to_string())
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_ports_are_distinct_bindable_and_never_ephemeral() {
+        let ephemeral_first: u16 =
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+        let mut ports = free_ports(50);
+        ports.extend((0..50).map(|_| free_port()));
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            ports.len(),
+            "a port handed out twice: {ports:?}"
+        );
+        for p in ports {
+            if u32::from(ephemeral_first) >= TEST_PORT_FIRST + 1_000 {
+                assert!(p < ephemeral_first, "port {p} is in the ephemeral range");
+            }
+            std::net::TcpListener::bind(("127.0.0.1", p)).expect("a handed-out port binds");
+        }
+    }
 }
