@@ -419,6 +419,7 @@ impl World {
                 mesos_master: None,
                 peer_channel: Some(peer_channel(self.apis.clone())),
                 local_sandboxes: None,
+                auth: None,
             },
         ));
         self.apis

@@ -51,6 +51,8 @@ pub struct Client {
     /// Accept a possibly stale read from the node asked (no round trip to
     /// the leader).
     pub stale_reads: bool,
+    /// Bearer token sent with every call (servers with `--auth-file`).
+    pub token: Option<String>,
 }
 
 /// `host:port` or a URL to a URL.
@@ -84,6 +86,7 @@ impl Client {
             current: 0,
             deadline: CALL_DEADLINE_DEFAULT,
             stale_reads: false,
+            token: None,
         })
     }
 
@@ -133,6 +136,12 @@ impl Client {
             if self.stale_reads {
                 req.metadata_mut()
                     .insert(READ_HEADER, "stale".parse().expect("ascii"));
+            }
+            if let Some(t) = &self.token {
+                let v = format!("Bearer {}", t.trim()).parse().map_err(|_| {
+                    Status::invalid_argument("the token has characters a header cannot carry")
+                })?;
+                req.metadata_mut().insert("authorization", v);
             }
             tries += 1;
             let client = KaonClient::new(self.channel(self.current));

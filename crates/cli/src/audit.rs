@@ -611,7 +611,8 @@ pub async fn why(
             leader = format!("node {} term {}", l.node_id, l.term);
             return Ok(());
         }
-        if events::body_run(b) != Some(run) {
+        let submitted_here = matches!(b, B::RunSubmitted(_)) && e.index == run;
+        if events::body_run(b) != Some(run) && !submitted_here {
             return Ok(());
         }
         let s = &fold.state;
@@ -684,6 +685,40 @@ pub async fn why(
                     because,
                 });
             }
+        }
+        // Who asked for the run and for its cancellation (clusters that
+        // authenticate record it; issue 12).
+        let asked = match b {
+            B::RunSubmitted(x) => Some((
+                match x.trigger.as_ref().and_then(|t| t.kind.as_ref()) {
+                    Some(pb::trigger::Kind::Schedule(_)) => {
+                        "run submitted by its schedule".to_string()
+                    }
+                    Some(pb::trigger::Kind::Retry(r)) => {
+                        format!("run submitted as a retry of run {}", r.retried_run_id)
+                    }
+                    _ => "run submitted".to_string(),
+                },
+                &x.requested_by,
+            )),
+            B::RunCancelRequested(x) => {
+                Some((format!("cancel requested: {}", x.reason), &x.requested_by))
+            }
+            _ => None,
+        };
+        if let Some((what, by)) = asked {
+            let what = match by {
+                Some(a) => format!("{what} (by {}, {} via {})", a.principal, a.role, a.method),
+                None => what,
+            };
+            lines.push(WhyLine {
+                index: e.index,
+                time: at_time(e.time_unix_ms),
+                leader: leader.clone(),
+                step: String::new(),
+                what,
+                because: Vec::new(),
+            });
         }
         let Some((_, inst)) = events::body_instance(b) else {
             lines.append(&mut pending_end);
@@ -892,7 +927,11 @@ pub async fn why(
     for l in &lines {
         println!(
             "#{} {} [leader {}] {}: {}",
-            l.index, l.time, l.leader, l.step, l.what
+            l.index,
+            l.time,
+            l.leader,
+            if l.step.is_empty() { "run" } else { &l.step },
+            l.what
         );
         for b in &l.because {
             println!("      because {b}");

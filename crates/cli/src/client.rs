@@ -23,6 +23,8 @@ pub struct Opts {
     pub stale: bool,
     /// `--output json`.
     pub json: bool,
+    /// `--token` / `KAON_TOKEN`.
+    pub token: Option<String>,
 }
 
 impl Opts {
@@ -30,6 +32,7 @@ impl Opts {
         let mut c = Client::new(&self.server).map_err(|e| anyhow::anyhow!("--server: {e}"))?;
         c.deadline = self.timeout;
         c.stale_reads = self.stale;
+        c.token = self.token.clone();
         Ok(c)
     }
 }

@@ -51,8 +51,31 @@ struct Cli {
     /// Output format of client commands.
     #[arg(long = "output", global = true, value_parser = ["text", "json"], default_value = "text")]
     output_format: String,
+    /// Bearer token for a cluster that authenticates callers (servers
+    /// started with `--auth-file`); prefer the environment variable, which
+    /// other users cannot read in the process list.
+    #[arg(long, global = true, env = "KAON_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Make a new random token for a principal: prints the token (give it
+    /// to the principal; kaon keeps no copy) and the line to add under
+    /// `tokens:` in the servers' `--auth-file`.
+    New {
+        /// Who the token is for (recorded in the events it causes).
+        #[arg(long)]
+        principal: String,
+        /// viewer, submitter, operator or admin.
+        #[arg(long)]
+        role: String,
+    },
+    /// Print the SHA-256 a tokens file stores for a token read from
+    /// standard input.
+    Hash,
 }
 
 #[derive(Subcommand)]
@@ -386,6 +409,9 @@ enum Cmd {
     /// Audit a node's event log: verify the hash chain, replay to an index.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// API tokens: make one, hash one (SECURITY.md).
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// The cluster: status, init, add-node, remove-node, transfer-leader,
     /// snapshot.
     #[command(subcommand)]
@@ -415,7 +441,7 @@ enum Cmd {
 }
 
 /// The client's global flags (`--server`, `--timeout`, `--stale`,
-/// `--output`) mean nothing to the processes kaon starts (`server`,
+/// `--output`, `--token`) mean nothing to the processes kaon starts (`server`,
 /// `executor`, `run-local`): hidden from their `--help`
 /// (issue 9 G), still accepted so scripts that pass them keep working.
 fn without_client_flags(mut cmd: clap::Command) -> clap::Command {
@@ -438,6 +464,7 @@ fn without_client_flags(mut cmd: clap::Command) -> clap::Command {
                         .num_args(1)
                         .hide(true),
                 )
+                .arg(Arg::new("token").long("token").num_args(1).hide(true))
         });
     }
     cmd
@@ -486,6 +513,7 @@ fn main() -> ExitCode {
         timeout: std::time::Duration::from_secs_f64(cli.timeout.max(0.001)),
         stale: cli.stale,
         json,
+        token: cli.token.clone(),
     };
     match cli.command {
         Cmd::Validate { files } => validate(&files, json),
@@ -589,6 +617,8 @@ fn main() -> ExitCode {
                 } => block(audit::why(source(data_dir, &o), *run, step.clone(), json)),
             }
         }
+        Cmd::Token(TokenCmd::New { principal, role }) => report(token_new(&principal, &role, json)),
+        Cmd::Token(TokenCmd::Hash) => report(token_hash()),
         Cmd::Executor => executor(),
         Cmd::RunLocal {
             file,
@@ -943,5 +973,44 @@ fn cluster_recover(
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kaon token new`: a token and its tokens-file entry.
+fn token_new(principal: &str, role: &str, json: bool) -> anyhow::Result<ExitCode> {
+    use kaon_server::auth;
+    let role = auth::Role::parse(role).map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(
+        !principal.trim().is_empty(),
+        "--principal must not be empty"
+    );
+    let token = auth::new_token();
+    let sha = auth::token_sha256(&token);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"token": token, "principal": principal, "role": role.name(), "sha256": sha})
+        );
+    } else {
+        println!("token: {token}");
+        println!("# add under `tokens:` in the servers' --auth-file:");
+        println!(
+            "  - {{principal: {}, role: {}, sha256: {sha}}}",
+            serde_json::Value::String(principal.to_string()),
+            role.name()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kaon token hash`: the SHA-256 of a token on standard input.
+fn token_hash() -> anyhow::Result<ExitCode> {
+    let mut t = String::new();
+    anyhow::Context::context(
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t),
+        "reading the token",
+    )?;
+    anyhow::ensure!(!t.trim().is_empty(), "no token on standard input");
+    println!("{}", kaon_server::auth::token_sha256(&t));
     Ok(ExitCode::SUCCESS)
 }

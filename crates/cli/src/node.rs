@@ -124,6 +124,13 @@ pub struct ServerArgs {
     /// workflow, run, step and attempt ids. Off unless given.
     #[arg(long, env = "KAON_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// A tokens file (YAML; `kaon token new` makes entries): every API
+    /// call then needs a bearer token it lists, and the token's role
+    /// (viewer, submitter, operator, admin) decides what the caller may
+    /// do; the file is re-read when it changes. Without it every caller
+    /// may do everything (the single-machine default). SECURITY.md.
+    #[arg(long, value_name = "FILE", env = "KAON_AUTH_FILE")]
+    pub auth_file: Option<std::path::PathBuf>,
     /// Log format on stderr: `text` (colours only on a terminal) or `json`
     /// (one object per line, with the span fields: node, term, run, step).
     /// Levels from `RUST_LOG` (default `info,openraft=error`).
@@ -251,6 +258,23 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("listening on {a} (--admin-listen)"))?,
             ),
             None => None,
+        };
+        // A node told to authenticate never starts open: a missing or
+        // malformed tokens file stops it here.
+        let auth = match &args.auth_file {
+            Some(f) => {
+                let a = std::sync::Arc::new(
+                    kaon_server::auth::Authenticator::load(f).context("--auth-file")?,
+                );
+                a.spawn_reloader();
+                Some(a)
+            }
+            None => {
+                tracing::warn!(
+                    "authentication off (no --auth-file): anyone who reaches the API port may do anything"
+                );
+                None
+            }
         };
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("creating data directory {}", args.data_dir.display()))?;
@@ -408,6 +432,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
             peer_channel: None,
             mesos_master: Some(master.clone()),
             local_sandboxes: emulator.as_ref().map(|_| args.data_dir.join("mesos")),
+            auth: auth.clone(),
         };
         kaon_server::grpc::serve(log, runtime, service, listener, shutdown).await?;
         if let Some(emu) = emulator {

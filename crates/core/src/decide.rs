@@ -278,6 +278,16 @@ pub enum Command {
         /// Retry-safe key ("" for none).
         idempotency_key: String,
     },
+    /// `command` as asked by `actor` (an authenticated API caller): the
+    /// events it produces record who asked (`requested_by`), so the log
+    /// answers "who submitted, cancelled or changed this". A cluster
+    /// without authentication sends bare commands and records no actor.
+    By {
+        /// Who asked.
+        actor: pb::Actor,
+        /// What they asked for (never itself a `By`).
+        command: Box<Command>,
+    },
     /// A node became leader: record it and its public API address (so
     /// followers can forward writes there). Recorded only when it changes.
     AnnounceLeader {
@@ -342,6 +352,10 @@ pub enum Rejection {
     /// lost, the log refused a write): retry, at the next leader.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The caller's role does not allow this on this object (a submitter
+    /// cancelling or retrying another principal's run).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 /// The decider's answer.
@@ -372,6 +386,7 @@ pub fn decide(
         now: now_ms,
         limits,
         out: Decision::default(),
+        actor: None,
     };
     match input {
         Input::Committed(event) => d.committed(event),
@@ -391,6 +406,8 @@ struct Decider<'s> {
     now: i64,
     limits: &'s Limits,
     out: Decision,
+    /// Who asked for the command being decided (see [`Command::By`]).
+    actor: Option<pb::Actor>,
 }
 
 /// Readiness of a pending node with respect to its dependencies.
@@ -401,7 +418,19 @@ enum Deps {
 }
 
 impl<'s> Decider<'s> {
-    fn emit(&mut self, b: Body) {
+    fn emit(&mut self, mut b: Body) {
+        if let Some(a) = &self.actor {
+            let by = match &mut b {
+                Body::RunSubmitted(e) => Some(&mut e.requested_by),
+                Body::RunCancelRequested(e) => Some(&mut e.requested_by),
+                Body::WorkflowRegistered(e) => Some(&mut e.requested_by),
+                Body::SchedulePauseChanged(e) => Some(&mut e.requested_by),
+                _ => None,
+            };
+            if let Some(by) = by {
+                by.get_or_insert_with(|| a.clone());
+            }
+        }
         self.out.events.push(b);
     }
 
@@ -1582,6 +1611,7 @@ impl<'s> Decider<'s> {
                     run_id: run,
                     reason: format!("workflow timeout of {} ms passed", t),
                     timed_out: true,
+                    requested_by: None,
                 }));
             }
             TimerKey::ReliableUpdate { run, inst, attempt } => {
@@ -1901,6 +1931,7 @@ impl<'s> Decider<'s> {
                                 "schedule {index} fired again (overlap: cancel_previous)"
                             ),
                             timed_out: false,
+                            requested_by: None,
                         }));
                     }
                     pb::FireAction::Started
@@ -1949,6 +1980,7 @@ impl<'s> Decider<'s> {
                     fire_time_unix_ms: fire,
                 })),
             }),
+            requested_by: None,
         }));
     }
 
@@ -1971,6 +2003,16 @@ impl<'s> Decider<'s> {
 
     fn command(&mut self, cmd: Command) -> Result<(), Rejection> {
         match cmd {
+            Command::By { actor, command } => {
+                assert!(
+                    !matches!(*command, Command::By { .. }),
+                    "a command carries one actor"
+                );
+                self.actor = Some(actor);
+                let decided = self.command(*command);
+                self.actor = None;
+                decided
+            }
             Command::RegisterWorkflow { source } => {
                 self.register(&source, false)?;
                 Ok(())
@@ -1985,6 +2027,7 @@ impl<'s> Decider<'s> {
                     .state
                     .run(run_id)
                     .ok_or_else(|| Rejection::NotFound(self.state.run_not_found(run_id)))?;
+                self.check_own_run(run, "cancel")?;
                 if run.status != RunStatus::Running {
                     return Err(Rejection::FailedPrecondition(format!(
                         "run {run_id} already finished ({:?})",
@@ -1995,6 +2038,7 @@ impl<'s> Decider<'s> {
                     run_id,
                     reason,
                     timed_out: false,
+                    requested_by: None,
                 }));
                 Ok(())
             }
@@ -2017,6 +2061,7 @@ impl<'s> Decider<'s> {
                     workflow,
                     schedule_index: index,
                     paused,
+                    requested_by: None,
                 }));
                 Ok(())
             }
@@ -2051,6 +2096,26 @@ impl<'s> Decider<'s> {
         }
     }
 
+    /// A caller with the submitter role may act only on the runs it
+    /// submitted; other roles that reach the decider may act on any run
+    /// (the API refused viewers before). Decided here, against the state
+    /// the command is decided on, so no race separates check and act.
+    fn check_own_run(&self, run: &Run, verb: &str) -> Result<(), Rejection> {
+        let Some(a) = &self.actor else { return Ok(()) };
+        if a.role != "submitter" || run.submitted_by.as_deref() == Some(a.principal.as_str()) {
+            return Ok(());
+        }
+        Err(Rejection::PermissionDenied(format!(
+            "{} (role submitter) may not {verb} run {}: it was submitted by {}; \
+             acting on another principal's run needs the operator role",
+            a.principal,
+            run.id,
+            run.submitted_by
+                .as_deref()
+                .unwrap_or("the cluster itself or an unauthenticated caller")
+        )))
+    }
+
     /// `RetryRun`: a new run of the same version and parameters that
     /// reuses the steps that succeeded (see `try_start`).
     fn retry(&mut self, run_id: RunId, key: String) -> Result<(), Rejection> {
@@ -2058,6 +2123,7 @@ impl<'s> Decider<'s> {
             .state
             .run(run_id)
             .ok_or_else(|| Rejection::NotFound(self.state.run_not_found(run_id)))?;
+        self.check_own_run(run, "retry")?;
         if !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled) {
             return Err(Rejection::FailedPrecondition(format!(
                 "run {run_id} is {}; only failed or cancelled runs can be retried",
@@ -2083,6 +2149,7 @@ impl<'s> Decider<'s> {
                     retried_run_id: run_id,
                 })),
             }),
+            requested_by: None,
         }));
         Ok(())
     }
@@ -2141,6 +2208,7 @@ impl<'s> Decider<'s> {
                     spec_json,
                     spec_sha256: sha,
                     from_submit: false,
+                    requested_by: None,
                 }));
             } else {
                 self.out.existing_version = Some((spec.name.clone(), version));
@@ -2154,6 +2222,7 @@ impl<'s> Decider<'s> {
             spec_json,
             spec_sha256: sha,
             from_submit,
+            requested_by: None,
         }));
         Ok((spec.name, version, std::sync::Arc::new(plan)))
     }
@@ -2197,6 +2266,7 @@ impl<'s> Decider<'s> {
             trigger: Some(pb::Trigger {
                 kind: Some(pb::trigger::Kind::Manual(pb::ManualTrigger {})),
             }),
+            requested_by: None,
         }));
         Ok(())
     }
@@ -2223,6 +2293,7 @@ pub fn render_launch(
         now: 0,
         limits: &limits,
         out: Decision::default(),
+        actor: None,
     };
     let mut l = d.render(r, inst, attempt).ok()?;
     l.env.extend(kaon_env(&r.workflow, &l));

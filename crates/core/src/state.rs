@@ -316,6 +316,12 @@ pub struct Run {
     /// when the retry is submitted (and so present after replay).
     #[serde(default)]
     pub reusable: BTreeMap<String, String>,
+    /// The principal that submitted (or retried) it, when the API
+    /// authenticated the caller: a submitter may cancel and retry only its
+    /// own runs. (Not serialized when absent: digests of clusters without
+    /// authentication are unchanged.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
     /// The compiled plan (shared by all runs of the version); relinked
     /// from the workflow's versions when a snapshot is restored.
     #[serde(skip, default = "empty_plan")]
@@ -916,6 +922,7 @@ impl State {
             live_tasks: 0,
             retry_of,
             reusable,
+            submitted_by: e.requested_by.as_ref().map(|a| a.principal.clone()),
             plan: plan.clone(),
         };
         run.instances.push(Instance::new(

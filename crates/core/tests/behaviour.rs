@@ -745,3 +745,90 @@ fn a_step_can_name_its_run() {
         .collect();
     assert_eq!(argv, vec![vec!["./a".to_string(), format!("named-{run}")]]);
 }
+
+/// Issue 12: a command asked by an authenticated caller records who asked
+/// in its events (and survives replay); a submitter may cancel or retry
+/// only its own runs, decided against the run's recorded submitter.
+#[test]
+fn commands_record_who_asked_and_submitters_act_on_their_own_runs_only() {
+    let by = |principal: &str, role: &str, command: Command| Command::By {
+        actor: pb::Actor {
+            principal: principal.into(),
+            method: "token".into(),
+            role: role.into(),
+        },
+        command: Box::new(command),
+    };
+    let mut sim = Sim::new(Limits::default());
+    let submit = Command::SubmitRun {
+        target: SubmitTarget::Inline {
+            source: ONE_STEP.into(),
+        },
+        params: BTreeMap::new(),
+        idempotency_key: String::new(),
+    };
+    let d = sim.command(by("alice", "submitter", submit)).unwrap();
+    for b in &d.events {
+        let who = match b {
+            Body::RunSubmitted(e) => e.requested_by.as_ref(),
+            Body::WorkflowRegistered(e) => e.requested_by.as_ref(),
+            _ => continue,
+        };
+        assert_eq!(who.map(|a| a.principal.as_str()), Some("alice"), "{b:?}");
+    }
+    let run = *sim.state.runs.keys().next().unwrap();
+    assert_eq!(
+        sim.state.run(run).unwrap().submitted_by.as_deref(),
+        Some("alice")
+    );
+    assert_eq!(
+        sim.replay().run(run).unwrap().submitted_by.as_deref(),
+        Some("alice"),
+        "replay derives the submitter from the log"
+    );
+    let cancel = || Command::CancelRun {
+        run_id: run,
+        reason: "stop".into(),
+    };
+    match sim.command(by("bob", "submitter", cancel())) {
+        Err(Rejection::PermissionDenied(m)) => assert!(
+            m.contains("bob (role submitter) may not cancel run")
+                && m.contains("submitted by alice"),
+            "{m}"
+        ),
+        other => panic!("bob cancelled alice's run: {other:?}"),
+    }
+    assert!(sim.state.run(run).unwrap().status == RunStatus::Running);
+    // An operator may cancel any run; the event names the operator.
+    let d = sim.command(by("olga", "operator", cancel())).unwrap();
+    match &d.events[..] {
+        [Body::RunCancelRequested(e)] => {
+            assert_eq!(e.requested_by.as_ref().unwrap().principal, "olga")
+        }
+        other => panic!("{other:?}"),
+    }
+    sim.run_to_quiet(&mut finish_all, 100);
+    let retry = || Command::RetryRun {
+        run_id: run,
+        idempotency_key: String::new(),
+    };
+    assert!(matches!(
+        sim.command(by("bob", "submitter", retry())),
+        Err(Rejection::PermissionDenied(_))
+    ));
+    sim.command(by("alice", "submitter", retry())).unwrap();
+    // Commands without an actor (no authentication) record none.
+    let d = sim
+        .command(Command::SubmitRun {
+            target: SubmitTarget::Inline {
+                source: ONE_STEP.into(),
+            },
+            params: BTreeMap::new(),
+            idempotency_key: String::new(),
+        })
+        .unwrap();
+    assert!(d.events.iter().all(|b| match b {
+        Body::RunSubmitted(e) => e.requested_by.is_none(),
+        _ => true,
+    }));
+}

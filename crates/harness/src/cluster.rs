@@ -128,9 +128,17 @@ pub struct ClusterBuilder {
     raft: Option<Vec<u16>>,
     peer: Option<PeerFn>,
     net: Option<Arc<NetLab>>,
+    token: Option<String>,
 }
 
 impl ClusterBuilder {
+    /// The bearer token the harness's own probes (cluster status) send:
+    /// for clusters started with `--auth-file`.
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_string());
+        self
+    }
+
     /// Number of nodes (3 by default; 5 works too).
     pub fn nodes(mut self, n: usize) -> Self {
         self.nodes = n;
@@ -248,6 +256,7 @@ impl ClusterBuilder {
             emulator: Some(emulator),
             nodes: (0..n).map(|_| None).collect(),
             paused: vec![false; n],
+            token: self.token,
         };
         let end = Instant::now() + LISTEN_DEADLINE;
         while std::net::TcpStream::connect((c.mesos_host.as_str(), mesos)).is_err() {
@@ -295,6 +304,8 @@ pub struct Cluster {
     emulator: Option<Proc>,
     nodes: Vec<Option<Proc>>,
     paused: Vec<bool>,
+    /// See [`ClusterBuilder::token`].
+    token: Option<String>,
 }
 
 impl Cluster {
@@ -309,6 +320,7 @@ impl Cluster {
             raft: None,
             peer: None,
             net: None,
+            token: None,
         }
     }
 
@@ -473,10 +485,12 @@ impl Cluster {
         }
         let fut = async {
             let mut c = self.connect(i).await.ok()?;
-            c.cluster_status(v1::ClusterStatusRequest {})
-                .await
-                .ok()
-                .map(|r| r.into_inner())
+            let mut req = tonic::Request::new(v1::ClusterStatusRequest {});
+            if let Some(t) = &self.token {
+                req.metadata_mut()
+                    .insert("authorization", format!("Bearer {t}").parse().ok()?);
+            }
+            c.cluster_status(req).await.ok().map(|r| r.into_inner())
         };
         tokio::time::timeout(PROBE_TIMEOUT, fut).await.ok()?
     }

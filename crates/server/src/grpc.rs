@@ -24,6 +24,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::auth::{AuthLayer, Authenticator, Principal};
 use crate::log::EventLog;
 use crate::runtime::{CommandOutcome, RuntimeHandle, RuntimeSlot};
 
@@ -63,6 +64,8 @@ pub struct ServiceConfig {
     /// longer knows the agent (after a restart, the emulator's agents have
     /// new ids while the old sandboxes are still there).
     pub local_sandboxes: Option<std::path::PathBuf>,
+    /// Who may call what (`--auth-file`); `None` serves every caller.
+    pub auth: Option<Arc<Authenticator>>,
 }
 
 /// Builds a (lazily connected) channel to the API at `host:port`.
@@ -172,8 +175,15 @@ impl<L: EventLog> KaonService<L> {
     }
 
     /// A request to forward: marked as forwarded, with the caller's deadline.
+    ///
+    /// The caller's credentials go with it: the leader authenticates the
+    /// caller itself, so a forwarded call keeps the caller's identity and
+    /// rights, never the forwarding node's.
     fn forwarded<T>(&self, md: &MetadataMap, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
+        if let Some(a) = md.get("authorization") {
+            r.metadata_mut().insert("authorization", a.clone());
+        }
         r.metadata_mut().insert(
             FORWARDED_BY_HEADER,
             self.my_id().to_string().parse().expect("digits"),
@@ -213,11 +223,21 @@ impl<L: EventLog> KaonService<L> {
     }
 
     /// Runs a command on the local runtime.
+    /// Runs `cmd` on the leader's runtime as asked by the caller the API
+    /// authenticated (in `ext`; none when authentication is off).
     async fn command(
         &self,
         runtime: RuntimeHandle,
+        ext: &tonic::Extensions,
         cmd: Command,
     ) -> Result<CommandOutcome, Status> {
+        let cmd = match ext.get::<Principal>() {
+            Some(p) => Command::By {
+                actor: p.actor(),
+                command: Box::new(cmd),
+            },
+            None => cmd,
+        };
         match runtime.command(cmd).await {
             Err(e) => Err(self.unavailable(&format!("the leader runtime stopped: {e}"))),
             // Retryable: the client tries again (at the next leader).
@@ -423,6 +443,7 @@ pub fn rejection_status(r: Rejection) -> Status {
         Rejection::FailedPrecondition(_) => Status::failed_precondition(r.to_string()),
         Rejection::LimitExceeded(_) => Status::resource_exhausted(r.to_string()),
         Rejection::Unavailable(_) => Status::unavailable(r.to_string()),
+        Rejection::PermissionDenied(_) => Status::permission_denied(r.to_string()),
     }
 }
 
@@ -606,13 +627,13 @@ impl<L: EventLog> Kaon for KaonService<L> {
         &self,
         req: Request<v1::RegisterWorkflowRequest>,
     ) -> Result<Response<v1::RegisterWorkflowResponse>, Status> {
-        let (md, _, msg) = req.into_parts();
+        let (md, ext, msg) = req.into_parts();
         let rt = match self.route(&md).await? {
             Route::Local(rt) => rt,
             Route::Leader(mut c) => return c.register_workflow(self.forwarded(&md, msg)).await,
         };
         let out = self
-            .command(rt, Command::RegisterWorkflow { source: msg.spec })
+            .command(rt, &ext, Command::RegisterWorkflow { source: msg.spec })
             .await?;
         if let Some((name, version)) = out.decision.existing_version {
             return Ok(Response::new(v1::RegisterWorkflowResponse {
@@ -682,7 +703,7 @@ impl<L: EventLog> Kaon for KaonService<L> {
         &self,
         req: Request<v1::SubmitRunRequest>,
     ) -> Result<Response<v1::SubmitRunResponse>, Status> {
-        let (md, _, req) = req.into_parts();
+        let (md, ext, req) = req.into_parts();
         let rt = match self.route(&md).await? {
             Route::Local(rt) => rt,
             Route::Leader(mut c) => return c.submit_run(self.forwarded(&md, req)).await,
@@ -722,6 +743,7 @@ impl<L: EventLog> Kaon for KaonService<L> {
         let out = self
             .command(
                 rt,
+                &ext,
                 Command::SubmitRun {
                     target,
                     params,
@@ -924,7 +946,7 @@ impl<L: EventLog> Kaon for KaonService<L> {
         &self,
         req: Request<v1::CancelRunRequest>,
     ) -> Result<Response<v1::CancelRunResponse>, Status> {
-        let (md, _, req) = req.into_parts();
+        let (md, ext, req) = req.into_parts();
         let rt = match self.route(&md).await? {
             Route::Local(rt) => rt,
             Route::Leader(mut c) => return c.cancel_run(self.forwarded(&md, req)).await,
@@ -936,6 +958,7 @@ impl<L: EventLog> Kaon for KaonService<L> {
         };
         self.command(
             rt,
+            &ext,
             Command::CancelRun {
                 run_id: req.run_id,
                 reason,
@@ -978,13 +1001,14 @@ impl<L: EventLog> Kaon for KaonService<L> {
         &self,
         req: Request<v1::SetSchedulePausedRequest>,
     ) -> Result<Response<v1::SetSchedulePausedResponse>, Status> {
-        let (md, _, r) = req.into_parts();
+        let (md, ext, r) = req.into_parts();
         let rt = match self.route(&md).await? {
             Route::Local(rt) => rt,
             Route::Leader(mut c) => return c.set_schedule_paused(self.forwarded(&md, r)).await,
         };
         self.command(
             rt,
+            &ext,
             Command::SetSchedulePaused {
                 workflow: r.workflow,
                 index: r.index,
@@ -1054,7 +1078,7 @@ impl<L: EventLog> Kaon for KaonService<L> {
         &self,
         req: Request<v1::RetryRunRequest>,
     ) -> Result<Response<v1::RetryRunResponse>, Status> {
-        let (md, _, req) = req.into_parts();
+        let (md, ext, req) = req.into_parts();
         let rt = match self.route(&md).await? {
             Route::Local(rt) => rt,
             Route::Leader(mut c) => return c.retry_run(self.forwarded(&md, req)).await,
@@ -1062,6 +1086,7 @@ impl<L: EventLog> Kaon for KaonService<L> {
         let out = self
             .command(
                 rt,
+                &ext,
                 Command::RetryRun {
                     run_id: req.run_id,
                     idempotency_key: req.idempotency_key,
@@ -1412,7 +1437,9 @@ pub async fn serve<L: EventLog>(
             .register_encoded_file_descriptor_set(kaon_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
+    let auth = AuthLayer::new(config.auth.clone());
     let served = tonic::transport::Server::builder()
+        .layer(auth)
         .add_service(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)

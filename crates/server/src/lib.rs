@@ -10,6 +10,7 @@
 //! runtime.
 
 pub mod admin;
+pub mod auth;
 pub mod grpc;
 pub mod log;
 pub mod metrics;

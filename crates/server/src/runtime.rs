@@ -459,6 +459,7 @@ fn command_name(c: &Command) -> &'static str {
         Command::CancelRun { .. } => "cancel_run",
         Command::RetryRun { .. } => "retry_run",
         Command::SetSchedulePaused { .. } => "set_schedule_paused",
+        Command::By { command, .. } => command_name(command),
         #[allow(unreachable_patterns)]
         _ => "command",
     }

@@ -39,10 +39,36 @@ const JS: &str = include_str!("ui.js");
 const ICON: &str = "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 16 16\">\
 <rect x=\"1.5\" y=\"3.5\" width=\"13\" height=\"9\" rx=\"2\" fill=\"#e9f6ee\" stroke=\"#2e9d5b\" stroke-width=\"2\"/></svg>";
 
-/// What the UI's handlers share: a client of this node's API.
+/// Name of the cookie that holds the signed-in user's API token.
+const TOKEN_COOKIE: &str = "kaon_token";
+
+tokio::task_local! {
+    /// The token of the browser a request came from (its cookie), for the
+    /// API calls that request makes: the UI acts with the user's rights,
+    /// never its own.
+    static TOKEN: Option<String>;
+}
+
+/// Puts the caller's token on every API call of one UI request.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+/// The UI's API client, carrying the user's token.
+type Api = KaonClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+/// What the UI's handlers share: a channel to this node's API.
 #[derive(Clone)]
 pub struct Ui {
-    api: KaonClient<Channel>,
+    channel: Channel,
 }
 
 impl Ui {
@@ -52,13 +78,14 @@ impl Ui {
         let channel = Channel::from_shared(api_url.to_string())
             .map_err(|e| anyhow::anyhow!("the API address {api_url:?} for the UI: {e}"))?
             .connect_lazy();
-        Ok(Ui {
-            api: KaonClient::new(channel),
-        })
+        Ok(Ui { channel })
     }
 
-    fn api(&self) -> KaonClient<Channel> {
-        self.api.clone()
+    /// A client acting for the browser whose request is being served.
+    fn api(&self) -> Api {
+        let token = TOKEN.try_with(|t| t.clone()).ok().flatten();
+        let bearer = token.and_then(|t| format!("Bearer {t}").parse().ok());
+        KaonClient::with_interceptor(self.channel.clone(), Bearer(bearer))
     }
 }
 
@@ -91,19 +118,126 @@ pub fn router(ui: Ui) -> Router {
         .route("/ui/schedules/pause", post(schedule_pause))
         .route("/ui/cluster", get(cluster_page))
         .route("/ui/audit", get(audit_page))
+        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/logout", post(logout))
+        .layer(axum::middleware::from_fn(with_token))
         .with_state(ui)
+}
+
+/// The value of cookie `name` in `headers`.
+fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// Serves a request with its browser's token in [`TOKEN`].
+async fn with_token(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let token = cookie(req.headers(), TOKEN_COOKIE);
+    TOKEN.scope(token, next.run(req)).await
+}
+
+#[derive(serde::Deserialize, Default)]
+struct LoginQuery {
+    #[serde(default)]
+    why: String,
+}
+
+fn login_form(why: &str) -> Markup {
+    page(
+        "Sign in",
+        "",
+        html! {
+            h1 { "Sign in" }
+            @if !why.is_empty() { p.error { (why) } }
+            p { "This cluster needs an API token (an operator makes one with "
+                code { "kaon token new" } "). It is kept in a cookie of this browser only." }
+            form method="post" action="/ui/login" {
+                input type="password" name="token" placeholder="kaon_…" autocomplete="off" required;
+                " "
+                button type="submit" { "Sign in" }
+            }
+        },
+    )
+}
+
+async fn login_page(Query(q): Query<LoginQuery>) -> Response {
+    html_response(login_form(&q.why))
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+/// Checks the token with a read the weakest role may make, then keeps it
+/// in an HttpOnly, SameSite=Strict cookie (no script reads it; other
+/// sites' forms do not send it).
+async fn login(State(ui): State<Ui>, Form(f): Form<LoginForm>) -> Response {
+    let token = f.token.trim().to_string();
+    let fits = !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b));
+    if !fits {
+        return (
+            StatusCode::BAD_REQUEST,
+            Html(login_form("That is not a kaon token.").into_string()),
+        )
+            .into_response();
+    }
+    let check = TOKEN
+        .scope(Some(token.clone()), async {
+            ui.api().cluster_status(v1::ClusterStatusRequest {}).await
+        })
+        .await;
+    match check {
+        Err(s) if s.code() == tonic::Code::Unauthenticated => (
+            StatusCode::UNAUTHORIZED,
+            Html(login_form(s.message()).into_string()),
+        )
+            .into_response(),
+        _ => (
+            [(
+                header::SET_COOKIE,
+                format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"),
+            )],
+            Redirect::to("/ui/"),
+        )
+            .into_response(),
+    }
+}
+
+async fn logout() -> Response {
+    (
+        [(
+            header::SET_COOKIE,
+            format!("{TOKEN_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
+        )],
+        Redirect::to("/ui/login"),
+    )
+        .into_response()
 }
 
 async fn icon() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "image/svg+xml")], ICON)
 }
 
-/// An error page: the API's answer, with the matching HTTP status.
+/// An error page: the API's answer, with the matching HTTP status (a
+/// missing or unknown token: the sign-in form).
 struct UiError(StatusCode, String);
 
 impl From<tonic::Status> for UiError {
     fn from(s: tonic::Status) -> UiError {
         let code = match s.code() {
+            tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
             tonic::Code::NotFound => StatusCode::NOT_FOUND,
             tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
                 StatusCode::BAD_REQUEST
@@ -117,6 +251,9 @@ impl From<tonic::Status> for UiError {
 
 impl IntoResponse for UiError {
     fn into_response(self) -> Response {
+        if self.0 == StatusCode::UNAUTHORIZED {
+            return (self.0, Html(login_form(&self.1).into_string())).into_response();
+        }
         let body = page(
             "Error",
             "",
@@ -155,6 +292,11 @@ fn page(title: &str, nav: &str, body: Markup) -> Markup {
                         (tab("/ui/schedules", "Schedules", "schedules"))
                         (tab("/ui/cluster", "Cluster", "cluster"))
                         (tab("/ui/audit", "Audit", "audit"))
+                    }
+                    @if TOKEN.try_with(|t| t.is_some()).unwrap_or(false) {
+                        form.signout method="post" action="/ui/logout" {
+                            button type="submit" { "Sign out" }
+                        }
                     }
                 }
                 main { (body) }

@@ -1,0 +1,567 @@
+//! Issue 12, section 2 (who may do what), on real 3-node clusters started
+//! with `--auth-file`: every role against every RPC, with and without
+//! tokens, through a follower and through the leader; a submitter's own
+//! runs; who asked, recorded in the events; the tokens file reloaded; the
+//! web UI's sign-in.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Cluster, KAON, kaon_at, wait_for};
+use kaon_api::v1;
+use kaon_api::v1::kaon_client::KaonClient;
+use kaon_server::auth::{Role, new_token, token_sha256};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Tokens for one principal per role (named after the role) plus a second
+/// submitter, and the tokens file listing them.
+struct Tokens {
+    by_role: Vec<(Role, String)>,
+    other_submitter: String,
+    file: std::path::PathBuf,
+}
+
+impl Tokens {
+    fn write(dir: &Path) -> Tokens {
+        let by_role: Vec<(Role, String)> = Role::ALL.iter().map(|&r| (r, new_token())).collect();
+        let other_submitter = new_token();
+        let file = dir.join("tokens.yaml");
+        let t = Tokens {
+            by_role,
+            other_submitter,
+            file,
+        };
+        t.save(&[]);
+        t
+    }
+
+    /// Writes the file without the principals in `revoked`.
+    fn save(&self, revoked: &[&str]) {
+        let mut y = String::from("tokens:\n");
+        let entries = self
+            .by_role
+            .iter()
+            .map(|(r, t)| (r.name().to_string(), r.name(), t))
+            .chain([("submitter2".to_string(), "submitter", &self.other_submitter)]);
+        for (principal, role, token) in entries {
+            if revoked.contains(&principal.as_str()) {
+                continue;
+            }
+            y.push_str(&format!(
+                "  - {{principal: {principal}, role: {role}, sha256: {}}}\n",
+                token_sha256(token)
+            ));
+        }
+        // Written whole, then renamed: the server never reads half a file.
+        let tmp = self.file.with_extension("tmp");
+        std::fs::write(&tmp, y).unwrap();
+        std::fs::rename(&tmp, &self.file).unwrap();
+    }
+
+    fn of(&self, r: Role) -> &str {
+        &self.by_role.iter().find(|(x, _)| *x == r).unwrap().1
+    }
+}
+
+fn secured_cluster(tokens: &Tokens) -> Cluster {
+    Cluster::builder(KAON)
+        .server_args(&["--auth-file", tokens.file.to_str().unwrap()])
+        .token(tokens.of(Role::Admin))
+        .start()
+        .expect("the cluster starts")
+}
+
+fn with_token<T>(msg: T, token: Option<&str>) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.set_timeout(Duration::from_secs(10));
+    if let Some(t) = token {
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    r
+}
+
+const QUICK: &str = "apiVersion: kaon/v1\nname: quick\nsteps:\n  a: {shell: 'true'}\n";
+
+/// One call of every RPC with arguments that are harmless when allowed;
+/// the code it ended with.
+async fn call(
+    c: &mut KaonClient<Channel>,
+    rpc: &str,
+    token: Option<&str>,
+    n: usize,
+) -> Result<(), Status> {
+    let t = token;
+    let missing = 999_999;
+    match rpc {
+        "RegisterWorkflow" => c
+            .register_workflow(with_token(
+                v1::RegisterWorkflowRequest {
+                    spec: QUICK.replace("quick", &format!("registered-{n}")),
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        "ListWorkflows" => c
+            .list_workflows(with_token(v1::ListWorkflowsRequest {}, t))
+            .await
+            .map(drop),
+        "GetWorkflow" => c
+            .get_workflow(with_token(
+                v1::GetWorkflowRequest {
+                    name: "quick".into(),
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        "SubmitRun" => c
+            .submit_run(with_token(
+                v1::SubmitRunRequest {
+                    workflow: Some(v1::submit_run_request::Workflow::InlineSpec(QUICK.into())),
+                    params_json: Default::default(),
+                    idempotency_key: format!("table-{n}"),
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        "GetRun" => c
+            .get_run(with_token(v1::GetRunRequest { run_id: missing }, t))
+            .await
+            .map(drop),
+        "ListRuns" => c
+            .list_runs(with_token(
+                v1::ListRunsRequest {
+                    page_size: 5,
+                    ..Default::default()
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        "WatchRun" => c
+            .watch_run(with_token(
+                v1::WatchRunRequest {
+                    run_id: missing,
+                    after_index: 0,
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        "CancelRun" => c
+            .cancel_run(with_token(
+                v1::CancelRunRequest {
+                    run_id: missing,
+                    reason: String::new(),
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        "ListSchedules" => c
+            .list_schedules(with_token(v1::ListSchedulesRequest {}, t))
+            .await
+            .map(drop),
+        "SetSchedulePaused" => c
+            .set_schedule_paused(with_token(
+                v1::SetSchedulePausedRequest {
+                    workflow: "no-such-workflow".into(),
+                    index: 0,
+                    paused: true,
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        "ClusterStatus" => c
+            .cluster_status(with_token(v1::ClusterStatusRequest {}, t))
+            .await
+            .map(drop),
+        "RetryRun" => c
+            .retry_run(with_token(
+                v1::RetryRunRequest {
+                    run_id: missing,
+                    idempotency_key: String::new(),
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        "ReadStepLogs" => c
+            .read_step_logs(with_token(
+                v1::ReadStepLogsRequest {
+                    run_id: missing,
+                    step_path: "a".into(),
+                    ..Default::default()
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        "InitCluster" => c
+            .init_cluster(with_token(v1::InitClusterRequest::default(), t))
+            .await
+            .map(drop),
+        "AddNode" => c
+            .add_node(with_token(
+                v1::AddNodeRequest {
+                    node_id: 0,
+                    raft_addr: String::new(),
+                    learner: true,
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        "RemoveNode" => c
+            .remove_node(with_token(v1::RemoveNodeRequest { node_id: 99 }, t))
+            .await
+            .map(drop),
+        "TransferLeader" => c
+            .transfer_leader(with_token(v1::TransferLeaderRequest { node_id: 99 }, t))
+            .await
+            .map(drop),
+        "Snapshot" => c
+            .snapshot(with_token(v1::SnapshotRequest {}, t))
+            .await
+            .map(drop),
+        "ReadEvents" => c
+            .read_events(with_token(
+                v1::ReadEventsRequest {
+                    from_index: 1,
+                    to_index: 2,
+                },
+                t,
+            ))
+            .await
+            .map(drop),
+        "ReadIndex" => c
+            .read_index(with_token(v1::ReadIndexRequest {}, t))
+            .await
+            .map(drop),
+        other => panic!("no call for {other}"),
+    }
+}
+
+/// Every RPC of `kaon.v1.Kaon` and the weakest role that may call it.
+const TABLE: &[(&str, Role)] = &[
+    ("ListWorkflows", Role::Viewer),
+    ("GetWorkflow", Role::Viewer),
+    ("GetRun", Role::Viewer),
+    ("ListRuns", Role::Viewer),
+    ("WatchRun", Role::Viewer),
+    ("ListSchedules", Role::Viewer),
+    ("ClusterStatus", Role::Viewer),
+    ("ReadStepLogs", Role::Viewer),
+    ("ReadEvents", Role::Viewer),
+    ("ReadIndex", Role::Viewer),
+    ("SubmitRun", Role::Submitter),
+    ("CancelRun", Role::Submitter),
+    ("RetryRun", Role::Submitter),
+    ("RegisterWorkflow", Role::Operator),
+    ("SetSchedulePaused", Role::Operator),
+    ("InitCluster", Role::Admin),
+    ("AddNode", Role::Admin),
+    ("RemoveNode", Role::Admin),
+    ("TransferLeader", Role::Admin),
+    ("Snapshot", Role::Admin),
+];
+
+#[test]
+fn every_role_against_every_rpc_through_a_follower_and_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Tokens::write(dir.path());
+    let c = secured_cluster(&tokens);
+    let rt = rt();
+    let leader = rt.block_on(c.wait_leader(None, Duration::from_secs(30)));
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    // The table names every RPC the API has.
+    let proto = include_str!("../../../proto/kaon/v1/api.proto");
+    let rpcs = proto
+        .lines()
+        .filter(|l| l.trim().starts_with("rpc "))
+        .count();
+    assert_eq!(TABLE.len(), rpcs, "every RPC has a row in the test's table");
+    let unknown = new_token();
+    let mut n = 0;
+    let mut checked = 0;
+    for node in [follower, leader] {
+        let mut client = rt.block_on(c.connect(node)).unwrap();
+        for &(rpc, needed) in TABLE {
+            let callers: Vec<(Option<Role>, Option<&str>)> =
+                [(None, None), (None, Some(unknown.as_str()))]
+                    .into_iter()
+                    .chain(Role::ALL.iter().map(|&r| (Some(r), Some(tokens.of(r)))))
+                    .collect();
+            // (ReadIndex is the leader's alone: a follower answers an
+            // allowed caller UNAVAILABLE, naming the leader.)
+            for (role, token) in callers {
+                n += 1;
+                let got = rt.block_on(call(&mut client, rpc, token, n));
+                let what = format!("{rpc} as {role:?} at node {}", node + 1);
+                match role {
+                    None => {
+                        let e = got.expect_err(&what);
+                        assert_eq!(e.code(), Code::Unauthenticated, "{what}: {e:?}");
+                    }
+                    Some(r) if r < needed => {
+                        let e = got.expect_err(&what);
+                        assert_eq!(e.code(), Code::PermissionDenied, "{what}: {e:?}");
+                        assert!(
+                            e.message()
+                                .contains(&format!("needs the {} role", needed.name()))
+                                && e.message().contains(&format!(
+                                    "{} (role {})",
+                                    r.name(),
+                                    r.name()
+                                )),
+                            "{what}: the refusal names the caller and the role needed: {}",
+                            e.message()
+                        );
+                    }
+                    Some(_) => {
+                        if let Err(e) = got
+                            && !(rpc == "ReadIndex" && node == follower)
+                        {
+                            assert!(
+                                !matches!(
+                                    e.code(),
+                                    Code::PermissionDenied
+                                        | Code::Unauthenticated
+                                        | Code::Unavailable
+                                ),
+                                "{what}: allowed, but {e:?}"
+                            );
+                        }
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 2 * TABLE.len() * 6);
+}
+
+/// Events of the cluster as JSON (`kaon audit export` with a token).
+fn exported(url: &str, token: &str) -> Vec<serde_json::Value> {
+    let (code, out, err) = kaon_at(url, &["--token", token, "audit", "export"]);
+    assert_eq!(code, 0, "{err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON event per line"))
+        .collect()
+}
+
+#[test]
+fn a_submitter_acts_on_its_own_runs_and_every_command_event_says_who_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Tokens::write(dir.path());
+    let c = secured_cluster(&tokens);
+    let rt = rt();
+    let leader = rt.block_on(c.wait_leader(None, Duration::from_secs(30)));
+    let follower = c.url((leader + 1) % 3);
+    let go = dir.path().join("go");
+    let spec = dir.path().join("long.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "apiVersion: kaon/v1\nname: long\nsteps:\n  s: {{shell: 'while [ ! -f {} ]; do sleep 0.1; done'}}\n",
+            go.display()
+        ),
+    )
+    .unwrap();
+    let sub = tokens.of(Role::Submitter);
+    let op = tokens.of(Role::Operator);
+    // Through a follower: the leader sees the submitter, not the node.
+    let (code, out, err) = kaon_at(
+        &follower,
+        &["--token", sub, "submit", spec.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let run = out.trim().strip_prefix("run ").unwrap().to_string();
+    // Another submitter may not cancel it; the refusal says whose it is.
+    let (code, _, err) = kaon_at(
+        &follower,
+        &["--token", &tokens.other_submitter, "run", "cancel", &run],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("PermissionDenied")
+            && err.contains("submitter2 (role submitter) may not cancel run")
+            && err.contains("submitted by submitter"),
+        "{err}"
+    );
+    // Without a token the CLI says how to pass one.
+    let (code, _, err) = kaon_at(&follower, &["runs"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("KAON_TOKEN"), "{err}");
+    // An operator may cancel anyone's run; the submitter retries its own.
+    let (code, out, err) = kaon_at(&follower, &["--token", op, "run", "cancel", &run]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_for("the run to end cancelled", Duration::from_secs(30), || {
+        let (_, out, _) = kaon_at(&follower, &["--token", sub, "run", "show", &run]);
+        out.contains("cancelled").then_some(())
+    });
+    std::fs::write(&go, "").unwrap();
+    let (code, out, err) = kaon_at(
+        &follower,
+        &["--token", &tokens.other_submitter, "run", "retry", &run],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("PermissionDenied"), "{err}");
+    let (code, out, err) = kaon_at(&follower, &["--token", sub, "run", "retry", &run]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // The log says who asked for each command event.
+    let events = exported(&follower, tokens.of(Role::Viewer));
+    let by = |kind: &str| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .filter_map(|e| e.get(kind))
+            .map(|b| b["requestedBy"].clone())
+            .collect()
+    };
+    let submitted = by("runSubmitted");
+    assert_eq!(submitted.len(), 2, "{submitted:?}");
+    for s in &submitted {
+        assert_eq!(s["principal"], "submitter", "{s}");
+        assert_eq!(s["method"], "token", "{s}");
+        assert_eq!(s["role"], "submitter", "{s}");
+    }
+    let cancelled = by("runCancelRequested");
+    assert_eq!(cancelled.len(), 1);
+    assert_eq!(cancelled[0]["principal"], "operator");
+    assert_eq!(cancelled[0]["role"], "operator");
+    assert!(
+        by("workflowRegistered")
+            .iter()
+            .all(|a| a["principal"] == "submitter"),
+        "a submitted spec's version records its submitter"
+    );
+    // `kaon audit why` answers who submitted and who cancelled.
+    let (code, out, err) = kaon_at(
+        &follower,
+        &[
+            "--token",
+            tokens.of(Role::Viewer),
+            "audit",
+            "why",
+            &run,
+            "s",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("by submitter") && out.contains("by operator"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_revoked_token_stops_working_without_a_restart_and_the_ui_asks_for_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = Tokens::write(dir.path());
+    let c = secured_cluster(&tokens);
+    let rt = rt();
+    rt.block_on(c.wait_leader(None, Duration::from_secs(30)));
+    let url = c.url(0);
+    let viewer = tokens.of(Role::Viewer);
+    let (code, _, err) = kaon_at(&url, &["--token", viewer, "runs"]);
+    assert_eq!(code, 0, "{err}");
+    tokens.save(&["viewer"]);
+    wait_for(
+        "every node to refuse the revoked token",
+        Duration::from_secs(15),
+        || {
+            (0..3)
+                .all(|i| {
+                    let (code, _, err) =
+                        kaon_at(&c.url(i), &["--token", viewer, "--stale", "runs"]);
+                    code != 0 && err.contains("not known")
+                })
+                .then_some(())
+        },
+    );
+
+    // The web UI: no token, the sign-in form; a wrong one, refused; the
+    // right one, a cookie that no script can read, then the pages.
+    let ui = c.admin_url(0);
+    let op = tokens.of(Role::Operator).to_string();
+    rt.block_on(async {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let login = |token: &str| {
+            http.post(format!("{ui}/ui/login"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("token={token}"))
+                .send()
+        };
+        let r = http.get(format!("{ui}/ui/")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        assert!(r.text().await.unwrap().contains("action=\"/ui/login\""));
+        let r = login("kaon_wrong").await.unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+        assert!(r.headers().get("set-cookie").is_none());
+        let r = login(&op).await.unwrap();
+        assert_eq!(r.status().as_u16(), 303, "{:?}", r.headers());
+        let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
+        let pair = cookie.split(';').next().unwrap().to_string();
+        let r = http
+            .get(format!("{ui}/ui/"))
+            .header("cookie", &pair)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(r.text().await.unwrap().contains("Sign out"));
+    });
+}
+
+#[test]
+fn a_node_with_a_malformed_tokens_file_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens.yaml");
+    std::fs::write(
+        &file,
+        "tokens:\n  - {principal: a, role: superuser, sha256: 00}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(KAON)
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--raft-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--auth-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tokens.yaml") && err.contains("tokens[0]") && err.contains("superuser"),
+        "{err}"
+    );
+}
