@@ -908,7 +908,7 @@ pub async fn why(
             "run {run} is not in the log (runs are numbered by their RunSubmitted event)"
         );
     };
-    if lines.is_empty() {
+    if lines.iter().all(|l| l.step.is_empty()) {
         let known: Vec<&str> = r
             .instances
             .iter()

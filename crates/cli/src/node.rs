@@ -124,6 +124,13 @@ pub struct ServerArgs {
     /// workflow, run, step and attempt ids. Off unless given.
     #[arg(long, env = "KAON_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// The directory on every agent holding the secrets steps name
+    /// (`env: {PW: {secret: db-password}}`, `secrets: [api-key]`), one file
+    /// per secret named as the secret. Executors read a step's secrets
+    /// from it when the step starts; kaon never stores or logs a value.
+    /// SECURITY.md.
+    #[arg(long, value_name = "DIR", env = "KAON_SECRETS_DIR")]
+    pub secrets_dir: Option<std::path::PathBuf>,
     /// A tokens file (YAML; `kaon token new` makes entries): every API
     /// call then needs a bearer token it lists, and the token's role
     /// (viewer, submitter, operator, admin) decides what the caller may
@@ -358,6 +365,12 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         config.executor_silence_ms_max =
             (args.executor_silence_ms_max > 0).then_some(args.executor_silence_ms_max as i64);
         config.executor_idle_ms = args.executor_idle_ms.min(i64::MAX as u64) as i64;
+        if let Some(d) = &args.secrets_dir {
+            config.secrets_dir = std::path::absolute(d)
+                .with_context(|| format!("resolving --secrets-dir {}", d.display()))?
+                .display()
+                .to_string();
+        }
         config.limits.run_retention_ms =
             args.run_retention.as_millis().min(i64::MAX as u128) as i64;
         config.api_addr = Some(args.advertise_api.clone().unwrap_or(addr.to_string()));

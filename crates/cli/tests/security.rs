@@ -565,3 +565,137 @@ fn a_node_with_a_malformed_tokens_file_does_not_start() {
         "{err}"
     );
 }
+
+/// Every file under `dir` (bytes), for a search.
+fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                todo.push(p);
+            } else if t.is_file()
+                && let Ok(b) = std::fs::read(&p)
+            {
+                out.push((p, b));
+            }
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Issue 12, section 3: a step's secrets, named in the spec, reach the
+/// step (as a variable and as a file) and nothing else: not the data
+/// directory (event log, snapshots, sandboxes after the step), not the
+/// node's log, not any API answer.
+#[test]
+fn secrets_reach_the_step_and_never_the_log_the_api_or_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    let (pw, key) = ("pw-7f3a9c-SECRET", "ak-55e1b0-SECRET");
+    std::fs::write(secrets.join("db-password"), format!("{pw}\n")).unwrap();
+    std::fs::write(secrets.join("api-key"), key).unwrap();
+    let data = dir.path().join("data");
+    let server = common::Server::start_with(
+        Path::new(KAON),
+        &data,
+        &["--secrets-dir", secrets.to_str().unwrap()],
+        &[],
+    )
+    .unwrap();
+    let url = server.url.clone();
+    let spec = dir.path().join("uses-secrets.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "apiVersion: kaon/v1\nname: uses-secrets\nsteps:\n  s:\n    shell: 'test \"$(printf %s \"$PW\" | sha256sum | cut -c1-64)\" = {} && test \"$(sha256sum < \"$KAON_SECRETS/api-key\" | cut -c1-64)\" = {} && ls -ld \"$KAON_SECRETS\" && echo checked'\n    env: {{PW: {{secret: db-password}}, MODE: plain}}\n    secrets: [api-key]\n  after: {{shell: 'echo done', depends_on: [s]}}\n",
+            // The spec holds the values' hashes only (it is in the log).
+            token_sha256(pw),
+            token_sha256(key)
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = kaon_at(&url, &["submit", spec.to_str().unwrap(), "--watch"]);
+    assert_eq!(code, 0, "the step saw both secrets: {out}{err}");
+    let run = out
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let (_, logs, _) = kaon_at(&url, &["run", "logs", &run, "s"]);
+    assert!(
+        logs.contains("checked") && logs.contains("drwx------"),
+        "the secret files' directory is the step's alone: {logs}"
+    );
+
+    // A missing secret fails the step, naming it and where it was looked for.
+    let missing = dir.path().join("missing.yaml");
+    std::fs::write(
+        &missing,
+        "apiVersion: kaon/v1\nname: missing\nsteps:\n  m: {shell: 'true', env: {X: {secret: nope}}}\n",
+    )
+    .unwrap();
+    let (code, out, err) = kaon_at(&url, &["submit", missing.to_str().unwrap(), "--watch"]);
+    assert_ne!(code, 0);
+    let missing_run = out
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{out}{err}"))
+        .to_string();
+    // A name that is not a plain file name is refused at submission.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: kaon/v1\nname: bad\nsteps:\n  b: {shell: 'true', secrets: ['../etc/passwd']}\n",
+    )
+    .unwrap();
+    let (code, _, err) = kaon_at(&url, &["submit", bad.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("steps.b.secrets[0]") && err.contains("invalid secret name"),
+        "{err}"
+    );
+
+    // Every API answer about the runs.
+    let mut answers = Vec::new();
+    for args in [
+        vec!["run", "show", run.as_str(), "--output", "json"],
+        vec!["run", "show", run.as_str()],
+        vec!["run", "logs", run.as_str(), "s"],
+        vec!["run", "logs", run.as_str(), "s", "--stderr"],
+        vec!["audit", "export"],
+        vec!["workflow", "list"],
+        vec!["runs", "--output", "json"],
+    ] {
+        let (code, out, err) = kaon_at(&url, &args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        answers.push((format!("{args:?}"), out + &err));
+    }
+    let (_, shown, _) = kaon_at(&url, &["run", "show", &missing_run]);
+    assert!(
+        shown.contains("secret \"nope\" not found in"),
+        "the failure names the secret: {shown}"
+    );
+    drop(server);
+    for (what, text) in &answers {
+        for v in [pw, key] {
+            assert!(!text.contains(v), "{what} shows a secret value");
+        }
+    }
+    let files = files_under(&data);
+    assert!(files.len() > 5, "the data directory was searched");
+    for (p, bytes) in &files {
+        for v in [pw, key] {
+            assert!(!contains(bytes, v), "{} holds a secret value", p.display());
+        }
+    }
+}

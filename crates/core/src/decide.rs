@@ -31,7 +31,7 @@ use crate::validate::{self, SpecError};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Launch a task exactly as the committed intent describes.
-    LaunchTask(pb::TaskLaunchRequested),
+    LaunchTask(Box<pb::TaskLaunchRequested>),
     /// Ask Mesos to kill a task.
     KillTask {
         /// Mesos task id.
@@ -492,7 +492,7 @@ impl<'s> Decider<'s> {
                 if accepted && !inst.attempts.last().is_some_and(|a| a.state.is_terminal()) {
                     let mut launch = e.clone();
                     launch.env.extend(kaon_env(&run.workflow, e));
-                    self.effect(Effect::LaunchTask(launch));
+                    self.effect(Effect::LaunchTask(Box::new(launch)));
                     if e.timeout_ms > 0 {
                         self.effect(Effect::ArmTimer {
                             key: TimerKey::StepTimeout {
@@ -898,6 +898,14 @@ impl<'s> Decider<'s> {
             argv,
             shell: t.shell,
             env,
+            secrets: t
+                .secrets
+                .iter()
+                .map(|(env, name)| pb::SecretRef {
+                    name: name.clone(),
+                    env: env.clone(),
+                })
+                .collect(),
             resources: Some(pb::Resources {
                 cpus: t.resources.cpus,
                 mem_mb: t.resources.mem_mb,

@@ -66,6 +66,9 @@ pub struct ExecutorConfig {
     /// the agent's executor has been idle for half of this, so a launch
     /// never races the executor's exit.
     pub idle_ms: i64,
+    /// The directory on the agents where steps' secrets are read by name
+    /// ("" = none: a step that names a secret fails saying so).
+    pub secrets_dir: String,
 }
 
 /// The leader's configuration (all limits named, with units).
@@ -141,6 +144,7 @@ impl LeaderConfig {
                 cpus: 0.01,
                 mem_mb: 16.0,
                 idle_ms: 60_000,
+                secrets_dir: String::new(),
             },
             pending_launches_max: 100_000,
             launch_aging_ms: 300_000,
@@ -237,6 +241,9 @@ pub struct StepCommand {
     pub shell: Option<String>,
     /// Environment (kaon's own variables included).
     pub env: Vec<(String, String)>,
+    /// Secrets by name for the executor to resolve on the agent:
+    /// (environment variable, or "" for a file; name).
+    pub secrets: Vec<(String, String)>,
 }
 
 /// A task to launch, everything decided: the shell only encodes it as a
@@ -1004,7 +1011,7 @@ impl Leader {
     fn absorb(&mut self, state: &State, effects: Vec<Effect>) {
         for e in effects {
             match e {
-                Effect::LaunchTask(l) => self.pend(state, l),
+                Effect::LaunchTask(l) => self.pend(state, *l),
                 Effect::KillTask { task_id, agent_id } => {
                     // A launch that never left: Mesos answers the kill with
                     // "unknown task", which ends the attempt.
@@ -1456,6 +1463,11 @@ impl Leader {
                     .env
                     .iter()
                     .map(|e| (e.name.clone(), e.value.clone()))
+                    .collect(),
+                secrets: l
+                    .secrets
+                    .iter()
+                    .map(|s| (s.env.clone(), s.name.clone()))
                     .collect(),
             },
             kind: l.kind.clone(),

@@ -84,6 +84,9 @@ pub struct TaskTemplate {
     pub shell: bool,
     /// Environment, sorted by name.
     pub env: Vec<(String, Template)>,
+    /// Secrets the agent resolves at launch: (environment variable or ""
+    /// for a file, secret name), sorted.
+    pub secrets: Vec<(String, String)>,
     /// Files fetched into the sandbox.
     pub files: Vec<(String, bool, bool)>,
     /// Container image (kind container).

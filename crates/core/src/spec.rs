@@ -173,7 +173,23 @@ pub struct StepDefaults {
     pub timeout: Option<String>,
     /// Environment added to every step (a step's own entries win).
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
-    pub env: UniqueMap<String>,
+    pub env: UniqueMap<EnvValue>,
+}
+
+/// An environment variable's value: text (may use `${{ expr }}`), or
+/// `{secret: NAME}`: the value of a secret read on the agent when the
+/// step starts, which never enters the spec, the event log, the API or
+/// kaon's logs (issue 12).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged, expecting = "text, or {secret: NAME}")]
+pub enum EnvValue {
+    /// A value (template).
+    Text(String),
+    /// A secret by name.
+    Secret {
+        /// The secret's name in the agent's secrets directory.
+        secret: String,
+    },
 }
 
 /// A reusable group definition.
@@ -206,9 +222,15 @@ pub struct NodeSpec {
     /// Command as one shell line (`/bin/sh -c`). May use `${{ expr }}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shell: Option<String>,
-    /// Environment variables; values may use `${{ expr }}`.
+    /// Environment variables; values may use `${{ expr }}`, or be
+    /// `{secret: NAME}`.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
-    pub env: UniqueMap<String>,
+    pub env: UniqueMap<EnvValue>,
+    /// Secrets by name, each put in a file of the step's own
+    /// (`$KAON_SECRETS/NAME`, readable by the step only, removed when it
+    /// ends); values are read on the agent, never stored by kaon.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     /// Files fetched into the task sandbox before it starts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileSpec>,

@@ -15,8 +15,8 @@ use crate::plan::{
     TaskTemplate,
 };
 use crate::spec::{
-    self, BackoffKind, ExhaustedMode, FailureMode, NodeSpec, OverlapPolicy, ParamType, Quantity,
-    ResourceSpec, RetrySpec, Steps, WorkflowSpec,
+    self, BackoffKind, EnvValue, ExhaustedMode, FailureMode, NodeSpec, OverlapPolicy, ParamType,
+    Quantity, ResourceSpec, RetrySpec, Steps, WorkflowSpec,
 };
 
 /// One problem in a spec: where (a dotted path like
@@ -131,7 +131,7 @@ fn compile_with(
         c.duration("defaults.timeout", t);
     }
     for (k, v) in &defaults.env {
-        c.check_env("defaults.env", k, v);
+        let _ = c.check_env_value("defaults.env", k, v);
     }
     for (tname, t) in &spec.templates {
         c.check_name(&format!("templates.{tname}"), tname);
@@ -580,6 +580,42 @@ impl Compiler<'_> {
         }
     }
 
+    /// An env entry: a template, or (`Err`) a secret's name, checked.
+    fn check_env_value(
+        &mut self,
+        path: &str,
+        k: &str,
+        v: &EnvValue,
+    ) -> Result<Option<Template>, String> {
+        match v {
+            EnvValue::Text(t) => Ok(self.check_env(path, k, t)),
+            EnvValue::Secret { secret } => {
+                self.check_env(path, k, "");
+                self.check_secret_name(&format!("{path}.{k}.secret"), secret);
+                Err(secret.clone())
+            }
+        }
+    }
+
+    /// A secret name is a plain file name in the agent's secrets
+    /// directory: letters, digits, `.`, `_`, `-`, not starting with `.`.
+    fn check_secret_name(&mut self, path: &str, name: &str) {
+        let ok = !name.is_empty()
+            && name.len() <= 128
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok {
+            self.err(
+                path,
+                format!(
+                    "invalid secret name {name:?}: letters, digits, '.', '_' and '-', at most 128, not starting with '.'"
+                ),
+            );
+        }
+    }
+
     fn check_env(&mut self, path: &str, k: &str, v: &str) -> Option<Template> {
         let valid = !k.is_empty()
             && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -988,6 +1024,7 @@ impl Compiler<'_> {
         for (field, set) in [
             ("kind", n.kind.is_some()),
             ("env", !n.env.is_empty()),
+            ("secrets", !n.secrets.is_empty()),
             ("files", !n.files.is_empty()),
             ("image", n.image.is_some()),
             ("resources", n.resources.is_some()),
@@ -1155,19 +1192,44 @@ impl Compiler<'_> {
             }
         }
         let mut env: BTreeMap<String, Template> = BTreeMap::new();
+        // Secret env entries, by variable (a step's own entries win over
+        // the defaults', a text entry over a secret of the same name).
+        let mut secret_env: BTreeMap<String, String> = BTreeMap::new();
         for (k, v) in &defaults.env {
-            if let Ok(t) = Template::compile(v, self.limits) {
-                env.insert(k.clone(), t);
+            match v {
+                EnvValue::Text(v) => {
+                    if let Ok(t) = Template::compile(v, self.limits) {
+                        env.insert(k.clone(), t);
+                    }
+                }
+                EnvValue::Secret { secret } => {
+                    secret_env.insert(k.clone(), secret.clone());
+                }
             }
         }
         for (k, v) in &n.env {
-            if let Some(t) = self.check_env(&format!("{path}.env"), k, v) {
-                for e in t.expressions() {
-                    self.check_refs(&format!("{path}.env.{k}"), e, scope);
+            match self.check_env_value(&format!("{path}.env"), k, v) {
+                Ok(Some(t)) => {
+                    for e in t.expressions() {
+                        self.check_refs(&format!("{path}.env.{k}"), e, scope);
+                    }
+                    secret_env.remove(k);
+                    env.insert(k.clone(), t);
                 }
-                env.insert(k.clone(), t);
+                Ok(None) => {}
+                Err(secret) => {
+                    env.remove(k);
+                    secret_env.insert(k.clone(), secret);
+                }
             }
         }
+        let mut secrets: Vec<(String, String)> = secret_env.into_iter().collect();
+        for (i, name) in n.secrets.iter().enumerate() {
+            self.check_secret_name(&format!("{path}.secrets[{i}]"), name);
+            secrets.push((String::new(), name.clone()));
+        }
+        secrets.sort();
+        secrets.dedup();
         for (i, f) in n.files.iter().enumerate() {
             if f.uri.trim().is_empty() {
                 self.err(&format!("{path}.files[{i}].uri"), "uri is empty");
@@ -1231,6 +1293,7 @@ impl Compiler<'_> {
                 argv,
                 shell,
                 env: env.into_iter().collect(),
+                secrets,
                 files: n
                     .files
                     .iter()

@@ -55,6 +55,9 @@ pub struct RuntimeConfig {
     /// An executor (one per agent, running many steps) with no step for
     /// this long exits, ms.
     pub executor_idle_ms: i64,
+    /// Where executors read steps' secrets on the agents (`--secrets-dir`;
+    /// "" = none).
+    pub secrets_dir: String,
     /// Core limits used by decide.
     pub limits: Limits,
     /// Launches waiting for offers at most (more are refused by nothing:
@@ -91,6 +94,7 @@ impl RuntimeConfig {
             executor_cpus: 0.01,
             executor_mem_mb: 16.0,
             executor_idle_ms: 60_000,
+            secrets_dir: String::new(),
             limits: Limits::default(),
             pending_launches_max: 100_000,
             api_addr: None,
@@ -281,6 +285,7 @@ fn leader_config(c: &RuntimeConfig, node_id: u64, term: u64) -> LeaderConfig {
     l.executor.cpus = c.executor_cpus;
     l.executor.mem_mb = c.executor_mem_mb;
     l.executor.idle_ms = c.executor_idle_ms;
+    l.executor.secrets_dir = c.secrets_dir.clone();
     l.pending_launches_max = c.pending_launches_max;
     l.executor_silence_ms_max = c.executor_silence_ms_max;
     l
@@ -783,6 +788,15 @@ fn task_info(t: &TaskSpec, heartbeat_seconds: Option<f64>) -> TaskInfo {
         argv: t.step.argv.clone(),
         shell: t.step.shell.clone(),
         env: t.step.env.iter().cloned().collect(),
+        secrets: t
+            .step
+            .secrets
+            .iter()
+            .map(|(env, name)| kaon_mesos::executor::SecretRef {
+                name: name.clone(),
+                env: env.clone(),
+            })
+            .collect(),
         // `kind: container`: the executor runs it in its image (it was
         // silently run on the host before, issue 10 section 3).
         container: (!t.container_image.is_empty()).then(|| kaon_mesos::executor::ContainerSpec {
@@ -804,10 +818,22 @@ fn task_info(t: &TaskSpec, heartbeat_seconds: Option<f64>) -> TaskInfo {
             value: Some(t.executor.command.clone()),
             arguments: t.executor.args.clone(),
             environment: Some(kaon_mesos::types::Environment {
-                variables: vec![kaon_mesos::types::EnvVar {
-                    name: kaon_mesos::executor::ENV_IDLE_MS.into(),
-                    value: Some(t.executor.idle_ms.to_string()),
-                }],
+                variables: [(
+                    kaon_mesos::executor::ENV_IDLE_MS,
+                    t.executor.idle_ms.to_string(),
+                )]
+                .into_iter()
+                .chain((!t.executor.secrets_dir.is_empty()).then(|| {
+                    (
+                        kaon_mesos::executor::ENV_SECRETS_DIR,
+                        t.executor.secrets_dir.clone(),
+                    )
+                }))
+                .map(|(name, value)| kaon_mesos::types::EnvVar {
+                    name: name.into(),
+                    value: Some(value),
+                })
+                .collect(),
             }),
             ..Default::default()
         }),

@@ -105,6 +105,21 @@ pub(super) fn docker_run_args(
         a.push("--env".into());
         a.push(format!("{k}={v}"));
     }
+    // Secrets: names only on the command line (`--env NAME` takes the
+    // value from the docker CLI's own environment, which the executor
+    // sets); files in the mounted sandbox.
+    for s in spec.secrets.iter().filter(|s| !s.env.is_empty()) {
+        a.push("--env".into());
+        a.push(s.env.clone());
+    }
+    if spec.secrets.iter().any(|s| s.env.is_empty()) {
+        a.push("--env".into());
+        a.push(format!(
+            "{}={d}/{}",
+            super::ENV_SECRETS,
+            super::SECRETS_SUBDIR
+        ));
+    }
     a.push(c.image.clone());
     if spec.argv.is_empty() {
         a.extend([
@@ -270,5 +285,35 @@ mod tests {
             container_name("a-b"),
             "ids that clean alike differ"
         );
+    }
+
+    #[test]
+    fn a_container_steps_secrets_are_names_on_the_command_line() {
+        let spec = StepSpec {
+            shell: Some("true".into()),
+            secrets: vec![
+                crate::executor::SecretRef {
+                    name: "db-password".into(),
+                    env: "PW".into(),
+                },
+                crate::executor::SecretRef {
+                    name: "api-key".into(),
+                    env: String::new(),
+                },
+            ],
+            ..StepSpec::default()
+        };
+        let c = ContainerSpec {
+            image: "img".into(),
+            cpus: None,
+            mem_mb: None,
+        };
+        let a = docker_run_args("t", &spec, &c, Path::new("/sb"), &[]);
+        let s = a.join(" ");
+        assert!(
+            s.contains("--env PW --env KAON_SECRETS=/sb/.kaon-secrets img"),
+            "{s}"
+        );
+        assert!(!s.contains("PW="), "no value on the command line: {s}");
     }
 }

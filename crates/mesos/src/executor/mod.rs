@@ -93,6 +93,108 @@ pub struct StepSpec {
     /// interpreter, which is already in `argv`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// Secrets the step uses, by name: read from the agent's secrets
+    /// directory ([`ENV_SECRETS_DIR`]) just before the step starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRef>,
+}
+
+/// A secret a step uses (names only: values never travel through Mesos).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SecretRef {
+    /// File name in the secrets directory.
+    pub name: String,
+    /// Environment variable to put the value in; empty: a file
+    /// `$KAON_SECRETS/<name>` of the step's own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub env: String,
+}
+
+/// Executor environment variable: the agent's secrets directory.
+pub const ENV_SECRETS_DIR: &str = "KAON_SECRETS_DIR";
+/// Step environment variable: the directory of the step's secret files.
+pub const ENV_SECRETS: &str = "KAON_SECRETS";
+/// The step's secret files, under its sandbox (removed when it ends).
+pub const SECRETS_SUBDIR: &str = ".kaon-secrets";
+/// Largest secret read, bytes.
+pub const SECRET_BYTES_MAX: u64 = 1 << 20;
+
+/// A step's secret environment variables, and its secret files' directory.
+type ResolvedSecrets = (Vec<(String, String)>, Option<PathBuf>);
+
+/// Reads the step's secrets from the agent's secrets directory: the
+/// environment variables to set, and writes the file secrets (mode 0600
+/// in a 0700 directory) under `dir`. Errors name the secret and the
+/// directory, never a value.
+fn resolve_secrets(secrets: &[SecretRef], dir: &Path) -> Result<ResolvedSecrets, String> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if secrets.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let Some(from) = std::env::var_os(ENV_SECRETS_DIR).map(PathBuf::from) else {
+        return Err(format!(
+            "the step uses secret {:?}, but this agent has no secrets directory \
+             (kaon server --secrets-dir, passed to executors as {ENV_SECRETS_DIR})",
+            secrets[0].name
+        ));
+    };
+    let mut env = Vec::new();
+    let mut files_dir = None;
+    for s in secrets {
+        let plain = !s.name.is_empty()
+            && !s.name.starts_with('.')
+            && s.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !plain {
+            return Err(format!("secret name {:?} is not a plain file name", s.name));
+        }
+        let path = from.join(&s.name);
+        let len = std::fs::metadata(&path)
+            .map_err(|e| format!("secret {:?} not found in {} ({e})", s.name, from.display()))?
+            .len();
+        if len > SECRET_BYTES_MAX {
+            return Err(format!(
+                "secret {:?} in {} is {len} bytes, more than {SECRET_BYTES_MAX}",
+                s.name,
+                from.display()
+            ));
+        }
+        let value = std::fs::read(&path)
+            .map_err(|e| format!("secret {:?} in {}: {e}", s.name, from.display()))?;
+        if s.env.is_empty() {
+            let d = dir.join(SECRETS_SUBDIR);
+            if files_dir.is_none() {
+                let _ = std::fs::remove_dir_all(&d);
+                std::fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&d)
+                    .map_err(|e| format!("creating {}: {e}", d.display()))?;
+                files_dir = Some(d.clone());
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(d.join(&s.name))
+                .map_err(|e| format!("writing secret {:?} for the step: {e}", s.name))?;
+            f.write_all(&value)
+                .map_err(|e| format!("writing secret {:?} for the step: {e}", s.name))?;
+        } else {
+            let mut text = String::from_utf8(value)
+                .map_err(|_| format!("secret {:?} is not UTF-8 text (use it as a file)", s.name))?;
+            // A file written by `echo` ends with a newline nobody means.
+            if text.ends_with('\n') {
+                text.pop();
+                if text.ends_with('\r') {
+                    text.pop();
+                }
+            }
+            env.push((s.env.clone(), text));
+        }
+    }
+    Ok((env, files_dir))
 }
 
 /// [`StepSpec::kind`] of a Spark step.
@@ -1113,6 +1215,7 @@ impl Executor {
         file("stderr")?;
         file("progress")?;
         let _ = std::fs::remove_file(dir.join("outputs.json"));
+        let (secret_env, secret_files) = resolve_secrets(&spec.secrets, dir)?;
         let mut cmd = match (&spec.container, spec.argv.split_first()) {
             (Some(c), _) => {
                 let mut cmd = tokio::process::Command::new(docker_program());
@@ -1149,7 +1252,22 @@ impl Executor {
         // Every process of the step carries its executor's identity: a
         // later executor kills what this one leaves behind if it dies.
         cmd.env(ENV_EXECUTOR_PROCESS, &self.identity);
-        let mut child = cmd.spawn().map_err(|e| match &spec.container {
+        // Secret values go into the process environment only (for a
+        // container, the docker CLI's, which `--env NAME` passes on).
+        cmd.envs(secret_env);
+        if let Some(d) = &secret_files {
+            cmd.env(ENV_SECRETS, d);
+        }
+        let remove_secrets = move || {
+            if let Some(d) = &secret_files {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        };
+        let spawned = cmd.spawn();
+        if spawned.is_err() {
+            remove_secrets();
+        }
+        let mut child = spawned.map_err(|e| match &spec.container {
             Some(c) => container_spawn_error(&c.image, &e),
             None => spawn_error(spec.argv.first().map(String::as_str), &spec.env, &e),
         })?;
@@ -1166,6 +1284,7 @@ impl Executor {
         let task_id = task_id.to_owned();
         tokio::spawn(async move {
             let status = child.wait().await.ok();
+            remove_secrets();
             // Leftover processes of the step's group hold the pipes open:
             // they end with it (as they would anyway), then the logs drain.
             crate::process::signal_group(pgid, libc::SIGKILL);
