@@ -420,6 +420,7 @@ impl World {
                 peer_channel: Some(peer_channel(self.apis.clone())),
                 local_sandboxes: None,
                 auth: None,
+                tls: None,
             },
         ));
         self.apis

@@ -53,6 +53,9 @@ pub struct Client {
     pub stale_reads: bool,
     /// Bearer token sent with every call (servers with `--auth-file`).
     pub token: Option<String>,
+    /// The cluster CA's certificate (PEM) that `https://` servers are
+    /// verified against.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 /// `host:port` or a URL to a URL.
@@ -87,6 +90,7 @@ impl Client {
             deadline: CALL_DEADLINE_DEFAULT,
             stale_reads: false,
             token: None,
+            tls_ca: None,
         })
     }
 
@@ -95,18 +99,31 @@ impl Client {
         &self.endpoints[self.current]
     }
 
-    fn channel(&mut self, i: usize) -> Channel {
+    fn channel(&mut self, i: usize) -> Result<Channel, Status> {
         let e = self.endpoints[i].clone();
-        self.channels
-            .entry(e.clone())
-            .or_insert_with(|| {
-                Channel::from_shared(e)
-                    .expect("validated in new")
-                    .connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    .connect_lazy()
-            })
-            .clone()
+        if let Some(c) = self.channels.get(&e) {
+            return Ok(c.clone());
+        }
+        let mut endpoint = Channel::from_shared(e.clone())
+            .expect("validated in new")
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true);
+        if e.starts_with("https://") {
+            let Some(ca) = &self.tls_ca else {
+                return Err(Status::invalid_argument(format!(
+                    "{e}: an https:// server needs the cluster CA's certificate (--tls-ca or KAON_TLS_CA)"
+                )));
+            };
+            endpoint = endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+                )
+                .map_err(|err| Status::invalid_argument(format!("{e}: TLS: {err}")))?;
+        }
+        let c = endpoint.connect_lazy();
+        self.channels.insert(e, c.clone());
+        Ok(c)
     }
 
     /// Calls `f` with a client and the request until it succeeds, fails
@@ -125,8 +142,17 @@ impl Client {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 let why = last.map(|s| s.message().to_string()).unwrap_or_default();
+                // A plain-text client at a TLS port sees only a broken
+                // connection: say what may be wrong.
+                let hint = if self.endpoints.iter().all(|e| e.starts_with("http://"))
+                    && (why.contains("transport") || why.contains("connection"))
+                {
+                    " (if the cluster uses TLS: https:// addresses and --tls-ca)"
+                } else {
+                    ""
+                };
                 return Err(Status::deadline_exceeded(format!(
-                    "no answer within {:?} after {tries} tries ({} servers); last error: {why}",
+                    "no answer within {:?} after {tries} tries ({} servers); last error: {why}{hint}",
                     self.deadline,
                     self.endpoints.len()
                 )));
@@ -144,7 +170,7 @@ impl Client {
                 req.metadata_mut().insert("authorization", v);
             }
             tries += 1;
-            let client = KaonClient::new(self.channel(self.current));
+            let client = KaonClient::new(self.channel(self.current)?);
             match f(client, req).await {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if retryable(&s) => {
@@ -170,6 +196,17 @@ impl Client {
                         .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
                     tokio::time::sleep(pause).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                Err(s)
+                    if s.message().contains("h2 protocol error")
+                        && self.endpoints[self.current].starts_with("http://") =>
+                {
+                    // What a plain-text client sees from a TLS port.
+                    return Err(Status::unavailable(format!(
+                        "{}: {} (the server may use TLS: use an https:// address and --tls-ca)",
+                        self.endpoints[self.current],
+                        s.message()
+                    )));
                 }
                 Err(s) => return Err(s),
             }

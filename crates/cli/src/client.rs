@@ -25,6 +25,8 @@ pub struct Opts {
     pub json: bool,
     /// `--token` / `KAON_TOKEN`.
     pub token: Option<String>,
+    /// `--tls-ca` / `KAON_TLS_CA`.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 impl Opts {
@@ -33,6 +35,10 @@ impl Opts {
         c.deadline = self.timeout;
         c.stale_reads = self.stale;
         c.token = self.token.clone();
+        if let Some(ca) = &self.tls_ca {
+            c.tls_ca =
+                Some(std::fs::read(ca).with_context(|| format!("--tls-ca {}", ca.display()))?);
+        }
         Ok(c)
     }
 }

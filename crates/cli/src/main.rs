@@ -56,8 +56,49 @@ struct Cli {
     /// other users cannot read in the process list.
     #[arg(long, global = true, env = "KAON_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The cluster CA's certificate (PEM) to verify `https://` servers.
+    #[arg(long, global = true, value_name = "FILE", env = "KAON_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum TlsCmd {
+    /// Make a cluster CA and a certificate for each node in DIR: `ca.pem`
+    /// (give it to every node and client), `ca.key` (keep it offline),
+    /// `node-N.pem` and `node-N.key`. Each node certificate names
+    /// localhost, 127.0.0.1, ::1, `node-N` and every `--host`.
+    Init {
+        /// Directory to write to (created; an existing CA is never
+        /// overwritten).
+        dir: std::path::PathBuf,
+        /// How many node certificates.
+        #[arg(long, default_value_t = 3)]
+        nodes: u32,
+        /// A further name or address every node certificate covers
+        /// (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Days the certificates are valid.
+        #[arg(long, default_value_t = 825, allow_negative_numbers = true)]
+        days: i64,
+    },
+    /// Sign one more certificate with DIR's CA: `NAME.pem` and `NAME.key`
+    /// (a new node, or a rotation before the old one expires).
+    Cert {
+        /// The directory holding `ca.pem` and `ca.key`.
+        dir: std::path::PathBuf,
+        /// File name and common name of the certificate.
+        name: String,
+        /// A name or address it covers (repeatable; localhost, 127.0.0.1
+        /// and ::1 always).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Days it is valid (negative: already expired, for tests).
+        #[arg(long, default_value_t = 825, allow_negative_numbers = true)]
+        days: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -412,6 +453,9 @@ enum Cmd {
     /// API tokens: make one, hash one (SECURITY.md).
     #[command(subcommand)]
     Token(TokenCmd),
+    /// TLS certificates: a cluster CA and node certificates (SECURITY.md).
+    #[command(subcommand)]
+    Tls(TlsCmd),
     /// The cluster: status, init, add-node, remove-node, transfer-leader,
     /// snapshot.
     #[command(subcommand)]
@@ -467,6 +511,12 @@ fn without_client_flags(mut cmd: clap::Command) -> clap::Command {
                 .arg(Arg::new("token").long("token").num_args(1).hide(true))
         });
     }
+    // `server` has a --tls-ca of its own (its CA for every port).
+    for sub in ["executor", "run-local"] {
+        cmd = cmd.mut_subcommand(sub, |s| {
+            s.arg(Arg::new("tls_ca").long("tls-ca").num_args(1).hide(true))
+        });
+    }
     cmd
 }
 
@@ -499,13 +549,24 @@ fn main() -> ExitCode {
         Cmd::Server(_) | Cmd::Executor | Cmd::MesosEmulator { .. } | Cmd::RunLocal { .. }
     ) {
         // Like other Unix tools, a printing command ends quietly when the
-        // reader closes the pipe (`kaon runs | head`); Rust ignores SIGPIPE
-        // and `println!` would panic. Long-running processes keep ignoring it.
-        // SAFETY: restoring the default disposition of one signal before any
-        // thread exists.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        // reader closes the pipe (`kaon runs | head`): `println!` panics on
+        // a closed stdout, and that panic exits as SIGPIPE would (141),
+        // without a message. SIGPIPE itself stays ignored: a server that
+        // closes a connection while the client writes (a plain-text client
+        // at a TLS port) must give an error, not kill the client silently.
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let msg = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if msg.contains("failed printing to stdout") && msg.contains("Broken pipe") {
+                std::process::exit(141);
+            }
+            default(info);
+        }));
     }
     let json = cli.output_format == "json";
     let o = client::Opts {
@@ -514,6 +575,7 @@ fn main() -> ExitCode {
         stale: cli.stale,
         json,
         token: cli.token.clone(),
+        tls_ca: cli.tls_ca.clone(),
     };
     match cli.command {
         Cmd::Validate { files } => validate(&files, json),
@@ -619,6 +681,18 @@ fn main() -> ExitCode {
         }
         Cmd::Token(TokenCmd::New { principal, role }) => report(token_new(&principal, &role, json)),
         Cmd::Token(TokenCmd::Hash) => report(token_hash()),
+        Cmd::Tls(TlsCmd::Init {
+            dir,
+            nodes,
+            hosts,
+            days,
+        }) => report(tls_init(&dir, nodes, &hosts, days)),
+        Cmd::Tls(TlsCmd::Cert {
+            dir,
+            name,
+            hosts,
+            days,
+        }) => report(tls_cert(&dir, &name, &hosts, days).map(|_| ExitCode::SUCCESS)),
         Cmd::Executor => executor(),
         Cmd::RunLocal {
             file,
@@ -1006,11 +1080,91 @@ fn token_new(principal: &str, role: &str, json: bool) -> anyhow::Result<ExitCode
 /// `kaon token hash`: the SHA-256 of a token on standard input.
 fn token_hash() -> anyhow::Result<ExitCode> {
     let mut t = String::new();
-    anyhow::Context::context(
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t),
-        "reading the token",
-    )?;
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).context("reading the token")?;
     anyhow::ensure!(!t.trim().is_empty(), "no token on standard input");
     println!("{}", kaon_server::auth::token_sha256(&t));
     Ok(ExitCode::SUCCESS)
+}
+
+use anyhow::Context as _;
+
+/// Writes `path` with `text`, readable by its owner only when `secret`.
+fn write_pem(path: &std::path::Path, text: &str, secret: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// `kaon tls init`.
+fn tls_init(
+    dir: &std::path::Path,
+    nodes: u32,
+    hosts: &[String],
+    days: i64,
+) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca_key = dir.join("ca.key");
+    anyhow::ensure!(
+        !ca_key.exists(),
+        "{} exists: a new CA would orphan every certificate the old one signed (use `kaon tls cert` to sign more)",
+        ca_key.display()
+    );
+    let ca = kaon_log::tls::new_ca("kaon cluster CA", days)?;
+    write_pem(&dir.join("ca.pem"), &ca.cert, false)?;
+    write_pem(&ca_key, &ca.key, true)?;
+    println!(
+        "{}: the cluster CA (give it to every node and client)",
+        dir.join("ca.pem").display()
+    );
+    println!("{}: its key (keep it offline)", ca_key.display());
+    for n in 1..=nodes {
+        let name = format!("node-{n}");
+        let mut names = hosts.to_vec();
+        names.push(name.clone());
+        tls_cert(dir, &name, &names, days)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kaon tls cert`: NAME.pem and NAME.key signed by DIR's CA.
+fn tls_cert(dir: &std::path::Path, name: &str, hosts: &[String], days: i64) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+        "certificate name {name:?}: letters, digits, '.', '_' and '-' only"
+    );
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .with_context(|| format!("reading {}", dir.join(f).display()))
+    };
+    let ca = kaon_log::tls::Pem {
+        cert: read("ca.pem")?,
+        key: read("ca.key")?,
+    };
+    let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+    for h in hosts {
+        if !names.contains(h) {
+            names.push(h.clone());
+        }
+    }
+    let c = kaon_log::tls::new_cert(&ca, name, &names, days)?;
+    write_pem(&dir.join(format!("{name}.pem")), &c.cert, false)?;
+    write_pem(&dir.join(format!("{name}.key")), &c.key, true)?;
+    println!(
+        "{}: certificate for {} (valid {days} days)",
+        dir.join(format!("{name}.pem")).display(),
+        names.join(", ")
+    );
+    Ok(())
 }

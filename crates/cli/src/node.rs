@@ -131,6 +131,20 @@ pub struct ServerArgs {
     /// SECURITY.md.
     #[arg(long, value_name = "DIR", env = "KAON_SECRETS_DIR")]
     pub secrets_dir: Option<std::path::PathBuf>,
+    /// The cluster CA's certificate (PEM). With `--tls-cert` and
+    /// `--tls-key`, the API and Raft ports speak TLS only, Raft mutually:
+    /// a peer needs a certificate this CA signed to join, vote or append.
+    /// The files are re-read when they change. `kaon tls init` makes a CA
+    /// and node certificates. SECURITY.md.
+    #[arg(long, value_name = "FILE", env = "KAON_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// This node's certificate (PEM, signed by `--tls-ca`; it must name
+    /// the addresses peers and clients dial).
+    #[arg(long, value_name = "FILE", env = "KAON_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "FILE", env = "KAON_TLS_KEY", requires_all = ["tls_ca", "tls_cert"])]
+    pub tls_key: Option<std::path::PathBuf>,
     /// A tokens file (YAML; `kaon token new` makes entries): every API
     /// call then needs a bearer token it lists, and the token's role
     /// (viewer, submitter, operator, admin) decides what the caller may
@@ -266,6 +280,21 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
             ),
             None => None,
         };
+        // A node told to use TLS never starts in plain text: unreadable or
+        // mismatched certificate files stop it here.
+        let tls = match (&args.tls_ca, &args.tls_cert, &args.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                let t = kaon_log::tls::Tls::load(kaon_log::tls::TlsFiles {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })?;
+                t.spawn_reloader();
+                tracing::info!(cert = %cert.display(), "TLS on: the API and Raft ports speak TLS only (Raft mutually)");
+                Some(t)
+            }
+            _ => None,
+        };
         // A node told to authenticate never starts open: a missing or
         // malformed tokens file stops it here.
         let auth = match &args.auth_file {
@@ -277,9 +306,15 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
                 Some(a)
             }
             None => {
-                tracing::warn!(
-                    "authentication off (no --auth-file): anyone who reaches the API port may do anything"
-                );
+                // Quiet on loopback (the single-machine default); a
+                // warning where others can reach the port.
+                if addr.ip().is_loopback() {
+                    tracing::info!("authentication off (no --auth-file)");
+                } else {
+                    tracing::warn!(
+                        "authentication off (no --auth-file): anyone who reaches {addr} may do anything"
+                    );
+                }
                 None
             }
         };
@@ -310,6 +345,9 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         node_config.catch_up_timeout_ms = args.catch_up_timeout_ms;
         node_config.contact_ms_max = args.contact_ms_max;
         node_config.event_schema = args.event_schema_max;
+        if let Some(tls) = &tls {
+            node_config.transport = kaon_log::Transport::GrpcTls(tls.clone());
+        }
         for p in &args.peers {
             let (id, addr) = p
                 .split_once('=')
@@ -399,6 +437,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
                 let mut stop = stop_rx.clone();
                 let log = log.clone();
                 let metrics = metrics.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let done = async move {
                         let _ = stop.wait_for(|s| *s).await;
@@ -410,7 +449,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
                         ip if ip.is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
                         _ => format!("http://{addr}"),
                     };
-                    let ui = match kaon_server::ui::Ui::new(&api) {
+                    let ui = match kaon_server::ui::Ui::new(&api, tls.clone()) {
                         Ok(ui) => Some(ui),
                         Err(e) => {
                             tracing::error!(error = %e, "the web UI is off");
@@ -446,6 +485,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
             mesos_master: Some(master.clone()),
             local_sandboxes: emulator.as_ref().map(|_| args.data_dir.join("mesos")),
             auth: auth.clone(),
+            tls: tls.clone(),
         };
         kaon_server::grpc::serve(log, runtime, service, listener, shutdown).await?;
         if let Some(emu) = emulator {

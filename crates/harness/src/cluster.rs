@@ -129,6 +129,7 @@ pub struct ClusterBuilder {
     peer: Option<PeerFn>,
     net: Option<Arc<NetLab>>,
     token: Option<String>,
+    tls_ca: Option<Vec<u8>>,
 }
 
 impl ClusterBuilder {
@@ -136,6 +137,13 @@ impl ClusterBuilder {
     /// for clusters started with `--auth-file`.
     pub fn token(mut self, token: &str) -> Self {
         self.token = Some(token.to_string());
+        self
+    }
+
+    /// The cluster CA (PEM) for clusters started with `--tls-*`: the
+    /// nodes' URLs are `https://` and the harness verifies them with it.
+    pub fn tls_ca(mut self, pem: Vec<u8>) -> Self {
+        self.tls_ca = Some(pem);
         self
     }
 
@@ -257,6 +265,7 @@ impl ClusterBuilder {
             nodes: (0..n).map(|_| None).collect(),
             paused: vec![false; n],
             token: self.token,
+            tls_ca: self.tls_ca,
         };
         let end = Instant::now() + LISTEN_DEADLINE;
         while std::net::TcpStream::connect((c.mesos_host.as_str(), mesos)).is_err() {
@@ -306,6 +315,8 @@ pub struct Cluster {
     paused: Vec<bool>,
     /// See [`ClusterBuilder::token`].
     token: Option<String>,
+    /// See [`ClusterBuilder::tls_ca`].
+    tls_ca: Option<Vec<u8>>,
 }
 
 impl Cluster {
@@ -321,6 +332,7 @@ impl Cluster {
             peer: None,
             net: None,
             token: None,
+            tls_ca: None,
         }
     }
 
@@ -361,7 +373,12 @@ impl Cluster {
 
     /// Node i's API URL.
     pub fn url(&self, i: usize) -> String {
-        format!("http://{}:{}", self.hosts[i], self.api[i])
+        let scheme = if self.tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}:{}", self.hosts[i], self.api[i])
     }
 
     /// Every node's API URL.
@@ -401,7 +418,13 @@ impl Cluster {
                 "--admin-listen",
                 &format!("{}:{}", self.hosts[i], self.admin[i]),
             ])
-            .args(&self.server_args);
+            // `{n}` in an argument stands for the node's number (per-node
+            // files such as TLS certificates).
+            .args(
+                self.server_args
+                    .iter()
+                    .map(|a| a.replace("{n}", &(i + 1).to_string())),
+            );
         for j in (0..self.len()).filter(|&j| j != i) {
             c.args(["--peer", &format!("{}={}", j + 1, self.peers[i][j])]);
         }
@@ -468,9 +491,16 @@ impl Cluster {
     /// A client for node i (connect deadline [`PROBE_TIMEOUT`], no call
     /// deadline: callers set their own).
     pub async fn connect(&self, i: usize) -> anyhow::Result<KaonClient<Channel>> {
-        let ch = Channel::from_shared(self.url(i))?
+        let mut endpoint = Channel::from_shared(self.url(i))?
             .connect_timeout(PROBE_TIMEOUT)
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        if let Some(ca) = &self.tls_ca {
+            endpoint = endpoint.tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            )?;
+        }
+        let ch = endpoint
             .connect()
             .await
             .with_context(|| format!("connecting to node {}", i + 1))?;

@@ -40,6 +40,7 @@ pub mod restore;
 pub mod rt;
 pub mod state_machine;
 pub mod storage;
+pub mod tls;
 pub mod types;
 pub mod version;
 

@@ -65,6 +65,10 @@ pub enum Transport {
     /// dials peers at their `host:port`. The default.
     #[default]
     Grpc,
+    /// tonic gRPC over mutual TLS: the node accepts Raft RPCs only from
+    /// peers whose certificate the cluster CA signed, and dials its peers
+    /// presenting its own (see [`crate::tls`]).
+    GrpcTls(std::sync::Arc<crate::tls::Tls>),
     /// An in-process hub shared by every node of a simulated cluster: no
     /// sockets; the test decides which messages arrive, late or never
     /// (see [`MemNetwork`]).
@@ -138,11 +142,14 @@ impl NetworkFactory {
         {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("peer {target}: bad address {addr:?}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        let ch = match &self.transport {
+            Transport::GrpcTls(tls) => endpoint.connect_with_connector_lazy(tls.connector()),
+            _ => endpoint.connect_lazy(),
+        };
         map.insert(target, (addr.to_string(), ch.clone()));
         Ok(ch)
     }
@@ -154,7 +161,7 @@ impl RaftNetworkFactory<C> for NetworkFactory {
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
         let addr = self.dial.get(&target).unwrap_or(&node.addr);
         let client = match &self.transport {
-            Transport::Grpc => self.channel(target, addr).map(|ch| {
+            Transport::Grpc | Transport::GrpcTls(_) => self.channel(target, addr).map(|ch| {
                 Conn::Grpc(
                     RaftServiceClient::new(ch)
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)

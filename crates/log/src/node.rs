@@ -321,15 +321,19 @@ impl RaftNode {
         // without a Raft to stop.
         enum Bound {
             Tcp(tokio::net::TcpListener),
+            Tls(tokio::net::TcpListener, Arc<crate::tls::Tls>),
             Mem(crate::MemNetwork),
         }
         let (bound, addr) = match &config.transport {
-            Transport::Grpc => {
+            Transport::Grpc | Transport::GrpcTls(_) => {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
                     .map_err(listen_err)?;
                 let addr = listener.local_addr().map_err(listen_err)?;
-                (Bound::Tcp(listener), addr)
+                match &config.transport {
+                    Transport::GrpcTls(tls) => (Bound::Tls(listener, tls.clone()), addr),
+                    _ => (Bound::Tcp(listener), addr),
+                }
             }
             Transport::Mem(net) => (
                 Bound::Mem(net.clone()),
@@ -361,6 +365,21 @@ impl RaftNode {
                 let svc = RaftRpcServer::service(raft.clone(), sm.clone(), versions.clone());
                 let incoming =
                     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                tokio::spawn(async move {
+                    let res = tonic::transport::Server::builder()
+                        .add_service(svc)
+                        .serve_with_incoming_shutdown(incoming, async {
+                            let _ = stop_rx.await;
+                        })
+                        .await;
+                    if let Err(e) = res {
+                        tracing::error!(node = id, error = %e, "raft rpc server stopped");
+                    }
+                })
+            }
+            Bound::Tls(listener, tls) => {
+                let svc = RaftRpcServer::service(raft.clone(), sm.clone(), versions.clone());
+                let incoming = tls.incoming(listener, crate::tls::Side::Peers);
                 tokio::spawn(async move {
                     let res = tonic::transport::Server::builder()
                         .add_service(svc)

@@ -66,6 +66,9 @@ pub struct ServiceConfig {
     pub local_sandboxes: Option<std::path::PathBuf>,
     /// Who may call what (`--auth-file`); `None` serves every caller.
     pub auth: Option<Arc<Authenticator>>,
+    /// TLS for the API port and for calls to peers' APIs (`--tls-*`);
+    /// `None`: plain text.
+    pub tls: Option<Arc<kaon_log::tls::Tls>>,
 }
 
 /// Builds a (lazily connected) channel to the API at `host:port`.
@@ -164,11 +167,16 @@ impl<L: EventLog> KaonService<L> {
         }
         let channel = match &self.config.peer_channel {
             Some(make) => make(addr),
-            None => Channel::from_shared(format!("http://{addr}"))
-                .map_err(|e| Status::internal(format!("leader API address {addr:?}: {e}")))?
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .connect_lazy(),
+            None => {
+                let endpoint = Channel::from_shared(format!("http://{addr}"))
+                    .map_err(|e| Status::internal(format!("leader API address {addr:?}: {e}")))?
+                    .connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true);
+                match &self.config.tls {
+                    Some(tls) => endpoint.connect_with_connector_lazy(tls.connector()),
+                    None => endpoint.connect_lazy(),
+                }
+            }
         };
         peers.insert(addr.to_string(), channel.clone());
         Ok(v1::kaon_client::KaonClient::new(channel))
@@ -1438,19 +1446,33 @@ pub async fn serve<L: EventLog>(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let auth = AuthLayer::new(config.auth.clone());
-    let served = tonic::transport::Server::builder()
+    let tls = config.tls.clone();
+    let router = tonic::transport::Server::builder()
         .layer(auth)
         .add_service(health)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(v1::kaon_server::KaonServer::new(KaonService::new(
             log, runtime, config,
-        )))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
-        .await;
+        )));
+    let served = match tls {
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(
+                    tls.incoming(listener, kaon_log::tls::Side::Api),
+                    shutdown,
+                )
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    shutdown,
+                )
+                .await
+        }
+    };
     watcher.abort();
     served?;
     Ok(())

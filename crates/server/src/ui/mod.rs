@@ -74,10 +74,19 @@ pub struct Ui {
 impl Ui {
     /// A UI reading through the API at `api_url` (this node's, e.g.
     /// `http://127.0.0.1:7070`); connects on first use.
-    pub fn new(api_url: &str) -> anyhow::Result<Ui> {
-        let channel = Channel::from_shared(api_url.to_string())
-            .map_err(|e| anyhow::anyhow!("the API address {api_url:?} for the UI: {e}"))?
-            .connect_lazy();
+    ///
+    /// With `tls`, the UI dials the API over TLS as the node itself (the
+    /// API's certificate must name the address in `api_url`).
+    pub fn new(
+        api_url: &str,
+        tls: Option<std::sync::Arc<kaon_log::tls::Tls>>,
+    ) -> anyhow::Result<Ui> {
+        let endpoint = Channel::from_shared(api_url.to_string())
+            .map_err(|e| anyhow::anyhow!("the API address {api_url:?} for the UI: {e}"))?;
+        let channel = match tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(tls.connector()),
+            None => endpoint.connect_lazy(),
+        };
         Ok(Ui { channel })
     }
 
