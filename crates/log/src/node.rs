@@ -365,32 +365,12 @@ impl RaftNode {
                 let svc = RaftRpcServer::service(raft.clone(), sm.clone(), versions.clone());
                 let incoming =
                     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-                tokio::spawn(async move {
-                    let res = tonic::transport::Server::builder()
-                        .add_service(svc)
-                        .serve_with_incoming_shutdown(incoming, async {
-                            let _ = stop_rx.await;
-                        })
-                        .await;
-                    if let Err(e) = res {
-                        tracing::error!(node = id, error = %e, "raft rpc server stopped");
-                    }
-                })
+                tokio::spawn(serve_raft(id, svc, incoming, stop_rx))
             }
             Bound::Tls(listener, tls) => {
                 let svc = RaftRpcServer::service(raft.clone(), sm.clone(), versions.clone());
                 let incoming = tls.incoming(listener, crate::tls::Side::Peers);
-                tokio::spawn(async move {
-                    let res = tonic::transport::Server::builder()
-                        .add_service(svc)
-                        .serve_with_incoming_shutdown(incoming, async {
-                            let _ = stop_rx.await;
-                        })
-                        .await;
-                    if let Err(e) = res {
-                        tracing::error!(node = id, error = %e, "raft rpc server stopped");
-                    }
-                })
+                tokio::spawn(serve_raft(id, svc, incoming, stop_rx))
             }
             Bound::Mem(net) => {
                 net.serve(
@@ -1041,5 +1021,39 @@ fn not_leader(f: openraft::errors::ForwardToLeader<crate::types::TypeConfig>) ->
     ProposeError::NotLeader {
         leader: f.leader_id,
         leader_addr: f.leader_node.map(|n| n.addr),
+    }
+}
+
+/// Serves Raft RPC on `incoming` (plain TCP or TLS connections) until
+/// `stop` fires.
+async fn serve_raft<S, I, IO, IE>(id: u64, svc: S, incoming: I, stop: oneshot::Receiver<()>)
+where
+    S: tower::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    I: futures_util::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let res = tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop.await;
+        })
+        .await;
+    if let Err(e) = res {
+        tracing::error!(node = id, error = %e, "raft rpc server stopped");
     }
 }
