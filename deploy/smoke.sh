@@ -11,7 +11,11 @@
 #   4. the killed node, started again, rejoins: every node at the same
 #      applied event index and state digest;
 #   5. every node's admin port answers /readyz, /metrics (the leader says
-#      kaon_raft_is_leader 1) and the web UI's runs page.
+#      kaon_raft_is_leader 1) and, after signing in with the token, the
+#      web UI's runs page;
+#   6. TLS and tokens are on: plain text and a call without a token are
+#      refused (every call above goes over https with the cluster CA and
+#      the admin token that deploy/init-security.sh made).
 # `compose down -v` always runs at the end (trap), pass or fail.
 #
 # Usage: deploy/smoke.sh [--no-build]    (--no-build: reuse the release binary)
@@ -40,7 +44,7 @@ fi
 say() { echo "[$(($(date +%s) - T0))s] $*"; }
 ms() { echo $(($(date +%s%N) / 1000000)); }   # GNU date
 port() { eval echo "\$KAON$1_PORT"; }
-url() { echo "http://127.0.0.1:$(port "$1")"; }
+url() { echo "https://127.0.0.1:$(port "$1")"; }
 # status N: node N's `cluster status` as one JSON line (empty if it does not answer)
 status() { "$KAON" --server "$(url "$1")" --timeout 3 --output json cluster status 2>/dev/null || true; }
 num() { sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
@@ -68,6 +72,7 @@ cleanup() {
     fi
     say "compose down -v"
     compose down -v --remove-orphans >/dev/null 2>&1 || true
+    [ -z "${SECURITY:-}" ] || rm -rf "$SECURITY"
     exit $rc
 }
 SPEC=deploy/smoke.yaml
@@ -80,6 +85,14 @@ else
     CARGO_TARGET_DIR="$TARGET" sh deploy/build-image.sh
 fi
 say "image built"
+# Certificates and a token in a directory of this run's own.
+SECURITY=$(mktemp -d)
+KAON_CLI="$KAON" sh deploy/init-security.sh "$SECURITY/s" >/dev/null
+export KAON_SECURITY_DIR="$SECURITY/s"
+export KAON_TLS_CA="$SECURITY/s/tls/ca.pem"
+KAON_TOKEN=$(cat "$SECURITY/s/admin.token")
+export KAON_TOKEN
+say "certificates and an admin token made"
 compose down -v --remove-orphans >/dev/null 2>&1 || true
 compose up -d
 say "compose up"
@@ -155,8 +168,16 @@ admin() { eval echo "http://127.0.0.1:\$KAON$1_ADMIN_PORT"; }
 get() { curl -fsS --max-time 5 "$1"; }
 for n in 1 2 3; do
     get "$(admin "$n")/readyz" >/dev/null || { say "FAIL: node $n not ready on its admin port"; exit 1; }
-    get "$(admin "$n")/ui/" | grep -q "<h1>Runs</h1>" || { say "FAIL: node $n serves no web UI"; exit 1; }
+    jar="$SECURITY/cookies-$n"
+    curl -fsS --max-time 5 -o /dev/null -c "$jar" --data-urlencode "token=$KAON_TOKEN" "$(admin "$n")/ui/login" \
+        || { say "FAIL: node $n's web UI refused the token"; exit 1; }
+    curl -fsS --max-time 5 -b "$jar" "$(admin "$n")/ui/" | grep -q "<h1>Runs</h1>" || { say "FAIL: node $n serves no web UI"; exit 1; }
 done
 wait_for "the leader's metrics naming it leader" sh -c "curl -fsS --max-time 5 '$(admin "$LEADER")/metrics' | grep -qx 'kaon_raft_is_leader 1'"
 say "ok: every node ready, serving /metrics and the web UI"
+plain=$(KAON_TLS_CA= "$KAON" --server "http://127.0.0.1:$(port 1)" --timeout 3 runs 2>&1) && { say "FAIL: plain text was served"; exit 1; }
+printf '%s\n' "$plain" | grep -q -- "--tls-ca" || { say "FAIL: plain text refused without a hint: $plain"; exit 1; }
+anon=$(KAON_TOKEN= "$KAON" --server "$(url 1)" --timeout 3 runs 2>&1) && { say "FAIL: a call without a token was served"; exit 1; }
+printf '%s\n' "$anon" | grep -q "Unauthenticated" || { say "FAIL: no token, but: $anon"; exit 1; }
+say "ok: plain text and calls without a token are refused"
 say "PASS"

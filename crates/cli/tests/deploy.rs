@@ -49,6 +49,7 @@ fn the_compose_deployment_survives_its_leader_and_serves_metrics_and_the_ui() {
         "ok: new leader (not node",
         "ok: all three nodes at the same applied event index and digest",
         "ok: every node ready, serving /metrics and the web UI",
+        "ok: plain text and calls without a token are refused",
         "PASS",
     ] {
         assert!(text.contains(step), "no {step:?} in:\n{text}");

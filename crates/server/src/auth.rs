@@ -394,6 +394,16 @@ where
         if let Some(auth) = &self.auth {
             match auth.authorize(req.uri().path(), req.headers()) {
                 Ok(Some(p)) => {
+                    // Admin calls (membership, leadership, snapshots) are
+                    // not events: the node's log says who made them.
+                    if p.role == Role::Admin && required_role(req.uri().path()) == Some(Role::Admin)
+                    {
+                        tracing::info!(
+                            principal = %p.name,
+                            method = req.uri().path(),
+                            "admin call"
+                        );
+                    }
                     req.extensions_mut().insert(p);
                 }
                 Ok(None) => {}
