@@ -220,7 +220,32 @@ pub fn read_kept(file: &Path) -> anyhow::Result<Vec<Kept>> {
 }
 
 /// `kaon audit verify`.
-pub async fn verify(source: Source<'_>, kept: &[Kept]) -> anyhow::Result<ExitCode> {
+/// Chain heads kept while verifying, to check signatures against: a
+/// signature names an event this many events back at most (the leader
+/// signs its latest head and records the signature right after).
+const SIGNED_HEAD_LOOKBACK_EVENTS: u64 = 65_536;
+
+/// What `--public-key` checking found.
+#[derive(Default)]
+struct Signatures {
+    /// Signatures by a trusted key that match the recomputed chain.
+    good: u64,
+    /// The last event a good signature covers.
+    last_good: u64,
+    /// Problems: a signature that does not verify, or a signed head the
+    /// recomputed chain does not have.
+    bad: Vec<String>,
+    /// Public keys (hex) that signed but are not trusted.
+    untrusted: std::collections::BTreeSet<String>,
+    /// Events (signatures aside) after the last good signature's.
+    unsigned: Vec<u64>,
+}
+
+pub async fn verify(
+    source: Source<'_>,
+    kept: &[Kept],
+    public_keys: &[[u8; 32]],
+) -> anyhow::Result<ExitCode> {
     if let Source::Offline(dir) = source {
         // The archive's own check first: every stored record against the
         // chain head stored with the events.
@@ -238,8 +263,60 @@ pub async fn verify(source: Source<'_>, kept: &[Kept]) -> anyhow::Result<ExitCod
         by_index.entry(k.index).or_default().push(k);
     }
     let mut differs: Vec<String> = Vec::new();
+    let mut heads: std::collections::BTreeMap<u64, [u8; 32]> = Default::default();
+    let mut sigs = Signatures::default();
     let end = match each_event(&source, 1, None, |_, e| {
+        if let Some(kaon_core::events::Body::ChainHeadSigned(s)) = &e.body
+            && !public_keys.is_empty()
+        {
+            use kaon_server::signing;
+            let key = signing::key_hex(&s.public_key);
+            if !public_keys.iter().any(|k| k[..] == s.public_key[..]) {
+                sigs.untrusted.insert(key);
+            } else if !signing::verify(&s.public_key, s.index, &s.chain_head, &s.signature) {
+                sigs.bad.push(format!(
+                    "event {}: the signature of event {}'s chain head does not verify",
+                    e.index, s.index
+                ));
+            } else {
+                match heads.get(&s.index) {
+                    Some(h) if h[..] == s.chain_head[..] => {
+                        sigs.good += 1;
+                        sigs.last_good = s.index;
+                        sigs.unsigned.retain(|&i| i > s.index);
+                    }
+                    Some(h) => sigs.bad.push(format!(
+                        "this log differs from the one that was signed at or before event {} \
+                         (signed head {}, this log's {}){}",
+                        s.index,
+                        kaon_core::decide::hex(&s.chain_head),
+                        kaon_core::decide::hex(h),
+                        if sigs.last_good > 0 {
+                            format!(
+                                " and after event {} (the last signed head that matches)",
+                                sigs.last_good
+                            )
+                        } else {
+                            String::new()
+                        }
+                    )),
+                    None => sigs.bad.push(format!(
+                        "event {}: signs event {}, too far back to check",
+                        e.index, s.index
+                    )),
+                }
+            }
+        }
         fold.apply(&e)?;
+        if !public_keys.is_empty() {
+            if !matches!(e.body, Some(kaon_core::events::Body::ChainHeadSigned(_))) {
+                sigs.unsigned.push(e.index);
+            }
+            heads.insert(e.index, fold.state.chain);
+            while heads.len() as u64 > SIGNED_HEAD_LOOKBACK_EVENTS {
+                heads.pop_first();
+            }
+        }
         if let Some(ks) = by_index.get(&e.index) {
             let chain = kaon_core::decide::hex(&fold.state.chain);
             let digest = ks
@@ -286,6 +363,37 @@ pub async fn verify(source: Source<'_>, kept: &[Kept]) -> anyhow::Result<ExitCod
         );
         return Ok(ExitCode::FAILURE);
     }
+    if !public_keys.is_empty() {
+        if let Some(first) = sigs.bad.first() {
+            eprintln!(
+                "kaon audit verify: the log is NOT the one that was signed: {first}{}",
+                if sigs.bad.len() > 1 {
+                    format!(" (and {} more)", sigs.bad.len() - 1)
+                } else {
+                    String::new()
+                }
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        if sigs.good == 0 {
+            eprintln!(
+                "kaon audit verify: no chain head in this log is signed by the given key{}",
+                if sigs.untrusted.is_empty() {
+                    " (no signatures at all: was the leader given --signing-key? were they removed?)".to_string()
+                } else {
+                    format!(
+                        " (signed only by {}: pass its public key too if it is the cluster's, e.g. after a rotation)",
+                        sigs.untrusted
+                            .iter()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     let head = kaon_core::decide::hex(&fold.state.chain);
     if fold.state.applied_index != end.last_index || head != end.head {
         eprintln!(
@@ -295,7 +403,33 @@ pub async fn verify(source: Source<'_>, kept: &[Kept]) -> anyhow::Result<ExitCod
         );
         return Ok(ExitCode::FAILURE);
     }
-    if kept.is_empty() {
+    if !public_keys.is_empty() {
+        let unsigned = sigs.unsigned.len();
+        println!(
+            "ok: {} events, hash chain head {head}; signed: {} signatures by the given key, the last \
+             covering event {}{}{}",
+            fold.state.applied_index,
+            sigs.good,
+            sigs.last_good,
+            if unsigned > 0 {
+                format!(" ({unsigned} later events not signed yet)")
+            } else {
+                String::new()
+            },
+            if sigs.untrusted.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; also signed by keys not given: {}",
+                    sigs.untrusted
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+    } else if kept.is_empty() {
         println!(
             "ok: {} events, hash chain head {head}",
             fold.state.applied_index

@@ -277,6 +277,19 @@ enum AuditCmd {
         /// backup's header line).
         #[arg(long)]
         digests: Option<std::path::PathBuf>,
+        /// The cluster's public signing key (a `.pub` file from `kaon
+        /// audit keygen`; repeat for the keys before and after a rotation):
+        /// every signed chain head must verify and match the recomputed
+        /// chain, and at least one must be signed by a given key.
+        #[arg(long = "public-key", value_name = "FILE")]
+        public_keys: Vec<std::path::PathBuf>,
+    },
+    /// Make a signing key for the cluster: DIR/signing.key (give it to
+    /// every node: `kaon server --signing-key`) and DIR/signing.pub (give
+    /// it to auditors: `kaon audit verify --public-key`).
+    Keygen {
+        /// Directory to write to.
+        dir: std::path::PathBuf,
     },
     /// Rebuild the state as of an event index from the events and print
     /// its digest and runs (live, or offline with `--data-dir`).
@@ -650,13 +663,26 @@ fn main() -> ExitCode {
                 }
             }
             match &cmd {
-                AuditCmd::Verify { data_dir, digests } => {
+                AuditCmd::Verify {
+                    data_dir,
+                    digests,
+                    public_keys,
+                } => {
                     let kept = match digests.as_deref().map(audit::read_kept).transpose() {
                         Ok(k) => k.unwrap_or_default(),
                         Err(e) => return report(Err(e)),
                     };
-                    block(audit::verify(source(data_dir, &o), &kept))
+                    let keys = match public_keys
+                        .iter()
+                        .map(|p| kaon_server::signing::load_public_key(p))
+                        .collect::<anyhow::Result<Vec<_>>>()
+                    {
+                        Ok(k) => k,
+                        Err(e) => return report(Err(e)),
+                    };
+                    block(audit::verify(source(data_dir, &o), &kept, &keys))
                 }
+                AuditCmd::Keygen { dir } => report(audit_keygen(dir)),
                 AuditCmd::Replay { data_dir, until } => {
                     block(audit::replay(source(data_dir, &o), *until, json))
                 }
@@ -1167,4 +1193,27 @@ fn tls_cert(dir: &std::path::Path, name: &str, hosts: &[String], days: i64) -> a
         names.join(", ")
     );
     Ok(())
+}
+
+/// `kaon audit keygen`.
+fn audit_keygen(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key = dir.join("signing.key");
+    anyhow::ensure!(
+        !key.exists(),
+        "{} exists: a new key is a rotation; write it elsewhere and give the nodes the new file",
+        key.display()
+    );
+    let (secret, public) = kaon_server::signing::SigningKey::generate()?;
+    write_pem(&key, &format!("{secret}\n"), true)?;
+    write_pem(&dir.join("signing.pub"), &format!("{public}\n"), false)?;
+    println!(
+        "{}: the signing key (every node: --signing-key)",
+        key.display()
+    );
+    println!(
+        "{}: its public key {public} (auditors: kaon audit verify --public-key)",
+        dir.join("signing.pub").display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -145,6 +145,18 @@ pub struct ServerArgs {
     /// This node's private key (PEM).
     #[arg(long, value_name = "FILE", env = "KAON_TLS_KEY", requires_all = ["tls_ca", "tls_cert"])]
     pub tls_key: Option<std::path::PathBuf>,
+    /// The cluster's signing key (`kaon audit keygen`; the same file on
+    /// every node): the leader signs the hash chain's head with it every
+    /// `--sign-every`, recorded in the log, so an auditor with the public
+    /// key can prove a copy of the log is the one that was signed (`kaon
+    /// audit verify --public-key`). A new key file is a rotation, recorded
+    /// by the next signature.
+    #[arg(long, value_name = "FILE", env = "KAON_SIGNING_KEY")]
+    pub signing_key: Option<std::path::PathBuf>,
+    /// How often the leader signs the chain head while events arrive
+    /// (with `--signing-key`).
+    #[arg(long, default_value = "1m", value_parser = parse_retention, env = "KAON_SIGN_EVERY")]
+    pub sign_every: std::time::Duration,
     /// A tokens file (YAML; `kaon token new` makes entries): every API
     /// call then needs a bearer token it lists, and the token's role
     /// (viewer, submitter, operator, admin) decides what the caller may
@@ -403,6 +415,13 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         config.executor_silence_ms_max =
             (args.executor_silence_ms_max > 0).then_some(args.executor_silence_ms_max as i64);
         config.executor_idle_ms = args.executor_idle_ms.min(i64::MAX as u64) as i64;
+        if let Some(k) = &args.signing_key {
+            let key = kaon_server::signing::SigningKey::load(k)?;
+            tracing::info!(public_key = %key.public_hex(), "signing the chain head");
+            config.signing_key = Some(Arc::new(key));
+            config.limits.sign_every_ms =
+                (args.sign_every.as_millis().min(i64::MAX as u128) as i64).max(1);
+        }
         if let Some(d) = &args.secrets_dir {
             config.secrets_dir = std::path::absolute(d)
                 .with_context(|| format!("resolving --secrets-dir {}", d.display()))?

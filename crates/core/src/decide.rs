@@ -69,6 +69,15 @@ pub enum Effect {
         /// Framework id from the log, if one was recorded.
         framework_id: Option<String>,
     },
+    /// Sign the chain head after event `index` with the cluster's key and
+    /// send it back as [`Command::RecordChainSignature`] (the key stays
+    /// in the shell; the core decides when and what is signed).
+    SignChainHead {
+        /// The event whose head is signed.
+        index: u64,
+        /// The chain head after it.
+        chain_head: [u8; 32],
+    },
 }
 
 /// Timers the leader arms; all are re-derived from state after a failover.
@@ -130,6 +139,8 @@ pub enum TimerKey {
         /// Run.
         run: RunId,
     },
+    /// Time to sign the chain head (`Limits::sign_every_ms`).
+    SignHead,
 }
 
 /// A Mesos status update, decoded by the runtime.
@@ -288,6 +299,18 @@ pub enum Command {
         /// What they asked for (never itself a `By`).
         command: Box<Command>,
     },
+    /// The shell's signature of a chain head the core asked for
+    /// ([`Effect::SignChainHead`]): recorded as `ChainHeadSigned`.
+    RecordChainSignature {
+        /// The event whose head was signed.
+        index: u64,
+        /// That head.
+        chain_head: Vec<u8>,
+        /// The signer's ed25519 public key.
+        public_key: Vec<u8>,
+        /// The signature.
+        signature: Vec<u8>,
+    },
     /// A node became leader: record it and its public API address (so
     /// followers can forward writes there). Recorded only when it changes.
     AnnounceLeader {
@@ -370,6 +393,10 @@ pub struct Decision {
     /// A registration that matched an existing version: (name, version).
     pub existing_version: Option<(String, u32)>,
 }
+
+/// The first chain-head signature after a leader starts, at most this
+/// late, ms.
+const SIGN_FIRST_MS: i64 = 2_000;
 
 /// Grace for a cron fire that is due "now" (timers fire a little late).
 const FIRE_GRACE_MS: i64 = 60_000;
@@ -618,7 +645,8 @@ impl<'s> Decider<'s> {
             | Body::FrameworkRegistered(_)
             | Body::ScheduleFired(_)
             | Body::LeaderStarted(_)
-            | Body::RunsRetired(_) => {}
+            | Body::RunsRetired(_)
+            | Body::ChainHeadSigned(_) => {}
         }
     }
 
@@ -1550,6 +1578,25 @@ impl<'s> Decider<'s> {
 
     fn timer(&mut self, key: TimerKey) {
         match key {
+            TimerKey::SignHead => {
+                if !self.signing() {
+                    return;
+                }
+                // Nothing new since the last signature (the signature
+                // events themselves aside): nothing to sign.
+                let index = self.state.applied_index;
+                if index > self.state.signed_index + 1 || self.state.signed_index == 0 && index > 0
+                {
+                    self.effect(Effect::SignChainHead {
+                        index,
+                        chain_head: self.state.chain,
+                    });
+                }
+                self.effect(Effect::ArmTimer {
+                    key: TimerKey::SignHead,
+                    at_ms: self.now + self.limits.sign_every_ms,
+                });
+            }
             TimerKey::StepTimeout { run, inst, attempt } => {
                 let Some(r) = self.active_run(run) else {
                     return;
@@ -1764,6 +1811,22 @@ impl<'s> Decider<'s> {
         // Finished runs not yet retired (a retention newly set, or timers
         // of a previous leader).
         self.arm_all_retires();
+        // The first signature soon after a leader starts, then at the
+        // interval.
+        if self.signing() {
+            self.effect(Effect::ArmTimer {
+                key: TimerKey::SignHead,
+                at_ms: self.now + self.limits.sign_every_ms.min(SIGN_FIRST_MS),
+            });
+        }
+    }
+
+    /// Whether the leader signs chain heads: a key (interval) and voters
+    /// that apply `ChainHeadSigned`.
+    fn signing(&self) -> bool {
+        self.limits.sign_every_ms > 0
+            && self.limits.event_schema_max
+                >= crate::events::body_schema(&Body::ChainHeadSigned(Default::default()))
     }
 
     /// Re-derives timers and any follow-up a previous leader may not have
@@ -2085,6 +2148,30 @@ impl<'s> Decider<'s> {
                 run_id,
                 idempotency_key,
             } => self.retry(run_id, idempotency_key),
+            Command::RecordChainSignature {
+                index,
+                chain_head,
+                public_key,
+                signature,
+            } => {
+                if index <= self.state.signed_index {
+                    return Ok(());
+                }
+                if index > self.state.applied_index
+                    || index == self.state.applied_index && chain_head != self.state.chain
+                {
+                    return Err(Rejection::FailedPrecondition(format!(
+                        "a signature of index {index} that is not this log's head there"
+                    )));
+                }
+                self.emit(Body::ChainHeadSigned(pb::ChainHeadSigned {
+                    index,
+                    chain_head,
+                    public_key,
+                    signature,
+                }));
+                Ok(())
+            }
             Command::AnnounceLeader {
                 node_id,
                 term,

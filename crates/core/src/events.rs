@@ -104,7 +104,8 @@ pub fn body_run(b: &Body) -> Option<u64> {
         | Body::ScheduleFired(_)
         | Body::SchedulePauseChanged(_)
         | Body::LeaderStarted(_)
-        | Body::RunsRetired(_) => return None,
+        | Body::RunsRetired(_)
+        | Body::ChainHeadSigned(_) => return None,
     })
 }
 
@@ -126,16 +127,18 @@ pub fn body_instance(b: &Body) -> Option<(u64, u32)> {
 }
 
 /// The newest event schema this kaon applies: 1 = the kinds up to
-/// `LeaderStarted`; 2 adds `RunsRetired`. A leader writes a kind only
+/// `LeaderStarted`; 2 adds `RunsRetired`; 3 adds `ChainHeadSigned`. A
+/// leader writes a kind only
 /// when every voter applies its schema ([`body_schema`];
 /// `Limits::event_schema_max`); a replica refuses a kind it does not know
 /// (`ApplyError::UnknownEvent`) and stops rather than guess.
-pub const EVENT_SCHEMA: u32 = 2;
+pub const EVENT_SCHEMA: u32 = 3;
 
 /// The event schema that introduced `b`'s kind.
 pub fn body_schema(b: &Body) -> u32 {
     match b {
         Body::RunsRetired(_) => 2,
+        Body::ChainHeadSigned(_) => 3,
         _ => 1,
     }
 }
@@ -162,5 +165,6 @@ pub fn body_name(b: &Body) -> &'static str {
         Body::SchedulePauseChanged(_) => "SchedulePauseChanged",
         Body::LeaderStarted(_) => "LeaderStarted",
         Body::RunsRetired(_) => "RunsRetired",
+        Body::ChainHeadSigned(_) => "ChainHeadSigned",
     }
 }

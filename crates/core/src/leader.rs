@@ -326,6 +326,15 @@ pub enum Action {
         /// (task id, agent id or "").
         tasks: Vec<(String, String)>,
     },
+    /// Not a Mesos call: sign the chain head after `index` with the
+    /// cluster's key and send `Command::RecordChainSignature` back (the
+    /// shell holds the key).
+    SignChainHead {
+        /// The event whose head is signed.
+        index: u64,
+        /// The chain head after it.
+        chain_head: [u8; 32],
+    },
 }
 
 /// What a command did: decide's answer and the events it committed.
@@ -1045,6 +1054,10 @@ impl Leader {
                 Effect::Subscribe { framework_id } => {
                     self.subscribed = false;
                     self.actions.push(Action::Subscribe { framework_id });
+                }
+                Effect::SignChainHead { index, chain_head } => {
+                    self.actions
+                        .push(Action::SignChainHead { index, chain_head });
                 }
             }
         }

@@ -85,6 +85,11 @@ pub struct Limits {
     /// newer kind wait.
     #[serde(default = "event_schema_max_default")]
     pub event_schema_max: u32,
+    /// The leader signs the chain head this often while new events arrive
+    /// (`ChainHeadSigned`, issue 12), ms; 0: never (no signing key). Off in
+    /// the core's default; `kaon server --signing-key` turns it on.
+    #[serde(default)]
+    pub sign_every_ms: i64,
 }
 
 fn event_schema_max_default() -> u32 {
@@ -130,6 +135,7 @@ impl Default for Limits {
             kill_resend_ms: kill_resend_ms_default(),
             run_retention_ms: 0,
             event_schema_max: event_schema_max_default(),
+            sign_every_ms: 0,
         }
     }
 }

@@ -313,6 +313,10 @@ impl Sim {
                 // One executor per attempt: the kill sent with it ends the
                 // task here already.
             }
+            Action::SignChainHead { .. } => {
+                // The sim holds no key (signing is off in its limits); the
+                // runtime's signing is tested with real nodes.
+            }
             Action::Acknowledge { task_id, uuid, .. } => {
                 // Inputs are events first (brief 4.4): acknowledge only what
                 // the log says already, the update's own event, or an

@@ -425,6 +425,11 @@ pub struct State {
     /// without retirement are what they were before this field.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub runs_retired: u64,
+    /// The last event index whose chain head the log holds a signature of
+    /// (`ChainHeadSigned`); 0: none. Left out of the serialized state while
+    /// 0 (digests of unsigned logs are unchanged).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub signed_index: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -765,6 +770,17 @@ impl State {
                 Ok(())
             }
             Body::RunsRetired(e) => self.runs_retired(&e),
+            Body::ChainHeadSigned(e) => {
+                // Signs an earlier event's head; later than the last one.
+                if e.index == 0 || e.index >= index || e.index <= self.signed_index {
+                    return Err(format!(
+                        "ChainHeadSigned of index {} at index {index} (last signed {})",
+                        e.index, self.signed_index
+                    ));
+                }
+                self.signed_index = e.index;
+                Ok(())
+            }
         }
     }
 

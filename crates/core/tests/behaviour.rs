@@ -832,3 +832,72 @@ fn commands_record_who_asked_and_submitters_act_on_their_own_runs_only() {
         _ => true,
     }));
 }
+
+/// Issue 12, section 4: the core decides when the chain head is signed
+/// and records the shell's signature only for this log's head; not while
+/// a voter cannot apply `ChainHeadSigned`.
+#[test]
+fn the_leader_signs_its_chain_head_at_the_interval_and_records_only_true_heads() {
+    let limits = Limits {
+        sign_every_ms: 1_000,
+        ..Limits::default()
+    };
+    let mut sim = Sim::new(limits.clone());
+    sim.submit(ONE_STEP, BTreeMap::new()).unwrap();
+    let s = sim.state.clone();
+    let armed = decide(&s, Input::LeaderStarted, 10_000, &limits).unwrap();
+    assert!(
+        armed.effects.iter().any(
+            |e| matches!(e, Effect::ArmTimer { key: TimerKey::SignHead, at_ms } if *at_ms <= 12_000)
+        ),
+        "{:?}",
+        armed.effects
+    );
+    let fired = decide(&s, Input::TimerFired(TimerKey::SignHead), 12_000, &limits).unwrap();
+    let (index, head) = fired
+        .effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::SignChainHead { index, chain_head } => Some((*index, *chain_head)),
+            _ => None,
+        })
+        .expect("a signature is asked for");
+    assert_eq!((index, head), (s.applied_index, s.chain));
+    assert!(fired.effects.iter().any(
+        |e| matches!(e, Effect::ArmTimer { key: TimerKey::SignHead, at_ms } if *at_ms == 13_000)
+    ));
+    let record = |head: Vec<u8>| Command::RecordChainSignature {
+        index,
+        chain_head: head,
+        public_key: vec![1; 32],
+        signature: vec![2; 64],
+    };
+    assert!(matches!(
+        sim.command(record(vec![9; 32])),
+        Err(Rejection::FailedPrecondition(_))
+    ));
+    let d = sim.command(record(head.to_vec())).unwrap();
+    assert!(matches!(&d.events[..], [Body::ChainHeadSigned(e)] if e.index == index));
+    assert_eq!(sim.state.signed_index, index);
+    // Nothing new but the signature: nothing to sign.
+    let again = decide(
+        &sim.state,
+        Input::TimerFired(TimerKey::SignHead),
+        13_000,
+        &limits,
+    )
+    .unwrap();
+    assert!(
+        !again
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::SignChainHead { .. }))
+    );
+    // A voter on schema 2 cannot apply it: no signing.
+    let old = Limits {
+        event_schema_max: 2,
+        ..limits
+    };
+    let d = decide(&s, Input::TimerFired(TimerKey::SignHead), 12_000, &old).unwrap();
+    assert!(d.effects.is_empty(), "{:?}", d.effects);
+}

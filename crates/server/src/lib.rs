@@ -15,4 +15,5 @@ pub mod grpc;
 pub mod log;
 pub mod metrics;
 pub mod runtime;
+pub mod signing;
 pub mod ui;

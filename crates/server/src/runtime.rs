@@ -58,6 +58,9 @@ pub struct RuntimeConfig {
     /// Where executors read steps' secrets on the agents (`--secrets-dir`;
     /// "" = none).
     pub secrets_dir: String,
+    /// The cluster's signing key (`--signing-key`): the leader signs the
+    /// chain head every `limits.sign_every_ms` with it.
+    pub signing_key: Option<Arc<crate::signing::SigningKey>>,
     /// Core limits used by decide.
     pub limits: Limits,
     /// Launches waiting for offers at most (more are refused by nothing:
@@ -95,6 +98,7 @@ impl RuntimeConfig {
             executor_mem_mb: 16.0,
             executor_idle_ms: 60_000,
             secrets_dir: String::new(),
+            signing_key: None,
             limits: Limits::default(),
             pending_launches_max: 100_000,
             api_addr: None,
@@ -302,6 +306,7 @@ async fn run<L: EventLog>(log: Arc<L>, config: RuntimeConfig, mut rx: mpsc::Rece
         .unwrap_or((1, 0));
     let clock = config.clock.clone();
     let metrics = config.metrics.clone();
+    let signing_key = config.signing_key.clone();
     let mut leader = Leader::new(leader_config(&config, node_id, term));
     let mut mesos = Mesos {
         config,
@@ -349,6 +354,22 @@ async fn run<L: EventLog>(log: Arc<L>, config: RuntimeConfig, mut rx: mpsc::Rece
             }
         }
         for action in ready.actions {
+            // Not a Mesos call: the core asks for a signature of a chain
+            // head; it comes back as a command (and so an event).
+            if let Action::SignChainHead { index, chain_head } = action {
+                if let Some(key) = &signing_key {
+                    let command = Command::RecordChainSignature {
+                        index,
+                        chain_head: chain_head.to_vec(),
+                        public_key: key.public_key().to_vec(),
+                        signature: key.sign(index, &chain_head).to_vec(),
+                    };
+                    let id = next_id;
+                    next_id += 1;
+                    log.with_state(|s| leader.step(s, Input::Command { id, command }, now));
+                }
+                continue;
+            }
             if let Some(m) = &metrics {
                 m.action(&action);
             }
@@ -675,6 +696,7 @@ impl Mesos {
         };
         let result = match &action {
             Action::Subscribe { .. } => unreachable!("handled above"),
+            Action::SignChainHead { .. } => unreachable!("the runtime signs; not a Mesos call"),
             Action::Launch { offer_ids, tasks } => {
                 // Six heartbeats fit in the leader's silence limit.
                 let heartbeat = self
