@@ -244,6 +244,31 @@ enum ClusterCmd {
     /// event it holds is kept. Use the survivor with the highest last log
     /// index (`--dry-run` prints it); wipe the other survivors and add them
     /// back with `add-node`. See README, "Recovering a cluster".
+    /// Rebuild a stopped node whose event archive is corrupted from its
+    /// peers, in one command run on its host: checks the archive (a sound
+    /// one is left alone unless `--force`), takes the node out of the
+    /// cluster (`--server` names the others), moves `DATA_DIR/raft` aside
+    /// (kept for inspection), then waits for the node to be started again
+    /// with `--join` and adds it back: it catches up from the leader and
+    /// becomes a voter. (A member must not come back with less than it
+    /// acknowledged: Raft counts on it. Hence out, then in.)
+    RebuildNode {
+        /// The stopped node's data directory.
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        /// The node's id.
+        #[arg(long)]
+        node_id: u64,
+        /// The node's Raft address, as the cluster knows it.
+        #[arg(long)]
+        raft_addr: String,
+        /// Rebuild even if the archive verifies.
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for the node to be started again, seconds.
+        #[arg(long, default_value_t = 600.0)]
+        wait: f64,
+    },
     Recover {
         /// The stopped node's data directory.
         #[arg(long, default_value = "kaon-data")]
@@ -646,6 +671,20 @@ fn main() -> ExitCode {
             node_id,
             raft_addr,
         }) => report(backup::restore(&file, &data_dir, node_id, &raft_addr, json)),
+        Cmd::Cluster(ClusterCmd::RebuildNode {
+            data_dir,
+            node_id,
+            raft_addr,
+            force,
+            wait,
+        }) => block(rebuild_node(
+            &o,
+            &data_dir,
+            node_id,
+            raft_addr,
+            force,
+            std::time::Duration::from_secs_f64(wait.max(1.0)),
+        )),
         Cmd::Cluster(ClusterCmd::Recover {
             data_dir,
             node_id,
@@ -1216,4 +1255,98 @@ fn audit_keygen(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         dir.join("signing.pub").display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kaon cluster rebuild-node`.
+async fn rebuild_node(
+    o: &client::Opts,
+    data_dir: &std::path::Path,
+    node_id: u64,
+    raft_addr: String,
+    force: bool,
+    wait: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    let raft = data_dir.join("raft");
+    anyhow::ensure!(
+        raft.join("state.redb").exists(),
+        "{} holds no kaon event log (expected raft/state.redb)",
+        data_dir.display()
+    );
+    let verdict = match kaon_log::StateMachineStore::open(&raft) {
+        Ok(store) => store
+            .verify_chain()
+            .map(|r| r.events)
+            .map_err(|e| e.to_string()),
+        Err(e) if e.is_in_use() => anyhow::bail!(
+            "{} is in use by a running kaon server: stop it first",
+            raft.display()
+        ),
+        Err(e) => Err(e.to_string()),
+    };
+    match &verdict {
+        Ok(n) if !force => anyhow::bail!(
+            "the archive in {} verifies ({n} events): nothing to rebuild (--force rebuilds anyway)",
+            raft.display()
+        ),
+        Ok(n) => println!("the archive verifies ({n} events); rebuilding anyway (--force)"),
+        Err(e) => println!("the archive does not verify: {e}"),
+    }
+    // Out of the membership first: a member that came back with less than
+    // it acknowledged would break Raft's counting.
+    let members = o
+        .client()?
+        .call(
+            kaon_api::v1::ClusterStatusRequest {},
+            |mut k, r| async move { k.cluster_status(r).await },
+        )
+        .await
+        .map_err(client::status_error)?
+        .members;
+    if members.iter().any(|m| m.id == node_id) {
+        client::remove_node(o, node_id).await?;
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let aside = data_dir.join(format!("raft.corrupt-{secs}"));
+    std::fs::rename(&raft, &aside)
+        .with_context(|| format!("moving {} to {}", raft.display(), aside.display()))?;
+    println!(
+        "moved {} to {} (delete it once inspected)",
+        raft.display(),
+        aside.display()
+    );
+    println!(
+        "start node {node_id} again with its usual flags plus --join; waiting up to {wait:?} \
+         to add it back"
+    );
+    // Added back once it answers: as a learner it catches up, then votes.
+    let deadline = std::time::Instant::now() + wait;
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        let mut c = o.client()?;
+        c.deadline = std::time::Duration::from_secs(15);
+        match c
+            .call(
+                kaon_api::v1::AddNodeRequest {
+                    node_id,
+                    raft_addr: raft_addr.clone(),
+                    learner: false,
+                },
+                |mut k, r| async move { k.add_node(r).await },
+            )
+            .await
+        {
+            Ok(_) => {
+                println!("node {node_id} is back: it holds the cluster's log again");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(e) => last = e.message().to_string(),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    anyhow::bail!(
+        "node {node_id} was not added back within {wait:?} (last: {last}); start it with --join and run `kaon cluster add-node {node_id} {raft_addr}`"
+    )
 }

@@ -157,6 +157,12 @@ pub struct ServerArgs {
     /// (with `--signing-key`).
     #[arg(long, default_value = "1m", value_parser = parse_retention, env = "KAON_SIGN_EVERY")]
     pub sign_every: std::time::Duration,
+    /// Do not read the whole event archive back at start (its checksums,
+    /// indexes and hash chain are checked by default, about a second per
+    /// million events, so a corrupted or altered record stops the node
+    /// before it serves).
+    #[arg(long, env = "KAON_SKIP_VERIFY_AT_START")]
+    pub skip_verify_at_start: bool,
     /// A tokens file (YAML; `kaon token new` makes entries): every API
     /// call then needs a bearer token it lists, and the token's role
     /// (viewer, submitter, operator, admin) decides what the caller may
@@ -368,6 +374,41 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
                 .parse()
                 .with_context(|| format!("--peer {p:?}: the id must be a number"))?;
             node_config.peers.insert(id, addr.to_string());
+        }
+        // A corrupted or altered record stops the node before it serves
+        // or votes (issue 12): every archived event is read back, its
+        // checksum and index checked, the hash chain recomputed and
+        // compared with the applied head and with the heads the log's
+        // signatures recorded.
+        let raft_dir = args.data_dir.join("raft");
+        if !args.skip_verify_at_start && raft_dir.join("state.redb").exists() {
+            let started = std::time::Instant::now();
+            let rebuild = format!(
+                "This node will not serve it. Rebuild it from its peers: `kaon cluster \
+                 rebuild-node --data-dir {}` (SECURITY.md)",
+                args.data_dir.display()
+            );
+            let store = match kaon_log::StateMachineStore::open(&raft_dir) {
+                Ok(s) => s,
+                Err(e) if e.is_in_use() => {
+                    anyhow::bail!("{} is in use by another kaon server", raft_dir.display())
+                }
+                Err(e) => anyhow::bail!(
+                    "the event archive in {} cannot be read: {e}. {rebuild}",
+                    raft_dir.display()
+                ),
+            };
+            match store.verify_chain() {
+                Ok(r) => tracing::info!(
+                    events = r.events,
+                    ms = started.elapsed().as_millis() as u64,
+                    "event archive verified"
+                ),
+                Err(e) => anyhow::bail!(
+                    "the event archive in {} is corrupted or was altered: {e}. {rebuild}",
+                    raft_dir.display()
+                ),
+            }
         }
         let node = kaon_log::RaftNode::start(node_config)
             .await

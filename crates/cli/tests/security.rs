@@ -699,3 +699,103 @@ fn secrets_reach_the_step_and_never_the_log_the_api_or_the_disk() {
         }
     }
 }
+
+/// Issue 12, section 4: a node whose event archive was altered on disk
+/// refuses to start, saying so, and `kaon cluster rebuild-node` plus a
+/// start with `--join` rebuilds it from its peers.
+#[test]
+fn an_altered_archive_stops_its_node_and_the_node_is_rebuilt_from_its_peers() {
+    let mut c = common::cluster();
+    let rt = rt();
+    let leader = rt.block_on(c.wait_leader(None, Duration::from_secs(30)));
+    let victim = (leader + 1) % 3;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("marked.yaml");
+    let marker = "kaon-archive-marker-7d1c";
+    std::fs::write(
+        &spec,
+        format!("apiVersion: kaon/v1\nname: marked\nsteps:\n  a: {{shell: 'echo {marker}'}}\n"),
+    )
+    .unwrap();
+    let urls = c.urls().join(",");
+    let (code, out, err) = kaon_at(&urls, &["submit", spec.to_str().unwrap(), "--watch"]);
+    assert_eq!(code, 0, "{out}{err}");
+    rt.block_on(c.wait_healthy(Duration::from_secs(30)))
+        .unwrap();
+    c.stop(victim);
+    // Someone edits the node's archive file in place.
+    let file = c.data_dir(victim).join("raft/state.redb");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mut altered = 0;
+    let m = marker.as_bytes();
+    for i in 0..bytes.len().saturating_sub(m.len()) {
+        if &bytes[i..i + m.len()] == m {
+            bytes[i + m.len() - 1] = b'X';
+            altered += 1;
+        }
+    }
+    assert!(altered > 0, "the marker is in the archive");
+    std::fs::write(&file, bytes).unwrap();
+    c.start_node(victim).unwrap();
+    wait_for(
+        "the altered node to refuse to start",
+        Duration::from_secs(30),
+        || c.has_exited(victim).then_some(()),
+    );
+    let log = std::fs::read_to_string(c.log_path(victim)).unwrap();
+    assert!(
+        log.contains("event archive") && log.contains("rebuild-node"),
+        "the node says what is wrong and how to rebuild: {log}"
+    );
+    c.stop(victim);
+    // Rebuild (one command, on the node's host): out of the cluster, the
+    // archive moved aside, and back in once the node is started again.
+    let others: Vec<String> = (0..3).filter(|&i| i != victim).map(|i| c.url(i)).collect();
+    let rebuild = {
+        let (others, data, addr) = (
+            others.join(","),
+            c.data_dir(victim),
+            format!("127.0.0.1:{}", c.raft[victim]),
+        );
+        let id = (victim + 1).to_string();
+        std::thread::spawn(move || {
+            kaon_at(
+                &others,
+                &[
+                    "cluster",
+                    "rebuild-node",
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                    "--node-id",
+                    &id,
+                    "--raft-addr",
+                    &addr,
+                    "--wait",
+                    "60",
+                ],
+            )
+        })
+    };
+    wait_for(
+        "the archive to be moved aside",
+        Duration::from_secs(30),
+        || (!c.data_dir(victim).join("raft").exists()).then_some(()),
+    );
+    c.set_server_args(&["--join"]);
+    c.start_node(victim).unwrap();
+    c.set_server_args(&[]);
+    let (code, out, err) = rebuild.join().unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("does not verify") && out.contains("is back"),
+        "{out}"
+    );
+    rt.block_on(c.wait_healthy(Duration::from_secs(60)))
+        .expect("the rebuilt node catches up with the others");
+    let (code, out, err) = kaon_at(&c.url(victim), &["runs", "--stale"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("marked"),
+        "the rebuilt node holds the history: {out}"
+    );
+}

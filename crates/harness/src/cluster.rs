@@ -392,6 +392,12 @@ impl Cluster {
         self.nodes[i].is_some()
     }
 
+    /// Whether node i's process was started and has exited by itself (a
+    /// node that refused to start).
+    pub fn has_exited(&mut self, i: usize) -> bool {
+        self.nodes[i].as_mut().is_some_and(|p| !p.is_running())
+    }
+
     /// Whether node i is up and not paused.
     pub fn is_serving(&self, i: usize) -> bool {
         self.is_up(i) && !self.paused[i]

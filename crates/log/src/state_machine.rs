@@ -431,6 +431,11 @@ impl StateMachineStore {
         let archive = txn.open_table(ARCHIVE).ctx(file, "open table")?;
         let mut head = [0u8; 32];
         let mut n = 0u64;
+        // Recent heads, to check the heads signed events recorded
+        // (`ChainHeadSigned`): an altered event whose record was resealed
+        // is then placed between two of them.
+        let mut recent: std::collections::VecDeque<(u64, [u8; 32])> = Default::default();
+        let mut last_matching_signed = 0u64;
         let corrupt = |key: String, message: String| StoreError::Corrupt {
             file: file.to_path_buf(),
             table: ARCHIVE_NAME,
@@ -456,7 +461,26 @@ impl StateMachineStore {
                     format!("event says index {}", ev.index),
                 ));
             }
+            if let Some(kaon_core::events::Body::ChainHeadSigned(s)) = &ev.body
+                && let Some((_, h)) = recent.iter().find(|(i, _)| *i == s.index)
+            {
+                if h[..] != s.chain_head[..] {
+                    return Err(corrupt(
+                        event_key(s.index),
+                        format!(
+                            "the chain head after event {} is not the one signed at event {index}: \
+                             an event at or before {} and after {last_matching_signed} was altered",
+                            s.index, s.index
+                        ),
+                    ));
+                }
+                last_matching_signed = s.index;
+            }
             head = chain_step(&head, bytes);
+            recent.push_back((index, head));
+            if recent.len() > 4_096 {
+                recent.pop_front();
+            }
         }
         if n != applied.event_index || head != applied.chain {
             return Err(corrupt(
