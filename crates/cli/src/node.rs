@@ -34,6 +34,19 @@ pub struct ServerArgs {
     /// Mesos master URL; without it an embedded Mesos emulator is started.
     #[arg(long, env = "KAON_MESOS_MASTER")]
     pub mesos_master: Option<String>,
+    /// The framework's principal for a Mesos master that authenticates
+    /// frameworks (HTTP Basic; `--authenticate_http_frameworks`).
+    #[arg(long, env = "KAON_MESOS_PRINCIPAL", requires = "mesos_secret_file")]
+    pub mesos_principal: Option<String>,
+    /// A file holding the principal's secret (read at start; never on a
+    /// command line).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "KAON_MESOS_SECRET_FILE",
+        requires = "mesos_principal"
+    )]
+    pub mesos_secret_file: Option<std::path::PathBuf>,
     /// Framework name shown by Mesos.
     #[arg(long, default_value = "kaon", env = "KAON_FRAMEWORK_NAME")]
     pub framework_name: String,
@@ -456,6 +469,11 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         config.executor_silence_ms_max =
             (args.executor_silence_ms_max > 0).then_some(args.executor_silence_ms_max as i64);
         config.executor_idle_ms = args.executor_idle_ms.min(i64::MAX as u64) as i64;
+        if let (Some(p), Some(f)) = (&args.mesos_principal, &args.mesos_secret_file) {
+            let secret = std::fs::read_to_string(f)
+                .with_context(|| format!("--mesos-secret-file {}", f.display()))?;
+            config.mesos_credential = Some((p.clone(), secret.trim_end().to_string()));
+        }
         if let Some(k) = &args.signing_key {
             let key = kaon_server::signing::SigningKey::load(k)?;
             tracing::info!(public_key = %key.public_hex(), "signing the chain head");

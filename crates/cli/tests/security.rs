@@ -799,3 +799,80 @@ fn an_altered_archive_stops_its_node_and_the_node_is_rebuilt_from_its_peers() {
         "the rebuilt node holds the history: {out}"
     );
 }
+
+/// Issue 12, section 2: a Mesos master that authenticates frameworks (the
+/// emulator with `--credentials`) accepts kaon with its principal and
+/// secret, and refuses a wrong secret, which kaon's log names.
+#[test]
+fn kaon_authenticates_to_a_mesos_master_that_requires_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials.json");
+    std::fs::write(
+        &creds,
+        r#"{"credentials": [{"principal": "kaon", "secret": "s3cr3t-fw"}]}"#,
+    )
+    .unwrap();
+    let mesos = common::free_port();
+    let _emu = common::Procs(vec![
+        std::process::Command::new(KAON)
+            .args(["mesos-emulator", "--master", &format!("127.0.0.1:{mesos}")])
+            .arg("--work-dir")
+            .arg(dir.path().join("mesos"))
+            .args(["--executor-path", KAON])
+            .arg("--credentials")
+            .arg(&creds)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ]);
+    let master = format!("http://127.0.0.1:{mesos}");
+    wait_for("the emulator to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", mesos)).ok()
+    });
+    let good = dir.path().join("good-secret");
+    std::fs::write(&good, "s3cr3t-fw\n").unwrap();
+    let server = common::Server::start_with(
+        Path::new(KAON),
+        &dir.path().join("good"),
+        &[
+            "--mesos-master",
+            &master,
+            "--mesos-principal",
+            "kaon",
+            "--mesos-secret-file",
+            good.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .unwrap();
+    let spec = dir.path().join("quick.yaml");
+    std::fs::write(&spec, QUICK).unwrap();
+    let (code, out, err) = kaon_at(&server.url, &["submit", spec.to_str().unwrap(), "--watch"]);
+    assert_eq!(code, 0, "{out}{err}");
+    drop(server);
+    let bad = dir.path().join("bad-secret");
+    std::fs::write(&bad, "guess").unwrap();
+    let data = dir.path().join("bad");
+    let server = common::Server::start_with(
+        Path::new(KAON),
+        &data,
+        &[
+            "--mesos-master",
+            &master,
+            "--mesos-principal",
+            "kaon",
+            "--mesos-secret-file",
+            bad.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .unwrap();
+    wait_for("the refusal in kaon's log", Duration::from_secs(20), || {
+        let log = std::fs::read_to_string(data.join("server.stderr")).unwrap_or_default();
+        (log.contains("401") && log.contains("the ones given were refused")).then_some(())
+    });
+    let log = std::fs::read_to_string(data.join("server.stderr")).unwrap();
+    assert!(!log.contains("guess"), "the secret is not logged");
+    drop(server);
+}

@@ -412,6 +412,36 @@ async fn scheduler(
     }
 }
 
+/// Whether `headers` carry valid framework credentials (HTTP Basic), when
+/// the emulator requires them.
+fn authenticated(core: &Core, headers: &HeaderMap) -> bool {
+    use base64::Engine as _;
+    if core.config.credentials.is_empty() {
+        return true;
+    }
+    let Some(basic) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+    else {
+        return false;
+    };
+    let Some(pair) = base64::engine::general_purpose::STANDARD
+        .decode(basic.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+    else {
+        return false;
+    };
+    let Some((p, s)) = pair.split_once(':') else {
+        return false;
+    };
+    core.config
+        .credentials
+        .iter()
+        .any(|(cp, cs)| cp == p && cs == s)
+}
+
 fn scheduler_inner(
     core: &Arc<Core>,
     method: Method,
@@ -419,6 +449,19 @@ fn scheduler_inner(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Response> {
+    // 0. Framework authentication, when required (as Mesos: 401 with a
+    // Basic challenge).
+    if !authenticated(core, &headers) {
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized: the framework's credentials (HTTP Basic) are missing or wrong",
+        );
+        r.headers_mut().insert(
+            axum::http::header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Basic realm=\"mesos\""),
+        );
+        return Err(r);
+    }
     // 1-2. Leadership and recovery.
     {
         let mut st = core.lock();

@@ -157,6 +157,37 @@ pub struct EmulatorConfig {
     /// A simulation hands in an in-process one, e.g.
     /// [`scripted::ScriptedLauncher`], together with `agent_sockets: false`.
     pub launcher: Arc<dyn Launcher>,
+    /// Framework credentials (principal, secret): when set, every call to
+    /// `/api/v1/scheduler` needs `Authorization: Basic` with one of them,
+    /// else 401, as a Mesos master with `--authenticate_http_frameworks`
+    /// and the basic authenticator (issue 12).
+    pub credentials: Vec<(String, String)>,
+}
+
+/// Reads a Mesos credentials file: `{"credentials": [{"principal": ..,
+/// "secret": ..}]}` (Mesos' own format).
+pub fn read_credentials(path: &std::path::Path) -> Result<Vec<(String, String)>, EmulatorError> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        credentials: Vec<Cred>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Cred {
+        principal: String,
+        secret: String,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EmulatorError::Args(format!("--credentials {}: {e}", path.display())))?;
+    let f: File = serde_json::from_str(&text).map_err(|e| {
+        EmulatorError::Args(format!(
+            "--credentials {}: expected {{\"credentials\": [{{\"principal\": .., \"secret\": ..}}]}}: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(f.credentials
+        .into_iter()
+        .map(|c| (c.principal, c.secret))
+        .collect())
 }
 
 impl Default for EmulatorConfig {
@@ -180,6 +211,7 @@ impl Default for EmulatorConfig {
             clock: Clock::system(),
             ids: IdSource::Random,
             agent_sockets: true,
+            credentials: Vec::new(),
             launcher: Arc::new(ProcessLauncher),
         }
     }
@@ -749,6 +781,11 @@ pub struct Args {
     /// Ctrl-C then leaves checkpointed executors running for the next start.
     #[arg(long)]
     pub checkpoint: bool,
+    /// Require framework authentication (HTTP Basic) with these
+    /// credentials, a Mesos credentials JSON file
+    /// (`{"credentials":[{"principal":"kaon","secret":"..."}]}`).
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
 }
 
 /// Parses one `--agent` spec.
@@ -812,6 +849,10 @@ where
         work_dir: args.work_dir,
         executor_path: args.executor_path,
         checkpoint: args.checkpoint,
+        credentials: match &args.credentials {
+            Some(p) => read_credentials(p)?,
+            None => Vec::new(),
+        },
         ..EmulatorConfig::default()
     };
     let handle = Emulator::start(config).await?;

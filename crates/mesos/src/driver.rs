@@ -109,6 +109,10 @@ pub struct DriverConfig {
     /// simulations, [`MesosTransport::in_process`] to the emulator's master
     /// router.
     pub transport: MesosTransport,
+    /// Framework credentials (principal, secret) sent as HTTP Basic on
+    /// every call, for a master with `--authenticate_http_frameworks`; the
+    /// principal should also be `framework_info.principal`.
+    pub credential: Option<(String, String)>,
 }
 
 /// kaon's default failover timeout: one week, in seconds.
@@ -129,6 +133,7 @@ impl DriverConfig {
             record_bytes_max: RECORD_BYTES_MAX_DEFAULT,
             event_buffer: 4096,
             transport: MesosTransport::default(),
+            credential: None,
         }
     }
 }
@@ -259,6 +264,13 @@ impl Inner {
             let mut headers = HeaderMap::new();
             headers.insert("Content-Type", json.clone());
             headers.insert("Accept", json);
+            if let Some((p, s)) = &self.config.credential {
+                use base64::Engine as _;
+                let basic = base64::engine::general_purpose::STANDARD.encode(format!("{p}:{s}"));
+                if let Ok(v) = HeaderValue::from_str(&format!("Basic {basic}")) {
+                    headers.insert("Authorization", v);
+                }
+            }
             if let Some(sid) = stream_id
                 .as_deref()
                 .and_then(|s| HeaderValue::from_str(s).ok())
@@ -315,6 +327,22 @@ impl Inner {
                     backoff = (backoff * 2).min(self.config.backoff_max);
                 }
                 s if (200..300).contains(&s) => return Ok(resp),
+                401 => {
+                    let body = resp.text().await;
+                    return Err(DriverError::Status {
+                        url,
+                        status: 401,
+                        body: format!(
+                            "{body} (the master wants framework credentials: kaon server \
+                             --mesos-principal and --mesos-secret-file{})",
+                            if self.config.credential.is_some() {
+                                "; the ones given were refused"
+                            } else {
+                                ""
+                            }
+                        ),
+                    });
+                }
                 s => {
                     let body = resp.text().await;
                     return Err(DriverError::Status {

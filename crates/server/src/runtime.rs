@@ -61,6 +61,8 @@ pub struct RuntimeConfig {
     /// The cluster's signing key (`--signing-key`): the leader signs the
     /// chain head every `limits.sign_every_ms` with it.
     pub signing_key: Option<Arc<crate::signing::SigningKey>>,
+    /// Framework credentials for the Mesos master (principal, secret).
+    pub mesos_credential: Option<(String, String)>,
     /// Core limits used by decide.
     pub limits: Limits,
     /// Launches waiting for offers at most (more are refused by nothing:
@@ -99,6 +101,7 @@ impl RuntimeConfig {
             executor_idle_ms: 60_000,
             secrets_dir: String::new(),
             signing_key: None,
+            mesos_credential: None,
             limits: Limits::default(),
             pending_launches_max: 100_000,
             api_addr: None,
@@ -777,10 +780,16 @@ impl Mesos {
             id: framework_id.map(Id::new),
             failover_timeout: Some(self.config.failover_timeout_secs),
             role: Some(self.config.role.clone()),
+            principal: self
+                .config
+                .mesos_credential
+                .as_ref()
+                .map(|(p, _)| p.clone()),
             ..Default::default()
         };
         let mut driver = DriverConfig::new(self.config.master_url.clone(), info);
         driver.transport = self.config.mesos_transport.clone();
+        driver.credential = self.config.mesos_credential.clone();
         self.driver = Some(Driver::subscribe(driver));
     }
 }
