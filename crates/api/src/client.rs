@@ -56,6 +56,9 @@ pub struct Client {
     /// The cluster CA's certificate (PEM) that `https://` servers are
     /// verified against.
     pub tls_ca: Option<Vec<u8>>,
+    /// A client certificate and key (PEM) presented to `https://`
+    /// servers: an identity instead of a token.
+    pub tls_identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// `host:port` or a URL to a URL.
@@ -91,6 +94,7 @@ impl Client {
             stale_reads: false,
             token: None,
             tls_ca: None,
+            tls_identity: None,
         })
     }
 
@@ -114,11 +118,13 @@ impl Client {
                     "{e}: an https:// server needs the cluster CA's certificate (--tls-ca or KAON_TLS_CA)"
                 )));
             };
+            let mut tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+            if let Some((cert, key)) = &self.tls_identity {
+                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
             endpoint = endpoint
-                .tls_config(
-                    tonic::transport::ClientTlsConfig::new()
-                        .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
-                )
+                .tls_config(tls)
                 .map_err(|err| Status::invalid_argument(format!("{e}: TLS: {err}")))?;
         }
         let c = endpoint.connect_lazy();
@@ -174,11 +180,17 @@ impl Client {
             match f(client, req).await {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if retryable(&s) => {
+                    // The leader's host:port, in the scheme of the node
+                    // that named it (a TLS cluster's are all https).
+                    let tls = self.endpoints[self.current].starts_with("https://");
                     let hint = s
                         .metadata()
                         .get(LEADER_API_HEADER)
                         .and_then(|v| v.to_str().ok())
-                        .map(url);
+                        .map(|a| match (a.contains("://"), tls) {
+                            (false, true) => format!("https://{}", a.trim()),
+                            _ => url(a),
+                        });
                     match hint {
                         Some(leader) => {
                             self.current = match self.endpoints.iter().position(|e| *e == leader) {

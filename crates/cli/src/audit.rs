@@ -274,9 +274,21 @@ pub async fn verify(
             if !public_keys.iter().any(|k| k[..] == s.public_key[..]) {
                 sigs.untrusted.insert(key);
             } else if !signing::verify(&s.public_key, s.index, &s.chain_head, &s.signature) {
+                // The recorded head was changed too (the signature is of
+                // another head): the history differs up to there.
                 sigs.bad.push(format!(
-                    "event {}: the signature of event {}'s chain head does not verify",
-                    e.index, s.index
+                    "this log differs from the one that was signed at or before event {} (the \
+                     signature recorded at event {} is not of the head recorded with it){}",
+                    s.index,
+                    e.index,
+                    if sigs.last_good > 0 {
+                        format!(
+                            " and after event {} (the last signed head that matches)",
+                            sigs.last_good
+                        )
+                    } else {
+                        String::new()
+                    }
                 ));
             } else {
                 match heads.get(&s.index) {

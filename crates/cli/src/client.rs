@@ -27,6 +27,8 @@ pub struct Opts {
     pub token: Option<String>,
     /// `--tls-ca` / `KAON_TLS_CA`.
     pub tls_ca: Option<std::path::PathBuf>,
+    /// `--tls-cert` and `--tls-key`: a client certificate.
+    pub tls_identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Opts {
@@ -35,6 +37,12 @@ impl Opts {
         c.deadline = self.timeout;
         c.stale_reads = self.stale;
         c.token = self.token.clone();
+        if let Some((cert, key)) = &self.tls_identity {
+            c.tls_identity = Some((
+                std::fs::read(cert).with_context(|| format!("--tls-cert {}", cert.display()))?,
+                std::fs::read(key).with_context(|| format!("--tls-key {}", key.display()))?,
+            ));
+        }
         if let Some(ca) = &self.tls_ca {
             c.tls_ca =
                 Some(std::fs::read(ca).with_context(|| format!("--tls-ca {}", ca.display()))?);

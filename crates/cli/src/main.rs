@@ -59,6 +59,26 @@ struct Cli {
     /// The cluster CA's certificate (PEM) to verify `https://` servers.
     #[arg(long, global = true, value_name = "FILE", env = "KAON_TLS_CA")]
     tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM, signed by the cluster CA) to present
+    /// instead of a token: its common name must be listed under
+    /// `certificates` in the servers' tokens file.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "KAON_TLS_CERT",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "KAON_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -553,6 +573,8 @@ fn without_client_flags(mut cmd: clap::Command) -> clap::Command {
     for sub in ["executor", "run-local"] {
         cmd = cmd.mut_subcommand(sub, |s| {
             s.arg(Arg::new("tls_ca").long("tls-ca").num_args(1).hide(true))
+                .arg(Arg::new("tls_cert").long("tls-cert").num_args(1).hide(true))
+                .arg(Arg::new("tls_key").long("tls-key").num_args(1).hide(true))
         });
     }
     cmd
@@ -614,6 +636,7 @@ fn main() -> ExitCode {
         json,
         token: cli.token.clone(),
         tls_ca: cli.tls_ca.clone(),
+        tls_identity: cli.tls_cert.clone().zip(cli.tls_key.clone()),
     };
     match cli.command {
         Cmd::Validate { files } => validate(&files, json),

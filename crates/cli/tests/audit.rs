@@ -546,8 +546,7 @@ fn a_signed_log_verifies_and_a_rewritten_copy_is_caught() {
             .iter()
             .position(|&b| b == b'\n')
             .unwrap();
-    let mut header: serde_json::Value =
-        serde_json::from_slice(&body[first_nl + 1..second_nl]).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&body[first_nl + 1..second_nl]).unwrap();
     let mut events: Vec<Vec<u8>> = Vec::new();
     let mut at = second_nl + 1;
     while at < body.len() {
@@ -568,29 +567,53 @@ fn a_signed_log_verifies_and_a_rewritten_copy_is_caught() {
         }
     }
     assert!(forged_at > 0, "the failed attempt's observation was found");
-    let state = kaon_log::restore::replay(&events).unwrap();
-    header["chain_head"] = kaon_core::decide::hex(&state.chain).into();
-    header["state_digest"] = kaon_core::decide::hex(&state.digest()).into();
-    let mut forged = body[..first_nl + 1].to_vec();
-    forged.extend(serde_json::to_vec(&header).unwrap());
-    forged.push(b'\n');
-    for e in &events {
-        forged.extend((e.len() as u32).to_be_bytes());
-        forged.extend(e);
+    // A naive forgery (only that event changed) already fails the
+    // archive's own check: the heads the signatures recorded differ.
+    let restore = |events: &[Vec<u8>], name: &str| {
+        let state = kaon_log::restore::replay(events).unwrap();
+        let mut header = header.clone();
+        header["chain_head"] = kaon_core::decide::hex(&state.chain).into();
+        header["state_digest"] = kaon_core::decide::hex(&state.digest()).into();
+        let mut forged = body[..first_nl + 1].to_vec();
+        forged.extend(serde_json::to_vec(&header).unwrap());
+        forged.push(b'\n');
+        for e in events {
+            forged.extend((e.len() as u32).to_be_bytes());
+            forged.extend(e);
+        }
+        let sum = Sha256::digest(&forged);
+        forged.extend(sum);
+        let file = dir.path().join(format!("{name}.kaon"));
+        std::fs::write(&file, forged).unwrap();
+        let restored = dir.path().join(name);
+        let (code, out, err) = common::kaon_local(&[
+            "cluster".as_ref(),
+            "restore".as_ref(),
+            file.as_os_str(),
+            "--data-dir".as_ref(),
+            restored.as_os_str(),
+        ]);
+        assert_eq!(code, 0, "the forgery is self-consistent: {out}{err}");
+        restored
+    };
+    let naive = restore(&events, "naive");
+    let (code, _, err) = offline(&["audit", "verify"], &naive);
+    assert_ne!(code, 0);
+    assert!(err.contains("was altered"), "{err}");
+    // A careful forger also rewrites the heads the signatures recorded
+    // (it cannot redo the signatures).
+    let mut heads: std::collections::BTreeMap<u64, [u8; 32]> = Default::default();
+    let mut s = kaon_core::State::default();
+    for e in events.iter_mut() {
+        let mut ev = kaon_core::events::decode(e).unwrap();
+        if let Some(kaon_core::events::Body::ChainHeadSigned(x)) = &mut ev.body {
+            x.chain_head = heads[&x.index].to_vec();
+            *e = kaon_core::events::encode(&ev);
+        }
+        s.apply(&ev).unwrap();
+        heads.insert(ev.index, s.chain);
     }
-    let sum = Sha256::digest(&forged);
-    forged.extend(sum);
-    let forged_file = dir.path().join("forged.kaon");
-    std::fs::write(&forged_file, forged).unwrap();
-    let restored = dir.path().join("restored");
-    let (code, out, err) = common::kaon_local(&[
-        "cluster".as_ref(),
-        "restore".as_ref(),
-        forged_file.as_os_str(),
-        "--data-dir".as_ref(),
-        restored.as_os_str(),
-    ]);
-    assert_eq!(code, 0, "the forgery is self-consistent: {out}{err}");
+    let restored = restore(&events, "careful");
     // Without the key the forgery passes; with it, it is caught, and the
     // report brackets the changed event.
     let (code, out, err) = offline(&["audit", "verify"], &restored);

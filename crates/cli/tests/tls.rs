@@ -247,3 +247,100 @@ fn a_tls_cluster_serves_only_tls_keeps_strangers_out_and_rotates_under_load() {
         },
     );
 }
+
+/// Issue 12, section 2: a client certificate of the cluster CA is an
+/// identity (its common name listed in the tokens file with a role): the
+/// caller's reads are served by any node, its writes by the leader (a
+/// follower sends it there: a certificate cannot be forwarded), and the
+/// events record it; an unlisted certificate is refused.
+#[test]
+fn a_client_certificate_is_an_identity_with_a_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    tls_init(&certs, "3");
+    for name in ["ci-bot", "stranger"] {
+        let (code, out, err) = kaon_local(&[
+            "tls".as_ref(),
+            "cert".as_ref(),
+            certs.as_os_str(),
+            name.as_ref(),
+        ]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let admin = kaon_server::auth::new_token();
+    let tokens = dir.path().join("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "tokens:\n  - {{principal: root, role: admin, sha256: {}}}\ncertificates:\n  - {{common_name: ci-bot, role: submitter}}\n",
+            kaon_server::auth::token_sha256(&admin)
+        ),
+    )
+    .unwrap();
+    let ca = certs.join("ca.pem");
+    let ca_s = ca.to_str().unwrap().to_string();
+    let c = Cluster::builder(KAON)
+        .server_args(&[
+            "--tls-ca",
+            &ca_s,
+            "--tls-cert",
+            certs.join("node-{n}.pem").to_str().unwrap(),
+            "--tls-key",
+            certs.join("node-{n}.key").to_str().unwrap(),
+            "--auth-file",
+            tokens.to_str().unwrap(),
+        ])
+        .tls_ca(std::fs::read(&ca).unwrap())
+        .token(&admin)
+        .start()
+        .expect("the cluster starts");
+    let rt = rt();
+    let leader = rt.block_on(c.wait_leader(None, Duration::from_secs(30)));
+    let follower = c.url((leader + 1) % 3);
+    let quick = dir.path().join("quick.yaml");
+    std::fs::write(&quick, QUICK).unwrap();
+    let as_cert = |name: &str, args: &[&str]| {
+        let cert = certs.join(format!("{name}.pem"));
+        let key = certs.join(format!("{name}.key"));
+        let mut all = vec![
+            "--tls-ca",
+            ca_s.as_str(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        all.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        kaon_at(&follower, &refs)
+    };
+    // A write through a follower: sent on to the leader, and recorded as
+    // the certificate's principal.
+    let (code, out, err) = as_cert("ci-bot", &["submit", quick.to_str().unwrap(), "--watch"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = as_cert("ci-bot", &["runs"]);
+    assert_eq!(code, 0, "a linearizable read at a follower: {err}");
+    assert!(out.contains("quick"), "{out}");
+    let (code, _, err) = as_cert("ci-bot", &["workflow", "register", quick.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains("ci-bot (role submitter)"), "{err}");
+    let (code, _, err) = as_cert("stranger", &["runs"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not listed"), "{err}");
+    let (code, out, err) = kaon_at(
+        &follower,
+        &["--tls-ca", &ca_s, "--token", &admin, "audit", "export"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let submitted: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|e| e.get("runSubmitted").cloned())
+        .collect();
+    assert_eq!(submitted.len(), 1);
+    assert_eq!(submitted[0]["requestedBy"]["principal"], "ci-bot");
+    assert_eq!(submitted[0]["requestedBy"]["method"], "certificate");
+}

@@ -36,6 +36,12 @@ use sha2::{Digest, Sha256};
 use tonic::Status;
 use tonic::codegen::http;
 
+/// Request metadata the [`AuthLayer`] sets to how the caller
+/// authenticated (any value a client sent is removed first): a follower
+/// sends a certificate-authenticated caller to the leader instead of
+/// forwarding (a certificate, unlike a token, cannot travel).
+pub const AUTH_METHOD_HEADER: &str = "kaon-auth-method";
+
 /// How often the tokens file is checked for changes, ms.
 pub const AUTH_FILE_RECHECK_MS: u64 = 1_000;
 /// Most tokens one file may hold (a named limit: the file is read into
@@ -89,12 +95,16 @@ impl Role {
 pub enum AuthMethod {
     /// A bearer token listed (hashed) in the tokens file.
     Token,
+    /// A client certificate the cluster CA signed (TLS), whose common
+    /// name the tokens file lists under `certificates`.
+    Certificate,
 }
 
 impl AuthMethod {
     fn name(self) -> &'static str {
         match self {
             AuthMethod::Token => "token",
+            AuthMethod::Certificate => "certificate",
         }
     }
 }
@@ -172,6 +182,16 @@ pub fn new_token() -> String {
 struct AuthFile {
     #[serde(default)]
     tokens: Vec<TokenEntry>,
+    /// Client certificates (signed by the cluster CA) by common name.
+    #[serde(default)]
+    certificates: Vec<CertEntry>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertEntry {
+    common_name: String,
+    role: String,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -187,6 +207,8 @@ struct TokenEntry {
 struct Loaded {
     /// By hex SHA-256 of the token.
     tokens: HashMap<String, (String, Role)>,
+    /// Roles of client certificates, by common name.
+    certificates: HashMap<String, Role>,
     /// The file's modification time when read.
     modified: Option<SystemTime>,
 }
@@ -221,7 +243,39 @@ fn load(path: &Path) -> anyhow::Result<Loaded> {
             anyhow::bail!("{}: the same token hash is listed twice", at());
         }
     }
-    Ok(Loaded { tokens, modified })
+    let mut certificates = HashMap::new();
+    for (i, c) in file.certificates.into_iter().enumerate() {
+        let at = || format!("tokens file {}: certificates[{i}]", path.display());
+        let role = Role::parse(&c.role)
+            .map_err(anyhow::Error::msg)
+            .with_context(at)?;
+        anyhow::ensure!(
+            !c.common_name.trim().is_empty(),
+            "{}: empty common_name",
+            at()
+        );
+        if certificates.insert(c.common_name.clone(), role).is_some() {
+            anyhow::bail!("{}: common name {:?} is listed twice", at(), c.common_name);
+        }
+    }
+    Ok(Loaded {
+        tokens,
+        certificates,
+        modified,
+    })
+}
+
+/// The subject common name of a DER certificate.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    Some(cn)
 }
 
 /// Authenticates and authorizes API calls against a tokens file.
@@ -287,10 +341,29 @@ impl Authenticator {
         });
     }
 
-    /// Who presents these headers: UNAUTHENTICATED without a token or
-    /// with one the file does not list.
-    pub fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, Status> {
+    /// Who presents these headers (a token wins), or this verified client
+    /// certificate's common name: UNAUTHENTICATED without either, or with
+    /// one the file does not list.
+    pub fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        cert_cn: Option<&str>,
+    ) -> Result<Principal, Status> {
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            if let Some(cn) = cert_cn {
+                let loaded = self.loaded.read().expect("auth lock");
+                return match loaded.certificates.get(cn) {
+                    Some(role) => Ok(Principal {
+                        name: cn.to_string(),
+                        role: *role,
+                        method: AuthMethod::Certificate,
+                    }),
+                    None => Err(Status::unauthenticated(format!(
+                        "the client certificate {cn:?} is not listed under `certificates` in this \
+                         cluster's tokens file"
+                    ))),
+                };
+            }
             return Err(Status::unauthenticated(
                 "this cluster requires a token: pass --token or set KAON_TOKEN \
                  (gRPC metadata \"authorization: Bearer <token>\")",
@@ -321,15 +394,27 @@ impl Authenticator {
 
     /// The caller of `path`, if it may call it: `Ok(None)` for open
     /// methods; PERMISSION_DENIED naming the role needed.
+    ///
+    /// `cert_cn`: the common name of the client certificate the cluster CA
+    /// verified on this connection, if any. A node's own certificate may
+    /// ask for a read index (a follower's linearizable read on behalf of
+    /// any authenticated caller): it reveals only a log position.
     pub fn authorize(
         &self,
         path: &str,
         headers: &http::HeaderMap,
+        cert_cn: Option<&str>,
     ) -> Result<Option<Principal>, Status> {
         let Some(needed) = required_role(path) else {
             return Ok(None);
         };
-        let p = self.authenticate(headers)?;
+        if path == "/kaon.v1.Kaon/ReadIndex"
+            && cert_cn.is_some()
+            && !headers.contains_key(http::header::AUTHORIZATION)
+        {
+            return Ok(None);
+        }
+        let p = self.authenticate(headers, cert_cn)?;
         if p.role < needed {
             let method = path.rsplit('/').next().unwrap_or(path);
             return Err(Status::permission_denied(format!(
@@ -392,7 +477,16 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if let Some(auth) = &self.auth {
-            match auth.authorize(req.uri().path(), req.headers()) {
+            req.headers_mut().remove(AUTH_METHOD_HEADER);
+            // The verified client certificate of a TLS connection.
+            let cn =
+                req.extensions()
+                    .get::<tonic::transport::server::TlsConnectInfo<
+                        tonic::transport::server::TcpConnectInfo,
+                    >>()
+                    .and_then(|i| i.peer_certs())
+                    .and_then(|certs| certs.first().and_then(|c| common_name(c)));
+            match auth.authorize(req.uri().path(), req.headers(), cn.as_deref()) {
                 Ok(Some(p)) => {
                     // Admin calls (membership, leadership, snapshots) are
                     // not events: the node's log says who made them.
@@ -404,6 +498,10 @@ where
                             "admin call"
                         );
                     }
+                    req.headers_mut().insert(
+                        AUTH_METHOD_HEADER,
+                        http::HeaderValue::from_static(p.method.name()),
+                    );
                     req.extensions_mut().insert(p);
                 }
                 Ok(None) => {}
@@ -429,6 +527,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
 
     fn file(dir: &Path, body: &str) -> PathBuf {
         let p = dir.join("tokens.yaml");
@@ -492,7 +591,7 @@ mod tests {
         );
         let auth = Authenticator::load(&p).unwrap();
         let alice = auth
-            .authorize("/kaon.v1.Kaon/SubmitRun", &bearer(&a))
+            .authorize("/kaon.v1.Kaon/SubmitRun", &bearer(&a), None)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -500,7 +599,7 @@ mod tests {
             ("alice", Role::Submitter)
         );
         let denied = auth
-            .authorize("/kaon.v1.Kaon/SubmitRun", &bearer(&v))
+            .authorize("/kaon.v1.Kaon/SubmitRun", &bearer(&v), None)
             .unwrap_err();
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
         assert!(
@@ -510,17 +609,21 @@ mod tests {
             denied.message()
         );
         let none = auth
-            .authorize("/kaon.v1.Kaon/GetRun", &http::HeaderMap::new())
+            .authorize("/kaon.v1.Kaon/GetRun", &http::HeaderMap::new(), None)
             .unwrap_err();
         assert_eq!(none.code(), tonic::Code::Unauthenticated);
         assert!(none.message().contains("--token"), "{}", none.message());
         let wrong = auth
-            .authorize("/kaon.v1.Kaon/GetRun", &bearer("kaon_nope"))
+            .authorize("/kaon.v1.Kaon/GetRun", &bearer("kaon_nope"), None)
             .unwrap_err();
         assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
         assert_eq!(
-            auth.authorize("/grpc.health.v1.Health/Check", &http::HeaderMap::new())
-                .unwrap(),
+            auth.authorize(
+                "/grpc.health.v1.Health/Check",
+                &http::HeaderMap::new(),
+                None
+            )
+            .unwrap(),
             None
         );
     }
@@ -538,7 +641,7 @@ mod tests {
         let p = file(dir.path(), &line("viewer"));
         let auth = Authenticator::load(&p).unwrap();
         assert!(
-            auth.authorize("/kaon.v1.Kaon/AddNode", &bearer(&t))
+            auth.authorize("/kaon.v1.Kaon/AddNode", &bearer(&t), None)
                 .is_err()
         );
         // A later modification time (file systems with coarse clocks).
@@ -550,16 +653,72 @@ mod tests {
         std::fs::write(&p, line("admin")).unwrap();
         later(&p);
         assert!(auth.reload_if_changed());
-        assert!(auth.authorize("/kaon.v1.Kaon/AddNode", &bearer(&t)).is_ok());
+        assert!(
+            auth.authorize("/kaon.v1.Kaon/AddNode", &bearer(&t), None)
+                .is_ok()
+        );
         std::fs::write(&p, "tokens: [{principal: bob, role: king, sha256: x}]\n").unwrap();
         let f = std::fs::File::options().write(true).open(&p).unwrap();
         f.set_modified(SystemTime::now() + Duration::from_secs(10))
             .unwrap();
         assert!(!auth.reload_if_changed());
         assert!(
-            auth.authorize("/kaon.v1.Kaon/AddNode", &bearer(&t)).is_ok(),
+            auth.authorize("/kaon.v1.Kaon/AddNode", &bearer(&t), None)
+                .is_ok(),
             "the last good file stays in force"
         );
+    }
+
+    #[test]
+    fn a_listed_client_certificate_is_a_principal_and_a_token_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = new_token();
+        let p = file(
+            dir.path(),
+            &format!(
+                "tokens:\n  - {{principal: tok, role: viewer, sha256: {}}}\ncertificates:\n  - {{common_name: ci, role: operator}}\n",
+                token_sha256(&t)
+            ),
+        );
+        let auth = Authenticator::load(&p).unwrap();
+        let none = http::HeaderMap::new();
+        let ci = auth
+            .authorize("/kaon.v1.Kaon/RegisterWorkflow", &none, Some("ci"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (ci.name.as_str(), ci.role, ci.method),
+            ("ci", Role::Operator, AuthMethod::Certificate)
+        );
+        let e = auth
+            .authorize("/kaon.v1.Kaon/GetRun", &none, Some("other"))
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        let tok = auth
+            .authorize("/kaon.v1.Kaon/GetRun", &bearer(&t), Some("ci"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            tok.name, "tok",
+            "a token wins over the connection's certificate"
+        );
+        // A node's certificate may ask for a read index, nothing else.
+        assert_eq!(
+            auth.authorize("/kaon.v1.Kaon/ReadIndex", &none, Some("node-2"))
+                .unwrap(),
+            None
+        );
+        assert!(
+            auth.authorize("/kaon.v1.Kaon/GetRun", &none, Some("node-2"))
+                .is_err()
+        );
+        let pem =
+            kaon_log::tls::new_cert(&kaon_log::tls::new_ca("ca", 1).unwrap(), "ci-bot", &[], 1)
+                .unwrap();
+        let der =
+            tokio_rustls::rustls::pki_types::CertificateDer::from_pem_slice(pem.cert.as_bytes())
+                .unwrap();
+        assert_eq!(common_name(&der).as_deref(), Some("ci-bot"));
     }
 
     #[test]

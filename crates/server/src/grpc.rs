@@ -220,6 +220,16 @@ impl<L: EventLog> KaonService<L> {
         &self,
         md: &MetadataMap,
     ) -> Result<(String, v1::kaon_client::KaonClient<Channel>), Status> {
+        if md
+            .get(crate::auth::AUTH_METHOD_HEADER)
+            .is_some_and(|v| v == "certificate")
+        {
+            // A certificate cannot be forwarded: the caller is sent to the
+            // leader (the client library follows the leader's address).
+            return Err(self.unavailable(
+                "a caller authenticated by its client certificate is served by the leader itself",
+            ));
+        }
         if md.contains_key(FORWARDED_BY_HEADER) {
             return Err(self.unavailable(
                 "this node does not lead either (a forwarded request is not forwarded again)",
