@@ -421,6 +421,7 @@ impl World {
                 local_sandboxes: None,
                 auth: None,
                 tls: None,
+                mesos_https: None,
             },
         ));
         self.apis

@@ -34,6 +34,10 @@ pub struct ServerArgs {
     /// Mesos master URL; without it an embedded Mesos emulator is started.
     #[arg(long, env = "KAON_MESOS_MASTER")]
     pub mesos_master: Option<String>,
+    /// The CA certificate (PEM) an `https://` Mesos master's certificate
+    /// is verified against (required for one).
+    #[arg(long, value_name = "FILE", env = "KAON_MESOS_CA")]
+    pub mesos_ca: Option<std::path::PathBuf>,
     /// The framework's principal for a Mesos master that authenticates
     /// frameworks (HTTP Basic; `--authenticate_http_frameworks`).
     #[arg(long, env = "KAON_MESOS_PRINCIPAL", requires = "mesos_secret_file")]
@@ -326,6 +330,19 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
             }
             _ => None,
         };
+        // An https:// Mesos master is verified against --mesos-ca.
+        let mesos_https = match (&args.mesos_master, &args.mesos_ca) {
+            (Some(m), Some(ca)) if m.starts_with("https://") => Some(
+                kaon_server::mesos_tls::MesosHttps::new(
+                    &std::fs::read(ca).with_context(|| format!("--mesos-ca {}", ca.display()))?,
+                )
+                .with_context(|| format!("--mesos-ca {}", ca.display()))?,
+            ),
+            (Some(m), None) if m.starts_with("https://") => anyhow::bail!(
+                "--mesos-master {m} is https: give the CA that signed its certificate with --mesos-ca"
+            ),
+            _ => None,
+        };
         // A node told to authenticate never starts open: a missing or
         // malformed tokens file stops it here.
         let auth = match &args.auth_file {
@@ -469,6 +486,9 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         config.executor_silence_ms_max =
             (args.executor_silence_ms_max > 0).then_some(args.executor_silence_ms_max as i64);
         config.executor_idle_ms = args.executor_idle_ms.min(i64::MAX as u64) as i64;
+        if let Some(https) = &mesos_https {
+            config.mesos_transport = kaon_mesos::transport::MesosTransport::custom(https.clone());
+        }
         if let (Some(p), Some(f)) = (&args.mesos_principal, &args.mesos_secret_file) {
             let secret = std::fs::read_to_string(f)
                 .with_context(|| format!("--mesos-secret-file {}", f.display()))?;
@@ -564,6 +584,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
             local_sandboxes: emulator.as_ref().map(|_| args.data_dir.join("mesos")),
             auth: auth.clone(),
             tls: tls.clone(),
+            mesos_https: mesos_https.clone(),
         };
         kaon_server::grpc::serve(log, runtime, service, listener, shutdown).await?;
         if let Some(emu) = emulator {

@@ -876,3 +876,88 @@ fn kaon_authenticates_to_a_mesos_master_that_requires_it() {
     assert!(!log.contains("guess"), "the secret is not logged");
     drop(server);
 }
+
+/// Issue 12, section 1: the Mesos connection over HTTPS when the master
+/// URL says so (the emulator serving HTTPS), verified against
+/// `--mesos-ca`; an https master without a CA is refused at start.
+#[test]
+fn kaon_reaches_an_https_mesos_master_verified_by_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let (code, out, err) = common::kaon_local(&[
+        "tls".as_ref(),
+        "init".as_ref(),
+        certs.as_os_str(),
+        "--nodes".as_ref(),
+        "1".as_ref(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let mesos = common::free_port();
+    let _emu = common::Procs(vec![
+        std::process::Command::new(KAON)
+            .args(["mesos-emulator", "--master", &format!("127.0.0.1:{mesos}")])
+            .arg("--work-dir")
+            .arg(dir.path().join("mesos"))
+            .args(["--executor-path", KAON])
+            .arg("--tls-cert")
+            .arg(certs.join("node-1.pem"))
+            .arg("--tls-key")
+            .arg(certs.join("node-1.key"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ]);
+    wait_for("the emulator to listen", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", mesos)).ok()
+    });
+    let master = format!("https://127.0.0.1:{mesos}");
+    let out = std::process::Command::new(KAON)
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--raft-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("no-ca"))
+        .args(["--mesos-master", &master])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--mesos-ca"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = common::Server::start_with(
+        Path::new(KAON),
+        &dir.path().join("data"),
+        &[
+            "--mesos-master",
+            &master,
+            "--mesos-ca",
+            certs.join("ca.pem").to_str().unwrap(),
+        ],
+        &[],
+    )
+    .unwrap();
+    let spec = dir.path().join("hello.yaml");
+    std::fs::write(
+        &spec,
+        "apiVersion: kaon/v1\nname: hello\nsteps:\n  a: {shell: 'echo hello-over-tls'}\n",
+    )
+    .unwrap();
+    let (code, out, err) = kaon_at(&server.url, &["submit", spec.to_str().unwrap(), "--watch"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let run = out
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let (code, out, err) = kaon_at(&server.url, &["run", "logs", &run, "a"]);
+    assert_eq!(code, 0, "step logs through the https master: {err}");
+    assert!(out.contains("hello-over-tls"), "{out}");
+}

@@ -164,12 +164,88 @@ pub(crate) async fn serve_master(
     listener: tokio::net::TcpListener,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let tls = core.config.master_tls.clone();
     let app = master_router(core);
-    if let Err(e) = axum::serve(listener.tap_io(nodelay), app)
-        .with_graceful_shutdown(stopped(stop))
-        .await
-    {
+    let served = match tls {
+        Some((cert, key)) => match tls_acceptor(&cert, &key) {
+            Ok(acceptor) => {
+                axum::serve(TlsListener { listener, acceptor }, app)
+                    .with_graceful_shutdown(stopped(stop))
+                    .await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the master's TLS certificate or key does not load");
+                return;
+            }
+        },
+        None => {
+            axum::serve(listener.tap_io(nodelay), app)
+                .with_graceful_shutdown(stopped(stop))
+                .await
+        }
+    };
+    if let Err(e) = served {
         tracing::error!(error = %e, "master server stopped");
+    }
+}
+
+/// A rustls (ring) acceptor for the master's certificate and key (PEM).
+fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| format!("key: {e}"))?;
+    #[allow(deprecated)] // ring, as in the rest of kaon
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The master's listener when it serves HTTPS: TCP accept, then the TLS
+/// handshake (a failed one is logged and skipped).
+struct TlsListener {
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (tcp, addr) = match self.listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                self.acceptor.accept(tcp),
+            )
+            .await
+            {
+                Ok(Ok(s)) => return (s, addr),
+                Ok(Err(e)) => tracing::warn!(%addr, error = %e, "TLS handshake refused"),
+                Err(_) => tracing::warn!(%addr, "TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
     }
 }
 

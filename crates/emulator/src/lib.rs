@@ -162,6 +162,9 @@ pub struct EmulatorConfig {
     /// else 401, as a Mesos master with `--authenticate_http_frameworks`
     /// and the basic authenticator (issue 12).
     pub credentials: Vec<(String, String)>,
+    /// Serve the master over HTTPS with this certificate and key (PEM):
+    /// for testing a scheduler's `https://` master URLs.
+    pub master_tls: Option<(String, String)>,
 }
 
 /// Reads a Mesos credentials file: `{"credentials": [{"principal": ..,
@@ -212,6 +215,7 @@ impl Default for EmulatorConfig {
             ids: IdSource::Random,
             agent_sockets: true,
             credentials: Vec::new(),
+            master_tls: None,
             launcher: Arc::new(ProcessLauncher),
         }
     }
@@ -488,7 +492,12 @@ async fn update_retrier(core: std::sync::Weak<Core>) {
 impl EmulatorHandle {
     /// `http://host:port` of the master.
     pub fn master_url(&self) -> String {
-        format!("http://{}", self.core.master_addr)
+        let scheme = if self.core.config.master_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.core.master_addr)
     }
 
     /// The master's socket address.
@@ -786,6 +795,13 @@ pub struct Args {
     /// (`{"credentials":[{"principal":"kaon","secret":"..."}]}`).
     #[arg(long)]
     pub credentials: Option<PathBuf>,
+    /// Serve the master over HTTPS with this certificate (PEM; with
+    /// `--tls-key`).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The master certificate's key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Parses one `--agent` spec.
@@ -852,6 +868,15 @@ where
         credentials: match &args.credentials {
             Some(p) => read_credentials(p)?,
             None => Vec::new(),
+        },
+        master_tls: match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => Some((
+                std::fs::read_to_string(c)
+                    .map_err(|e| EmulatorError::Args(format!("--tls-cert {}: {e}", c.display())))?,
+                std::fs::read_to_string(k)
+                    .map_err(|e| EmulatorError::Args(format!("--tls-key {}: {e}", k.display())))?,
+            )),
+            _ => None,
         },
         ..EmulatorConfig::default()
     };

@@ -69,6 +69,9 @@ pub struct ServiceConfig {
     /// TLS for the API port and for calls to peers' APIs (`--tls-*`);
     /// `None`: plain text.
     pub tls: Option<Arc<kaon_log::tls::Tls>>,
+    /// How to reach an `https://` Mesos master (`--mesos-ca`), for step
+    /// logs.
+    pub mesos_https: Option<crate::mesos_tls::MesosHttps>,
 }
 
 /// Builds a (lazily connected) channel to the API at `host:port`.
@@ -348,6 +351,31 @@ impl<L: EventLog> KaonService<L> {
 
     /// GET `url` as JSON.
     async fn get_json(&self, url: &str) -> Result<serde_json::Value, Status> {
+        if let (true, Some(https)) = (url.starts_with("https://"), &self.config.mesos_https) {
+            let r = https
+                .exchange(kaon_mesos::transport::HttpRequest {
+                    method: tonic::codegen::http::Method::GET,
+                    url: url.to_string(),
+                    headers: Default::default(),
+                    body: Default::default(),
+                    timeout: Some(Duration::from_secs(10)),
+                })
+                .await
+                .map_err(|e| Status::unavailable(format!("GET {url}: {e}")))?;
+            let status = r.status;
+            let body = r
+                .bytes()
+                .await
+                .map_err(|e| Status::unavailable(format!("GET {url}: {e}")))?;
+            if !(200..300).contains(&status) {
+                return Err(Status::unavailable(format!(
+                    "GET {url}: {status}: {}",
+                    String::from_utf8_lossy(&body)
+                )));
+            }
+            return serde_json::from_slice(&body)
+                .map_err(|e| Status::internal(format!("GET {url}: not JSON: {e}")));
+        }
         let r = self
             .http
             .get(url)

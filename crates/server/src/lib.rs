@@ -13,6 +13,7 @@ pub mod admin;
 pub mod auth;
 pub mod grpc;
 pub mod log;
+pub mod mesos_tls;
 pub mod metrics;
 pub mod runtime;
 pub mod signing;
