@@ -95,12 +95,48 @@ fn certs(path: &Path, what: &str) -> anyhow::Result<Vec<CertificateDer<'static>>
     Ok(certs)
 }
 
-fn load(files: &TlsFiles) -> anyhow::Result<Configs> {
-    // ring, not aws-lc-rs: it builds with a C compiler alone (no cmake),
-    // which is all CI and the agents have; rustls marks it deprecated only
-    // for its lack of post-quantum key exchange.
+/// The crypto provider of every TLS configuration kaon builds: ring, not
+/// aws-lc-rs: it builds with a C compiler alone (no cmake), which is all CI
+/// and the agents have; rustls marks it deprecated only for its lack of
+/// post-quantum key exchange.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The CA certificates in `pem` as a root store; `what` names their
+/// source in errors (a flag and its file).
+pub fn roots(pem: &[u8], what: &str) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pem) {
+        let c = c.with_context(|| format!("{what}: not PEM certificates"))?;
+        roots
+            .add(c)
+            .with_context(|| format!("{what}: not a usable CA certificate"))?;
+    }
+    anyhow::ensure!(!roots.is_empty(), "{what}: no certificate in the file");
+    Ok(roots)
+}
+
+/// TCP to `host:port`, then a TLS handshake with `config` verifying
+/// `host` (a name or an address).
+pub async fn connect(
+    config: Arc<rustls::ClientConfig>,
+    host: &str,
+    port: u16,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, BoxError> {
+    let tcp = TcpStream::connect((host, port)).await?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host}: not a TLS server name: {e}"))?;
+    Ok(tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with {host}:{port}: {e}"))?)
+}
+
+fn load(files: &TlsFiles) -> anyhow::Result<Configs> {
+    let provider = provider();
     let mut roots = rustls::RootCertStore::empty();
     for c in certs(&files.ca, "--tls-ca")? {
         roots.add(c).with_context(|| {
@@ -303,15 +339,7 @@ impl tower::Service<Uri> for TlsConnector {
                 .trim_end_matches(']')
                 .to_string();
             let port = uri.port_u16().unwrap_or(443);
-            let tcp = TcpStream::connect((host.as_str(), port)).await?;
-            let _ = tcp.set_nodelay(true);
-            let name = ServerName::try_from(host.clone())
-                .map_err(|e| format!("{host}: not a TLS server name: {e}"))?;
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
-            Ok(TokioIo::new(stream))
+            Ok(TokioIo::new(connect(config, &host, port).await?))
         })
     }
 }
@@ -396,6 +424,31 @@ mod tests {
         vec!["localhost".into(), "127.0.0.1".into()]
     }
 
+    /// A node's TLS from a certificate `ca` signed, valid for `days`.
+    fn node(dir: &Path, name: &str, ca: &Pem, days: i64) -> Arc<Tls> {
+        Tls::load(write(
+            dir,
+            name,
+            ca,
+            &new_cert(ca, name, &local(), days).unwrap(),
+        ))
+        .unwrap()
+    }
+
+    /// Sets the modification time of `paths` `secs` from now (file
+    /// systems with coarse clocks: a rewrite is seen as a change).
+    fn touch(paths: &[&PathBuf], secs: u64) {
+        let at = SystemTime::now() + Duration::from_secs(secs);
+        for p in paths {
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        }
+    }
+
     /// A server on `side` with `server`'s files; the result of one TLS
     /// connection to it with `client`'s, and the server's CN as seen.
     async fn handshake(server: &Arc<Tls>, side: Side, client: &Arc<Tls>) -> Result<(), String> {
@@ -426,32 +479,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = new_ca("kaon test CA", 30).unwrap();
         let other_ca = new_ca("another CA", 30).unwrap();
-        let n1 = Tls::load(write(
-            dir.path(),
-            "n1",
-            &ca,
-            &new_cert(&ca, "node-1", &local(), 30).unwrap(),
-        ))
-        .unwrap();
-        let n2 = Tls::load(write(
-            dir.path(),
-            "n2",
-            &ca,
-            &new_cert(&ca, "node-2", &local(), 30).unwrap(),
-        ))
-        .unwrap();
+        let n1 = node(dir.path(), "n1", &ca, 30);
+        let n2 = node(dir.path(), "n2", &ca, 30);
         handshake(&n1, Side::Peers, &n2)
             .await
             .expect("a peer of the same CA");
         // A certificate from another CA: refused as a peer (and it cannot
         // verify the server either).
-        let stranger = Tls::load(write(
-            dir.path(),
-            "stranger",
-            &other_ca,
-            &new_cert(&other_ca, "node-9", &local(), 30).unwrap(),
-        ))
-        .unwrap();
+        let stranger = node(dir.path(), "stranger", &other_ca, 30);
         assert!(handshake(&n1, Side::Peers, &stranger).await.is_err());
         // Same CA on both sides, but the client's certificate from the
         // other CA: the server refuses it.
@@ -464,13 +499,7 @@ mod tests {
         let mixed = Tls::load(mixed).unwrap();
         assert!(handshake(&n1, Side::Peers, &mixed).await.is_err());
         // An expired certificate is refused.
-        let expired = Tls::load(write(
-            dir.path(),
-            "expired",
-            &ca,
-            &new_cert(&ca, "node-3", &local(), -1).unwrap(),
-        ))
-        .unwrap();
+        let expired = node(dir.path(), "expired", &ca, -1);
         assert!(handshake(&n1, Side::Peers, &expired).await.is_err());
         assert!(
             handshake(&expired, Side::Api, &n1).await.is_err(),
@@ -484,13 +513,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let dir = tempfile::tempdir().unwrap();
         let ca = new_ca("kaon test CA", 30).unwrap();
-        let n1 = Tls::load(write(
-            dir.path(),
-            "n1",
-            &ca,
-            &new_cert(&ca, "node-1", &local(), 30).unwrap(),
-        ))
-        .unwrap();
+        let n1 = node(dir.path(), "n1", &ca, 30);
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let mut incoming = n1.incoming(l, Side::Api);
@@ -528,49 +551,23 @@ mod tests {
             &new_cert(&ca, "node-1", &local(), 30).unwrap(),
         );
         let n1 = Tls::load(files.clone()).unwrap();
-        let peer = Tls::load(write(
-            dir.path(),
-            "n2",
-            &ca,
-            &new_cert(&ca, "node-2", &local(), 30).unwrap(),
-        ))
-        .unwrap();
+        let peer = node(dir.path(), "n2", &ca, 30);
         // Rotate to an expired certificate: new handshakes fail.
         let expired = new_cert(&ca, "node-1", &local(), -1).unwrap();
         std::fs::write(&files.cert, &expired.cert).unwrap();
         std::fs::write(&files.key, &expired.key).unwrap();
-        let later = SystemTime::now() + Duration::from_secs(3);
-        for p in [&files.cert, &files.key] {
-            std::fs::File::options()
-                .write(true)
-                .open(p)
-                .unwrap()
-                .set_modified(later)
-                .unwrap();
-        }
+        touch(&[&files.cert, &files.key], 3);
         assert!(n1.reload_if_changed());
         assert!(handshake(&n1, Side::Api, &peer).await.is_err());
         // A file that does not parse: the last good configuration stays.
         std::fs::write(&files.cert, "not a certificate").unwrap();
-        std::fs::File::options()
-            .write(true)
-            .open(&files.cert)
-            .unwrap()
-            .set_modified(later + Duration::from_secs(3))
-            .unwrap();
+        touch(&[&files.cert], 6);
         assert!(!n1.reload_if_changed());
         // A good rotation: served again.
         let fresh = new_cert(&ca, "node-1", &local(), 30).unwrap();
         std::fs::write(&files.cert, &fresh.cert).unwrap();
         std::fs::write(&files.key, &fresh.key).unwrap();
-        for p in [&files.cert, &files.key] {
-            std::fs::File::options()
-                .write(true)
-                .open(p)
-                .unwrap()
-                .set_modified(later + Duration::from_secs(6))
-                .unwrap();
-        }
+        touch(&[&files.cert, &files.key], 9);
         assert!(n1.reload_if_changed());
         handshake(&n1, Side::Api, &peer)
             .await

@@ -15,8 +15,6 @@ use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
 use kaon_mesos::transport::{HttpRequest, HttpResponse, HttpTransport, TransportError};
 use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 
 /// See the module docs.
 #[derive(Clone)]
@@ -27,15 +25,8 @@ pub struct MesosHttps {
 impl MesosHttps {
     /// A transport trusting the CA certificate(s) in `ca_pem`.
     pub fn new(ca_pem: &[u8]) -> anyhow::Result<MesosHttps> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(ca_pem) {
-            roots.add(c?)?;
-        }
-        anyhow::ensure!(!roots.is_empty(), "no CA certificate in --mesos-ca");
-        // ring, as everywhere in kaon (see kaon_log::tls).
-        #[allow(deprecated)]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        let roots = kaon_log::tls::roots(ca_pem, "--mesos-ca")?;
+        let mut config = rustls::ClientConfig::builder_with_provider(kaon_log::tls::provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -56,13 +47,9 @@ impl MesosHttps {
             .to_string();
         let port = uri.port_u16().unwrap_or(443);
         let work = async {
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-            let _ = tcp.set_nodelay(true);
-            let name = ServerName::try_from(host.clone())?;
-            let tls = tokio_rustls::TlsConnector::from(self.config.clone())
-                .connect(name, tcp)
+            let tls = kaon_log::tls::connect(self.config.clone(), &host, port)
                 .await
-                .map_err(|e| format!("TLS with the Mesos master {host}:{port}: {e}"))?;
+                .map_err(|e| format!("the Mesos master: {e}"))?;
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
             tokio::spawn(async move {

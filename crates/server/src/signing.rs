@@ -13,6 +13,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use ed25519_dalek::{Signer, Verifier};
+use kaon_core::decide::hex;
 
 /// What is signed: a domain tag, the event index and the chain head.
 pub fn message(index: u64, chain_head: &[u8]) -> Vec<u8> {
@@ -20,10 +21,6 @@ pub fn message(index: u64, chain_head: &[u8]) -> Vec<u8> {
     m.extend_from_slice(&index.to_be_bytes());
     m.extend_from_slice(chain_head);
     m
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn unhex(s: &str, what: &str) -> anyhow::Result<Vec<u8>> {
