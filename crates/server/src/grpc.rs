@@ -980,6 +980,16 @@ impl<L: EventLog> Kaon for KaonService<L> {
                 // A long catch-up through other runs' events sends nothing:
                 // let the worker thread go between batches.
                 tokio::task::yield_now().await;
+                // A run that ended (or was retired) at or before the cursor
+                // sends nothing more: a watch that resumes after its last
+                // event ends instead of waiting forever.
+                let past_the_end = log.with_state(|s| {
+                    cursor >= s.applied_index
+                        && s.run(run_id).is_none_or(|r| r.finished_ms.is_some())
+                });
+                if past_the_end {
+                    return;
+                }
                 if log.events_after(cursor, 1).is_empty() && committed.changed().await.is_err() {
                     return;
                 }

@@ -370,9 +370,13 @@ class Client:
                 return out if limit is None else out[:limit]
 
     def watch(self, run_id: int, *, after_index: int = 0) -> Iterator[RunEvent]:
-        """The run's events from its start (or after ``after_index``), live,
-        each with the run as it stands after it; ends after the event that
-        finishes the run.
+        """The run's events from its start (or after ``after_index``), live;
+        ends after the event that finishes the run (at once if
+        ``after_index`` is past it).
+
+        Each event carries the run as the server saw it when it sent the
+        event: right after it while the watch is live, as it is now for
+        events replayed from before the call.
 
         A stream broken by a node's death or a leader change resumes after
         the last event yielded, at any node: no event is missed or repeated.
@@ -399,11 +403,13 @@ class Client:
                     run = Run.from_proto(ev.run)
                     kind = ev.event.WhichOneof("body") or ""
                     yield RunEvent(index=idx, kind=kind, time=_time(ev.event.time_unix_ms), run=run, raw=ev.event)
-                    if run.done:
-                        stream.cancel()
+                    if kind == "run_finished":
                         return
-                # The stream ended before the run did (the node stopped
-                # serving it): resume where it broke.
+                # The server ends the stream after the run's last event (or
+                # at once when `after` is past it); a stream that ends
+                # otherwise (the node stopped serving it) resumes.
+                if self.get_run(run_id).done:
+                    return
             except grpc.RpcError as e:
                 if not _retryable(e):
                     raise from_rpc_error(e) from None

@@ -110,7 +110,12 @@ def _literal(v: Any) -> str:
 
 
 def _member(base: str, key: str) -> str:
-    return f"{base}.{key}" if _IDENT.match(key) else f"{base}[{json.dumps(key)}]"
+    """``base.key``, or ``base['key']`` for a key that is not an identifier
+    (a step name with ``-``, as the spec's README writes it)."""
+    if _IDENT.match(key):
+        return f"{base}.{key}"
+    quoted = f"'{key}'" if "'" not in key and "\\" not in key else json.dumps(key)
+    return f"{base}[{quoted}]"
 
 
 class Expr:
@@ -253,7 +258,10 @@ def _duration(d: Union[str, datetime.timedelta, None]) -> Optional[str]:
     if d is None or isinstance(d, str):
         return d
     ms = int(round(d.total_seconds() * 1000))
-    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0 and ms > 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
 
 
 def _prune(d: Dict[str, Any]) -> Dict[str, Any]:

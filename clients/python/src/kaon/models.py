@@ -194,7 +194,8 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class RunEvent:
-    """One committed event of a run, and the run as it stands after it.
+    """One committed event of a run, and the run as the server saw it when
+    it sent the event (right after it while live; now, for a replay).
 
     ``index`` is the event's position in the replicated log: a watch that
     resumes after a leader change continues after the last index seen, so

@@ -1,0 +1,133 @@
+"""The DSL: golden specs, the reference pipeline, and definitions it refuses.
+
+``KAON_UPDATE_GOLDEN=1 pytest tests/test_dsl.py`` rewrites the golden
+files (review the diff).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+
+import pytest
+import yaml
+
+from definitions import DEFINITIONS
+from kaon import DSLError, Expr, Foreach, Group, Step, Workflow, step
+from kaon.dsl import split_spec_errors
+from kaon.errors import InvalidArgument, node_path_of
+
+HERE = pathlib.Path(__file__).resolve().parent
+GOLDEN = HERE / "golden"
+REPO = HERE.parents[2]
+sys.path.insert(0, str(HERE.parent / "examples"))
+
+import reference_pipeline  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(DEFINITIONS))
+def test_definition_compiles_to_its_golden_spec(name: str) -> None:
+    got = DEFINITIONS[name]().to_dict()
+    path = GOLDEN / f"{name}.json"
+    if os.environ.get("KAON_UPDATE_GOLDEN"):
+        path.write_text(json.dumps(got, indent=2) + "\n")
+    assert path.is_file(), f"no golden file {path}: run with KAON_UPDATE_GOLDEN=1 and review it"
+    want = json.loads(path.read_text())
+    assert got == want, f"{name}: the compiled spec differs from {path}"
+    # Key order is part of what a reader sees: the golden file keeps it.
+    assert json.dumps(got, indent=2) + "\n" == path.read_text()
+
+
+def test_reference_pipeline_in_python_is_the_yaml_one() -> None:
+    wf = reference_pipeline.build()
+    want = yaml.safe_load((REPO / "examples" / "reference-pipeline" / "pipeline.yaml").read_text())
+    assert wf.to_dict() == want
+    # The YAML and JSON forms are the same document.
+    assert yaml.safe_load(wf.to_yaml()) == want
+    assert json.loads(wf.to_json()) == want
+
+
+def test_expressions_render_as_cel() -> None:
+    with Workflow("x") as wf:
+        a = Step("user-selection", shell="true")
+    assert str(a.outputs["table"]) == "${{ steps['user-selection'].outputs.table }}"
+    assert a.outputs["my-key"].cel == "steps['user-selection'].outputs['my-key']"
+    assert (a.outputs.n > 3).cel == "steps['user-selection'].outputs.n > 3"
+    assert ((a.outputs.n > 3) | (a.outputs.n == 0)).cel == (
+        "(steps['user-selection'].outputs.n > 3) || (steps['user-selection'].outputs.n == 0)"
+    )
+    assert (~a.outputs.ok).cel == "!steps['user-selection'].outputs.ok"
+    assert a.outputs.names.contains("x").cel == '"x" in steps[\'user-selection\'].outputs.names'
+    assert a.outputs.names.size().cel == "size(steps['user-selection'].outputs.names)"
+    assert (Expr("x") == [1, "a", None, {"k": False}]).cel == 'x == [1, "a", null, {"k": false}]'
+    assert f"--n={wf.param('n', int)}" == "--n=${{ params.n }}"
+    with pytest.raises(DSLError, match="evaluated by kaon at run time"):
+        bool(a.outputs.ok)
+
+
+def test_a_reference_to_a_dashed_name_uses_the_bracket_form_and_still_counts() -> None:
+    with Workflow("x") as wf:
+        a = Step("user-selection", shell="true")
+        Step("b", shell=f"echo {a.outputs['t']}")
+    assert wf.to_dict()["steps"]["b"]["depends_on"] == ["user-selection"]
+
+
+def test_definitions_it_refuses_say_what_and_where() -> None:
+    with pytest.raises(DSLError, match=r"step 'a' \(at .*test_dsl.py:\d+\) is created outside a workflow"):
+        Step("a", shell="true")
+    with Workflow("x"):
+        Step("a", shell="true")
+        with pytest.raises(DSLError, match=r"steps.a: a step named 'a' is already defined here \(at .*test_dsl.py"):
+            Step("a", shell="true")
+        with pytest.raises(DSLError, match="exactly one of run= .* or shell="):
+            Step("b", run=["x"], shell="y")
+        with pytest.raises(DSLError, match="run= is an argv list"):
+            Step("c", run="echo hi")
+    wf = Workflow("y")
+    with wf:
+        Group("empty")
+    with pytest.raises(DSLError, match="steps.empty .*a group needs at least one step"):
+        wf.to_dict()
+    with pytest.raises(DSLError, match="type must be one of"):
+        wf.param("p", set)
+
+    @step  # type: ignore[arg-type]  # what the type checker catches, the DSL refuses at run time too
+    def bad() -> int:
+        return 3
+
+    with Workflow("z"), pytest.raises(DSLError, match="must return an argv list or a shell line"):
+        bad()
+
+
+def test_server_errors_are_split_and_tied_to_python_steps() -> None:
+    with Workflow("x") as wf:
+        a = Step("a", shell="true")
+        with Group("g") as g:
+            b = Step("b", shell="true")
+            c = Step("c", shell="true", depends_on=[b])
+        b.depends_on.append(c)
+    msg = (
+        "invalid spec: steps.g.steps: dependency cycle: b -> c -> b; "
+        'steps.a.run[1]: unknown variable "x" in "x"; available: steps, params, run; '
+        "name: invalid name \"X\"; steps.g.steps.c.when: bad"
+    )
+    assert split_spec_errors(msg) == [
+        "steps.g.steps: dependency cycle: b -> c -> b",
+        'steps.a.run[1]: unknown variable "x" in "x"; available: steps, params, run',
+        'name: invalid name "X"',
+        "steps.g.steps.c.when: bad",
+    ]
+    assert node_path_of("line 5 column 3: steps.g.steps.c.run[0]: x") == "steps.g.steps.c"
+    e = wf.explain(InvalidArgument(msg))
+    assert [[s.name for s in p.steps] for p in e.problems] == [["b", "c"], ["a"], [], ["c"]]
+    assert g.path == "steps.g" and c.path == "steps.g.steps.c"
+    assert all(s.defined_at.startswith("tests/test_dsl.py:") or "test_dsl.py:" in s.defined_at
+               for p in e.problems for s in p.steps)
+    assert f"[Python step 'a' at {a.defined_at}]" in str(e)
+
+
+def test_foreach_over_a_python_list_is_a_cel_list() -> None:
+    assert Foreach(["us", "eu"]).items == '["us", "eu"]'
+    assert Foreach("params.regions").items == "params.regions"
