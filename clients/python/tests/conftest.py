@@ -79,6 +79,15 @@ def free_ports(n: int) -> List[int]:
     return out
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the test process dies (even if it is
+    killed), so no server outlives the tests that started it."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _stop(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
     if p.poll() is not None:
         return
@@ -104,6 +113,7 @@ class Server:
             stderr=self.stderr,
             stdin=subprocess.DEVNULL,
             cwd=REPO,
+            preexec_fn=_die_with_parent,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
@@ -112,7 +122,11 @@ class Server:
             _stop(self.proc)
             raise AssertionError(f"kaon server did not start: {line!r}; log:\n{self.log()}")
         self.addr = line[len(prefix):].split()[0]
-        wait_for("the server to be ready", lambda: Client(self.addr, deadline=2, token=token).cluster_status().ready)
+        try:
+            wait_for("the server to be ready", lambda: Client(self.addr, deadline=2, token=token).cluster_status().ready)
+        except BaseException:
+            self.stop()
+            raise
 
     def log(self) -> str:
         return (self.data / "server.stderr").read_text(errors="replace")[-4000:]
@@ -141,10 +155,15 @@ class Cluster:
             [str(kaon_bin()), "mesos-emulator", "--master", f"127.0.0.1:{self.mesos}",
              "--work-dir", str(root / "mesos"), "--executor-path", str(kaon_bin())],
             stdout=subprocess.DEVNULL, stderr=emu_log, stdin=subprocess.DEVNULL, cwd=REPO,
+            preexec_fn=_die_with_parent,
         )
-        for i in range(n):
-            self.start(i)
-        wait_for("a leader every node agrees on", self.leader)
+        try:
+            for i in range(n):
+                self.start(i)
+            wait_for("a leader every node agrees on", self.leader)
+        except BaseException:
+            self.stop()
+            raise
 
     def addrs(self) -> List[str]:
         return [f"127.0.0.1:{p}" for p in self.api]
@@ -162,7 +181,7 @@ class Cluster:
             if j != i:
                 args += ["--peer", f"{j + 1}=127.0.0.1:{self.raft[j]}"]
         self.nodes[i] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL,
-                                         cwd=REPO)
+                                         cwd=REPO, preexec_fn=_die_with_parent)
 
     def leader(self) -> Optional[int]:
         """The node (0-based) every running node names as ready leader, if any."""
@@ -187,12 +206,20 @@ class Cluster:
         _stop(p, signal.SIGKILL)
         self.nodes[i] = None
 
+    def pause(self, i: int, paused: bool = True) -> None:
+        """SIGSTOP (or SIGCONT) node i: its connections stay open, it answers nothing."""
+        p = self.nodes[i]
+        assert p is not None
+        p.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+
     def log(self, i: int) -> str:
         return (self.root / f"n{i + 1}.stderr").read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
         for p in self.nodes:
             if p is not None:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGCONT)
                 _stop(p)
         _stop(self.emulator)
         for f in self._logs:

@@ -1,46 +1,75 @@
-"""The client against a real 3-node cluster: a leader killed during a watch."""
+"""The client against a real 3-node cluster: the node serving a watch dies
+(or freezes) mid-run, and the watch goes on from another node."""
 
 from __future__ import annotations
 
-from typing import List
+from typing import Callable, List, Tuple
 
 from conftest import Cluster, wait_for
 from kaon import Client, RunEvent, Step, Workflow
 
+#: Steps in a chain, each a short sleep: a run long enough to disrupt.
 STEPS = 8
 
 
-def test_a_watch_goes_on_through_a_leader_kill_missing_and_repeating_nothing(cluster: Cluster) -> None:
-    leader = cluster.leader()
-    assert leader is not None
-    # The leader first, so the watch's stream is on the node that dies.
+def client_first_at(cluster: Cluster, i: int) -> Client:
+    """A client for every node, node i first (its watch streams from i)."""
     addrs = cluster.addrs()
-    client = Client([addrs[leader]] + [a for i, a in enumerate(addrs) if i != leader], deadline=30)
-    with Workflow("through-failover") as wf:
+    return Client([addrs[i]] + [a for j, a in enumerate(addrs) if j != i], deadline=30)
+
+
+def watch_through(client: Client, name: str, disrupt: Callable[[], None]) -> Tuple[int, List[RunEvent], int]:
+    """Submits a chain of steps, watches it, calls ``disrupt`` once the
+    second step runs; returns the run id, the events seen and the index
+    of the event after which the disruption happened."""
+    with Workflow(name) as wf:
         prev = None
         for i in range(STEPS):
             prev = Step(f"s{i}", shell="sleep 0.4", depends_on=[prev] if prev else [])
     run = client.submit(wf)
     seen: List[RunEvent] = []
-    killed_at = None
+    at = None
     for ev in run.watch():
         seen.append(ev)
-        if killed_at is None and ev.run.step("s1").status == "running":
-            cluster.kill(leader)
-            killed_at = ev.index
-    assert killed_at is not None, "the run ended before the leader was killed"
-    final = seen[-1].run
-    assert final.status == "succeeded", final.message
-    assert seen[-1].kind == "run_finished"
-    # Events after the kill arrived (from another node), once each, in order.
+        if at is None and ev.run.step("s1").status == "running":
+            disrupt()
+            at = ev.index
+    assert at is not None, "the run ended before the disruption"
+    return run.id, seen, at
+
+
+def assert_whole(seen: List[RunEvent], at: int, replay: List[int]) -> None:
+    """The watch saw the run to its end, every event once, in order, the
+    same events a fresh watch replays, and some after the disruption."""
     idx = [e.index for e in seen]
     assert idx == sorted(set(idx)), f"repeated or out of order: {idx}"
-    assert any(i > killed_at for i in idx)
-    assert client.endpoint != f"http://{addrs[leader]}"
-    # Nothing missed: a fresh watch at a surviving node replays the same events.
-    survivor = Client([a for i, a in enumerate(addrs) if i != leader], deadline=30)
-    assert [e.index for e in survivor.watch(run.id)] == idx
-    # And the steps ran once each, across the failover.
-    assert [s.attempts for s in final.tasks] == [1] * STEPS
-    new_leader = wait_for("a new leader", cluster.leader)
-    assert new_leader != leader
+    assert any(i > at for i in idx), "nothing arrived after the disruption"
+    assert seen[-1].kind == "run_finished" and seen[-1].run.status == "succeeded", seen[-1].run.message
+    assert replay == idx, "a fresh watch replays other events: some were missed"
+
+
+def test_a_watch_goes_on_through_a_leader_kill_missing_and_repeating_nothing(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    assert leader is not None
+    client = client_first_at(cluster, leader)
+    run_id, seen, at = watch_through(client, "through-failover", lambda: cluster.kill(leader))
+    survivor = cluster.addrs()[(leader + 1) % cluster.n]
+    assert_whole(seen, at, [e.index for e in Client(survivor).watch(run_id)])
+    assert client.endpoint != f"http://{cluster.addrs()[leader]}"
+    # The steps ran once each, across the failover.
+    assert [s.attempts for s in seen[-1].run.tasks] == [1] * STEPS
+    assert wait_for("a new leader", cluster.leader) != leader
+
+
+def test_a_watch_on_a_node_that_stops_answering_moves_to_another(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    assert leader is not None
+    follower = (leader + 1) % cluster.n
+    client = client_first_at(cluster, follower)
+    client.watch_idle_seconds = 1.0
+    client.watch_probe_seconds = 1.0
+    # SIGSTOP: the node's TCP connections stay open and silent.
+    run_id, seen, at = watch_through(client, "through-a-frozen-node", lambda: cluster.pause(follower))
+    assert_whole(seen, at, [e.index for e in Client(cluster.addrs()[leader]).watch(run_id)])
+    assert client.endpoint != f"http://{cluster.addrs()[follower]}"
+    cluster.pause(follower, False)

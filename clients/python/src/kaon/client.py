@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import queue
 import re
+import threading
 import time
 import uuid
 from typing import (
@@ -76,6 +78,10 @@ CALL_DEADLINE_SECONDS_DEFAULT = 30.0
 #: First and longest pause between two tries, in seconds.
 BACKOFF_SECONDS_MIN = 0.02
 BACKOFF_SECONDS_MAX = 0.5
+#: A watch silent this long checks its node still serves (seconds).
+WATCH_IDLE_SECONDS_DEFAULT = 10.0
+#: How long that check may take before the watch moves on (seconds).
+WATCH_PROBE_SECONDS_DEFAULT = 5.0
 #: The largest read of a step log in one call (the server's limit).
 LOG_READ_BYTES_MAX = 1 << 20
 
@@ -87,6 +93,10 @@ T = TypeVar("T")
 #: workflow: a DSL ``Workflow``, a spec as a dict, YAML/JSON text, or a
 #: path to a spec file (``submit`` also takes a registered workflow's name).
 WorkflowLike = Union["Workflow", Mapping[str, Any], str, pathlib.Path]
+
+
+class _Silent(Exception):
+    """A watch's node went silent and did not answer a read."""
 
 
 def new_idempotency_key() -> str:
@@ -168,6 +178,11 @@ class Client:
         self.deadline = deadline
         #: Accept a possibly stale read from the node asked (no round trip to the leader).
         self.stale_reads = stale_reads
+        #: A watch whose stream is silent this long checks that its node
+        #: still answers (and moves on if not), in seconds.
+        self.watch_idle_seconds = WATCH_IDLE_SECONDS_DEFAULT
+        #: How long that check may take, in seconds.
+        self.watch_probe_seconds = WATCH_PROBE_SECONDS_DEFAULT
         self._channels: Dict[str, grpc.Channel] = {}
         self._current = 0
 
@@ -380,7 +395,8 @@ class Client:
 
         A stream broken by a node's death or a leader change resumes after
         the last event yielded, at any node: no event is missed or repeated.
-        It gives up (:class:`~kaon.errors.DeadlineExceeded`) only when no
+        A stream that stays silent while its node cannot answer a read (the
+        node is stopped or cut off) resumes elsewhere too. It gives up (:class:`~kaon.errors.DeadlineExceeded`) only when no
         node answers for the client's ``deadline``.
         """
         after = after_index
@@ -389,10 +405,10 @@ class Client:
         last: Optional[BaseException] = None
         while True:
             req = api_pb2.WatchRunRequest(run_id=run_id, after_index=after)
-            stream = None
+            node = self._current
+            stream = self._stub(node).WatchRun(req, metadata=self._metadata())
             try:
-                stream = self._stub(self._current).WatchRun(req, metadata=self._metadata())
-                for ev in stream:
+                for ev in self._silence_checked(stream, node, run_id):
                     idx = ev.event.index
                     # The server sends each event once, in order; a resumed
                     # stream starts after `after`. Checked, not assumed.
@@ -415,9 +431,12 @@ class Client:
                     raise from_rpc_error(e) from None
                 last = e
                 self._follow(e)
+            except _Silent as e:
+                last = e
+                if self._current == node:
+                    self._current = (node + 1) % len(self._endpoints)
             finally:
-                if stream is not None:
-                    stream.cancel()
+                stream.cancel()
             if time.monotonic() >= deadline:
                 why = (last.details() if isinstance(last, grpc.Call) else None) or str(last)
                 raise DeadlineExceeded(
@@ -426,6 +445,47 @@ class Client:
                 )
             time.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_SECONDS_MAX)
+
+    def _silence_checked(self, stream: Any, node: int, run_id: int) -> Iterator[Any]:
+        """The stream's messages; when it has been silent for
+        ``watch_idle_seconds``, asks the same node for the run (a
+        linearizable read, which needs a leader the node can reach): a
+        node that cannot answer within ``watch_probe_seconds`` (stopped,
+        cut off from the others) raises :class:`_Silent`, so the watch
+        resumes elsewhere instead of waiting on it forever."""
+        q: "queue.Queue[tuple[str, Any]]" = queue.Queue()
+
+        def pump() -> None:
+            try:
+                for m in stream:
+                    q.put(("message", m))
+                q.put(("end", None))
+            except grpc.RpcError as e:
+                q.put(("error", e))
+
+        threading.Thread(target=pump, name=f"kaon-watch-{run_id}", daemon=True).start()
+        while True:
+            try:
+                what, item = q.get(timeout=self.watch_idle_seconds)
+            except queue.Empty:
+                try:
+                    self._stub(node).GetRun(
+                        api_pb2.GetRunRequest(run_id=run_id),
+                        timeout=self.watch_probe_seconds,
+                        metadata=self._metadata(),
+                    )
+                except grpc.RpcError as e:
+                    raise _Silent(
+                        f"{self._endpoints[node]} sent nothing for {self.watch_idle_seconds}s "
+                        f"and did not answer a read: {e.details() if isinstance(e, grpc.Call) else e}"
+                    ) from None
+                continue
+            if what == "message":
+                yield item
+            elif what == "end":
+                return
+            else:
+                raise item
 
     def wait(self, run_id: int, *, progress: Union[bool, "Progress"] = False) -> Run:
         """Watches the run until it ends and returns it as it ended.
