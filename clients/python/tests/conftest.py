@@ -102,7 +102,13 @@ def _stop(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 
 class Server:
     """One ``kaon server`` with its embedded Mesos emulator."""
 
-    def __init__(self, data: pathlib.Path, args: Sequence[str] = (), token: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        data: pathlib.Path,
+        args: Sequence[str] = (),
+        token: Optional[str] = None,
+        probe: Optional[Callable[[str], Client]] = None,
+    ) -> None:
         data.mkdir(parents=True, exist_ok=True)
         self.data = data
         self.stderr = open(data / "server.stderr", "ab")
@@ -123,7 +129,8 @@ class Server:
             raise AssertionError(f"kaon server did not start: {line!r}; log:\n{self.log()}")
         self.addr = line[len(prefix):].split()[0]
         try:
-            wait_for("the server to be ready", lambda: Client(self.addr, deadline=2, token=token).cluster_status().ready)
+            make = probe or (lambda addr: Client(addr, deadline=2, token=token))
+            wait_for("the server to be ready", lambda: make(self.addr).cluster_status().ready)
         except BaseException:
             self.stop()
             raise

@@ -291,3 +291,46 @@ def test_tokens_and_roles(tmp_path: pathlib.Path) -> None:
         assert run.wait().succeeded
     finally:
         s.stop()
+
+
+def test_a_tls_server_with_a_token_or_a_client_certificate(tmp_path: pathlib.Path) -> None:
+    import hashlib
+    import subprocess
+
+    from conftest import kaon_bin
+
+    certs = tmp_path / "tls"
+    subprocess.run([str(kaon_bin()), "tls", "init", str(certs), "--nodes", "1"], check=True, capture_output=True)
+    subprocess.run([str(kaon_bin()), "tls", "cert", str(certs), "ci-bot"], check=True, capture_output=True)
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text(
+        "tokens:\n"
+        f"  - {{principal: root, role: admin, sha256: {hashlib.sha256(b'root-secret').hexdigest()}}}\n"
+        "certificates:\n"
+        "  - {common_name: ci-bot, role: submitter}\n"
+    )
+    ca = certs / "ca.pem"
+    s = Server(
+        tmp_path / "data",
+        ["--tls-ca", str(ca), "--tls-cert", str(certs / "node-1.pem"), "--tls-key", str(certs / "node-1.key"),
+         "--auth-file", str(tokens)],
+        probe=lambda addr: Client(f"https://{addr}", token="root-secret", tls_ca=ca, deadline=2),
+    )
+    try:
+        url = f"https://{s.addr}"
+        # A token over TLS.
+        assert Client(url, token="root-secret", tls_ca=ca).cluster_status().ready
+        # A client certificate as the identity (no token).
+        bot = Client(url, tls_ca=ca, tls_cert=certs / "ci-bot.pem", tls_key=certs / "ci-bot.key")
+        with Workflow("over-tls") as wf:
+            Step("a", shell="echo secure")
+        run = bot.submit(wf)
+        assert run.wait().succeeded and "secure" in run.logs("a")
+        # Without the CA the server's certificate is not trusted.
+        with pytest.raises(InvalidArgument, match="needs the cluster CA"):
+            Client(url, token="root-secret").cluster_status()
+        # Plain text at a TLS port gets no answer.
+        with pytest.raises(DeadlineExceeded):
+            Client(s.addr, token="root-secret", deadline=1).cluster_status()
+    finally:
+        s.stop()
