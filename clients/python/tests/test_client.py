@@ -13,6 +13,7 @@ from rich.console import Console
 from conftest import REPO, SCRIPTS, Server, wait_for
 from definitions import DEFINITIONS
 from kaon import (
+    RUN,
     Client,
     DeadlineExceeded,
     FailedPrecondition,
@@ -133,11 +134,15 @@ def test_submit_is_idempotent_with_a_key_and_by_name(client: Client) -> None:
 def test_cancel_and_retry(client: Client) -> None:
     with Workflow("slow") as wf:
         Step("wait", shell="sleep 30")
+    with wf.on_exit:
+        Step("bye", shell=f"echo {RUN.status} {RUN.cancelled}")
     run = client.submit(wf)
     wait_for("the step to run", lambda: run.get().step("wait").status == "running")
     run.cancel("enough")
     final = run.wait()
-    assert final.status == "cancelled"
+    assert final.status == "cancelled" and final.message == "cancelled: enough"
+    # The exit handler saw what the run ended with.
+    assert run.logs("on_exit/bye") == "cancelled true\n"
     key = new_idempotency_key()
     again = run.retry(idempotency_key=key)
     assert again.id != run.id and not again.existing

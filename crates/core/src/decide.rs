@@ -1323,7 +1323,13 @@ impl<'s> Decider<'s> {
                 serde_json::json!({
                     "id": run.id,
                     "workflow": run.workflow,
-                    "status": status_name(run.inst(0).status),
+                    // What RunFinished will record: a cancelled run's body
+                    // reads `failed` (its killed steps failed), but the run
+                    // ends `cancelled` (a timeout ends it `failed`).
+                    "status": match run.ending {
+                        Some(Ending::Cancelled { timed_out: false, .. }) => "cancelled",
+                        _ => status_name(run.inst(0).status),
+                    },
                     "cancelled": matches!(run.ending, Some(Ending::Cancelled { .. })),
                 }),
             );

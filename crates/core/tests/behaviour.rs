@@ -901,3 +901,57 @@ fn the_leader_signs_its_chain_head_at_the_interval_and_records_only_true_heads()
     let d = decide(&s, Input::TimerFired(TimerKey::SignHead), 12_000, &old).unwrap();
     assert!(d.effects.is_empty(), "{:?}", d.effects);
 }
+
+#[test]
+fn an_exit_handler_sees_the_status_the_run_ends_with() {
+    // `run.status` in an exit handler is what RunFinished records:
+    // cancelled for a cancelled run (its killed body reads `failed`).
+    let src = "apiVersion: kaon/v1\nname: x\nsteps:\n  a: {run: [./a]}\non_exit:\n  bye: {run: [echo, '${{ run.status }}', '${{ run.cancelled }}']}\n";
+    let argv_of_bye = |sim: &Sim| -> Vec<String> {
+        sim.log
+            .iter()
+            .find_map(|e| match &e.body {
+                Some(Body::TaskLaunchRequested(t)) if t.step_path == "on_exit/bye" => {
+                    Some(t.argv.clone())
+                }
+                _ => None,
+            })
+            .expect("the exit handler launched")
+    };
+    for (cancel, want) in [(true, "cancelled"), (false, "succeeded")] {
+        let mut sim = Sim::new(Limits::default());
+        let run = sim.submit(src, BTreeMap::new()).unwrap();
+        let mut policy = |path: &str, _: u32| {
+            if path == "a" && cancel {
+                Outcome::Hang
+            } else {
+                Outcome::Finish("{}".into())
+            }
+        };
+        if cancel {
+            while sim.state.runs[&run].live_tasks == 0 {
+                assert!(sim.step(&mut policy));
+            }
+            sim.command(Command::CancelRun {
+                run_id: run,
+                reason: "enough".into(),
+            })
+            .unwrap();
+        }
+        while sim.state.runs[&run].status == RunStatus::Running {
+            assert!(sim.step(&mut policy), "stuck");
+        }
+        let argv = argv_of_bye(&sim);
+        assert_eq!(
+            argv[1..],
+            [want.to_string(), cancel.to_string()],
+            "{argv:?}"
+        );
+        let ended = if cancel {
+            RunStatus::Cancelled
+        } else {
+            RunStatus::Succeeded
+        };
+        assert_eq!(sim.state.runs[&run].status, ended);
+    }
+}

@@ -221,14 +221,18 @@ def _cel(v: Union["Expr", str, bool]) -> str:
 
 
 class _Run:
-    """``run.id``, ``run.workflow`` (every step) and ``run.status`` (exit handlers)."""
+    """``run.id``, ``run.workflow`` (every step); ``run.status`` and
+    ``run.cancelled`` (exit handlers)."""
 
     id = Expr("run.id")
     workflow = Expr("run.workflow")
+    #: In an exit handler: succeeded, failed or cancelled, as the run will end.
     status = Expr("run.status")
+    #: In an exit handler: the run was cancelled (or its workflow timed out).
+    cancelled = Expr("run.cancelled")
 
 
-#: The run's own fields: ``RUN.id``, ``RUN.workflow``, ``RUN.status``.
+#: The run's own fields: ``RUN.id``, ``RUN.workflow``, ``RUN.status``, ``RUN.cancelled``.
 RUN = _Run()
 #: The 1-based iteration number inside a ``repeat`` group.
 ITERATION = Expr("iteration")
