@@ -10,6 +10,7 @@ user-selection -> prepare -> [ global-model | foreach region: region-model ]
 
 from __future__ import annotations
 
+import pathlib
 import sys
 
 from kaon import (
@@ -90,7 +91,11 @@ def main() -> int:
         print(wf.to_yaml(), end="")
         return 0
     client = Client()
-    run = client.submit(wf)
+    # The stand-in scripts, by absolute path: steps run in their own sandbox
+    # directories on the agent.
+    scripts = pathlib.Path(__file__).resolve().parents[3] / "examples" / "reference-pipeline" / "scripts"
+    run = client.submit(wf, params={"scripts": str(scripts)})
+    print(f"run {run.id} submitted")
     final = run.wait(progress=True)
     for path, outputs in final.outputs.items():
         print(f"{path}: {outputs}")

@@ -339,3 +339,32 @@ def test_a_tls_server_with_a_token_or_a_client_certificate(tmp_path: pathlib.Pat
             Client(s.addr, token="root-secret", deadline=1).cluster_status()
     finally:
         s.stop()
+
+
+PROGRESS_STEP = """
+import json, os, time
+with open(os.environ["KAON_PROGRESS_FILE"], "a") as p:
+    p.write("percent 40\\n"); p.write("status loading shard 3 of 8\\n"); p.flush()
+time.sleep(1.5)
+json.dump({"rows": 1200}, open(os.environ["KAON_OUTPUTS_FILE"], "w"))
+"""
+
+
+def test_what_a_step_reports_reaches_the_watch_and_the_outputs(client: Client) -> None:
+    with Workflow("reports") as wf:
+        Step("p", kind="python", run=["-c", PROGRESS_STEP])
+    run = client.submit(wf)
+    seen = [(s.percent, s.status_text) for ev in run.watch() for s in ev.run.tasks if s.status == "running"]
+    assert (40, "loading shard 3 of 8") in seen
+    assert run.get().outputs == {"p": {"rows": 1200}}
+
+
+def test_a_refused_schedule_names_its_python_line(client: Client) -> None:
+    with Workflow("bad-schedule") as wf:
+        Step("a", shell="true")
+    wf.schedule("0 3 * * *", overlap="skp")  # type: ignore[arg-type]
+    with pytest.raises(SpecError) as e:
+        client.register(wf)
+    (p,) = e.value.problems
+    assert p.text.startswith("schedules[0].overlap: unknown variant `skp`"), p.text
+    assert p.steps[0].kind == "schedule" and "test_client.py:" in p.steps[0].defined_at

@@ -121,7 +121,8 @@ def test_server_errors_are_split_and_tied_to_python_steps() -> None:
     ]
     assert node_path_of("line 5 column 3: steps.g.steps.c.run[0]: x") == "steps.g.steps.c"
     e = wf.explain(InvalidArgument(msg))
-    assert [[s.name for s in p.steps] for p in e.problems] == [["b", "c"], ["a"], [], ["c"]]
+    assert [[s.name for s in p.steps] for p in e.problems] == [["b", "c"], ["a"], ["x"], ["c"]]
+    assert [p.steps[0].kind for p in e.problems] == ["step", "step", "workflow", "step"]
     assert g.path == "steps.g" and c.path == "steps.g.steps.c"
     assert all(s.defined_at.startswith("tests/test_dsl.py:") or "test_dsl.py:" in s.defined_at
                for p in e.problems for s in p.steps)
@@ -131,3 +132,45 @@ def test_server_errors_are_split_and_tied_to_python_steps() -> None:
 def test_foreach_over_a_python_list_is_a_cel_list() -> None:
     assert Foreach(["us", "eu"]).items == '["us", "eu"]'
     assert Foreach("params.regions").items == "params.regions"
+
+
+def test_durations_and_env_values_are_checked_where_they_are_written() -> None:
+    import datetime
+
+    with Workflow("d") as wf:
+        Step("a", shell="true", timeout=5)
+        Step("b", shell="true", timeout=1.5)
+        Step("c", shell="true", timeout=datetime.timedelta(minutes=90))
+        with pytest.raises(DSLError, match=r"steps.bad \(at .*test_dsl.py:\d+\): a duration is .* not \[5\]"):
+            Step("bad", shell="true", timeout=[5])  # type: ignore[arg-type]
+        with pytest.raises(DSLError, match=r"steps.e \(at .*test_dsl.py:\d+\): env A: a value is .* not None"):
+            Step("e", shell="true", env={"A": None})  # type: ignore[dict-item]
+    steps = wf.to_dict()["steps"]
+    assert [steps[n]["timeout"] for n in "abc"] == ["5s", "1500ms", "90m"]
+    # A refused definition leaves nothing half-made behind.
+    assert list(steps) == ["a", "b", "c"]
+
+
+def test_errors_about_schedules_params_and_the_workflow_name_their_python_line() -> None:
+    wf = Workflow("w")
+    wf.param("n", int)
+    with wf:
+        Step("a", shell="true")
+    wf.schedule("0 3 * * *", overlap="skp")  # type: ignore[arg-type]
+    msg = (
+        "invalid spec: line 1 column 511: schedules[0].overlap: unknown variant `skp`; "
+        "params.n: bad; timeout: bad"
+    )
+    e = wf.explain(InvalidArgument(msg))
+    assert [p.text for p in e.problems] == [
+        "schedules[0].overlap: unknown variant `skp`",
+        "params.n: bad",
+        "timeout: bad",
+    ]
+    assert [(p.steps[0].kind, p.steps[0].name) for p in e.problems] == [
+        ("schedule", "0"),
+        ("param", "n"),
+        ("workflow", "w"),
+    ]
+    assert all("test_dsl.py:" in p.steps[0].defined_at for p in e.problems)
+    assert "schedules[0].overlap: unknown variant `skp`  [Python schedule 0 at " in str(e)

@@ -36,6 +36,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import (
     Any,
+    Literal,
     Callable,
     Dict,
     Iterator,
@@ -75,6 +76,17 @@ __all__ = [
 
 #: The spec version this DSL writes.
 API_VERSION = "kaon/v1"
+
+#: A duration: ``"90s"``, ``"10m"``, ``"2h"``, a ``timedelta``, or a number of seconds.
+Duration = Union[str, int, float, datetime.timedelta]
+#: Step kinds (``command`` runs ``run`` as given; the others prepend their program).
+Kind = Literal["command", "python", "r", "jvm", "spark", "container"]
+#: What a failure does to the run.
+FailureMode = Literal["fail_fast", "finish_running", "ignore"]
+#: What a schedule does when its previous run is still going.
+Overlap = Literal["skip", "queue_one", "allow_all", "cancel_previous"]
+#: How a loop that reached ``max_iterations`` ends.
+Exhausted = Literal["fail", "succeed"]
 
 
 class DSLError(ValueError):
@@ -258,10 +270,13 @@ class Outputs:
 # ---------------------------------------------------------------- value types
 
 
-def _duration(d: Union[str, datetime.timedelta, None]) -> Optional[str]:
+def _duration(d: Optional[Duration]) -> Optional[str]:
     if d is None or isinstance(d, str):
         return d
-    ms = int(round(d.total_seconds() * 1000))
+    if isinstance(d, bool) or not isinstance(d, (int, float, datetime.timedelta)):
+        raise DSLError(f"a duration is a string like '90s', a timedelta or a number of seconds, not {d!r}")
+    seconds = d.total_seconds() if isinstance(d, datetime.timedelta) else float(d)
+    ms = int(round(seconds * 1000))
     for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
         if ms % size == 0 and ms > 0:
             return f"{ms // size}{unit}"
@@ -290,20 +305,20 @@ class Resources:
 class Backoff:
     """The pause between tries: ``fixed`` or ``exponential``."""
 
-    kind: str = "exponential"
-    initial: Union[str, datetime.timedelta, None] = None
+    kind: Literal["fixed", "exponential"] = "exponential"
+    initial: Optional[Duration] = None
     factor: Optional[float] = None
-    max: Union[str, datetime.timedelta, None] = None
+    max: Optional[Duration] = None
 
     @staticmethod
-    def fixed(initial: Union[str, datetime.timedelta]) -> "Backoff":
+    def fixed(initial: Duration) -> "Backoff":
         return Backoff("fixed", initial)
 
     @staticmethod
     def exponential(
-        initial: Union[str, datetime.timedelta],
+        initial: Duration,
         *,
-        max: Union[str, datetime.timedelta, None] = None,
+        max: Optional[Duration] = None,
         factor: Optional[float] = None,
     ) -> "Backoff":
         return Backoff("exponential", initial, factor, max)
@@ -377,7 +392,7 @@ class Defaults:
 
     resources: Optional[Resources] = None
     retry: Optional[Retry] = None
-    timeout: Union[str, datetime.timedelta, None] = None
+    timeout: Optional[Duration] = None
     env: Mapping[str, Union[str, Expr, Secret]] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -442,7 +457,7 @@ class Repeat:
         until: Union[Expr, str, Callable[[], Union[Expr, str]]],
         *,
         max_iterations: int,
-        on_max_iterations: Optional[str] = None,
+        on_max_iterations: Optional[Exhausted] = None,
     ) -> None:
         self.until = until
         self.max_iterations = max_iterations
@@ -465,6 +480,8 @@ class Repeat:
 def _env(env: Mapping[str, Union[str, Expr, Secret, int, float, bool]]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for k, v in env.items():
+        if v is None or not isinstance(v, (str, Expr, Secret, int, float, bool)):
+            raise DSLError(f"env {k}: a value is text, a number, a bool, an expression or Secret(name), not {v!r}")
         if isinstance(v, Secret):
             out[k] = {"secret": v.name}
         elif isinstance(v, bool):
@@ -553,7 +570,7 @@ class Node:
         depends_on: Sequence[Union["Node", str]] = (),
         when: Union[Expr, str, bool, None] = None,
         foreach: Optional[Foreach] = None,
-        on_failure: Optional[str] = None,
+        on_failure: Optional[FailureMode] = None,
         _unique: bool = True,
         _defined_at: Optional[str] = None,
     ) -> None:
@@ -687,7 +704,7 @@ class Step(Node):
         *,
         run: Optional[Sequence[Any]] = None,
         shell: Union[str, Expr, None] = None,
-        kind: Optional[str] = None,
+        kind: Optional[Kind] = None,
         image: Optional[str] = None,
         env: Optional[Mapping[str, Union[str, Expr, Secret, int, float, bool]]] = None,
         secrets: Sequence[str] = (),
@@ -695,11 +712,11 @@ class Step(Node):
         resources: Union[Resources, Mapping[str, Any], None] = None,
         constraints: Sequence[Constraint] = (),
         retry: Optional[Retry] = None,
-        timeout: Union[str, datetime.timedelta, None] = None,
+        timeout: Optional[Duration] = None,
         depends_on: Sequence[Union[Node, str]] = (),
         when: Union[Expr, str, bool, None] = None,
         foreach: Optional[Foreach] = None,
-        on_failure: Optional[str] = None,
+        on_failure: Optional[FailureMode] = None,
         _unique: bool = True,
         _defined_at: Optional[str] = None,
     ) -> None:
@@ -712,10 +729,17 @@ class Step(Node):
             _unique=_unique,
             _defined_at=_defined_at,
         )
-        if (run is None) == (shell is None):
-            raise DSLError(f"{self.path} (at {self.defined_at}): give a step exactly one of run= (argv) or shell=")
-        if isinstance(run, (str, bytes)):
-            raise DSLError(f"{self.path} (at {self.defined_at}): run= is an argv list; for a command line use shell=")
+        try:
+            if (run is None) == (shell is None):
+                raise DSLError("give a step exactly one of run= (argv) or shell=")
+            if isinstance(run, (str, bytes)):
+                raise DSLError("run= is an argv list; for a command line use shell=")
+            _env(env or {})
+            _duration(timeout)
+        except DSLError as e:
+            # Not half-defined in its block: the definition is refused whole.
+            del self.scope.nodes[self.name]
+            raise DSLError(f"{self.path} (at {self.defined_at}): {e}") from None
         self.run = [str(a) for a in run] if run is not None else None
         self.shell = str(shell) if shell is not None else None
         self.kind = kind
@@ -776,7 +800,7 @@ class Group(Node):
         depends_on: Sequence[Union[Node, str]] = (),
         when: Union[Expr, str, bool, None] = None,
         foreach: Optional[Foreach] = None,
-        on_failure: Optional[str] = None,
+        on_failure: Optional[FailureMode] = None,
     ) -> None:
         super().__init__(name, depends_on=depends_on, when=when, foreach=foreach, on_failure=on_failure)
         self.repeat = repeat
@@ -790,7 +814,7 @@ class Group(Node):
         self.body.exit()
 
     def repeat_until(
-        self, until: Union[Expr, str], *, max_iterations: int, on_max_iterations: Optional[str] = None
+        self, until: Union[Expr, str], *, max_iterations: int, on_max_iterations: Optional[Exhausted] = None
     ) -> "Group":
         """Makes this group a loop (after its steps are defined, so
         ``until`` can name them)."""
@@ -835,10 +859,11 @@ class _ExitHandler:
 
 @dataclass
 class _Schedule:
+    defined_at: str
     cron: str
     timezone: Optional[str]
     overlap: Optional[str]
-    catchup_window: Union[str, datetime.timedelta, None]
+    catchup_window: Optional[Duration]
     params: Dict[str, Any]
     paused: bool
 
@@ -880,8 +905,8 @@ class Workflow:
         *,
         description: Optional[str] = None,
         defaults: Optional[Defaults] = None,
-        timeout: Union[str, datetime.timedelta, None] = None,
-        on_failure: Optional[str] = None,
+        timeout: Optional[Duration] = None,
+        on_failure: Optional[FailureMode] = None,
         infer_dependencies: bool = True,
     ) -> None:
         self.name = name
@@ -894,6 +919,10 @@ class Workflow:
         self.timeout = timeout
         self.on_failure = on_failure
         self._params: Dict[str, Dict[str, Any]] = {}
+        self._param_sites: Dict[str, str] = {}
+        #: Where the workflow was created (``file:line``).
+        self.defined_at = _caller()
+        _duration(timeout)
         self._body = _Scope(self, "steps")
         self._exit = _Scope(self, "on_exit")
         self._schedules: List[_Schedule] = []
@@ -930,6 +959,7 @@ class Workflow:
         if description is not None:
             p["description"] = description
         self._params[name] = p
+        self._param_sites[name] = _caller()
         return Expr(_member("params", name))
 
     @property
@@ -942,13 +972,16 @@ class Workflow:
         cron: str,
         *,
         timezone: Optional[str] = None,
-        overlap: Optional[str] = None,
-        catchup_window: Union[str, datetime.timedelta, None] = None,
+        overlap: Optional[Overlap] = None,
+        catchup_window: Optional[Duration] = None,
         params: Optional[Mapping[str, Any]] = None,
         paused: bool = False,
     ) -> "Workflow":
         """Adds a cron schedule (active once the workflow is registered)."""
-        self._schedules.append(_Schedule(cron, timezone, overlap, catchup_window, dict(params or {}), paused))
+        _duration(catchup_window)
+        self._schedules.append(
+            _Schedule(_caller(), cron, timezone, overlap, catchup_window, dict(params or {}), paused)
+        )
         return self
 
     def nodes(self) -> Iterator[Node]:
@@ -992,7 +1025,8 @@ class Workflow:
 
     def explain(self, error: InvalidArgument) -> SpecError:
         """The server's refusal of this workflow, each error tied to the
-        Python steps it names (by spec path, or the steps of a cycle)."""
+        Python definition it is about: the step its spec path names (or
+        every step of a cycle), a schedule, a parameter, or the workflow."""
         by_path = {n.path: n for n in self.nodes()}
 
         def ref(n: Node) -> PythonStep:
@@ -1000,6 +1034,9 @@ class Workflow:
 
         problems = []
         for line in split_spec_errors(error.message):
+            # The server parsed the JSON the DSL wrote: a line and column
+            # there mean nothing to the Python author; the path does.
+            line = _POSITION.sub("", line, count=1)
             steps: List[PythonStep] = []
             cycle = cycle_of(line)
             if cycle is not None:
@@ -1012,8 +1049,27 @@ class Workflow:
                 if node is not None:
                     steps = [ref(node)]
                 path = path.rsplit(".", 2)[0] if path.count(".") >= 3 else None
+            if not steps:
+                steps = self._other_site(line)
             problems.append(SpecProblem(text=line, steps=tuple(steps)))
         return SpecError(error.message, problems)
+
+    def _other_site(self, line: str) -> List[PythonStep]:
+        """A schedule, a parameter or the workflow itself, for an error
+        about no step."""
+        m = re.match(r"schedules\[(\d+)\]", line)
+        if m and int(m.group(1)) < len(self._schedules):
+            i = int(m.group(1))
+            return [PythonStep(f"schedules[{i}]", str(i), self._schedules[i].defined_at, "schedule")]
+        m = re.match(r"params\.([A-Za-z0-9_-]+)", line)
+        if m and m.group(1) in self._param_sites:
+            return [PythonStep(f"params.{m.group(1)}", m.group(1), self._param_sites[m.group(1)], "param")]
+        if re.match(r"(?:apiVersion|kind|name|description|defaults|timeout|on_failure|params)\b", line):
+            return [PythonStep("", self.name, self.defined_at, "workflow")]
+        return []
+
+
+_POSITION = re.compile(r"^line \d+ column \d+: ")
 
 
 class _Params:

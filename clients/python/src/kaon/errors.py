@@ -111,16 +111,21 @@ def from_rpc_error(e: grpc.RpcError) -> KaonError:
 
 @dataclass(frozen=True)
 class PythonStep:
-    """A step of a DSL workflow, as an error names it."""
+    """A definition of a DSL workflow that an error names: usually a step,
+    else a schedule, a parameter or the workflow itself (``kind``)."""
 
-    #: Its spec path, e.g. ``steps.train.steps.validate``.
+    #: Its spec path, e.g. ``steps.train.steps.validate`` or ``schedules[0]``.
     path: str
     #: Its name, e.g. ``validate``.
     name: str
     #: Where it was defined in Python, e.g. ``pipeline.py:12``.
     defined_at: str
+    #: step, schedule, param or workflow.
+    kind: str = "step"
 
     def __str__(self) -> str:
+        if self.kind == "schedule":
+            return f"{self.name} at {self.defined_at}"
         return f"{self.name!r} at {self.defined_at}"
 
 
@@ -137,7 +142,8 @@ class SpecProblem:
     def __str__(self) -> str:
         if not self.steps:
             return self.text
-        label = "Python step" if len(self.steps) == 1 else "Python steps"
+        kind = self.steps[0].kind
+        label = f"Python {kind}" if len(self.steps) == 1 else f"Python {kind}s"
         return f"{self.text}  [{label} {', '.join(str(s) for s in self.steps)}]"
 
 

@@ -32,12 +32,17 @@ _STYLE = {
 class Progress:
     """Shows a run's progress; feed it each new state with :meth:`update`.
 
-    ``console`` defaults to stdout (a notebook is detected by ``rich``);
-    ``live=False`` forces the line-per-change form.
+    ``console`` defaults to standard error, as progress displays do (in a
+    notebook, the cell's output); ``live=False`` forces the
+    line-per-change form.
     """
 
     def __init__(self, console: Optional[Console] = None, *, live: Optional[bool] = None) -> None:
-        self.console = console or Console()
+        if console is None:
+            console = Console()
+            if not console.is_jupyter:
+                console = Console(stderr=True)
+        self.console = console
         self.live = live if live is not None else (self.console.is_terminal or self.console.is_jupyter)
         self._bars: Optional[_RichProgress] = None
         self._tasks: Dict[str, TaskID] = {}
@@ -89,6 +94,10 @@ class Progress:
         for s in tasks:
             tid = self._tasks.get(s.path)
             if tid is None:
+                # A row per step once it starts (or is skipped): rows in
+                # the order things happen; pending steps are in the count.
+                if s.status == "pending":
+                    continue
                 tid = self._bars.add_task(f"  {s.path}", total=100, status="")
                 self._tasks[s.path] = tid
             pct = 100 if s.status in _ENDED else s.percent
