@@ -10,14 +10,14 @@ user-selection -> prepare -> [ global-model | foreach region: region-model ]
 
 from __future__ import annotations
 
-import pathlib
 import sys
+
+from run_example import REPO_EXAMPLES, main
 
 from kaon import (
     ITERATION,
     RUN,
     Backoff,
-    Client,
     Defaults,
     Foreach,
     Group,
@@ -85,22 +85,6 @@ def build() -> Workflow:
     return wf
 
 
-def main() -> int:
-    wf = build()
-    if "--run" not in sys.argv:
-        print(wf.to_yaml(), end="")
-        return 0
-    client = Client()
-    # The stand-in scripts, by absolute path: steps run in their own sandbox
-    # directories on the agent.
-    scripts = pathlib.Path(__file__).resolve().parents[3] / "examples" / "reference-pipeline" / "scripts"
-    run = client.submit(wf, params={"scripts": str(scripts)})
-    print(f"run {run.id} submitted")
-    final = run.wait(progress=True)
-    for path, outputs in final.outputs.items():
-        print(f"{path}: {outputs}")
-    return 0 if final.succeeded else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # Scripts by absolute path: steps run in their own sandbox directories.
+    sys.exit(main(build(), {"scripts": str(REPO_EXAMPLES / "reference-pipeline" / "scripts")}))

@@ -29,6 +29,7 @@ from kaon import (
 from kaon.progress import Progress
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
+import ml_pipeline  # noqa: E402
 import reference_pipeline  # noqa: E402
 
 REGIONS = ["us", "eu", "apac"]
@@ -368,3 +369,16 @@ def test_a_refused_schedule_names_its_python_line(client: Client) -> None:
     (p,) = e.value.problems
     assert p.text.startswith("schedules[0].overlap: unknown variant `skp`"), p.text
     assert p.steps[0].kind == "schedule" and "test_client.py:" in p.steps[0].defined_at
+
+
+def test_the_ml_pipeline_from_python_registers_as_its_yaml_does(client: Client) -> None:
+    # (Running it needs Spark, R, Java and Docker: crates/cli/tests/ml_pipeline.rs.)
+    from_python = client.register(ml_pipeline.build())
+    from_yaml = client.register(REPO / "examples" / "ml-pipeline" / "pipeline.yaml")
+    assert from_python.name == from_yaml.name == "ml-pipeline"
+    versions = {v.version: v.spec for v in client.get_workflow("ml-pipeline").versions}
+    # The server's canonical specs are the same but for the optional
+    # `kind: Workflow` line, which the DSL writes and this YAML leaves out.
+    assert versions[from_python.version].pop("kind") == "Workflow"
+    assert "kind" not in versions[from_yaml.version]
+    assert versions[from_python.version] == versions[from_yaml.version]

@@ -24,6 +24,7 @@ GOLDEN = HERE / "golden"
 REPO = HERE.parents[2]
 sys.path.insert(0, str(HERE.parent / "examples"))
 
+import ml_pipeline  # noqa: E402
 import reference_pipeline  # noqa: E402
 
 
@@ -47,6 +48,14 @@ def test_reference_pipeline_in_python_is_the_yaml_one() -> None:
     # The YAML and JSON forms are the same document.
     assert yaml.safe_load(wf.to_yaml()) == want
     assert json.loads(wf.to_json()) == want
+
+
+def test_the_real_ml_pipeline_in_python_is_the_yaml_one() -> None:
+    want = yaml.safe_load((REPO / "examples" / "ml-pipeline" / "pipeline.yaml").read_text())
+    # `kind: Workflow` is optional in a spec; the DSL always writes it.
+    assert "kind" not in want
+    want["kind"] = "Workflow"
+    assert ml_pipeline.build().to_dict() == want
 
 
 def test_expressions_render_as_cel() -> None:

@@ -36,7 +36,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import (
     Any,
+    Generic,
     Literal,
+    ParamSpec,
     Callable,
     Dict,
     Iterator,
@@ -1104,24 +1106,31 @@ def split_spec_errors(message: str) -> List[str]:
 # ---------------------------------------------------------------- decorated steps
 
 
-class StepFunction:
+#: What a step function returns: an argv list, or a shell line.
+Command = Union[Sequence[Any], str]
+
+P = ParamSpec("P")
+
+
+class StepFunction(Generic[P]):
     """A Python function that returns a step's command, made a step by
     :func:`step`. Calling it inside a workflow adds a step (named after
     the function; a second call in the same block gets ``-2``, ...) and
     returns it; its arguments can be other steps' outputs, parameters or
-    plain values, and any step they name becomes a dependency."""
+    plain values, and any step they name becomes a dependency. Type
+    checkers see the function's own parameters."""
 
-    def __init__(self, fn: Callable[..., Union[Sequence[Any], str]], options: Dict[str, Any]) -> None:
+    def __init__(self, fn: Callable[P, Command], options: Dict[str, Any]) -> None:
         self.fn = fn
         self.options = options
         functools.update_wrapper(self, fn)
 
-    def with_options(self, **options: Any) -> "StepFunction":
+    def with_options(self, **options: Any) -> "StepFunction[P]":
         """The same step with other options (``name``, ``when``, ``foreach``,
         ``resources``, ...)."""
         return StepFunction(self.fn, {**self.options, **options})
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Step:
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Step:
         defined_at = _caller()
         command = self.fn(*args, **kwargs)
         opts = dict(self.options)
@@ -1134,9 +1143,10 @@ class StepFunction:
                 extra_deps.append(a)
             elif isinstance(a, Expr):
                 arg_refs += _refs_in_cel(a.cel)
+        fn_name = getattr(self.fn, "__name__", "step")
         if isinstance(command, (str, Expr)):
             s = Step(
-                name or self.fn.__name__,
+                name or fn_name,
                 shell=command,
                 depends_on=extra_deps,
                 _unique=unique,
@@ -1145,7 +1155,7 @@ class StepFunction:
             )
         elif isinstance(command, Sequence):
             s = Step(
-                name or self.fn.__name__,
+                name or fn_name,
                 run=list(command),
                 depends_on=extra_deps,
                 _unique=unique,
@@ -1154,7 +1164,7 @@ class StepFunction:
             )
         else:
             raise DSLError(
-                f"step function {self.fn.__name__} (called at {defined_at}) must return "
+                f"step function {fn_name} (called at {defined_at}) must return "
                 f"an argv list or a shell line, not {type(command).__name__}"
             )
         s._arg_refs = arg_refs
@@ -1162,18 +1172,16 @@ class StepFunction:
 
 
 @overload
-def step(fn: Callable[..., Union[Sequence[Any], str]]) -> StepFunction: ...
+def step(fn: Callable[P, Command]) -> StepFunction[P]: ...
 
 
 @overload
-def step(
-    fn: None = None, **options: Any
-) -> Callable[[Callable[..., Union[Sequence[Any], str]]], StepFunction]: ...
+def step(fn: None = None, **options: Any) -> Callable[[Callable[P, Command]], StepFunction[P]]: ...
 
 
 def step(
-    fn: Optional[Callable[..., Union[Sequence[Any], str]]] = None, **options: Any
-) -> Union[StepFunction, Callable[[Callable[..., Union[Sequence[Any], str]]], StepFunction]]:
+    fn: Optional[Callable[P, Command]] = None, **options: Any
+) -> Union[StepFunction[P], Callable[[Callable[P, Command]], StepFunction[P]]]:
     """Makes a function that returns a command (an argv list, or a str for
     a shell line) into a step. Options are :class:`Step`'s keyword
     arguments (``kind``, ``resources``, ``retry``, ``timeout``, ``when``,
@@ -1181,8 +1189,7 @@ def step(
     if fn is not None:
         return StepFunction(fn, options)
 
-    def wrap(f: Callable[..., Union[Sequence[Any], str]]) -> StepFunction:
+    def wrap(f: Callable[P, Command]) -> StepFunction[P]:
         return StepFunction(f, options)
 
     return wrap
-
