@@ -660,3 +660,52 @@ fn a_container_step_runs_in_its_image() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumed_at_or_past_a_finished_runs_end_ends_instead_of_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path());
+    let spec = dir.path().join("two.yaml");
+    std::fs::write(
+        &spec,
+        "apiVersion: kaon/v1\nname: two\nsteps:\n  a: {shell: 'true'}\n  b: {depends_on: [a], shell: 'true'}\n",
+    )
+    .unwrap();
+    let url = server.url.clone();
+    let spec_arg = spec.display().to_string();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || kaon_at(&url, &["submit", &spec_arg, "--watch"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{out}\n{err}");
+    let run: u64 = run_id(&out).parse().unwrap();
+    let events = common::run_events(&server.url, run)
+        .await
+        .expect("the run's events");
+    let last = events.last().expect("events").index;
+    let before = events[events.len() - 2].index;
+    let mut c = common::client(&server.url).await.expect("client");
+    for (after, want) in [(before, vec![last]), (last, vec![]), (last + 1000, vec![])] {
+        let mut stream = c
+            .watch_run(kaon_api::v1::WatchRunRequest {
+                run_id: run,
+                after_index: after,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = Vec::new();
+        // The stream must end by itself: it waited forever before.
+        loop {
+            let m = tokio::time::timeout(std::time::Duration::from_secs(20), stream.message())
+                .await
+                .unwrap_or_else(|_| panic!("the watch after {after} did not end"))
+                .unwrap();
+            match m {
+                Some(m) => got.push(m.event.unwrap().index),
+                None => break,
+            }
+        }
+        assert_eq!(got, want, "after {after}");
+    }
+}
