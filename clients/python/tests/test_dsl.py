@@ -138,6 +138,17 @@ def test_server_errors_are_split_and_tied_to_python_steps() -> None:
     assert f"[Python step 'a' at {a.defined_at}]" in str(e)
 
 
+def test_only_step_references_become_dependencies() -> None:
+    with Workflow("refs") as wf:
+        Step("x", shell="true")
+        Step("y", shell="true")
+        Step("z", shell="echo steps.x ${{ params.steps.x }} ${{ mysteps.y }}")
+        Step("w", shell="true", when="steps['x'].status == 'succeeded' && params.steps.y")
+    steps = wf.to_dict()["steps"]
+    assert "depends_on" not in steps["z"]
+    assert steps["w"]["depends_on"] == ["x"]
+
+
 def test_foreach_over_a_python_list_is_a_cel_list() -> None:
     assert Foreach(["us", "eu"]).items == '["us", "eu"]'
     assert Foreach("params.regions").items == "params.regions"

@@ -522,7 +522,6 @@ class _Scope:
         #: The spec path prefix of this block's nodes, e.g. ``steps.train.steps``.
         self.label = label
         self.nodes: Dict[str, "Node"] = {}
-        self.parent: Optional[_Scope] = None
         self._tokens: List[contextvars.Token[Optional[_Scope]]] = []
 
     def add(self, node: "Node", *, unique: bool) -> str:
@@ -543,14 +542,14 @@ class _Scope:
         return name
 
     def enter(self) -> None:
-        self.parent = _SCOPE.get()
         self._tokens.append(_SCOPE.set(self))
 
     def exit(self) -> None:
         _SCOPE.reset(self._tokens.pop())
 
 
-_STEP_REF = re.compile(r"""\bsteps(?:\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*['"]([^'"]+)['"]\s*\])""")
+# `steps.NAME` / `steps['NAME']`, not `params.steps.x` or `mysteps.x`.
+_STEP_REF = re.compile(r"""(?<![\w.])steps(?:\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*['"]([^'"]+)['"]\s*\])""")
 _TEMPLATE = re.compile(r"\$\{\{(.*?)\}\}", re.S)
 
 
