@@ -335,8 +335,8 @@ def test_a_tls_server_with_a_token_or_a_client_certificate(tmp_path: pathlib.Pat
         # Without the CA the server's certificate is not trusted.
         with pytest.raises(InvalidArgument, match="needs the cluster CA"):
             Client(url, token="root-secret").cluster_status()
-        # Plain text at a TLS port gets no answer.
-        with pytest.raises(DeadlineExceeded):
+        # Plain text at a TLS port gets no answer, and a hint.
+        with pytest.raises(DeadlineExceeded, match="if the cluster uses TLS: https:// addresses and tls_ca="):
             Client(s.addr, token="root-secret", deadline=1).cluster_status()
     finally:
         s.stop()

@@ -265,9 +265,16 @@ class Client:
             left = deadline - time.monotonic()
             if left <= 0:
                 why = (last.details() if isinstance(last, grpc.Call) else None) or str(last)
+                # A plain-text client at a TLS port sees only broken
+                # connections: say what may be wrong.
+                hint = (
+                    " (if the cluster uses TLS: https:// addresses and tls_ca=)"
+                    if all(e.startswith("http://") for e in self._endpoints)
+                    else ""
+                )
                 raise DeadlineExceeded(
                     f"no answer within {self.deadline}s after {tries} tries "
-                    f"({len(self._endpoints)} servers); last error: {why}"
+                    f"({len(self._endpoints)} servers); last error: {why}{hint}"
                 )
             tries += 1
             try:
