@@ -382,3 +382,13 @@ def test_the_ml_pipeline_from_python_registers_as_its_yaml_does(client: Client) 
     assert versions[from_python.version].pop("kind") == "Workflow"
     assert "kind" not in versions[from_yaml.version]
     assert versions[from_python.version] == versions[from_yaml.version]
+
+
+def test_literals_with_braces_and_unicode_reach_the_step_as_written(client: Client) -> None:
+    wf = Workflow("literals")
+    p = wf.param("p", str, default="a}}b 😀")
+    with wf:
+        Step("a", shell=f"echo {p == 'a}}b 😀'} {p.size()}", when=p == "a}}b 😀")
+    run = client.submit(wf)
+    assert run.wait().succeeded
+    assert run.logs("a") == "true 6\n"

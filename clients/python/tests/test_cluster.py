@@ -73,3 +73,31 @@ def test_a_watch_on_a_node_that_stops_answering_moves_to_another(cluster: Cluste
     assert_whole(seen, at, [e.index for e in Client(cluster.addrs()[leader]).watch(run_id)])
     assert client.endpoint != f"http://{cluster.addrs()[follower]}"
     cluster.pause(follower, False)
+
+
+def test_a_watch_survives_a_failover_after_a_long_quiet_step(cluster: Cluster) -> None:
+    """The watch's deadline counts from when the node stopped serving it,
+    not from the last event: a step quiet for longer than the deadline,
+    then a leader kill, is not a reason to give up."""
+    import threading
+
+    leader = cluster.leader()
+    assert leader is not None
+    client = client_first_at(cluster, leader)
+    client.deadline = 3.0
+    with Workflow("quiet-then-failover") as wf:
+        quiet = Step("quiet", shell="sleep 7")
+        Step("after", shell="true", depends_on=[quiet])
+    run = client.submit(wf)
+    timer = None
+    seen: List[RunEvent] = []
+    for ev in run.watch():
+        seen.append(ev)
+        if timer is None and ev.run.step("quiet").status == "running":
+            # 4.5 s of silence (more than the deadline), then the kill.
+            timer = threading.Timer(4.5, cluster.kill, [leader])
+            timer.start()
+    assert timer is not None
+    timer.join()
+    assert cluster.nodes[leader] is None, "the leader was not killed before the run ended"
+    assert seen[-1].kind == "run_finished" and seen[-1].run.succeeded

@@ -70,7 +70,7 @@ def test_expressions_render_as_cel() -> None:
     assert (~a.outputs.ok).cel == "!steps['user-selection'].outputs.ok"
     assert a.outputs.names.contains("x").cel == '"x" in steps[\'user-selection\'].outputs.names'
     assert a.outputs.names.size().cel == "size(steps['user-selection'].outputs.names)"
-    assert (Expr("x") == [1, "a", None, {"k": False}]).cel == 'x == [1, "a", null, {"k": false}]'
+    assert (Expr("x") == [1, "a", None, {"k": False}]).cel == 'x == [1, "a", null, {"k": false }]'
     assert f"--n={wf.param('n', int)}" == "--n=${{ params.n }}"
     with pytest.raises(DSLError, match="evaluated by kaon at run time"):
         bool(a.outputs.ok)
@@ -194,3 +194,65 @@ def test_errors_about_schedules_params_and_the_workflow_name_their_python_line()
     ]
     assert all("test_dsl.py:" in p.steps[0].defined_at for p in e.problems)
     assert "schedules[0].overlap: unknown variant `skp`  [Python schedule 0 at " in str(e)
+
+
+def test_values_are_written_as_cel_the_server_can_read() -> None:
+    x = Expr("x")
+    # Unicode as it is; `}` escaped so that no `}}` ends a `${{ }}`.
+    assert (x == "😀").cel == 'x == "😀"'
+    assert (x == "a}}b").cel == 'x == "a\\u007d\\u007db"'
+    assert "}}" not in (x == {"a": {"b": 1}, 2: [{"c": None}]}).cel
+    assert (x == {"a": {"b": 1}, 2: "z"}).cel == 'x == {"a": {"b": 1 }, 2: "z" }'
+    for bad in (float("inf"), float("nan"), 2**63):
+        with pytest.raises(DSLError):
+            x == bad  # noqa: B015
+    with pytest.raises(DSLError, match="cannot be iterated"):
+        list(x)
+    with pytest.raises(DSLError, match="expr.contains"):
+        1 in x  # noqa: B015
+
+
+def test_a_refused_definition_leaves_nothing_half_made() -> None:
+    with Workflow("half") as wf:
+        a = Step("a", shell="true")
+        with pytest.raises(DSLError, match=r"steps.b \(at .*\): .*cpu"):
+            Step("b", shell="true", resources={"cpu": 1})
+        # A single step is a dependency list of one.
+        Step("b", shell="true", depends_on=a)
+    assert wf.to_dict()["steps"]["b"] == {"depends_on": ["a"], "shell": "true"}
+
+
+def test_generated_names_never_hide_a_step_and_hidden_names_are_refused() -> None:
+    @step
+    def train(region: str) -> list[str]:
+        return ["train.py", region]
+
+    with Workflow("names") as wf:
+        us = train("us")
+        with Group("g"):
+            eu = train("eu")
+            Step("use", shell=f"echo {us.outputs['model']}")
+    assert (us.name, eu.name) == ("train", "train-2")
+    d = wf.to_dict()["steps"]
+    assert d["g"]["depends_on"] == ["train"]
+    assert "depends_on" not in d["g"]["steps"]["use"]
+    # Given names may shadow; a reference through the shadow is refused.
+    with Workflow("shadow") as wf2:
+        Step("prep", shell="true")
+        with Group("g"):
+            Step("prep", shell="true")
+            Step("use", shell="echo ${{ steps.prep.outputs.x }}")
+    with pytest.raises(DSLError, match=r"steps.g.steps.use .*steps.prep names steps.g.steps.prep .*hides steps.prep"):
+        wf2.to_dict()
+
+
+def test_text_in_string_literals_is_not_a_reference_and_a_group_is_not_a_dependency_of_its_steps() -> None:
+    with Workflow("lit") as wf:
+        a = Step("a", shell="true", when=Expr("m") == "steps.b")
+        Step("b", shell="true", depends_on=[a])
+    assert "depends_on" not in wf.to_dict()["steps"]["a"]
+    with Workflow("own") as wf2:
+        with Group("g") as g:
+            Step("x", shell="true", depends_on=[g])
+    with pytest.raises(DSLError, match="steps.g.steps.x .*depends on steps.g, the group it is in"):
+        wf2.to_dict()

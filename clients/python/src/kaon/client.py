@@ -24,6 +24,7 @@ import re
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -75,6 +76,9 @@ READ_HEADER = "kaon-read"
 SERVER_DEFAULT = "http://127.0.0.1:7070"
 #: Deadline of one call, retries included, in seconds.
 CALL_DEADLINE_SECONDS_DEFAULT = 30.0
+#: The least time one try of a call may take (a try takes a third of the
+#: call's deadline, at least this), in seconds.
+TRY_SECONDS_MIN = 5.0
 #: First and longest pause between two tries, in seconds.
 BACKOFF_SECONDS_MIN = 0.02
 BACKOFF_SECONDS_MAX = 0.5
@@ -97,6 +101,16 @@ WorkflowLike = Union["Workflow", Mapping[str, Any], str, pathlib.Path]
 
 class _Silent(Exception):
     """A watch's node went silent and did not answer a read."""
+
+
+@dataclass
+class _Health:
+    """What a watch knows of the node serving it."""
+
+    #: When it last knew a node served it (monotonic seconds).
+    alive: float
+    #: The current stream opened (the server accepted it).
+    open: bool = False
 
 
 def new_idempotency_key() -> str:
@@ -128,6 +142,15 @@ def _retryable(e: grpc.RpcError) -> bool:
         d = e.details() or ""
         return "transport" in d or "connection" in d
     return False
+
+
+def _connection_error(e: Optional[grpc.RpcError]) -> bool:
+    """The call never got an answer from a server (what a plain-text client
+    sees at a TLS port), as opposed to a server's own refusal."""
+    if not isinstance(e, grpc.Call) or e.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    d = (e.details() or "").lower()
+    return "leader" not in d and any(w in d for w in ("connect", "socket", "closed", "reset", "transport", "eof"))
 
 
 def _leader_hint(e: grpc.RpcError) -> Optional[str]:
@@ -269,7 +292,7 @@ class Client:
                 # connections: say what may be wrong.
                 hint = (
                     " (if the cluster uses TLS: https:// addresses and tls_ca=)"
-                    if all(e.startswith("http://") for e in self._endpoints)
+                    if all(e.startswith("http://") for e in self._endpoints) and _connection_error(last)
                     else ""
                 )
                 raise DeadlineExceeded(
@@ -277,10 +300,16 @@ class Client:
                     f"({len(self._endpoints)} servers); last error: {why}{hint}"
                 )
             tries += 1
+            # One try may take a part of the deadline, so that a node that
+            # accepts the call and never answers (stopped, cut off) leaves
+            # time for the others.
+            per_try = min(left, max(TRY_SECONDS_MIN, self.deadline / 3))
             try:
-                return f(self._stub(self._current), left, self._metadata())
+                return f(self._stub(self._current), per_try, self._metadata())
             except grpc.RpcError as e:
-                if not _retryable(e):
+                # A try cut by its own share of the deadline goes on elsewhere.
+                cut = isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and per_try < left
+                if not (_retryable(e) or cut):
                     raise from_rpc_error(e) from None
                 last = e
                 self._follow(e)
@@ -342,7 +371,7 @@ class Client:
         without one a fresh key protects this call's own retries.
         """
         key = idempotency_key or new_idempotency_key()
-        params_json = {k: json.dumps(v) for k, v in (params or {}).items()}
+        params_json = {k: json.dumps(v, ensure_ascii=False) for k, v in (params or {}).items()}
         wf = None
         if isinstance(workflow, str) and _WORKFLOW_NAME.match(workflow):
             req = api_pb2.SubmitRunRequest(
@@ -407,25 +436,35 @@ class Client:
         node answers for the client's ``deadline``.
         """
         after = after_index
-        deadline = time.monotonic() + self.deadline
+        # When the watch last knew a node was serving it: an event arrived,
+        # a stream opened or broke after it had opened, or a silent
+        # stream's node answered a read. It gives up only after `deadline`
+        # seconds without any of these.
+        health = _Health(time.monotonic())
         backoff = BACKOFF_SECONDS_MIN
         last: Optional[BaseException] = None
+        latest: Optional[Run] = None
         while True:
             req = api_pb2.WatchRunRequest(run_id=run_id, after_index=after)
             node = self._current
             stream = self._stub(node).WatchRun(req, metadata=self._metadata())
+            health.open = False
             try:
-                for ev in self._silence_checked(stream, node, run_id):
+                for ev in self._silence_checked(stream, node, run_id, health):
                     idx = ev.event.index
                     # The server sends each event once, in order; a resumed
                     # stream starts after `after`. Checked, not assumed.
                     assert idx > after, f"watch of run {run_id}: event {idx} after {after}"
                     after = idx
-                    deadline = time.monotonic() + self.deadline
+                    health.alive = time.monotonic()
                     backoff = BACKOFF_SECONDS_MIN
-                    run = Run.from_proto(ev.run)
+                    if ev.HasField("run"):
+                        latest = Run.from_proto(ev.run)
+                    elif latest is None:
+                        # (A run retired meanwhile has no state to send.)
+                        latest = self.get_run(run_id)
                     kind = ev.event.WhichOneof("body") or ""
-                    yield RunEvent(index=idx, kind=kind, time=_time(ev.event.time_unix_ms), run=run, raw=ev.event)
+                    yield RunEvent(index=idx, kind=kind, time=_time(ev.event.time_unix_ms), run=latest, raw=ev.event)
                     if kind == "run_finished":
                         return
                 # The server ends the stream after the run's last event (or
@@ -444,30 +483,39 @@ class Client:
                     self._current = (node + 1) % len(self._endpoints)
             finally:
                 stream.cancel()
-            if time.monotonic() >= deadline:
+            if health.open:
+                # It served until it broke: the deadline counts from now.
+                health.alive = time.monotonic()
+            if time.monotonic() - health.alive >= self.deadline:
                 why = (last.details() if isinstance(last, grpc.Call) else None) or str(last)
                 raise DeadlineExceeded(
-                    f"the watch of run {run_id} broke and no server answered within "
+                    f"the watch of run {run_id} broke and no server served it for "
                     f"{self.deadline}s; last event seen: {after}; last error: {why}"
                 )
             time.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_SECONDS_MAX)
 
-    def _silence_checked(self, stream: Any, node: int, run_id: int) -> Iterator[Any]:
+    def _silence_checked(self, stream: Any, node: int, run_id: int, health: "_Health") -> Iterator[Any]:
         """The stream's messages; when it has been silent for
         ``watch_idle_seconds``, asks the same node for the run (a
-        linearizable read, which needs a leader the node can reach): a
-        node that cannot answer within ``watch_probe_seconds`` (stopped,
-        cut off from the others) raises :class:`_Silent`, so the watch
-        resumes elsewhere instead of waiting on it forever."""
+        linearizable read, which needs a leader the node can reach, even
+        for a client with ``stale_reads``): a node that cannot answer
+        within ``watch_probe_seconds`` (stopped, cut off from the others)
+        raises :class:`_Silent`, so the watch resumes elsewhere instead of
+        waiting on it forever. A stream that opens, and a node that answers
+        the read, mark the watch alive (``health``)."""
         q: "queue.Queue[tuple[str, Any]]" = queue.Queue()
 
         def pump() -> None:
             try:
+                # The server's headers came and the call goes on: open.
+                stream.initial_metadata()
+                if not stream.done():
+                    q.put(("open", None))
                 for m in stream:
                     q.put(("message", m))
                 q.put(("end", None))
-            except grpc.RpcError as e:
+            except BaseException as e:  # noqa: BLE001 - handed to the reader, never lost
                 q.put(("error", e))
 
         threading.Thread(target=pump, name=f"kaon-watch-{run_id}", daemon=True).start()
@@ -475,19 +523,24 @@ class Client:
             try:
                 what, item = q.get(timeout=self.watch_idle_seconds)
             except queue.Empty:
+                linearizable = [(k, v) for k, v in self._metadata() if k != READ_HEADER]
                 try:
                     self._stub(node).GetRun(
                         api_pb2.GetRunRequest(run_id=run_id),
                         timeout=self.watch_probe_seconds,
-                        metadata=self._metadata(),
+                        metadata=linearizable,
                     )
                 except grpc.RpcError as e:
                     raise _Silent(
                         f"{self._endpoints[node]} sent nothing for {self.watch_idle_seconds}s "
                         f"and did not answer a read: {e.details() if isinstance(e, grpc.Call) else e}"
                     ) from None
+                health.alive = time.monotonic()
                 continue
-            if what == "message":
+            if what == "open":
+                health.open = True
+                health.alive = time.monotonic()
+            elif what == "message":
                 yield item
             elif what == "end":
                 return
@@ -652,6 +705,6 @@ def _spec_text(workflow: WorkflowLike, *, allow_name: bool) -> tuple[str, Option
             )
         return workflow, None
     if isinstance(workflow, Mapping):
-        return json.dumps(workflow), None
+        return json.dumps(workflow, ensure_ascii=False), None
     raise InvalidArgument(f"not a workflow: {type(workflow).__name__}")
 

@@ -30,6 +30,7 @@ import contextvars
 import datetime
 import functools
 import json
+import math
 import os
 import re
 import sys
@@ -102,6 +103,16 @@ class DSLError(ValueError):
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+#: CEL's int is 64-bit.
+_CEL_INT_MIN, _CEL_INT_MAX = -(2**63), 2**63 - 1
+
+
+def _string(v: str) -> str:
+    """A CEL string literal. ``}`` is written as ``\\u007d``: in a command a
+    ``}}`` would end the ``${{ }}`` around the expression."""
+    return json.dumps(v, ensure_ascii=False).replace("}", "\\u007d")
+
+
 def _literal(v: Any) -> str:
     """A Python value as CEL source."""
     if isinstance(v, Expr):
@@ -112,14 +123,21 @@ def _literal(v: Any) -> str:
         return "false"
     if v is None:
         return "null"
-    if isinstance(v, (int, float)):
+    if isinstance(v, int):
+        if not _CEL_INT_MIN <= v <= _CEL_INT_MAX:
+            raise DSLError(f"{v} does not fit CEL's 64-bit int")
+        return repr(v)
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise DSLError(f"{v} has no CEL literal")
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)
+        return _string(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_literal(x) for x in v) + "]"
     if isinstance(v, Mapping):
-        return "{" + ", ".join(f"{json.dumps(str(k))}: {_literal(x)}" for k, x in v.items()) + "}"
+        # " }": a nested map's `}}` would end a `${{ }}` template.
+        return "{" + ", ".join(f"{_literal(k)}: {_literal(x)}" for k, x in v.items()) + " }"
     raise DSLError(f"cannot use a {type(v).__name__} in an expression: {v!r}")
 
 
@@ -217,6 +235,15 @@ class Expr:
         return Expr(f"size({self.cel})")
 
     __hash__ = object.__hash__
+
+    def __iter__(self) -> Iterator["Expr"]:
+        raise DSLError(
+            f"{self.cel!r} is a value kaon computes at run time: it cannot be iterated or unpacked "
+            "in Python; pass it as one argument, or expand a step over it with Foreach"
+        )
+
+    def __contains__(self, item: Any) -> bool:
+        raise DSLError(f"{self.cel!r} is evaluated at run time: write expr.contains(item) for CEL's `in`")
 
     def __bool__(self) -> bool:
         raise DSLError(
@@ -519,6 +546,8 @@ class _Scope:
 
     def __init__(self, owner: Union["Workflow", "Group"], label: str) -> None:
         self.owner = owner
+        #: The workflow the block belongs to.
+        self.workflow: Workflow = owner if isinstance(owner, Workflow) else owner.scope.workflow
         #: The spec path prefix of this block's nodes, e.g. ``steps.train.steps``.
         self.label = label
         self.nodes: Dict[str, "Node"] = {}
@@ -526,20 +555,27 @@ class _Scope:
 
     def add(self, node: "Node", *, unique: bool) -> str:
         name = node.name
-        if name in self.nodes:
-            if not unique:
+        if not unique:
+            # A generated name is new in the whole workflow, so it never
+            # hides (or is hidden by) a step of an enclosing block.
+            taken = {n.name for n in self.workflow.nodes()}
+            if name in taken:
                 n = 2
-                while f"{name}-{n}" in self.nodes:
+                while f"{name}-{n}" in taken:
                     n += 1
                 name = f"{name}-{n}"
-            else:
-                other = self.nodes[name]
-                raise DSLError(
-                    f"{self.label}.{name}: a step named {name!r} is already defined here "
-                    f"(at {other.defined_at}); the second one is at {node.defined_at}"
-                )
+        elif name in self.nodes:
+            other = self.nodes[name]
+            raise DSLError(
+                f"{self.label}.{name}: a step named {name!r} is already defined here "
+                f"(at {other.defined_at}); the second one is at {node.defined_at}"
+            )
         self.nodes[name] = node
         return name
+
+    def enclosing(self) -> Optional["_Scope"]:
+        """The block around this one (None for the body and exit handler)."""
+        return self.owner.scope if isinstance(self.owner, Node) else None
 
     def enter(self) -> None:
         self._tokens.append(_SCOPE.set(self))
@@ -548,13 +584,18 @@ class _Scope:
         _SCOPE.reset(self._tokens.pop())
 
 
-# `steps.NAME` / `steps['NAME']`, not `params.steps.x` or `mysteps.x`.
-_STEP_REF = re.compile(r"""(?<![\w.])steps(?:\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*['"]([^'"]+)['"]\s*\])""")
+# `steps.NAME` / `steps['NAME']` (not `params.steps.x`, `mysteps.x`, or
+# text inside a string literal such as "steps.b").
+_CEL_TOKEN = re.compile(
+    r"""(?<![\w.])steps\s*\[\s*(?:'([^'\\]*)'|"([^"\\]*)")\s*\]"""
+    r"""|'(?:[^'\\]|\\.)*'""" r'|"(?:[^"\\]|\\.)*"'
+    r"""|(?<![\w.])steps\.([A-Za-z_][A-Za-z0-9_]*)"""
+)
 _TEMPLATE = re.compile(r"\$\{\{(.*?)\}\}", re.S)
 
 
 def _refs_in_cel(text: str) -> List[str]:
-    return [m.group(1) or m.group(2) for m in _STEP_REF.finditer(text)]
+    return [n for m in _CEL_TOKEN.finditer(text) for n in (m.group(1) or m.group(2) or m.group(3),) if n]
 
 
 def _refs_in_template(text: str) -> List[str]:
@@ -568,7 +609,7 @@ class Node:
         self,
         name: str,
         *,
-        depends_on: Sequence[Union["Node", str]] = (),
+        depends_on: Union["Node", str, Sequence[Union["Node", str]]] = (),
         when: Union[Expr, str, bool, None] = None,
         foreach: Optional[Foreach] = None,
         on_failure: Optional[FailureMode] = None,
@@ -586,7 +627,9 @@ class Node:
             raise DSLError(f"a step needs a name (at {self.defined_at})")
         self.name = name
         self.scope = scope
-        self.name = scope.add(self, unique=_unique)
+        self._unique = _unique
+        if isinstance(depends_on, (Node, str)):
+            depends_on = [depends_on]
         self.depends_on: List[Union[Node, str]] = list(depends_on)
         self.when = when
         self.foreach = foreach
@@ -595,6 +638,11 @@ class Node:
         self._arg_refs: List[str] = []
         #: depends_on as compiled (explicit, then inferred); set by Workflow.to_dict.
         self._computed: List[str] = []
+
+    def _register(self) -> None:
+        """Adds the node to its block, once it is whole (a refused
+        definition leaves nothing behind)."""
+        self.name = self.scope.add(self, unique=self._unique)
 
     @property
     def path(self) -> str:
@@ -661,18 +709,38 @@ class Node:
             if a is None:
                 # Not visible from here: written as given, the server says why.
                 self._add_dependency(d.name)
+            elif a is d and d is not self:
+                raise DSLError(
+                    f"{self.path} (at {self.defined_at}): depends on {d.path}, the group it is in; "
+                    "a step runs as part of its group"
+                )
             elif a is not d:
                 a._add_dependency(d.name)
         for r in self._own_refs() if infer else ():
             s: Optional[_Scope] = self.scope
             while s is not None:
                 if r in s.nodes:
+                    self._check_not_shadowing(r, s)
                     a = self._sibling_ancestor(s)
                     if a is not None and a is not s.nodes[r]:
                         a._add_dependency(r)
                     break
-                owner = s.owner
-                s = owner.scope if isinstance(owner, Node) else None
+                s = s.enclosing()
+
+    def _check_not_shadowing(self, name: str, found: _Scope) -> None:
+        """``steps.NAME`` means the innermost step of that name; when an
+        outer block has one too, which one the author meant is a guess:
+        refuse."""
+        outer = found.enclosing()
+        while outer is not None:
+            if name in outer.nodes:
+                inner, hidden = found.nodes[name], outer.nodes[name]
+                raise DSLError(
+                    f"{self.path} (at {self.defined_at}): steps.{name} names {inner.path} "
+                    f"(at {inner.defined_at}), which hides {hidden.path} (at {hidden.defined_at}) "
+                    "from here: give one of them another name"
+                )
+            outer = outer.enclosing()
 
     def _base_dict(self) -> Dict[str, Any]:
         d: Dict[str, Any] = {}
@@ -714,7 +782,7 @@ class Step(Node):
         constraints: Sequence[Constraint] = (),
         retry: Optional[Retry] = None,
         timeout: Optional[Duration] = None,
-        depends_on: Sequence[Union[Node, str]] = (),
+        depends_on: Union["Node", str, Sequence[Union["Node", str]]] = (),
         when: Union[Expr, str, bool, None] = None,
         foreach: Optional[Foreach] = None,
         on_failure: Optional[FailureMode] = None,
@@ -737,21 +805,20 @@ class Step(Node):
                 raise DSLError("run= is an argv list; for a command line use shell=")
             _env(env or {})
             _duration(timeout)
-        except DSLError as e:
-            # Not half-defined in its block: the definition is refused whole.
-            del self.scope.nodes[self.name]
+            self.run = [str(a) for a in run] if run is not None else None
+            self.shell = str(shell) if shell is not None else None
+            self.kind = kind
+            self.image = image
+            self.env = dict(env or {})
+            self.secrets = list(secrets)
+            self.files = [File(f) if isinstance(f, str) else f for f in files]
+            self.resources = Resources(**resources) if isinstance(resources, Mapping) else resources
+            self.constraints = list(constraints)
+            self.retry = retry
+            self.timeout = timeout
+        except (DSLError, TypeError, ValueError) as e:
             raise DSLError(f"{self.path} (at {self.defined_at}): {e}") from None
-        self.run = [str(a) for a in run] if run is not None else None
-        self.shell = str(shell) if shell is not None else None
-        self.kind = kind
-        self.image = image
-        self.env = dict(env or {})
-        self.secrets = list(secrets)
-        self.files = [File(f) if isinstance(f, str) else f for f in files]
-        self.resources = Resources(**resources) if isinstance(resources, Mapping) else resources
-        self.constraints = list(constraints)
-        self.retry = retry
-        self.timeout = timeout
+        self._register()
 
     def _own_refs(self) -> List[str]:
         out = super()._own_refs()
@@ -798,13 +865,14 @@ class Group(Node):
         name: str,
         *,
         repeat: Optional[Repeat] = None,
-        depends_on: Sequence[Union[Node, str]] = (),
+        depends_on: Union["Node", str, Sequence[Union["Node", str]]] = (),
         when: Union[Expr, str, bool, None] = None,
         foreach: Optional[Foreach] = None,
         on_failure: Optional[FailureMode] = None,
     ) -> None:
         super().__init__(name, depends_on=depends_on, when=when, foreach=foreach, on_failure=on_failure)
         self.repeat = repeat
+        self._register()
         self.body = _Scope(self, f"{self.path}.steps")
 
     def __enter__(self) -> "Group":
@@ -1017,7 +1085,9 @@ class Workflow:
         return d
 
     def to_json(self, *, indent: Optional[int] = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        # UTF-8 as it is: the server's YAML reader refuses JSON's surrogate
+        # pair escapes (\\ud83d\\ude00) for characters beyond the BMP.
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
     def to_yaml(self) -> str:
         import yaml

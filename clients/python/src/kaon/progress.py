@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as _RichProgress
 
@@ -70,7 +71,8 @@ class Progress:
         r = self._last
         if r is not None and r.done:
             style = _STYLE.get(r.status, "")
-            msg = f": {r.message}" if r.message else ""
+            # Text from the server is shown as it is, never read as markup.
+            msg = f": {escape(r.message)}" if r.message else ""
             self.console.print(f"run {r.id} [{style}]{r.status}[/]{msg}", highlight=False)
 
     def update(self, run: Run) -> None:
@@ -83,10 +85,10 @@ class Progress:
                 if self._seen.get(s.path) != now:
                     self._seen[s.path] = now
                     shown = f" {s.percent:>3}%" if s.status == "running" and s.percent else ""
-                    self.console.print(f"  {s.status:<10}{shown} {s.path}", highlight=False)
+                    self.console.print(f"  {s.status:<10}{shown} {escape(s.path)}", highlight=False)
             return
         done = sum(1 for s in tasks if s.status in _ENDED)
-        title = f"run {run.id} {run.workflow} [{_STYLE.get(run.status, '')}]{run.status}[/]"
+        title = f"run {run.id} {escape(run.workflow)} [{_STYLE.get(run.status, '')}]{run.status}[/]"
         if self._overall is None:
             self._overall = self._bars.add_task(title, total=max(1, len(tasks)), status="")
         self._bars.update(self._overall, description=title, completed=done, total=max(1, len(tasks)),
@@ -98,8 +100,8 @@ class Progress:
                 # the order things happen; pending steps are in the count.
                 if s.status == "pending":
                     continue
-                tid = self._bars.add_task(f"  {s.path}", total=100, status="")
+                tid = self._bars.add_task(f"  {escape(s.path)}", total=100, status="")
                 self._tasks[s.path] = tid
             pct = 100 if s.status in _ENDED else s.percent
             text = s.status_text if s.status == "running" and s.status_text else s.status
-            self._bars.update(tid, completed=pct, status=f"[{_STYLE.get(s.status, '')}]{text}[/]")
+            self._bars.update(tid, completed=pct, status=f"[{_STYLE.get(s.status, '')}]{escape(text)}[/]")
