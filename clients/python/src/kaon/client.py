@@ -41,13 +41,7 @@ from typing import (
 
 import grpc
 
-from kaon.errors import (
-    DeadlineExceeded,
-    InvalidArgument,
-    KaonError,
-    Unavailable,
-    from_rpc_error,
-)
+from kaon.errors import DeadlineExceeded, InvalidArgument, from_rpc_error
 from kaon.models import (
     ClusterStatus,
     LogChunk,
