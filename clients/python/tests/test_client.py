@@ -148,8 +148,11 @@ def test_cancel_and_retry(client: Client) -> None:
     again = run.retry(idempotency_key=key)
     assert again.id != run.id and not again.existing
     assert run.retry(idempotency_key=key).id == again.id
+    wait_for("the retry's step to run", lambda: again.get().step("wait").status == "running")
     again.cancel()
     assert again.wait().status == "cancelled"
+    # A retry runs its own exit handler (it reports the new run).
+    assert again.logs("on_exit/bye") == "cancelled true\n"
     with pytest.raises(FailedPrecondition) as e:
         client.submit(wf).retry()
     assert "running" in e.value.message

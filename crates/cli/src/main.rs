@@ -160,7 +160,8 @@ enum RunCmd {
         reason: String,
     },
     /// Start a new run of a failed or cancelled run: same workflow version
-    /// and parameters; steps that succeeded are reused, not run again.
+    /// and parameters; steps that succeeded are reused, not run again (the
+    /// exit handler runs again).
     Retry {
         /// Run id.
         id: u64,

@@ -793,15 +793,19 @@ impl<'s> Decider<'s> {
         }
         match inst.kind {
             InstKind::Foreach => self.expand(run, i),
+            // The exit handler runs again in a retry: it reports this
+            // run's result, not the one it retries.
             InstKind::Task => match (run.retry_of, run.reusable.get(&inst.path)) {
-                (Some(from), Some(outputs)) => self.emit(Body::NodeFinished(pb::NodeFinished {
-                    run_id: run.id,
-                    instance: i,
-                    outcome: NodeOutcome::Succeeded as i32,
-                    message: format!("reused from run {from}"),
-                    reused_from_run: from,
-                    outputs_json: outputs.clone(),
-                })),
+                (Some(from), Some(outputs)) if !in_exit_handler(run, i) => {
+                    self.emit(Body::NodeFinished(pb::NodeFinished {
+                        run_id: run.id,
+                        instance: i,
+                        outcome: NodeOutcome::Succeeded as i32,
+                        message: format!("reused from run {from}"),
+                        reused_from_run: from,
+                        outputs_json: outputs.clone(),
+                    }))
+                }
                 _ => self.launch(run, i, 1),
             },
             InstKind::Group => self.emit(Body::NodeStarted(pb::NodeStarted {
@@ -2455,6 +2459,19 @@ pub fn run_status_name(s: crate::state::RunStatus) -> &'static str {
         RunStatus::Failed => "failed",
         RunStatus::Cancelled => "cancelled",
     }
+}
+
+/// Whether instance `i` is the exit handler or inside it (the exit
+/// handler is instance 1 when the plan has one; it and the body, 0, have
+/// no parent).
+fn in_exit_handler(run: &Run, mut i: InstId) -> bool {
+    if run.plan.on_exit.is_none() {
+        return false;
+    }
+    while let Some(p) = run.inst(i).parent {
+        i = p;
+    }
+    i == 1
 }
 
 /// Lowercase status name used in expressions (`steps.x.status`).

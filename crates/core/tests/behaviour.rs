@@ -955,3 +955,48 @@ fn an_exit_handler_sees_the_status_the_run_ends_with() {
         assert_eq!(sim.state.runs[&run].status, ended);
     }
 }
+
+#[test]
+fn a_retry_runs_the_exit_handler_again() {
+    // The exit handler reports its own run's result: a retry that reuses
+    // the body's succeeded steps still runs it (with the new status).
+    let spec = "apiVersion: kaon/v1\nname: r\nsteps:\n  a: {run: [./a]}\n  b: {depends_on: [a], run: [./b]}\non_exit:\n  notify: {run: [echo, '${{ run.status }}']}\n";
+    let mut sim = Sim::new(Limits::default());
+    let first = sim.submit(spec, BTreeMap::new()).unwrap();
+    let mut b_fails = |p: &str, _: u32| match p {
+        "b" => Outcome::Fail(1),
+        _ => Outcome::Finish("{}".into()),
+    };
+    sim.run_to_quiet(&mut b_fails, 1000);
+    assert_eq!(sim.state.run(first).unwrap().status, RunStatus::Failed);
+    sim.command(Command::RetryRun {
+        run_id: first,
+        idempotency_key: String::new(),
+    })
+    .unwrap();
+    let retry = *sim.state.runs.keys().last().unwrap();
+    sim.run_to_quiet(&mut finish_all, 1000);
+    assert_eq!(sim.state.run(retry).unwrap().status, RunStatus::Succeeded);
+    let launches: Vec<(u64, String, Vec<String>)> = sim
+        .log
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::TaskLaunchRequested(t)) => {
+                Some((t.run_id, t.step_path.clone(), t.argv.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let of = |run: u64| -> Vec<&str> {
+        launches
+            .iter()
+            .filter(|l| l.0 == run)
+            .map(|l| l.1.as_str())
+            .collect()
+    };
+    assert_eq!(of(first), ["a", "b", "on_exit/notify"]);
+    // `a` is reused; `b` and the exit handler run.
+    assert_eq!(of(retry), ["b", "on_exit/notify"]);
+    let notify = launches.iter().rfind(|l| l.1 == "on_exit/notify").unwrap();
+    assert_eq!(notify.2[1], "succeeded");
+}

@@ -575,7 +575,8 @@ class Client:
 
     def retry(self, run_id: int, *, idempotency_key: Optional[str] = None) -> "RunHandle":
         """Starts a new run of a failed or cancelled run: same workflow
-        version and parameters; steps that succeeded there are reused."""
+        version and parameters; steps that succeeded there are reused (the
+        exit handler runs again: it reports the new run)."""
         req = api_pb2.RetryRunRequest(run_id=run_id, idempotency_key=idempotency_key or new_idempotency_key())
         r = self._call(lambda s, t, md: s.RetryRun(req, timeout=t, metadata=md))
         return RunHandle(self, r.run_id, existing=r.existing)
