@@ -256,3 +256,8 @@ def test_text_in_string_literals_is_not_a_reference_and_a_group_is_not_a_depende
             Step("x", shell="true", depends_on=[g])
     with pytest.raises(DSLError, match="steps.g.steps.x .*depends on steps.g, the group it is in"):
         wf2.to_dict()
+
+
+def test_a_step_decorator_refuses_an_unknown_option_at_once() -> None:
+    with pytest.raises(DSLError, match=r"@step at .*test_dsl.py:\d+: unknown option\(s\) \['retyr'\]"):
+        step(retyr=3)  # type: ignore[call-overload]

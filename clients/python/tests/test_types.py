@@ -34,6 +34,10 @@ with Workflow("typed") as wf:
     train(dataa=1, epochs=3)
     train(data=1, epochs="three")
     wf.schedule("@daily", overlap="skp")
+
+@step(kind="pyhton", retyr=3)
+def other() -> str:
+    return "true"
 """
 
 
@@ -52,7 +56,9 @@ def test_a_correct_pipeline_type_checks(tmp_path: pathlib.Path) -> None:
 def test_mistakes_are_type_errors_on_their_lines(tmp_path: pathlib.Path) -> None:
     errors = check(tmp_path, BAD)
     lines = sorted({int(e.split(":")[1]) for e in errors})
-    # kind, on_failure, an unknown argument, a wrong argument type, overlap.
-    assert lines == [9, 10, 11, 12, 13], "\n".join(errors)
+    # kind, on_failure, an unknown argument, a wrong argument type, overlap,
+    # a decorator's kind and unknown option.
+    assert lines == [9, 10, 11, 12, 13, 15], "\n".join(errors)
+    assert any('"retyr"' in e for e in errors)
     assert any("'pyhton'" in e for e in errors)
     assert any('"dataa"' in e for e in errors)

@@ -40,6 +40,7 @@ from typing import (
     Generic,
     Literal,
     ParamSpec,
+    TypedDict,
     Callable,
     Dict,
     Iterator,
@@ -52,6 +53,8 @@ from typing import (
     Union,
     overload,
 )
+
+from typing_extensions import Unpack
 
 from kaon.errors import InvalidArgument, PythonStep, SpecError, SpecProblem, cycle_of, node_path_of
 
@@ -1181,23 +1184,43 @@ Command = Union[Sequence[Any], str]
 P = ParamSpec("P")
 
 
+class StepOptions(TypedDict, total=False):
+    """What ``@step(...)`` and ``with_options(...)`` take: :class:`Step`'s
+    keyword arguments."""
+
+    name: str
+    kind: Kind
+    image: str
+    env: Mapping[str, Union[str, Expr, Secret, int, float, bool]]
+    secrets: Sequence[str]
+    files: Sequence[Union[File, str]]
+    resources: Union[Resources, Mapping[str, Any]]
+    constraints: Sequence[Constraint]
+    retry: Retry
+    timeout: Duration
+    depends_on: Union[Node, str, Sequence[Union[Node, str]]]
+    when: Union[Expr, str, bool]
+    foreach: Foreach
+    on_failure: FailureMode
+
+
 class StepFunction(Generic[P]):
     """A Python function that returns a step's command, made a step by
     :func:`step`. Calling it inside a workflow adds a step (named after
-    the function; a second call in the same block gets ``-2``, ...) and
-    returns it; its arguments can be other steps' outputs, parameters or
-    plain values, and any step they name becomes a dependency. Type
-    checkers see the function's own parameters."""
+    the function; a second call gets a name new in the workflow, ``-2``,
+    ...) and returns it; its arguments can be other steps' outputs,
+    parameters or plain values, and any step they name becomes a
+    dependency. Type checkers see the function's own parameters."""
 
     def __init__(self, fn: Callable[P, Command], options: Dict[str, Any]) -> None:
         self.fn = fn
         self.options = options
         functools.update_wrapper(self, fn)
 
-    def with_options(self, **options: Any) -> "StepFunction[P]":
-        """The same step with other options (``name``, ``when``, ``foreach``,
-        ``resources``, ...)."""
-        return StepFunction(self.fn, {**self.options, **options})
+    def with_options(self, **options: Unpack[StepOptions]) -> "StepFunction[P]":
+        """The same step with other options (those given replace the
+        decorator's)."""
+        return StepFunction(self.fn, {**self.options, **_checked_options(dict(options))})
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Step:
         defined_at = _caller()
@@ -1205,7 +1228,8 @@ class StepFunction(Generic[P]):
         opts = dict(self.options)
         name = opts.pop("name", None)
         unique = name is not None
-        extra_deps: List[Union[Node, str]] = list(opts.pop("depends_on", ()))
+        deps = opts.pop("depends_on", ())
+        extra_deps: List[Union[Node, str]] = [deps] if isinstance(deps, (Node, str)) else list(deps)
         arg_refs: List[str] = []
         for a in list(args) + list(kwargs.values()):
             if isinstance(a, Node):
@@ -1245,7 +1269,7 @@ def step(fn: Callable[P, Command]) -> StepFunction[P]: ...
 
 
 @overload
-def step(fn: None = None, **options: Any) -> Callable[[Callable[P, Command]], StepFunction[P]]: ...
+def step(fn: None = None, **options: Unpack[StepOptions]) -> Callable[[Callable[P, Command]], StepFunction[P]]: ...
 
 
 def step(
@@ -1254,11 +1278,22 @@ def step(
     """Makes a function that returns a command (an argv list, or a str for
     a shell line) into a step. Options are :class:`Step`'s keyword
     arguments (``kind``, ``resources``, ``retry``, ``timeout``, ``when``,
-    ``foreach``, ``env``, ``image``, ``name``, ...)."""
+    ``foreach``, ``env``, ``image``, ``name``, ...); an unknown one is
+    refused when the function is decorated."""
+    opts = _checked_options(options)
     if fn is not None:
-        return StepFunction(fn, options)
+        return StepFunction(fn, opts)
 
     def wrap(f: Callable[P, Command]) -> StepFunction[P]:
-        return StepFunction(f, options)
+        return StepFunction(f, opts)
 
     return wrap
+
+
+def _checked_options(options: Dict[str, Any]) -> Dict[str, Any]:
+    unknown = sorted(set(options) - set(StepOptions.__annotations__))
+    if unknown:
+        raise DSLError(
+            f"@step at {_caller()}: unknown option(s) {unknown}; options are {sorted(StepOptions.__annotations__)}"
+        )
+    return {k: v for k, v in options.items() if v is not None}

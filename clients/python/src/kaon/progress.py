@@ -48,7 +48,7 @@ class Progress:
         self._bars: Optional[_RichProgress] = None
         self._tasks: Dict[str, TaskID] = {}
         self._overall: Optional[TaskID] = None
-        self._seen: Dict[str, Tuple[str, int]] = {}
+        self._seen: Dict[str, Tuple[str, int, str]] = {}
         self._last: Optional[Run] = None
 
     def __enter__(self) -> "Progress":
@@ -81,11 +81,13 @@ class Progress:
         tasks = run.tasks
         if self._bars is None:
             for s in tasks:
-                now = (s.status, s.percent)
+                text = s.status_text if s.status == "running" else ""
+                now = (s.status, s.percent, text)
                 if self._seen.get(s.path) != now:
                     self._seen[s.path] = now
                     shown = f" {s.percent:>3}%" if s.status == "running" and s.percent else ""
-                    self.console.print(f"  {s.status:<10}{shown} {escape(s.path)}", highlight=False)
+                    said = f": {escape(text)}" if text else ""
+                    self.console.print(f"  {s.status:<10}{shown} {escape(s.path)}{said}", highlight=False)
             return
         done = sum(1 for s in tasks if s.status in _ENDED)
         title = f"run {run.id} {escape(run.workflow)} [{_STYLE.get(run.status, '')}]{run.status}[/]"
