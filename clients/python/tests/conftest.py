@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pathlib
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,13 +80,14 @@ def free_ports(n: int) -> List[int]:
     return out
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the test process dies (even if it is
-    killed), so no server outlives the tests that started it."""
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def _with_parent(argv: List[str]) -> List[str]:
+    """``argv`` run so that it gets SIGKILL when the test process dies (even
+    if it is killed): no server outlives the tests that started it.
+    setpriv (util-linux) sets the signal and execs; a ``preexec_fn`` would
+    run Python in a child forked from a process with gRPC's threads, which
+    is not safe (a node failed to start that way)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
 
 
 def _stop(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
@@ -113,13 +115,12 @@ class Server:
         self.data = data
         self.stderr = open(data / "server.stderr", "ab")
         self.proc = subprocess.Popen(
-            [str(kaon_bin()), "server", "--listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0",
-             "--data-dir", str(data), *args],
+            _with_parent([str(kaon_bin()), "server", "--listen", "127.0.0.1:0", "--raft-listen", "127.0.0.1:0",
+                          "--data-dir", str(data), *args]),
             stdout=subprocess.PIPE,
             stderr=self.stderr,
             stdin=subprocess.DEVNULL,
             cwd=REPO,
-            preexec_fn=_die_with_parent,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
@@ -159,15 +160,18 @@ class Cluster:
         emu_log = open(root / "mesos.stderr", "ab")
         self._logs.append(emu_log)
         self.emulator = subprocess.Popen(
-            [str(kaon_bin()), "mesos-emulator", "--master", f"127.0.0.1:{self.mesos}",
-             "--work-dir", str(root / "mesos"), "--executor-path", str(kaon_bin())],
+            _with_parent([str(kaon_bin()), "mesos-emulator", "--master", f"127.0.0.1:{self.mesos}",
+                          "--work-dir", str(root / "mesos"), "--executor-path", str(kaon_bin())]),
             stdout=subprocess.DEVNULL, stderr=emu_log, stdin=subprocess.DEVNULL, cwd=REPO,
-            preexec_fn=_die_with_parent,
         )
         try:
             for i in range(n):
                 self.start(i)
             wait_for("a leader every node agrees on", self.leader)
+        except AssertionError as e:
+            logs = "\n".join(f"--- n{i + 1}:\n{self.log(i)[-1500:]}" for i in range(n))
+            self.stop()
+            raise AssertionError(f"{e}\n{logs}") from None
         except BaseException:
             self.stop()
             raise
@@ -187,8 +191,8 @@ class Cluster:
         for j in range(self.n):
             if j != i:
                 args += ["--peer", f"{j + 1}=127.0.0.1:{self.raft[j]}"]
-        self.nodes[i] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL,
-                                         cwd=REPO, preexec_fn=_die_with_parent)
+        self.nodes[i] = subprocess.Popen(_with_parent(args), stdout=subprocess.DEVNULL, stderr=log,
+                                         stdin=subprocess.DEVNULL, cwd=REPO)
 
     def leader(self) -> Optional[int]:
         """The node (0-based) every running node names as ready leader, if any."""
