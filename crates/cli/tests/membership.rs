@@ -779,7 +779,11 @@ fn a_rolling_upgrade_under_load_loses_nothing_and_writes_new_events_last() {
                 let (code, out, _) =
                     common::kaon_at(&urls, &["submit", quick.to_str().unwrap(), "--key", &key]);
                 if code == 0 {
-                    accepted.push(out.trim().strip_prefix("run ").unwrap_or("").to_string());
+                    // `run N`, or `run N (existing: same idempotency key)`
+                    // when the CLI's own retry (an answer lost in a leader
+                    // change) found the run its first try started.
+                    let id = out.trim().strip_prefix("run ").unwrap_or("");
+                    accepted.push(id.split_whitespace().next().unwrap_or("").to_string());
                 }
             }
             accepted

@@ -382,7 +382,9 @@ class Client:
             r = self._call(lambda s, t, md: s.SubmitRun(req, timeout=t, metadata=md))
         except InvalidArgument as e:
             raise (wf.explain(e) if wf is not None else e) from None
-        return RunHandle(self, r.run_id, existing=r.existing)
+        # With a key of our own, "existing" only means our own retry found
+        # the run its first try started: a new run to the caller.
+        return RunHandle(self, r.run_id, existing=r.existing and bool(idempotency_key))
 
     def run(self, run_id: int) -> "RunHandle":
         """A handle to an existing run (no call is made)."""
@@ -579,7 +581,7 @@ class Client:
         exit handler runs again: it reports the new run)."""
         req = api_pb2.RetryRunRequest(run_id=run_id, idempotency_key=idempotency_key or new_idempotency_key())
         r = self._call(lambda s, t, md: s.RetryRun(req, timeout=t, metadata=md))
-        return RunHandle(self, r.run_id, existing=r.existing)
+        return RunHandle(self, r.run_id, existing=r.existing and bool(idempotency_key))
 
     def read_log(
         self,
