@@ -45,7 +45,6 @@ from kaon.errors import DeadlineExceeded, InvalidArgument, from_rpc_error
 from kaon.models import (
     ClusterStatus,
     LogChunk,
-    Member,
     Registered,
     Run,
     RunEvent,
@@ -53,7 +52,6 @@ from kaon.models import (
     Schedule,
     WorkflowInfo,
     WorkflowSummary,
-    WorkflowVersion,
     _time,
 )
 from kaon.v1 import api_pb2, api_pb2_grpc
@@ -310,6 +308,11 @@ class Client:
                 time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
                 backoff = min(backoff * 2, BACKOFF_SECONDS_MAX)
 
+    def _unary(self, method: str, req: Any) -> Any:
+        """One unary RPC of the Kaon service by name, with :meth:`_call`'s
+        retries (the answer is a generated message; models convert it)."""
+        return self._call(lambda s, t, md: getattr(s, method)(req, timeout=t, metadata=md))
+
     # ------------------------------------------------------------ workflows
 
     def register(self, workflow: WorkflowLike) -> Registered:
@@ -319,30 +322,21 @@ class Client:
         :class:`~kaon.errors.InvalidArgument` (:class:`~kaon.errors.SpecError`
         for a DSL workflow, naming the Python step of each error).
         """
-        spec, wf = _spec_text(workflow, allow_name=False)
-        req = api_pb2.RegisterWorkflowRequest(spec=spec)
+        spec, wf = _spec_text(workflow)
         try:
-            r = self._call(lambda s, t, md: s.RegisterWorkflow(req, timeout=t, metadata=md))
+            r = self._unary("RegisterWorkflow", api_pb2.RegisterWorkflowRequest(spec=spec))
         except InvalidArgument as e:
             raise (wf.explain(e) if wf is not None else e) from None
-        return Registered(name=r.name, version=r.version, created=r.created)
+        return Registered.from_proto(r)
 
     def list_workflows(self) -> List[WorkflowSummary]:
         """Registered workflows with their latest versions."""
-        r = self._call(lambda s, t, md: s.ListWorkflows(api_pb2.ListWorkflowsRequest(), timeout=t, metadata=md))
-        return [WorkflowSummary(w.name, w.latest_version, w.schedules) for w in r.workflows]
+        r = self._unary("ListWorkflows", api_pb2.ListWorkflowsRequest())
+        return [WorkflowSummary.from_proto(w) for w in r.workflows]
 
     def get_workflow(self, name: str) -> WorkflowInfo:
         """One workflow with every registered version and its spec."""
-        req = api_pb2.GetWorkflowRequest(name=name)
-        r = self._call(lambda s, t, md: s.GetWorkflow(req, timeout=t, metadata=md))
-        return WorkflowInfo(
-            name=r.name,
-            versions=[
-                WorkflowVersion(v.version, json.loads(v.spec_json), _time(v.registered_unix_ms), v.from_submit)
-                for v in r.versions
-            ],
-        )
+        return WorkflowInfo.from_proto(self._unary("GetWorkflow", api_pb2.GetWorkflowRequest(name=name)))
 
     # ------------------------------------------------------------ runs
 
@@ -376,10 +370,10 @@ class Client:
         else:
             if version:
                 raise InvalidArgument("version= applies to a registered workflow's name, not to a spec")
-            spec, wf = _spec_text(workflow, allow_name=False)
+            spec, wf = _spec_text(workflow)
             req = api_pb2.SubmitRunRequest(inline_spec=spec, params_json=params_json, idempotency_key=key)
         try:
-            r = self._call(lambda s, t, md: s.SubmitRun(req, timeout=t, metadata=md))
+            r = self._unary("SubmitRun", req)
         except InvalidArgument as e:
             raise (wf.explain(e) if wf is not None else e) from None
         # With a key of our own, "existing" only means our own retry found
@@ -392,8 +386,7 @@ class Client:
 
     def get_run(self, run_id: int) -> Run:
         """The run with all its steps, outputs and attempts."""
-        req = api_pb2.GetRunRequest(run_id=run_id)
-        return Run.from_proto(self._call(lambda s, t, md: s.GetRun(req, timeout=t, metadata=md)))
+        return Run.from_proto(self._unary("GetRun", api_pb2.GetRunRequest(run_id=run_id)))
 
     def list_runs(
         self,
@@ -410,7 +403,7 @@ class Client:
         while True:
             size = page_size if limit is None else max(1, min(page_size, limit - len(out)))
             req = api_pb2.ListRunsRequest(workflow=workflow, status=status, page_size=size, page_token=token)
-            r = self._call(lambda s, t, md: s.ListRuns(req, timeout=t, metadata=md))
+            r = self._unary("ListRuns", req)
             out.extend(RunSummary.from_proto(x) for x in r.runs)
             token = r.next_page_token
             if token == 0 or (limit is not None and len(out) >= limit):
@@ -572,15 +565,14 @@ class Client:
 
     def cancel(self, run_id: int, reason: str = "cancelled from the Python client") -> None:
         """Cancels a running run (its exit handler still runs)."""
-        req = api_pb2.CancelRunRequest(run_id=run_id, reason=reason)
-        self._call(lambda s, t, md: s.CancelRun(req, timeout=t, metadata=md))
+        self._unary("CancelRun", api_pb2.CancelRunRequest(run_id=run_id, reason=reason))
 
     def retry(self, run_id: int, *, idempotency_key: Optional[str] = None) -> "RunHandle":
         """Starts a new run of a failed or cancelled run: same workflow
         version and parameters; steps that succeeded there are reused (the
         exit handler runs again: it reports the new run)."""
         req = api_pb2.RetryRunRequest(run_id=run_id, idempotency_key=idempotency_key or new_idempotency_key())
-        r = self._call(lambda s, t, md: s.RetryRun(req, timeout=t, metadata=md))
+        r = self._unary("RetryRun", req)
         return RunHandle(self, r.run_id, existing=r.existing and bool(idempotency_key))
 
     def read_log(
@@ -598,8 +590,7 @@ class Client:
         req = api_pb2.ReadStepLogsRequest(
             run_id=run_id, step_path=step, attempt=attempt, stream=stream, offset=offset, max_bytes=max_bytes
         )
-        r = self._call(lambda s, t, md: s.ReadStepLogs(req, timeout=t, metadata=md))
-        return LogChunk(data=r.data, offset=r.offset, size=r.size, task_id=r.task_id, complete=r.complete)
+        return LogChunk.from_proto(self._unary("ReadStepLogs", req))
 
     def logs(self, run_id: int, step: str, *, stream: str = "stdout", attempt: int = 0) -> str:
         """A step attempt's whole stdout (or stderr) as it stands now."""
@@ -616,15 +607,12 @@ class Client:
 
     def list_schedules(self) -> List[Schedule]:
         """Cron schedules of all registered workflows."""
-        r = self._call(lambda s, t, md: s.ListSchedules(api_pb2.ListSchedulesRequest(), timeout=t, metadata=md))
-        return [
-            Schedule(x.workflow, x.index, x.cron, x.timezone, x.paused, _time(x.last_fire_unix_ms)) for x in r.schedules
-        ]
+        r = self._unary("ListSchedules", api_pb2.ListSchedulesRequest())
+        return [Schedule.from_proto(x) for x in r.schedules]
 
     def pause_schedule(self, workflow: str, index: int = 0, *, paused: bool = True) -> None:
         """Pauses (or with ``paused=False`` resumes) one schedule of a workflow."""
-        req = api_pb2.SetSchedulePausedRequest(workflow=workflow, index=index, paused=paused)
-        self._call(lambda s, t, md: s.SetSchedulePaused(req, timeout=t, metadata=md))
+        self._unary("SetSchedulePaused", api_pb2.SetSchedulePausedRequest(workflow=workflow, index=index, paused=paused))
 
     def resume_schedule(self, workflow: str, index: int = 0) -> None:
         """Resumes a paused schedule."""
@@ -632,18 +620,7 @@ class Client:
 
     def cluster_status(self) -> ClusterStatus:
         """The answering node's view: leader, term, members, readiness."""
-        r = self._call(lambda s, t, md: s.ClusterStatus(api_pb2.ClusterStatusRequest(), timeout=t, metadata=md))
-        return ClusterStatus(
-            node_id=r.node_id,
-            state=r.state,
-            term=r.term,
-            leader_id=r.leader_id,
-            applied_event_index=r.applied_event_index,
-            ready=r.ready,
-            not_ready_reason=r.not_ready_reason,
-            members=[Member(m.id, m.raft_addr, m.voter, m.lag_entries, m.api_addr, m.reachable) for m in r.members],
-            state_digest=r.state_digest,
-        )
+        return ClusterStatus.from_proto(self._unary("ClusterStatus", api_pb2.ClusterStatusRequest()))
 
 
 class RunHandle:
@@ -686,7 +663,7 @@ class RunHandle:
         return self.get().outputs
 
 
-def _spec_text(workflow: WorkflowLike, *, allow_name: bool) -> tuple[str, Optional["Workflow"]]:
+def _spec_text(workflow: WorkflowLike) -> tuple[str, Optional["Workflow"]]:
     """The spec text to send, and the DSL workflow it came from (if any)."""
     from kaon.dsl import Workflow
 
@@ -695,7 +672,7 @@ def _spec_text(workflow: WorkflowLike, *, allow_name: bool) -> tuple[str, Option
     if isinstance(workflow, pathlib.Path):
         return workflow.read_text(), None
     if isinstance(workflow, str):
-        if _WORKFLOW_NAME.match(workflow) and not allow_name:
+        if _WORKFLOW_NAME.match(workflow):
             raise InvalidArgument(
                 f"{workflow!r} looks like a workflow name; register takes a spec "
                 "(a DSL Workflow, a dict, YAML/JSON text or a pathlib.Path)"

@@ -1,6 +1,7 @@
 """What the API returns, as plain Python data (frozen dataclasses).
 
-Protobuf messages are converted at the edge so that user code sees
+Protobuf messages are converted here, and only here (each model's
+``from_proto``), so that user code sees
 ``run.steps``, ``run.outputs`` and ``run.params`` as lists and dicts, and
 times as ``datetime`` (UTC) when set.
 """
@@ -220,6 +221,10 @@ class Registered:
     #: False when an identical spec was already registered as ``version``.
     created: bool
 
+    @staticmethod
+    def from_proto(r: api_pb2.RegisterWorkflowResponse) -> "Registered":
+        return Registered(name=r.name, version=r.version, created=r.created)
+
 
 @dataclass(frozen=True)
 class WorkflowVersion:
@@ -230,6 +235,10 @@ class WorkflowVersion:
     #: Registered by a submit of an inline spec (not by register).
     from_submit: bool
 
+    @staticmethod
+    def from_proto(v: api_pb2.WorkflowVersion) -> "WorkflowVersion":
+        return WorkflowVersion(v.version, json.loads(v.spec_json), _time(v.registered_unix_ms), v.from_submit)
+
 
 @dataclass(frozen=True)
 class WorkflowInfo:
@@ -238,12 +247,20 @@ class WorkflowInfo:
     name: str
     versions: List[WorkflowVersion]
 
+    @staticmethod
+    def from_proto(r: api_pb2.GetWorkflowResponse) -> "WorkflowInfo":
+        return WorkflowInfo(name=r.name, versions=[WorkflowVersion.from_proto(v) for v in r.versions])
+
 
 @dataclass(frozen=True)
 class WorkflowSummary:
     name: str
     latest_version: int
     schedules: int
+
+    @staticmethod
+    def from_proto(w: api_pb2.WorkflowSummary) -> "WorkflowSummary":
+        return WorkflowSummary(w.name, w.latest_version, w.schedules)
 
 
 @dataclass(frozen=True)
@@ -255,6 +272,10 @@ class Schedule:
     paused: bool
     last_fire: Optional[datetime]
 
+    @staticmethod
+    def from_proto(x: api_pb2.Schedule) -> "Schedule":
+        return Schedule(x.workflow, x.index, x.cron, x.timezone, x.paused, _time(x.last_fire_unix_ms))
+
 
 @dataclass(frozen=True)
 class Member:
@@ -264,6 +285,10 @@ class Member:
     lag_entries: int
     api_addr: str
     reachable: bool
+
+    @staticmethod
+    def from_proto(m: api_pb2.ClusterMember) -> "Member":
+        return Member(m.id, m.raft_addr, m.voter, m.lag_entries, m.api_addr, m.reachable)
 
 
 @dataclass(frozen=True)
@@ -282,6 +307,20 @@ class ClusterStatus:
     members: List[Member]
     state_digest: str
 
+    @staticmethod
+    def from_proto(r: api_pb2.ClusterStatusResponse) -> "ClusterStatus":
+        return ClusterStatus(
+            node_id=r.node_id,
+            state=r.state,
+            term=r.term,
+            leader_id=r.leader_id,
+            applied_event_index=r.applied_event_index,
+            ready=r.ready,
+            not_ready_reason=r.not_ready_reason,
+            members=[Member.from_proto(m) for m in r.members],
+            state_digest=r.state_digest,
+        )
+
 
 @dataclass(frozen=True)
 class LogChunk:
@@ -293,3 +332,7 @@ class LogChunk:
     task_id: str
     #: The attempt ended, so the file will not grow.
     complete: bool
+
+    @staticmethod
+    def from_proto(r: api_pb2.ReadStepLogsResponse) -> "LogChunk":
+        return LogChunk(data=r.data, offset=r.offset, size=r.size, task_id=r.task_id, complete=r.complete)
